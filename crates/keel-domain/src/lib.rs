@@ -1,0 +1,13 @@
+//! keel's domain: the types the system is about and the ports (traits) through which it reaches
+//! every outside system.
+//!
+//! - [`user`]: the user resource, its parsed newtypes ([`UserName`], [`UserEmail`], [`UserId`]).
+//! - [`repo`]: the [`UserRepo`] port every relational backend implements, and [`StoreError`].
+//!
+//! **Invariant:** this crate does no I/O and knows no HTTP status codes.
+
+pub mod repo;
+pub mod user;
+
+pub use repo::{Page, PageRequest, StoreError, UserRepo};
+pub use user::{NewUser, User, UserEmail, UserId, UserName, UserPatch, ValidationError};

@@ -1,0 +1,243 @@
+//! The SQLite backend: keel's embedded default database, a single file in WAL mode.
+//!
+//! [`SqliteStore`] implements [`keel_domain::UserRepo`]; [`SqliteStore::migrate`] applies the
+//! migrations under `migrations/`.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use keel_domain::{Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlSafeStr, SqlitePool};
+
+/// Pool settings the binary passes from configuration.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// Users on SQLite.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite://path` or `sqlite::memory:`).
+    ///
+    /// WAL lets readers run beside the one writer; `synchronous = NORMAL` is WAL's recommended
+    /// setting: a committed transaction survives a process crash (kill -9), and only an OS crash or
+    /// power loss can roll back the last commits.
+    pub async fn connect(url: &str, pool: &PoolSettings) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(internal)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(pool.max_connections.max(1))
+            .acquire_timeout(pool.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        Ok(Self { pool })
+    }
+
+    /// Applies every pending migration; safe to run concurrently and repeatedly.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrator().run(&self.pool).await.map_err(|e| StoreError::Internal(Box::new(e)))
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn migrator() -> Migrator {
+    let migrations = vec![Migration::new(
+        1,
+        Cow::Borrowed("users"),
+        MigrationType::Simple,
+        include_str!("../migrations/0001_users.sql").into_sql_str(),
+        false,
+    )];
+    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+}
+
+fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Internal(Box::new(e))
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(ref db) if db.is_unique_violation() => {
+            // The primary key is keel-generated and never collides in practice; the only unique
+            // constraint a caller can hit is the email.
+            let field = if db.message().contains("email") { "email" } else { "id" };
+            StoreError::Conflict { field }
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(Box::new(e))
+        }
+        other => StoreError::Internal(Box::new(other)),
+    }
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn row_to_user(row: &sqlx::sqlite::SqliteRow) -> Result<User, StoreError> {
+    let corrupt = |what: &str| StoreError::Internal(format!("corrupt users row: {what}").into());
+    let id: String = row.try_get("id").map_err(map_err)?;
+    let name: String = row.try_get("name").map_err(map_err)?;
+    let email: String = row.try_get("email").map_err(map_err)?;
+    let created_at: String = row.try_get("created_at").map_err(map_err)?;
+    let updated_at: String = row.try_get("updated_at").map_err(map_err)?;
+    let parse_ts = |s: &str| {
+        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|_| corrupt("timestamp"))
+    };
+    Ok(User {
+        id: id.parse().map_err(|_| corrupt("id"))?,
+        name: UserName::parse(&name).map_err(|_| corrupt("name"))?,
+        email: UserEmail::parse(&email).map_err(|_| corrupt("email"))?,
+        created_at: parse_ts(&created_at)?,
+        updated_at: parse_ts(&updated_at)?,
+        version: row.try_get("version").map_err(map_err)?,
+    })
+}
+
+/// A `SELECT` of every users column followed by `$tail`, as one static string.
+macro_rules! select {
+    ($tail:literal) => {
+        concat!("SELECT id, name, email, created_at, updated_at, version FROM users", $tail)
+    };
+}
+
+async fn upsert<'c, E: sqlx::SqliteExecutor<'c>>(exec: E, user: &User) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO users (id, name, email, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email, \
+         updated_at = excluded.updated_at, version = excluded.version \
+         WHERE users.version < excluded.version",
+    )
+    .bind(user.id.to_string())
+    .bind(user.name.as_str())
+    .bind(user.email.as_str())
+    .bind(ts(&user.created_at))
+    .bind(ts(&user.updated_at))
+    .bind(user.version)
+    .execute(exec)
+    .await
+    .map(drop)
+}
+
+#[async_trait]
+impl UserRepo for SqliteStore {
+    async fn insert(&self, user: &User) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, name, email, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(user.id.to_string())
+        .bind(user.name.as_str())
+        .bind(user.email.as_str())
+        .bind(ts(&user.created_at))
+        .bind(ts(&user.updated_at))
+        .bind(user.version)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(select!(" WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(row_to_user).transpose()
+    }
+
+    async fn update(&self, user: &User) -> Result<bool, StoreError> {
+        let res = sqlx::query(
+            "UPDATE users SET name = ?, email = ?, updated_at = ?, version = ? WHERE id = ? AND version < ?",
+        )
+        .bind(user.name.as_str())
+        .bind(user.email.as_str())
+        .bind(ts(&user.updated_at))
+        .bind(user.version)
+        .bind(user.id.to_string())
+        .bind(user.version)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if res.rows_affected() == 1 {
+            return Ok(true);
+        }
+        let exists = sqlx::query("SELECT 1 FROM users WHERE id = ?")
+            .bind(user.id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        if exists.is_some() { Err(StoreError::StaleVersion) } else { Ok(false) }
+    }
+
+    async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn list(&self, page: PageRequest) -> Result<Page<User>, StoreError> {
+        // Fetch one more than asked to learn whether another page follows.
+        let limit = i64::from(page.limit) + 1;
+        let rows = match page.after {
+            Some(after) => {
+                sqlx::query(select!(" WHERE id > ? ORDER BY id LIMIT ?"))
+                    .bind(after.to_string())
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query(select!(" ORDER BY id LIMIT ?"))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(map_err)?;
+        let items = rows.iter().map(row_to_user).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_overfetch(items, page.limit))
+    }
+
+    async fn apply_batch(&self, upserts: &[User], deletes: &[UserId]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for id in deletes {
+            sqlx::query("DELETE FROM users WHERE id = ?")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        for user in upserts {
+            upsert(&mut *tx, user).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err).map(drop)
+    }
+}

@@ -1,1 +1,204 @@
-//! keel-store-postgres
+//! The PostgreSQL backend.
+//!
+//! [`PostgresStore`] implements [`keel_domain::UserRepo`]; [`PostgresStore::migrate`] applies the
+//! migrations under `migrations/` (sqlx takes an advisory lock, so concurrent instances are safe).
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keel_domain::{Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row, SqlSafeStr};
+
+/// Pool settings the binary passes from configuration.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// Users on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects lazily: the pool opens connections on first use, so `keel` starts even while the
+    /// database is still coming up, and `/readyz` reports it until it is reachable.
+    pub fn connect_lazy(url: &str, pool: &PoolSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(internal)?.application_name("keel");
+        let pool = PgPoolOptions::new()
+            .max_connections(pool.max_connections.max(1))
+            .acquire_timeout(pool.acquire_timeout)
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrator().run(&self.pool).await.map_err(|e| StoreError::Internal(Box::new(e)))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn migrator() -> Migrator {
+    let migrations = vec![Migration::new(
+        1,
+        Cow::Borrowed("users"),
+        MigrationType::Simple,
+        include_str!("../migrations/0001_users.sql").into_sql_str(),
+        false,
+    )];
+    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+}
+
+fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Internal(Box::new(e))
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(ref db) if db.is_unique_violation() => {
+            let field = if db.constraint() == Some("users_email_key") { "email" } else { "id" };
+            StoreError::Conflict { field }
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(Box::new(e))
+        }
+        other => StoreError::Internal(Box::new(other)),
+    }
+}
+
+fn row_to_user(row: &PgRow) -> Result<User, StoreError> {
+    let corrupt = |what: &str| StoreError::Internal(format!("corrupt users row: {what}").into());
+    let name: String = row.try_get("name").map_err(map_err)?;
+    let email: String = row.try_get("email").map_err(map_err)?;
+    Ok(User {
+        id: UserId::from_uuid(row.try_get("id").map_err(map_err)?),
+        name: UserName::parse(&name).map_err(|_| corrupt("name"))?,
+        email: UserEmail::parse(&email).map_err(|_| corrupt("email"))?,
+        created_at: row.try_get("created_at").map_err(map_err)?,
+        updated_at: row.try_get("updated_at").map_err(map_err)?,
+        version: row.try_get("version").map_err(map_err)?,
+    })
+}
+
+/// A `SELECT` of every users column followed by `$tail`, as one static string.
+macro_rules! select {
+    ($tail:literal) => {
+        concat!("SELECT id, name, email, created_at, updated_at, version FROM users", $tail)
+    };
+}
+
+#[async_trait]
+impl UserRepo for PostgresStore {
+    async fn insert(&self, user: &User) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, name, email, created_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(user.id.as_uuid())
+        .bind(user.name.as_str())
+        .bind(user.email.as_str())
+        .bind(user.created_at)
+        .bind(user.updated_at)
+        .bind(user.version)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(select!(" WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(row_to_user).transpose()
+    }
+
+    async fn update(&self, user: &User) -> Result<bool, StoreError> {
+        // One statement tells all three outcomes: updated, stale (row exists), or missing.
+        let row = sqlx::query(
+            "WITH upd AS (UPDATE users SET name = $1, email = $2, updated_at = $3, version = $4 \
+             WHERE id = $5 AND version < $4 RETURNING 1) \
+             SELECT (SELECT count(*) FROM upd) AS updated, EXISTS (SELECT 1 FROM users WHERE id = $5) AS present",
+        )
+        .bind(user.name.as_str())
+        .bind(user.email.as_str())
+        .bind(user.updated_at)
+        .bind(user.version)
+        .bind(user.id.as_uuid())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let updated: i64 = row.try_get("updated").map_err(map_err)?;
+        let present: bool = row.try_get("present").map_err(map_err)?;
+        match (updated, present) {
+            (1, _) => Ok(true),
+            (_, true) => Err(StoreError::StaleVersion),
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn list(&self, page: PageRequest) -> Result<Page<User>, StoreError> {
+        let limit = i64::from(page.limit) + 1;
+        let rows = sqlx::query(select!(" WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"))
+            .bind(page.after.map(|id| *id.as_uuid()))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        let items = rows.iter().map(row_to_user).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_overfetch(items, page.limit))
+    }
+
+    async fn apply_batch(&self, upserts: &[User], deletes: &[UserId]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for id in deletes {
+            sqlx::query("DELETE FROM users WHERE id = $1")
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        for user in upserts {
+            sqlx::query(
+                "INSERT INTO users (id, name, email, created_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email, \
+                 updated_at = excluded.updated_at, version = excluded.version \
+                 WHERE users.version < excluded.version",
+            )
+            .bind(user.id.as_uuid())
+            .bind(user.name.as_str())
+            .bind(user.email.as_str())
+            .bind(user.created_at)
+            .bind(user.updated_at)
+            .bind(user.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err).map(drop)
+    }
+}

@@ -1,1 +1,19 @@
-//! keel-config
+//! keel's configuration: one typed [`Settings`] tree, loaded once by the binary and passed down.
+//!
+//! Layers, later ones winning: built-in defaults, then a TOML file (`keel.toml` in the working
+//! directory, or `--config FILE`), then `KEEL_*` environment variables, where `__` separates
+//! sections: `KEEL_SERVER__LISTEN=0.0.0.0:8080`, `KEEL_CACHE__USERS__STRATEGY=write-back`.
+//! Unknown keys in any layer are an error, so a typo never silently falls back to a default.
+//! Environment values are read as TOML scalars when they look like one (`true`, `42`, `0.5`) and
+//! as strings otherwise; quote a value (`KEEL_X='"42"'`) to force a string.
+//!
+//! - [`settings`]: the tree, with a doc comment on every key (README's table mirrors them).
+//! - [`secret`]: [`Secret`], a value that never prints.
+
+mod load;
+pub mod secret;
+pub mod settings;
+
+pub use load::{ConfigError, load};
+pub use secret::Secret;
+pub use settings::*;

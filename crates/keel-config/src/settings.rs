@@ -1,0 +1,293 @@
+//! The settings tree. Every field's doc comment is its documentation; defaults are those of
+//! `keel up` on a laptop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Secret;
+
+/// All of keel's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Directory for keel's local state: the SQLite database (by default) and the write-back
+    /// journal. Created if missing.
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub cache: CacheSettings,
+    pub telemetry: TelemetrySettings,
+    pub shutdown: ShutdownSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("keel-data"),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            cache: CacheSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            shutdown: ShutdownSettings::default(),
+        }
+    }
+}
+
+/// The HTTP server of the API role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Longest time a request may take before it is answered 503 (milliseconds).
+    pub request_timeout_ms: u64,
+    /// Largest accepted request body; larger bodies get 413 (bytes).
+    pub body_limit_bytes: usize,
+    /// Requests handled at once; beyond it requests are shed with 503 rather than queued without
+    /// bound.
+    pub max_in_flight: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout_ms: 30_000,
+            body_limit_bytes: 64 * 1024,
+            max_in_flight: 10_000,
+        }
+    }
+}
+
+/// The relational database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// Database URL; its scheme picks the backend: `sqlite://PATH`, `postgres://…` or `mysql://…`
+    /// (also `mariadb://…`). Unset means `sqlite://<data_dir>/keel.db`.
+    pub url: Option<Secret>,
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// Longest wait for a free pooled connection before a request fails with 503 (milliseconds).
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, max_connections: 16, acquire_timeout_ms: 5_000 }
+    }
+}
+
+/// The cache tiers and each resource's caching technique.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Redis URL of the shared L2 tier (`redis://[:password@]host:port[/db]`). When set, every
+    /// instance also keeps its L1 coherent through Redis invalidation messages. Unset: L1 only.
+    pub redis_url: Option<Secret>,
+    /// Entries the in-process L1 holds per resource before evicting the least useful ones.
+    pub l1_max_entries: u64,
+    /// Caching of `users`.
+    pub users: ResourceCacheSettings,
+    /// The write-back journal and flusher (used by resources whose strategy is `write-back`).
+    pub write_back: WriteBackSettings,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            l1_max_entries: 100_000,
+            users: ResourceCacheSettings::default(),
+            write_back: WriteBackSettings::default(),
+        }
+    }
+}
+
+/// The seed's four caching techniques.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Reads load on a miss and keep the value for the TTL; writes do not touch the cache, so a
+    /// reader may see the old value until it expires (the seed's stated trade-off of TTL).
+    Ttl,
+    /// Cache-aside (the seed's example): reads load on a miss; writes go to the database, then
+    /// invalidate the cached value everywhere.
+    Lazy,
+    /// Writes go to the database and then replace the cached value, so the next read hits.
+    WriteThrough,
+    /// Writes are acknowledged once durable in a local journal and in the cache, and reach the
+    /// database in batches; the journal is replayed on start, so no acknowledged write is lost.
+    WriteBack,
+}
+
+/// How one resource is cached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceCacheSettings {
+    /// `ttl`, `lazy`, `write-through` or `write-back`.
+    pub strategy: Strategy,
+    /// Lifetime of a cached value (seconds); the seed uses 180.
+    pub ttl_secs: u64,
+    /// Lifetime of a cached "not found", which shields the database from repeated lookups of a
+    /// missing id (seconds; 0 turns negative caching off).
+    pub negative_ttl_secs: u64,
+    /// Each entry's lifetime is shortened by a random fraction up to this ratio, so entries written
+    /// together do not all expire together (0 to 0.5).
+    pub jitter_ratio: f64,
+}
+
+impl Default for ResourceCacheSettings {
+    fn default() -> Self {
+        Self { strategy: Strategy::Lazy, ttl_secs: 180, negative_ttl_secs: 5, jitter_ratio: 0.1 }
+    }
+}
+
+/// The write-back journal and flusher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriteBackSettings {
+    /// Time between flushes of the backlog to the database (milliseconds).
+    pub flush_interval_ms: u64,
+    /// Most journal entries written to the database in one transaction.
+    pub max_batch: usize,
+    /// Most unflushed entries; beyond it writes wait for the flusher (backpressure) instead of
+    /// growing memory and the journal without bound.
+    pub max_backlog: usize,
+}
+
+impl Default for WriteBackSettings {
+    fn default() -> Self {
+        Self { flush_interval_ms: 200, max_batch: 500, max_backlog: 100_000 }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One JSON object per line, for machines.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
+
+/// Logs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// `json` or `text`.
+    pub log_format: LogFormat,
+    /// A tracing filter: a level (`info`) or per-target directives (`info,keel_cache=debug`).
+    pub log_level: String,
+    /// One log line per HTTP request (method, route, status, latency, request id).
+    pub access_log: bool,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self { log_format: LogFormat::Json, log_level: "info".into(), access_log: true }
+    }
+}
+
+/// Graceful shutdown on SIGTERM or SIGINT (for example a reclaimed spot VM).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// After the signal, `/readyz` answers 503 for this long while requests are still accepted,
+    /// so that a load balancer stops sending new ones first (milliseconds).
+    pub readiness_grace_ms: u64,
+    /// In-flight requests get this long to finish before the process exits anyway (milliseconds).
+    pub drain_deadline_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self { readiness_grace_ms: 0, drain_deadline_ms: 30_000 }
+    }
+}
+
+/// Which relational engine a database URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
+impl Settings {
+    /// The database URL in force: the configured one, or the SQLite file under `data_dir`.
+    pub fn database_url(&self) -> Secret {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => Secret::new(format!("sqlite://{}", self.data_dir.join("keel.db").display())),
+        }
+    }
+
+    /// The engine the database URL selects (checked by `validate`, so callers may unwrap).
+    pub fn database_kind(&self) -> Option<DatabaseKind> {
+        let url = self.database_url();
+        let scheme = url.expose().split(':').next().unwrap_or_default().to_ascii_lowercase();
+        match scheme.as_str() {
+            "sqlite" => Some(DatabaseKind::Sqlite),
+            "postgres" | "postgresql" => Some(DatabaseKind::Postgres),
+            "mysql" | "mariadb" => Some(DatabaseKind::MariaDb),
+            _ => None,
+        }
+    }
+
+    /// The database URL as the driver wants it (`mariadb://` is spelled `mysql://` for sqlx).
+    pub fn driver_database_url(&self) -> Secret {
+        let url = self.database_url();
+        match url.expose().strip_prefix("mariadb://") {
+            Some(rest) => Secret::new(format!("mysql://{rest}")),
+            None => url,
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.request_timeout_ms)
+    }
+
+    /// Cross-field checks that serde cannot express; each message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.database_kind().is_none() {
+            return Err(format!(
+                "database.url: unsupported scheme in {:?}; use sqlite://, postgres:// or mysql://",
+                self.database_url().redacted()
+            ));
+        }
+        if let Some(redis) = &self.cache.redis_url {
+            let url = redis.expose();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(format!("cache.redis_url: must start with redis:// or rediss://, got {:?}", redis.redacted()));
+            }
+        }
+        let positive = [
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
+            ("server.body_limit_bytes", self.server.body_limit_bytes as u64),
+            ("server.max_in_flight", self.server.max_in_flight as u64),
+            ("database.max_connections", u64::from(self.database.max_connections)),
+            ("database.acquire_timeout_ms", self.database.acquire_timeout_ms),
+            ("cache.l1_max_entries", self.cache.l1_max_entries),
+            ("cache.users.ttl_secs", self.cache.users.ttl_secs),
+            ("cache.write_back.flush_interval_ms", self.cache.write_back.flush_interval_ms),
+            ("cache.write_back.max_batch", self.cache.write_back.max_batch as u64),
+            ("cache.write_back.max_backlog", self.cache.write_back.max_backlog as u64),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{key}: must be greater than 0"));
+        }
+        let jitter = self.cache.users.jitter_ratio;
+        if !(0.0..=0.5).contains(&jitter) {
+            return Err(format!("cache.users.jitter_ratio: must be between 0 and 0.5, got {jitter}"));
+        }
+        if self.telemetry.log_level.trim().is_empty() {
+            return Err("telemetry.log_level: must not be empty".into());
+        }
+        Ok(())
+    }
+}

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::user::{User, UserId};
+use crate::user::{User, UserEmail, UserId};
 
 /// Why a repository call failed, split into what the caller can fix and what it cannot.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,8 @@ pub trait UserRepo: Send + Sync + 'static {
     /// Inserts a new user; `Conflict { field: "email" }` if the email is taken.
     async fn insert(&self, user: &User) -> Result<(), StoreError>;
     async fn get(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    /// The user holding `email` (already lower-cased by [`crate::UserEmail`]), if any.
+    async fn get_by_email(&self, email: &UserEmail) -> Result<Option<User>, StoreError>;
     /// Replaces the stored row with `user` if the stored version is older; returns false when the
     /// user does not exist.
     async fn update(&self, user: &User) -> Result<bool, StoreError>;

@@ -165,6 +165,15 @@ impl UserRepo for MariaDbStore {
         row.as_ref().map(row_to_user).transpose()
     }
 
+    async fn get_by_email(&self, email: &UserEmail) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(select!(" WHERE email = ?"))
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(row_to_user).transpose()
+    }
+
     async fn update(&self, user: &User) -> Result<bool, StoreError> {
         if update_row(&self.pool, user).await.map_err(map_err)? == 1 {
             return Ok(true);

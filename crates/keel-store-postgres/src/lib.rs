@@ -124,6 +124,15 @@ impl UserRepo for PostgresStore {
         row.as_ref().map(row_to_user).transpose()
     }
 
+    async fn get_by_email(&self, email: &UserEmail) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(select!(" WHERE email = $1"))
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(row_to_user).transpose()
+    }
+
     async fn update(&self, user: &User) -> Result<bool, StoreError> {
         // One statement tells all three outcomes: updated, stale (row exists), or missing.
         let row = sqlx::query(

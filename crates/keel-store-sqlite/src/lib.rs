@@ -166,6 +166,15 @@ impl UserRepo for SqliteStore {
         row.as_ref().map(row_to_user).transpose()
     }
 
+    async fn get_by_email(&self, email: &UserEmail) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(select!(" WHERE email = ?"))
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(row_to_user).transpose()
+    }
+
     async fn update(&self, user: &User) -> Result<bool, StoreError> {
         let res = sqlx::query(
             "UPDATE users SET name = ?, email = ?, updated_at = ?, version = ? WHERE id = ? AND version < ?",

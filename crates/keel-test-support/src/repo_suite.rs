@@ -31,6 +31,10 @@ async fn inserted_user_reads_back_identically(repo: &dyn UserRepo) {
     repo.insert(&user).await.unwrap();
     let read = repo.get(user.id).await.unwrap().expect("inserted user must be found");
     assert_eq!(read, user, "a user must read back exactly as written");
+    let by_email = repo.get_by_email(&user.email).await.unwrap().expect("found by email");
+    assert_eq!(by_email, user);
+    let nobody = UserEmail::parse("nobody@example.com").unwrap();
+    assert!(repo.get_by_email(&nobody).await.unwrap().is_none());
 }
 
 async fn missing_user_reads_as_none(repo: &dyn UserRepo) {

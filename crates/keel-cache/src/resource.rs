@@ -1,0 +1,369 @@
+//! One resource's cache: L1 in process, L2 in Redis when configured, single-flight loading.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_domain::StoreError;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+
+use crate::DELETED_VERSION;
+use crate::redis_tier::{L2Entry, RedisTier};
+use crate::stats::Stats;
+
+/// A value that knows its row version.
+pub trait Versioned {
+    fn version(&self) -> i64;
+}
+
+/// A cached value with its JSON encoding, made once so that a cache hit only copies bytes.
+#[derive(Debug)]
+pub struct Cached<V> {
+    pub value: V,
+    pub json: Bytes,
+}
+
+impl<V: Serialize> Cached<V> {
+    pub fn new(value: V) -> Arc<Self> {
+        let json = Bytes::from(serde_json::to_vec(&value).expect("cache values serialize"));
+        Arc::new(Self { value, json })
+    }
+}
+
+/// Lifetimes of entries.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    /// Zero turns negative caching off.
+    pub negative_ttl: Duration,
+    /// Each lifetime is shortened by a random fraction up to this, so that entries filled together
+    /// do not expire together.
+    pub jitter_ratio: f64,
+    pub l1_max_entries: u64,
+}
+
+impl CachePolicy {
+    fn jittered(&self, ttl: Duration) -> Duration {
+        ttl.mul_f64(1.0 - self.jitter_ratio * fastrand::f64())
+    }
+}
+
+/// What L1 holds for a key.
+#[derive(Debug)]
+enum Slot<V> {
+    Present(Arc<Cached<V>>),
+    /// Loaded and not found: a cached 404.
+    Absent,
+    /// Invalidated at this version: reads miss, and only a value at least this new may refill it.
+    Tomb(i64),
+}
+
+/// An L1 entry: its slot and the lifetime chosen when it was written.
+#[derive(Debug)]
+struct Entry<V> {
+    slot: Slot<V>,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl<V> moka::Expiry<String, Arc<Entry<V>>> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, entry: &Arc<Entry<V>>, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    fn expire_after_update(&self, _: &String, entry: &Arc<Entry<V>>, _: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+type Shared<V> = Result<Option<Arc<Cached<V>>>, Arc<StoreError>>;
+
+/// The cache of one resource (for example `users`). Cheap to share behind an `Arc`.
+pub struct ResourceCache<V> {
+    name: &'static str,
+    policy: CachePolicy,
+    l1: Cache<String, Arc<Entry<V>>>,
+    l2: Option<Arc<RedisTier>>,
+    /// One cell per key being loaded: concurrent misses on a key await the same load.
+    inflight: Mutex<HashMap<String, Arc<OnceCell<Shared<V>>>>>,
+    stats: Arc<Stats>,
+}
+
+impl<V> ResourceCache<V>
+where
+    V: Versioned + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// A cache for resource `name`. With an L2, a task subscribes to invalidations from other
+    /// instances; it ends when the cache is dropped.
+    pub fn new(name: &'static str, policy: CachePolicy, l2: Option<Arc<RedisTier>>) -> Arc<Self> {
+        let stats = Arc::new(Stats::default());
+        let evictions = stats.clone();
+        let l1 = Cache::builder()
+            .max_capacity(policy.l1_max_entries)
+            .expire_after(PerEntryTtl)
+            .eviction_listener(move |_, _, cause| {
+                if cause == RemovalCause::Size {
+                    Stats::inc(&evictions.evictions);
+                }
+            })
+            .build();
+        let cache = Arc::new(Self { name, policy, l1, l2, inflight: Mutex::default(), stats });
+        if let Some(l2) = &cache.l2 {
+            let weak: Weak<Self> = Arc::downgrade(&cache);
+            l2.clone().spawn_subscriber(name, move |event| {
+                let Some(cache) = weak.upgrade() else { return false };
+                match event {
+                    crate::redis_tier::Event::Resubscribed => cache.l1.invalidate_all(),
+                    crate::redis_tier::Event::Invalidated { key, version } => {
+                        Stats::inc(&cache.stats.invalidations_received);
+                        let cache = cache.clone();
+                        tokio::spawn(async move { cache.tomb_l1(key, version).await });
+                    }
+                }
+                true
+            });
+        }
+        cache
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// L1 may be used only while it is coherent: always without Redis, and with Redis only while
+    /// the invalidation subscription is up (a lost subscription could have missed updates).
+    pub fn l1_usable(&self) -> bool {
+        self.l2.as_ref().is_none_or(|l2| l2.is_coherent())
+    }
+
+    /// The value under `key`: from L1, else from L2, else from `load` (the database), filling the
+    /// tiers on the way back. Concurrent misses on one key share one load.
+    pub async fn get_or_load<F, Fut>(&self, key: &str, load: F) -> Result<Option<Arc<Cached<V>>>, StoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, StoreError>>,
+    {
+        if self.l1_usable() {
+            if let Some(entry) = self.l1.get(key).await {
+                match &entry.slot {
+                    Slot::Present(value) => {
+                        Stats::inc(&self.stats.hits);
+                        return Ok(Some(value.clone()));
+                    }
+                    Slot::Absent => {
+                        Stats::inc(&self.stats.hits);
+                        return Ok(None);
+                    }
+                    Slot::Tomb(_) => {}
+                }
+            }
+        }
+        Stats::inc(&self.stats.misses);
+        self.load_single_flight(key, load).await
+    }
+
+    async fn load_single_flight<F, Fut>(&self, key: &str, load: F) -> Result<Option<Arc<Cached<V>>>, StoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, StoreError>>,
+    {
+        let cell = {
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            inflight.entry(key.to_owned()).or_default().clone()
+        };
+        // Every caller offers its own loader; OnceCell runs one, and if that caller is cancelled
+        // another caller's loader takes over, so a dropped request never strands the others.
+        let mut ran_load = false;
+        let res = cell
+            .get_or_init(|| {
+                ran_load = true;
+                self.fill(key, load)
+            })
+            .await
+            .clone();
+        if ran_load {
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            if inflight.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                inflight.remove(key);
+            }
+        }
+        res.map_err(|e| share_error(&e))
+    }
+
+    async fn fill<F, Fut>(&self, key: &str, load: F) -> Shared<V>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, StoreError>>,
+    {
+        if let Some(l2) = &self.l2 {
+            match l2.get(self.name, key).await {
+                Ok(Some(L2Entry::Data(bytes))) => match serde_json::from_slice::<V>(&bytes) {
+                    Ok(value) => {
+                        Stats::inc(&self.stats.l2_hits);
+                        let cached = Arc::new(Cached { value, json: bytes });
+                        self.offer_l1(key, &cached).await;
+                        return Ok(Some(cached));
+                    }
+                    Err(e) => tracing::warn!(resource = self.name, error = %e, "undecodable L2 entry ignored"),
+                },
+                Ok(_) => {}
+                Err(e) => {
+                    Stats::inc(&self.stats.l2_errors);
+                    tracing::warn!(resource = self.name, error = %e, "redis read failed, reading the database");
+                }
+            }
+        }
+        Stats::inc(&self.stats.loads);
+        match load().await {
+            Ok(Some(value)) => {
+                let cached = Cached::new(value);
+                if let Some(l2) = &self.l2 {
+                    let ttl = self.policy.jittered(self.policy.ttl);
+                    if let Err(e) = l2.set_if_newer(self.name, key, cached.value.version(), Some(&cached.json), ttl).await {
+                        Stats::inc(&self.stats.l2_errors);
+                        tracing::warn!(resource = self.name, error = %e, "redis write failed");
+                    }
+                }
+                self.offer_l1(key, &cached).await;
+                Ok(Some(cached))
+            }
+            Ok(None) => {
+                self.offer_absent(key).await;
+                Ok(None)
+            }
+            Err(e) => {
+                Stats::inc(&self.stats.load_errors);
+                Err(Arc::new(e))
+            }
+        }
+    }
+
+    /// Puts `value` in L1 unless L1 already knows a newer state of the key.
+    async fn offer_l1(&self, key: &str, value: &Arc<Cached<V>>) {
+        if !self.l1_usable() {
+            return;
+        }
+        let version = value.value.version();
+        let entry = Arc::new(Entry { slot: Slot::Present(value.clone()), ttl: self.policy.jittered(self.policy.ttl) });
+        self.l1
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let newer = match current.as_ref().map(|e| &e.value().slot) {
+                    None | Some(Slot::Absent) => true,
+                    Some(Slot::Present(held)) => version > held.value.version(),
+                    Some(Slot::Tomb(floor)) => version >= *floor,
+                };
+                std::future::ready(if newer { Op::Put(entry) } else { Op::Nop })
+            })
+            .await;
+    }
+
+    /// Caches a "not found" unless L1 knows the key exists.
+    async fn offer_absent(&self, key: &str) {
+        if self.policy.negative_ttl.is_zero() || !self.l1_usable() {
+            return;
+        }
+        let entry = Arc::new(Entry { slot: Slot::Absent, ttl: self.policy.jittered(self.policy.negative_ttl) });
+        self.l1
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let allowed = match current.as_ref().map(|e| &e.value().slot) {
+                    None | Some(Slot::Absent) => true,
+                    Some(Slot::Tomb(floor)) => *floor == DELETED_VERSION,
+                    Some(Slot::Present(_)) => false,
+                };
+                std::future::ready(if allowed { Op::Put(entry) } else { Op::Nop })
+            })
+            .await;
+    }
+
+    async fn tomb_l1(&self, key: String, version: i64) {
+        let entry = Arc::new(Entry { slot: Slot::Tomb(version), ttl: self.policy.ttl });
+        self.l1
+            .entry(key)
+            .and_compute_with(|current| {
+                let keep = matches!(current.as_ref().map(|e| &e.value().slot), Some(Slot::Present(held)) if held.value.version() > version);
+                std::future::ready(if keep { Op::Nop } else { Op::Put(entry) })
+            })
+            .await;
+    }
+
+    /// Write-through / write-back: `value` becomes the cached state here and in L2, and other
+    /// instances drop their older copies.
+    pub async fn put(&self, key: &str, value: Arc<Cached<V>>) {
+        let version = value.value.version();
+        self.offer_l1(key, &value).await;
+        if let Some(l2) = &self.l2 {
+            let ttl = self.policy.jittered(self.policy.ttl);
+            if let Err(e) = l2.set_if_newer(self.name, key, version, Some(&value.json), ttl).await {
+                Stats::inc(&self.stats.l2_errors);
+                tracing::warn!(resource = self.name, error = %e, "redis write failed");
+            }
+            self.broadcast(l2, key, version).await;
+        }
+    }
+
+    /// Cache-aside: the key's cached state at or below `version` is dropped here, in L2 and in
+    /// every other instance's L1. Use [`DELETED_VERSION`] for a deleted key.
+    pub async fn invalidate(&self, key: &str, version: i64) {
+        self.tomb_l1(key.to_owned(), version).await;
+        if let Some(l2) = &self.l2 {
+            if let Err(e) = l2.set_if_newer(self.name, key, version, None, self.policy.ttl).await {
+                Stats::inc(&self.stats.l2_errors);
+                tracing::warn!(resource = self.name, error = %e, "redis invalidation failed");
+            }
+            self.broadcast(l2, key, version).await;
+        }
+    }
+
+    async fn broadcast(&self, l2: &RedisTier, key: &str, version: i64) {
+        Stats::inc(&self.stats.invalidations_sent);
+        if let Err(e) = l2.publish_and_wait(self.name, key, version).await {
+            Stats::inc(&self.stats.l2_errors);
+            tracing::warn!(resource = self.name, error = %e, "invalidation broadcast failed");
+        }
+    }
+
+    /// Number of L1 entries (approximate; for tests and metrics).
+    pub async fn l1_len(&self) -> u64 {
+        self.l1.run_pending_tasks().await;
+        self.l1.entry_count()
+    }
+}
+
+/// A loader error handed to every caller of a shared load, keeping its class.
+fn share_error(e: &Arc<StoreError>) -> StoreError {
+    match &**e {
+        StoreError::Conflict { field } => StoreError::Conflict { field },
+        StoreError::StaleVersion => StoreError::StaleVersion,
+        StoreError::Unavailable(_) => StoreError::Unavailable(Box::new(SharedError(e.clone()))),
+        StoreError::Internal(_) => StoreError::Internal(Box::new(SharedError(e.clone()))),
+    }
+}
+
+#[derive(Debug)]
+struct SharedError(Arc<StoreError>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shared load failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
+    }
+}

@@ -1,0 +1,572 @@
+//! The users resource under the configured caching technique.
+//!
+//! | strategy        | read                          | write                                            |
+//! |-----------------|-------------------------------|--------------------------------------------------|
+//! | `ttl`           | cache, else load; keep for TTL | database only: readers may see the old value until it expires |
+//! | `lazy`          | cache, else load              | database, then invalidate everywhere             |
+//! | `write-through` | cache, else load              | database, then replace the cached value everywhere |
+//! | `write-back`    | pending writes, cache, else load | journal (fsync) + cache; database in batches   |
+//!
+//! Updates are optimistic: the new row carries the next version and the database applies it only
+//! over the version it was computed from, so two concurrent updates never silently merge.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use keel_domain::{NewUser, Page, PageRequest, StoreError, User, UserEmail, UserId, UserPatch, UserRepo};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::journal::Journal;
+use crate::resource::{Cached, ResourceCache, Versioned};
+use crate::stats::Stats;
+use crate::DELETED_VERSION;
+
+impl Versioned for User {
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// The seed's four caching techniques (see the module table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Ttl,
+    Lazy,
+    WriteThrough,
+    WriteBack,
+}
+
+/// Settings of the write-back journal and flusher.
+#[derive(Debug, Clone)]
+pub struct WriteBackOptions {
+    /// Directory of the journal segments and the rejects file.
+    pub dir: PathBuf,
+    pub flush_interval: Duration,
+    pub max_batch: usize,
+    pub max_backlog: usize,
+    /// How long a write waits for room in a full backlog before it is refused as unavailable.
+    pub backpressure_timeout: Duration,
+}
+
+/// How many times an update is retried after losing a race with another update.
+const UPDATE_ATTEMPTS: usize = 5;
+
+/// Now, at the microsecond precision every backend stores, so that a value cached at write time
+/// is identical to the one a later load reads back.
+fn now() -> chrono::DateTime<Utc> {
+    Utc::now().duration_trunc(TimeDelta::microseconds(1)).expect("microsecond truncation")
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Users, read and written through the cache.
+pub struct CachedUsers {
+    repo: Arc<dyn UserRepo>,
+    cache: Arc<ResourceCache<User>>,
+    strategy: Strategy,
+    write_back: Option<Arc<WriteBack>>,
+}
+
+impl CachedUsers {
+    /// Builds the resource. For `write-back`, opens the journal in `write_back.dir` and first
+    /// replays whatever an earlier process left in it into the database.
+    pub async fn new(
+        repo: Arc<dyn UserRepo>,
+        cache: Arc<ResourceCache<User>>,
+        strategy: Strategy,
+        write_back: Option<WriteBackOptions>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let write_back = match strategy {
+            Strategy::WriteBack => {
+                let opts = write_back.ok_or_else(|| StoreError::Internal("write-back needs journal options".into()))?;
+                Some(WriteBack::open(repo.clone(), cache.clone(), opts).await?)
+            }
+            _ => None,
+        };
+        Ok(Arc::new(Self { repo, cache, strategy, write_back }))
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        self.cache.stats()
+    }
+
+    pub fn cache(&self) -> &Arc<ResourceCache<User>> {
+        &self.cache
+    }
+
+    pub async fn get(&self, id: UserId) -> Result<Option<Arc<Cached<User>>>, StoreError> {
+        if let Some(wb) = &self.write_back {
+            if let Some(state) = wb.pending(id) {
+                Stats::inc(&self.cache.stats().hits);
+                return Ok(state);
+            }
+        }
+        let repo = &self.repo;
+        self.cache.get_or_load(&id.to_string(), || repo.get(id)).await
+    }
+
+    pub async fn create(&self, new: NewUser) -> Result<Arc<Cached<User>>, StoreError> {
+        let user = User::create(new, now());
+        if let Some(wb) = &self.write_back {
+            return wb.write(user.id, |_| Ok(Some(user))).await.map(|state| state.expect("created"));
+        }
+        self.repo.insert(&user).await?;
+        let cached = Cached::new(user);
+        let key = cached.value.id.to_string();
+        match self.strategy {
+            // A fresh id can only be cached as "not found" (someone asked for it early).
+            Strategy::Lazy => self.cache.invalidate(&key, cached.value.version).await,
+            Strategy::WriteThrough => self.cache.put(&key, cached.clone()).await,
+            Strategy::Ttl | Strategy::WriteBack => {}
+        }
+        Ok(cached)
+    }
+
+    /// Applies `patch`; `None` when the user does not exist.
+    pub async fn update(&self, id: UserId, patch: UserPatch) -> Result<Option<Arc<Cached<User>>>, StoreError> {
+        if let Some(wb) = &self.write_back {
+            return wb.write(id, |current| Ok(current.map(|u| u.patched(&patch, now())))).await;
+        }
+        for attempt in 0..UPDATE_ATTEMPTS {
+            // First from the cache (usually current); after a lost race, from the database.
+            let current = if attempt == 0 {
+                self.get(id).await?.map(|c| c.value.clone())
+            } else {
+                self.repo.get(id).await?
+            };
+            let Some(current) = current else { return Ok(None) };
+            let next = current.patched(&patch, now());
+            match self.repo.update(&next).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(StoreError::StaleVersion) => continue,
+                Err(e) => return Err(e),
+            }
+            let cached = Cached::new(next);
+            let key = id.to_string();
+            match self.strategy {
+                Strategy::Lazy => self.cache.invalidate(&key, cached.value.version).await,
+                Strategy::WriteThrough => self.cache.put(&key, cached.clone()).await,
+                Strategy::Ttl | Strategy::WriteBack => {}
+            }
+            return Ok(Some(cached));
+        }
+        Err(StoreError::StaleVersion)
+    }
+
+    /// Deletes the user; false when it did not exist.
+    pub async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
+        if let Some(wb) = &self.write_back {
+            let mut existed = false;
+            wb.write(id, |current| {
+                existed = current.is_some();
+                Ok(None)
+            })
+            .await?;
+            return Ok(existed);
+        }
+        let deleted = self.repo.delete(id).await?;
+        if deleted && matches!(self.strategy, Strategy::Lazy | Strategy::WriteThrough) {
+            self.cache.invalidate(&id.to_string(), DELETED_VERSION).await;
+        }
+        Ok(deleted)
+    }
+
+    /// A page of users from the database. Under write-back, pending writes are flushed first so
+    /// that a listing shows what was acknowledged.
+    pub async fn list(&self, page: PageRequest) -> Result<Page<User>, StoreError> {
+        if let Some(wb) = &self.write_back {
+            wb.flush_all(Duration::from_secs(5)).await?;
+        }
+        self.repo.list(page).await
+    }
+
+    /// Write-back entries not yet in the database.
+    pub fn backlog(&self) -> usize {
+        self.write_back.as_ref().map_or(0, |wb| wb.backlog())
+    }
+
+    /// Graceful stop: flushes the write-back backlog (bounded by `deadline`) and closes the journal.
+    /// What cannot be flushed in time stays in the journal and is replayed on the next start.
+    pub async fn shutdown(&self, deadline: Duration) {
+        if let Some(wb) = &self.write_back {
+            wb.shutdown(deadline).await;
+        }
+    }
+}
+
+/// A journal record: the whole new state of one user.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Record {
+    Put(User),
+    Delete(UserId),
+}
+
+struct Pending {
+    seq: u64,
+    /// `None`: deleted.
+    state: Option<Arc<Cached<User>>>,
+    written_ms: u64,
+}
+
+#[derive(Default)]
+struct Dirty {
+    by_id: HashMap<UserId, Pending>,
+    /// Emails held by pending states, for uniqueness checks before acknowledging.
+    emails: HashMap<UserEmail, UserId>,
+    last_seq: u64,
+}
+
+impl Dirty {
+    fn insert(&mut self, id: UserId, seq: u64, state: Option<Arc<Cached<User>>>) {
+        let written_ms = unix_ms();
+        if let Some(old) = self.by_id.get(&id).and_then(|p| p.state.as_ref()) {
+            if self.emails.get(&old.value.email) == Some(&id) {
+                self.emails.remove(&old.value.email);
+            }
+        }
+        if let Some(new) = &state {
+            self.emails.insert(new.value.email.clone(), id);
+        }
+        self.by_id.insert(id, Pending { seq, state, written_ms });
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Drops `id`'s entry if it is still the one written at `seq`.
+    fn settle(&mut self, id: UserId, seq: u64) -> bool {
+        if self.by_id.get(&id).is_none_or(|p| p.seq != seq) {
+            return false;
+        }
+        let pending = self.by_id.remove(&id).expect("checked above");
+        if let Some(state) = pending.state {
+            if self.emails.get(&state.value.email) == Some(&id) {
+                self.emails.remove(&state.value.email);
+            }
+        }
+        true
+    }
+
+    /// Every record at or below this sequence number is in the database.
+    fn watermark(&self) -> u64 {
+        self.by_id.values().map(|p| p.seq).min().map_or(self.last_seq, |seq| seq - 1)
+    }
+}
+
+struct WriteBack {
+    repo: Arc<dyn UserRepo>,
+    cache: Arc<ResourceCache<User>>,
+    journal: Journal,
+    opts: WriteBackOptions,
+    /// Serializes write-back writes: a write reads the current state, checks uniqueness, takes
+    /// the next sequence number and queues its journal record as one step. Holds that number.
+    gate: tokio::sync::Mutex<u64>,
+    dirty: Mutex<Dirty>,
+    /// Serializes flushes.
+    flushing: tokio::sync::Mutex<()>,
+    room: Notify,
+    wake: Notify,
+    stop: Notify,
+    flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl WriteBack {
+    async fn open(
+        repo: Arc<dyn UserRepo>,
+        cache: Arc<ResourceCache<User>>,
+        opts: WriteBackOptions,
+    ) -> Result<Arc<Self>, StoreError> {
+        let (journal, replayed) = Journal::open(&opts.dir, "users").map_err(|e| StoreError::Internal(Box::new(e)))?;
+        let next_seq = replayed.last_seq + 1;
+        let wb = Arc::new(Self {
+            repo,
+            cache,
+            journal,
+            opts,
+            gate: tokio::sync::Mutex::new(next_seq),
+            dirty: Mutex::default(),
+            flushing: tokio::sync::Mutex::new(()),
+            room: Notify::new(),
+            wake: Notify::new(),
+            stop: Notify::new(),
+            flusher: Mutex::new(None),
+        });
+        if !replayed.records.is_empty() {
+            let total = replayed.records.len();
+            tracing::info!(records = total, "replaying the write-back journal into the database");
+            {
+                let mut dirty = wb.dirty.lock().expect("dirty lock");
+                for (seq, payload) in replayed.records {
+                    let record: Record = serde_json::from_slice(&payload).map_err(|e| StoreError::Internal(Box::new(e)))?;
+                    match record {
+                        Record::Put(user) => dirty.insert(user.id, seq, Some(Cached::new(user))),
+                        Record::Delete(id) => dirty.insert(id, seq, None),
+                    }
+                }
+            }
+            wb.flush_all(Duration::from_secs(3600)).await?;
+            tracing::info!(records = total, "write-back journal replayed");
+        }
+        let flusher = tokio::spawn(wb.clone().run_flusher());
+        *wb.flusher.lock().expect("flusher lock") = Some(flusher);
+        Ok(wb)
+    }
+
+    fn backlog(&self) -> usize {
+        self.dirty.lock().expect("dirty lock").by_id.len()
+    }
+
+    /// The pending state of `id`, if it has an unflushed write: `Some(None)` means deleted.
+    fn pending(&self, id: UserId) -> Option<Option<Arc<Cached<User>>>> {
+        self.dirty.lock().expect("dirty lock").by_id.get(&id).map(|p| p.state.clone())
+    }
+
+    /// One write-back write: `change` turns the current state into the new one (`None` deletes).
+    /// Returns the new state once its journal record is on disk.
+    async fn write<F>(&self, id: UserId, change: F) -> Result<Option<Arc<Cached<User>>>, StoreError>
+    where
+        F: FnOnce(Option<User>) -> Result<Option<User>, StoreError>,
+    {
+        self.wait_for_room().await?;
+        let mut gate = self.gate.lock().await;
+        let current = match self.pending(id) {
+            Some(state) => state.map(|c| c.value.clone()),
+            None => self.repo.get(id).await?,
+        };
+        let existed = current.is_some();
+        let next = change(current.clone())?;
+        if !existed && next.as_ref().is_some_and(|u| u.version > 1) {
+            return Ok(None); // an update of a missing user
+        }
+        if !existed && next.is_none() {
+            return Ok(None); // a delete of a missing user: nothing to journal
+        }
+        if let Some(user) = &next {
+            let email_changed = current.as_ref().is_none_or(|c| c.email != user.email);
+            if email_changed {
+                self.check_email_free(&user.email, id).await?;
+            }
+        }
+        let seq = *gate;
+        *gate += 1;
+        let record = match &next {
+            Some(user) => Record::Put(user.clone()),
+            None => Record::Delete(id),
+        };
+        let payload = serde_json::to_vec(&record).map_err(|e| StoreError::Internal(Box::new(e)))?;
+        let durable = self.journal.enqueue(seq, payload);
+        let state = next.map(Cached::new);
+        let backlog = {
+            let mut dirty = self.dirty.lock().expect("dirty lock");
+            dirty.insert(id, seq, state.clone());
+            dirty.by_id.len()
+        };
+        self.update_gauges();
+        drop(gate);
+        if let Err(e) = durable.await {
+            tracing::error!(error = %e, "write-back journal failed; the write is refused");
+            self.dirty.lock().expect("dirty lock").settle(id, seq);
+            return Err(StoreError::Internal(Box::new(e)));
+        }
+        let key = id.to_string();
+        match &state {
+            Some(cached) => self.cache.put(&key, cached.clone()).await,
+            None => self.cache.invalidate(&key, DELETED_VERSION).await,
+        }
+        if backlog >= self.opts.max_batch {
+            self.wake.notify_one();
+        }
+        Ok(state)
+    }
+
+    async fn check_email_free(&self, email: &UserEmail, id: UserId) -> Result<(), StoreError> {
+        let taken_pending = {
+            let dirty = self.dirty.lock().expect("dirty lock");
+            dirty.emails.get(email).is_some_and(|holder| *holder != id)
+        };
+        if taken_pending {
+            return Err(StoreError::Conflict { field: "email" });
+        }
+        if let Some(holder) = self.repo.get_by_email(email).await? {
+            if holder.id != id {
+                // The database's holder may have a pending delete or email change.
+                let still_holds = match self.pending(holder.id) {
+                    None => true,
+                    Some(state) => state.is_some_and(|c| &c.value.email == email),
+                };
+                if still_holds {
+                    return Err(StoreError::Conflict { field: "email" });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_for_room(&self) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + self.opts.backpressure_timeout;
+        loop {
+            let room = self.room.notified();
+            if self.backlog() < self.opts.max_backlog {
+                return Ok(());
+            }
+            self.wake.notify_one();
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(StoreError::Unavailable("write-back backlog is full".into()));
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let dirty = self.dirty.lock().expect("dirty lock");
+        let stats = self.cache.stats();
+        stats.backlog.store(dirty.by_id.len() as u64, Relaxed);
+        let oldest = dirty.by_id.values().map(|p| p.written_ms).min().unwrap_or(0);
+        stats.oldest_unflushed_ms.store(oldest, Relaxed);
+    }
+
+    async fn run_flusher(self: Arc<Self>) {
+        let mut failures = 0u32;
+        loop {
+            let pause = if failures == 0 {
+                self.opts.flush_interval
+            } else {
+                (self.opts.flush_interval * 2u32.pow(failures.min(6))).min(Duration::from_secs(10))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.wake.notified() => {}
+                _ = self.stop.notified() => return,
+            }
+            match self.flush_once().await {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    Stats::inc(&self.cache.stats().flush_errors);
+                    tracing::warn!(error = %e, backlog = self.backlog(), "write-back flush failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Writes up to one batch of pending entries to the database; returns how many it settled.
+    async fn flush_once(&self) -> Result<usize, StoreError> {
+        let _flushing = self.flushing.lock().await;
+        let mut batch: Vec<(UserId, u64, Option<Arc<Cached<User>>>)> = {
+            let dirty = self.dirty.lock().expect("dirty lock");
+            dirty.by_id.iter().map(|(id, p)| (*id, p.seq, p.state.clone())).collect()
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        batch.sort_by_key(|(_, seq, _)| *seq);
+        batch.truncate(self.opts.max_batch);
+        let upserts: Vec<User> = batch.iter().filter_map(|(_, _, s)| s.as_ref().map(|c| c.value.clone())).collect();
+        let deletes: Vec<UserId> = batch.iter().filter(|(_, _, s)| s.is_none()).map(|(id, _, _)| *id).collect();
+        match self.repo.apply_batch(&upserts, &deletes).await {
+            Ok(()) => self.settle(&batch),
+            Err(StoreError::Conflict { .. }) => {
+                // Another instance took an email this one promised: apply one by one, and park
+                // what the database refuses instead of retrying it forever.
+                for entry in &batch {
+                    let (id, _, state) = entry;
+                    let res = match state {
+                        Some(c) => self.repo.apply_batch(std::slice::from_ref(&c.value), &[]).await,
+                        None => self.repo.apply_batch(&[], &[*id]).await,
+                    };
+                    match res {
+                        Ok(()) => {}
+                        Err(StoreError::Conflict { field }) => self.reject(entry, field).await?,
+                        Err(e) => return Err(e),
+                    }
+                    self.settle(std::slice::from_ref(entry));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(batch.len())
+    }
+
+    fn settle(&self, batch: &[(UserId, u64, Option<Arc<Cached<User>>>)]) {
+        let watermark = {
+            let mut dirty = self.dirty.lock().expect("dirty lock");
+            for (id, seq, _) in batch {
+                dirty.settle(*id, *seq);
+            }
+            dirty.watermark()
+        };
+        self.cache.stats().flushed.fetch_add(batch.len() as u64, Relaxed);
+        self.journal.release(watermark);
+        self.update_gauges();
+        self.room.notify_waiters();
+    }
+
+    async fn reject(&self, entry: &(UserId, u64, Option<Arc<Cached<User>>>), field: &str) -> Result<(), StoreError> {
+        let (id, seq, state) = entry;
+        let line = serde_json::json!({
+            "seq": seq,
+            "id": id,
+            "state": state.as_ref().map(|c| &c.value),
+            "reason": format!("{field} already exists"),
+            "rejected_at_ms": unix_ms(),
+        });
+        let path = self.opts.dir.join("users.rejected.jsonl");
+        let write = async {
+            use tokio::io::AsyncWriteExt;
+            let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
+            file.write_all(format!("{line}\n").as_bytes()).await?;
+            file.sync_data().await
+        };
+        write.await.map_err(|e| StoreError::Internal(Box::new(e)))?;
+        Stats::inc(&self.cache.stats().rejected);
+        tracing::error!(user_id = %id, seq, field, path = %path.display(), "the database refused a write-back entry; it was moved to the rejects file");
+        self.cache.invalidate(&id.to_string(), 0).await;
+        Ok(())
+    }
+
+    /// Flushes until nothing is pending or `deadline` passes.
+    async fn flush_all(&self, deadline: Duration) -> Result<(), StoreError> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            if self.backlog() == 0 {
+                return Ok(());
+            }
+            match self.flush_once().await {
+                Ok(_) => {}
+                Err(e) if tokio::time::Instant::now() >= until => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "write-back flush failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(StoreError::Unavailable("write-back flush did not finish in time".into()));
+            }
+        }
+    }
+
+    async fn shutdown(&self, deadline: Duration) {
+        self.stop.notify_one();
+        let flusher = self.flusher.lock().expect("flusher lock").take();
+        if let Some(flusher) = flusher {
+            let _ = flusher.await;
+        }
+        // Hold the gate so no write starts while the last flush runs.
+        let _gate = self.gate.lock().await;
+        match self.flush_all(deadline).await {
+            Ok(()) => tracing::info!("write-back backlog flushed"),
+            Err(e) => tracing::error!(error = %e, backlog = self.backlog(), "write-back backlog not flushed; it stays in the journal for the next start"),
+        }
+        self.journal.close().await;
+    }
+}

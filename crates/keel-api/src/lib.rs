@@ -1,1 +1,60 @@
-//! keel-api
+//! keel's HTTP API (the API server role, DESIGN.md C1).
+//!
+//! - [`router`]: the whole app: the users routes ([`users`]), the operations routes ([`ops`]:
+//!   `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`), one middleware ([`middleware`])
+//!   for request ids, load shedding, timeouts, metrics and logs.
+//! - [`error`]: [`ApiError`], the only place where failures become status codes and JSON bodies.
+//! - [`extract`]: the JSON body extractor that turns every malformed input into a precise error.
+//!
+//! **Invariant:** the API holds no state of its own between requests (stateless, so any number of
+//! instances can serve behind a load balancer); everything lives in the database and the caches.
+
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod ops;
+pub mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use keel_cache::CachedUsers;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use error::ApiError;
+pub use ops::{Probe, Readiness};
+
+/// Limits and switches of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub body_limit_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_in_flight: usize,
+    pub access_log: bool,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub users: Arc<CachedUsers>,
+    pub readiness: Arc<Readiness>,
+    /// Renders the `metrics` recorder; `None` when the process installed none (some tests).
+    pub metrics: Option<PrometheusHandle>,
+    pub http: HttpSettings,
+}
+
+/// The complete API router.
+pub fn router(state: AppState) -> Router {
+    let limiter = middleware::Limiter::new(&state.http);
+    Router::new()
+        .merge(users::router())
+        .merge(ops::router())
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            limiter,
+            middleware::around_request,
+        ))
+        .with_state(state)
+}

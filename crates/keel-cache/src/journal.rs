@@ -35,9 +35,17 @@ pub struct Replayed {
 }
 
 enum Cmd {
-    Append { seq: u64, payload: Vec<u8>, done: oneshot::Sender<io::Result<()>> },
-    Release { upto: u64 },
-    Close { done: oneshot::Sender<()> },
+    Append {
+        seq: u64,
+        payload: Vec<u8>,
+        done: oneshot::Sender<io::Result<()>>,
+    },
+    Release {
+        upto: u64,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// An open journal. Appends are durable when their future resolves `Ok`.
@@ -84,12 +92,23 @@ impl Journal {
             replayed.last_seq = replayed.last_seq.max(last_seq);
             closed.push(Segment { path, last_seq });
         }
-        let mut writer = Writer { dir: dir.to_path_buf(), name: name.to_owned(), closed, current: None };
+        let mut writer = Writer {
+            dir: dir.to_path_buf(),
+            name: name.to_owned(),
+            closed,
+            current: None,
+        };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("journal-{name}"))
             .spawn(move || writer.run(rx))?;
-        Ok((Self { tx, thread: Mutex::new(Some(thread)) }, replayed))
+        Ok((
+            Self {
+                tx,
+                thread: Mutex::new(Some(thread)),
+            },
+            replayed,
+        ))
     }
 
     /// Appends a record; resolves once it is on disk. Records are written in call order.
@@ -99,7 +118,11 @@ impl Journal {
 
     /// Queues a record (its position in the journal is fixed by this call) and returns a future
     /// that resolves once it is on disk.
-    pub fn enqueue(&self, seq: u64, payload: Vec<u8>) -> impl Future<Output = io::Result<()>> + use<> {
+    pub fn enqueue(
+        &self,
+        seq: u64,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = io::Result<()>> + use<> {
         let (done, rx) = oneshot::channel();
         let sent = self.tx.send(Cmd::Append { seq, payload, done });
         async move {
@@ -157,7 +180,10 @@ fn read_segment(path: &Path, newest: bool, out: &mut Vec<(u64, Vec<u8>)>) -> io:
             None => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("journal segment {} is damaged at byte {at}; refusing to start rather than lose writes", path.display()),
+                    format!(
+                        "journal segment {} is damaged at byte {at}; refusing to start rather than lose writes",
+                        path.display()
+                    ),
                 ));
             }
         }
@@ -249,10 +275,19 @@ impl Writer {
     fn write(&mut self, seq: u64, payload: &[u8]) -> io::Result<()> {
         if self.current.is_none() {
             let path = self.dir.join(format!("{}-{seq:020}.wal", self.name));
-            let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
             // The new file's directory entry must be durable before records in it are acknowledged.
             File::open(&self.dir)?.sync_all()?;
-            self.current = Some((BufWriter::with_capacity(256 * 1024, file), Segment { path, last_seq: seq }));
+            self.current = Some((
+                BufWriter::with_capacity(256 * 1024, file),
+                Segment {
+                    path,
+                    last_seq: seq,
+                },
+            ));
         }
         let (file, segment) = self.current.as_mut().expect("segment is open");
         let mut frame = Vec::with_capacity(HEADER + payload.len());
@@ -271,7 +306,11 @@ impl Writer {
     }
 
     fn release(&mut self, upto: u64) -> io::Result<()> {
-        if self.current.as_ref().is_some_and(|(_, s)| s.last_seq <= upto) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|(_, s)| s.last_seq <= upto)
+        {
             let (_, segment) = self.current.take().expect("checked above");
             self.closed.push(segment);
         }
@@ -302,7 +341,10 @@ mod tests {
         let (journal, replayed) = Journal::open(dir.path(), "t").unwrap();
         assert!(replayed.records.is_empty());
         for seq in 1..=100u64 {
-            journal.append(seq, format!("record {seq}").into_bytes()).await.unwrap();
+            journal
+                .append(seq, format!("record {seq}").into_bytes())
+                .await
+                .unwrap();
         }
         journal.close().await;
         let (_journal, replayed) = Journal::open(dir.path(), "t").unwrap();
@@ -337,7 +379,12 @@ mod tests {
             journal.append(seq, b"abc".to_vec()).await.unwrap();
         }
         journal.close().await;
-        let segment = fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let segment = fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
         file.write_all(&[9, 0, 0, 0, 1, 2]).unwrap(); // half a header: a crash mid-write
         drop(file);
@@ -346,7 +393,11 @@ mod tests {
         journal.append(4, b"d".to_vec()).await.unwrap();
         journal.close().await;
         let (_journal, replayed) = Journal::open(dir.path(), "t").unwrap();
-        assert_eq!(replayed.records.len(), 4, "the cut must leave the journal appendable");
+        assert_eq!(
+            replayed.records.len(),
+            4,
+            "the cut must leave the journal appendable"
+        );
     }
 
     #[tokio::test]
@@ -359,7 +410,10 @@ mod tests {
         let (journal, _) = Journal::open(dir.path(), "t").unwrap();
         journal.append(2, b"second".to_vec()).await.unwrap();
         journal.close().await;
-        let mut segments: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut segments: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         segments.sort();
         assert_eq!(segments.len(), 2);
         let mut bytes = fs::read(&segments[0]).unwrap();

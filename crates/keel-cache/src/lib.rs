@@ -18,7 +18,7 @@ pub mod stats;
 pub mod users;
 
 pub use redis_tier::RedisTier;
-pub use resource::{Cached, CachePolicy, ResourceCache, Versioned};
+pub use resource::{CachePolicy, Cached, ResourceCache, Versioned};
 pub use stats::Stats;
 pub use users::{CachedUsers, Strategy, WriteBackOptions};
 

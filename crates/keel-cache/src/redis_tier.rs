@@ -108,7 +108,10 @@ impl RedisTier {
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop)
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
     }
 
     pub async fn get(&self, resource: &str, key: &str) -> redis::RedisResult<Option<L2Entry>> {
@@ -146,7 +149,12 @@ impl RedisTier {
     }
 
     /// Publishes an invalidation and waits (bounded) until Redis has fanned it out.
-    pub async fn publish_and_wait(&self, resource: &str, key: &str, version: i64) -> redis::RedisResult<()> {
+    pub async fn publish_and_wait(
+        &self,
+        resource: &str,
+        key: &str,
+        version: i64,
+    ) -> redis::RedisResult<()> {
         let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let subscribed = self.is_coherent();
@@ -186,16 +194,25 @@ impl RedisTier {
                             self.coherent.store(true, Ordering::Release);
                             let mut messages = pubsub.on_message();
                             while let Some(msg) = messages.next().await {
-                                let Ok(payload) = msg.get_payload::<String>() else { continue };
+                                let Ok(payload) = msg.get_payload::<String>() else {
+                                    continue;
+                                };
                                 if !self.handle(&payload, &mut on_event) {
                                     return;
                                 }
                             }
-                            tracing::warn!(resource, "invalidation subscription lost; L1 bypassed until it is back");
+                            tracing::warn!(
+                                resource,
+                                "invalidation subscription lost; L1 bypassed until it is back"
+                            );
                         }
-                        Err(e) => tracing::warn!(resource, error = %e, "cannot subscribe to invalidations"),
+                        Err(e) => {
+                            tracing::warn!(resource, error = %e, "cannot subscribe to invalidations")
+                        }
                     },
-                    Err(e) => tracing::warn!(resource, error = %e, "cannot connect for invalidations"),
+                    Err(e) => {
+                        tracing::warn!(resource, error = %e, "cannot connect for invalidations")
+                    }
                 }
                 self.coherent.store(false, Ordering::Release);
                 tokio::time::sleep(backoff).await;
@@ -206,7 +223,8 @@ impl RedisTier {
 
     fn handle<F: FnMut(Event) -> bool>(&self, payload: &str, on_event: &mut F) -> bool {
         let mut parts = payload.splitn(4, ':');
-        let (Some(instance), Some(nonce), Some(version), Some(key)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(instance), Some(nonce), Some(version), Some(key)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return true;
         };
@@ -219,7 +237,10 @@ impl RedisTier {
             return true;
         }
         match version.parse::<i64>() {
-            Ok(version) => on_event(Event::Invalidated { key: key.to_owned(), version }),
+            Ok(version) => on_event(Event::Invalidated {
+                key: key.to_owned(),
+                version,
+            }),
             Err(_) => true,
         }
     }
@@ -229,7 +250,9 @@ fn decode(raw: &[u8]) -> Option<L2Entry> {
     let text_end = raw.iter().position(|&b| b == b':')?;
     let rest = &raw[text_end + 1..];
     match rest.split_first() {
-        Some((b'd', tail)) => Some(L2Entry::Data(Bytes::copy_from_slice(tail.strip_prefix(b":")?))),
+        Some((b'd', tail)) => Some(L2Entry::Data(Bytes::copy_from_slice(
+            tail.strip_prefix(b":")?,
+        ))),
         Some((b't', _)) => Some(L2Entry::Tomb),
         _ => None,
     }

@@ -75,11 +75,22 @@ struct Entry<V> {
 struct PerEntryTtl;
 
 impl<V> moka::Expiry<String, Arc<Entry<V>>> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, entry: &Arc<Entry<V>>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        entry: &Arc<Entry<V>>,
+        _: Instant,
+    ) -> Option<Duration> {
         Some(entry.ttl)
     }
 
-    fn expire_after_update(&self, _: &String, entry: &Arc<Entry<V>>, _: Instant, _: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Arc<Entry<V>>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         Some(entry.ttl)
     }
 }
@@ -115,11 +126,20 @@ where
                 }
             })
             .build();
-        let cache = Arc::new(Self { name, policy, l1, l2, inflight: Mutex::default(), stats });
+        let cache = Arc::new(Self {
+            name,
+            policy,
+            l1,
+            l2,
+            inflight: Mutex::default(),
+            stats,
+        });
         if let Some(l2) = &cache.l2 {
             let weak: Weak<Self> = Arc::downgrade(&cache);
             l2.clone().spawn_subscriber(name, move |event| {
-                let Some(cache) = weak.upgrade() else { return false };
+                let Some(cache) = weak.upgrade() else {
+                    return false;
+                };
                 match event {
                     crate::redis_tier::Event::Resubscribed => cache.l1.invalidate_all(),
                     crate::redis_tier::Event::Invalidated { key, version } => {
@@ -150,7 +170,11 @@ where
 
     /// The value under `key`: from L1, else from L2, else from `load` (the database), filling the
     /// tiers on the way back. Concurrent misses on one key share one load.
-    pub async fn get_or_load<F, Fut>(&self, key: &str, load: F) -> Result<Option<Arc<Cached<V>>>, StoreError>
+    pub async fn get_or_load<F, Fut>(
+        &self,
+        key: &str,
+        load: F,
+    ) -> Result<Option<Arc<Cached<V>>>, StoreError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, StoreError>>,
@@ -174,7 +198,11 @@ where
         self.load_single_flight(key, load).await
     }
 
-    async fn load_single_flight<F, Fut>(&self, key: &str, load: F) -> Result<Option<Arc<Cached<V>>>, StoreError>
+    async fn load_single_flight<F, Fut>(
+        &self,
+        key: &str,
+        load: F,
+    ) -> Result<Option<Arc<Cached<V>>>, StoreError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, StoreError>>,
@@ -216,7 +244,9 @@ where
                         self.offer_l1(key, &cached).await;
                         return Ok(Some(cached));
                     }
-                    Err(e) => tracing::warn!(resource = self.name, error = %e, "undecodable L2 entry ignored"),
+                    Err(e) => {
+                        tracing::warn!(resource = self.name, error = %e, "undecodable L2 entry ignored")
+                    }
                 },
                 Ok(_) => {}
                 Err(e) => {
@@ -231,7 +261,16 @@ where
                 let cached = Cached::new(value);
                 if let Some(l2) = &self.l2 {
                     let ttl = self.policy.jittered(self.policy.ttl);
-                    if let Err(e) = l2.set_if_newer(self.name, key, cached.value.version(), Some(&cached.json), ttl).await {
+                    if let Err(e) = l2
+                        .set_if_newer(
+                            self.name,
+                            key,
+                            cached.value.version(),
+                            Some(&cached.json),
+                            ttl,
+                        )
+                        .await
+                    {
                         Stats::inc(&self.stats.l2_errors);
                         tracing::warn!(resource = self.name, error = %e, "redis write failed");
                     }
@@ -256,7 +295,10 @@ where
             return;
         }
         let version = value.value.version();
-        let entry = Arc::new(Entry { slot: Slot::Present(value.clone()), ttl: self.policy.jittered(self.policy.ttl) });
+        let entry = Arc::new(Entry {
+            slot: Slot::Present(value.clone()),
+            ttl: self.policy.jittered(self.policy.ttl),
+        });
         self.l1
             .entry(key.to_owned())
             .and_compute_with(|current| {
@@ -275,7 +317,10 @@ where
         if self.policy.negative_ttl.is_zero() || !self.l1_usable() {
             return;
         }
-        let entry = Arc::new(Entry { slot: Slot::Absent, ttl: self.policy.jittered(self.policy.negative_ttl) });
+        let entry = Arc::new(Entry {
+            slot: Slot::Absent,
+            ttl: self.policy.jittered(self.policy.negative_ttl),
+        });
         self.l1
             .entry(key.to_owned())
             .and_compute_with(|current| {
@@ -290,7 +335,10 @@ where
     }
 
     async fn tomb_l1(&self, key: String, version: i64) {
-        let entry = Arc::new(Entry { slot: Slot::Tomb(version), ttl: self.policy.ttl });
+        let entry = Arc::new(Entry {
+            slot: Slot::Tomb(version),
+            ttl: self.policy.ttl,
+        });
         self.l1
             .entry(key)
             .and_compute_with(|current| {
@@ -307,7 +355,10 @@ where
         self.offer_l1(key, &value).await;
         if let Some(l2) = &self.l2 {
             let ttl = self.policy.jittered(self.policy.ttl);
-            if let Err(e) = l2.set_if_newer(self.name, key, version, Some(&value.json), ttl).await {
+            if let Err(e) = l2
+                .set_if_newer(self.name, key, version, Some(&value.json), ttl)
+                .await
+            {
                 Stats::inc(&self.stats.l2_errors);
                 tracing::warn!(resource = self.name, error = %e, "redis write failed");
             }
@@ -320,7 +371,10 @@ where
     pub async fn invalidate(&self, key: &str, version: i64) {
         self.tomb_l1(key.to_owned(), version).await;
         if let Some(l2) = &self.l2 {
-            if let Err(e) = l2.set_if_newer(self.name, key, version, None, self.policy.ttl).await {
+            if let Err(e) = l2
+                .set_if_newer(self.name, key, version, None, self.policy.ttl)
+                .await
+            {
                 Stats::inc(&self.stats.l2_errors);
                 tracing::warn!(resource = self.name, error = %e, "redis invalidation failed");
             }

@@ -47,24 +47,80 @@ impl Stats {
     /// Appends this resource's metrics in Prometheus text format.
     pub fn render_prometheus(&self, resource: &str, now_ms: u64, out: &mut String) {
         let counters = [
-            ("keel_cache_hits_total", "Reads answered from the in-process cache.", &self.hits),
-            ("keel_cache_misses_total", "Reads not answered from the in-process cache.", &self.misses),
-            ("keel_cache_l2_hits_total", "Misses answered by Redis.", &self.l2_hits),
-            ("keel_cache_loads_total", "Database reads that filled the cache.", &self.loads),
-            ("keel_cache_load_errors_total", "Cache fills that failed.", &self.load_errors),
-            ("keel_cache_evictions_total", "Entries evicted for capacity.", &self.evictions),
-            ("keel_cache_invalidations_sent_total", "Invalidations published.", &self.invalidations_sent),
-            ("keel_cache_invalidations_received_total", "Invalidations received.", &self.invalidations_received),
-            ("keel_cache_l2_errors_total", "Redis operations that failed.", &self.l2_errors),
-            ("keel_cache_writeback_flushed_total", "Write-back entries written to the database.", &self.flushed),
-            ("keel_cache_writeback_flush_errors_total", "Write-back flushes that failed.", &self.flush_errors),
-            ("keel_cache_writeback_rejected_total", "Write-back entries the database refused.", &self.rejected),
+            (
+                "keel_cache_hits_total",
+                "Reads answered from the in-process cache.",
+                &self.hits,
+            ),
+            (
+                "keel_cache_misses_total",
+                "Reads not answered from the in-process cache.",
+                &self.misses,
+            ),
+            (
+                "keel_cache_l2_hits_total",
+                "Misses answered by Redis.",
+                &self.l2_hits,
+            ),
+            (
+                "keel_cache_loads_total",
+                "Database reads that filled the cache.",
+                &self.loads,
+            ),
+            (
+                "keel_cache_load_errors_total",
+                "Cache fills that failed.",
+                &self.load_errors,
+            ),
+            (
+                "keel_cache_evictions_total",
+                "Entries evicted for capacity.",
+                &self.evictions,
+            ),
+            (
+                "keel_cache_invalidations_sent_total",
+                "Invalidations published.",
+                &self.invalidations_sent,
+            ),
+            (
+                "keel_cache_invalidations_received_total",
+                "Invalidations received.",
+                &self.invalidations_received,
+            ),
+            (
+                "keel_cache_l2_errors_total",
+                "Redis operations that failed.",
+                &self.l2_errors,
+            ),
+            (
+                "keel_cache_writeback_flushed_total",
+                "Write-back entries written to the database.",
+                &self.flushed,
+            ),
+            (
+                "keel_cache_writeback_flush_errors_total",
+                "Write-back flushes that failed.",
+                &self.flush_errors,
+            ),
+            (
+                "keel_cache_writeback_rejected_total",
+                "Write-back entries the database refused.",
+                &self.rejected,
+            ),
         ];
         for (name, help, counter) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{resource=\"{resource}\"}} {}", Self::get(counter));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{resource=\"{resource}\"}} {}",
+                Self::get(counter)
+            );
         }
         let oldest = Self::get(&self.oldest_unflushed_ms);
-        let lag = if oldest == 0 { 0.0 } else { now_ms.saturating_sub(oldest) as f64 / 1000.0 };
+        let lag = if oldest == 0 {
+            0.0
+        } else {
+            now_ms.saturating_sub(oldest) as f64 / 1000.0
+        };
         let _ = writeln!(
             out,
             "# HELP keel_cache_writeback_backlog Write-back entries not yet in the database.\n# TYPE keel_cache_writeback_backlog gauge\nkeel_cache_writeback_backlog{{resource=\"{resource}\"}} {}",

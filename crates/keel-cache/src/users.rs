@@ -17,14 +17,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DurationRound, TimeDelta, Utc};
-use keel_domain::{NewUser, Page, PageRequest, StoreError, User, UserEmail, UserId, UserPatch, UserRepo};
+use keel_domain::{
+    NewUser, Page, PageRequest, StoreError, User, UserEmail, UserId, UserPatch, UserRepo,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::DELETED_VERSION;
 use crate::journal::Journal;
 use crate::resource::{Cached, ResourceCache, Versioned};
 use crate::stats::Stats;
-use crate::DELETED_VERSION;
 
 impl Versioned for User {
     fn version(&self) -> i64 {
@@ -59,11 +61,15 @@ const UPDATE_ATTEMPTS: usize = 5;
 /// Now, at the microsecond precision every backend stores, so that a value cached at write time
 /// is identical to the one a later load reads back.
 fn now() -> chrono::DateTime<Utc> {
-    Utc::now().duration_trunc(TimeDelta::microseconds(1)).expect("microsecond truncation")
+    Utc::now()
+        .duration_trunc(TimeDelta::microseconds(1))
+        .expect("microsecond truncation")
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Users, read and written through the cache.
@@ -85,12 +91,19 @@ impl CachedUsers {
     ) -> Result<Arc<Self>, StoreError> {
         let write_back = match strategy {
             Strategy::WriteBack => {
-                let opts = write_back.ok_or_else(|| StoreError::Internal("write-back needs journal options".into()))?;
+                let opts = write_back.ok_or_else(|| {
+                    StoreError::Internal("write-back needs journal options".into())
+                })?;
                 Some(WriteBack::open(repo.clone(), cache.clone(), opts).await?)
             }
             _ => None,
         };
-        Ok(Arc::new(Self { repo, cache, strategy, write_back }))
+        Ok(Arc::new(Self {
+            repo,
+            cache,
+            strategy,
+            write_back,
+        }))
     }
 
     pub fn strategy(&self) -> Strategy {
@@ -113,13 +126,18 @@ impl CachedUsers {
             }
         }
         let repo = &self.repo;
-        self.cache.get_or_load(&id.to_string(), || repo.get(id)).await
+        self.cache
+            .get_or_load(&id.to_string(), || repo.get(id))
+            .await
     }
 
     pub async fn create(&self, new: NewUser) -> Result<Arc<Cached<User>>, StoreError> {
         let user = User::create(new, now());
         if let Some(wb) = &self.write_back {
-            return wb.write(user.id, |_| Ok(Some(user))).await.map(|state| state.expect("created"));
+            return wb
+                .write(user.id, |_| Ok(Some(user)))
+                .await
+                .map(|state| state.expect("created"));
         }
         self.repo.insert(&user).await?;
         let cached = Cached::new(user);
@@ -134,9 +152,15 @@ impl CachedUsers {
     }
 
     /// Applies `patch`; `None` when the user does not exist.
-    pub async fn update(&self, id: UserId, patch: UserPatch) -> Result<Option<Arc<Cached<User>>>, StoreError> {
+    pub async fn update(
+        &self,
+        id: UserId,
+        patch: UserPatch,
+    ) -> Result<Option<Arc<Cached<User>>>, StoreError> {
         if let Some(wb) = &self.write_back {
-            return wb.write(id, |current| Ok(current.map(|u| u.patched(&patch, now())))).await;
+            return wb
+                .write(id, |current| Ok(current.map(|u| u.patched(&patch, now()))))
+                .await;
         }
         for attempt in 0..UPDATE_ATTEMPTS {
             // First from the cache (usually current); after a lost race, from the database.
@@ -145,7 +169,9 @@ impl CachedUsers {
             } else {
                 self.repo.get(id).await?
             };
-            let Some(current) = current else { return Ok(None) };
+            let Some(current) = current else {
+                return Ok(None);
+            };
             let next = current.patched(&patch, now());
             match self.repo.update(&next).await {
                 Ok(true) => {}
@@ -178,7 +204,9 @@ impl CachedUsers {
         }
         let deleted = self.repo.delete(id).await?;
         if deleted && matches!(self.strategy, Strategy::Lazy | Strategy::WriteThrough) {
-            self.cache.invalidate(&id.to_string(), DELETED_VERSION).await;
+            self.cache
+                .invalidate(&id.to_string(), DELETED_VERSION)
+                .await;
         }
         Ok(deleted)
     }
@@ -240,7 +268,14 @@ impl Dirty {
         if let Some(new) = &state {
             self.emails.insert(new.value.email.clone(), id);
         }
-        self.by_id.insert(id, Pending { seq, state, written_ms });
+        self.by_id.insert(
+            id,
+            Pending {
+                seq,
+                state,
+                written_ms,
+            },
+        );
         self.last_seq = self.last_seq.max(seq);
     }
 
@@ -260,7 +295,11 @@ impl Dirty {
 
     /// Every record at or below this sequence number is in the database.
     fn watermark(&self) -> u64 {
-        self.by_id.values().map(|p| p.seq).min().map_or(self.last_seq, |seq| seq - 1)
+        self.by_id
+            .values()
+            .map(|p| p.seq)
+            .min()
+            .map_or(self.last_seq, |seq| seq - 1)
     }
 }
 
@@ -287,7 +326,8 @@ impl WriteBack {
         cache: Arc<ResourceCache<User>>,
         opts: WriteBackOptions,
     ) -> Result<Arc<Self>, StoreError> {
-        let (journal, replayed) = Journal::open(&opts.dir, "users").map_err(|e| StoreError::Internal(Box::new(e)))?;
+        let (journal, replayed) =
+            Journal::open(&opts.dir, "users").map_err(|e| StoreError::Internal(Box::new(e)))?;
         let next_seq = replayed.last_seq + 1;
         let wb = Arc::new(Self {
             repo,
@@ -304,11 +344,15 @@ impl WriteBack {
         });
         if !replayed.records.is_empty() {
             let total = replayed.records.len();
-            tracing::info!(records = total, "replaying the write-back journal into the database");
+            tracing::info!(
+                records = total,
+                "replaying the write-back journal into the database"
+            );
             {
                 let mut dirty = wb.dirty.lock().expect("dirty lock");
                 for (seq, payload) in replayed.records {
-                    let record: Record = serde_json::from_slice(&payload).map_err(|e| StoreError::Internal(Box::new(e)))?;
+                    let record: Record = serde_json::from_slice(&payload)
+                        .map_err(|e| StoreError::Internal(Box::new(e)))?;
                     match record {
                         Record::Put(user) => dirty.insert(user.id, seq, Some(Cached::new(user))),
                         Record::Delete(id) => dirty.insert(id, seq, None),
@@ -329,7 +373,12 @@ impl WriteBack {
 
     /// The pending state of `id`, if it has an unflushed write: `Some(None)` means deleted.
     fn pending(&self, id: UserId) -> Option<Option<Arc<Cached<User>>>> {
-        self.dirty.lock().expect("dirty lock").by_id.get(&id).map(|p| p.state.clone())
+        self.dirty
+            .lock()
+            .expect("dirty lock")
+            .by_id
+            .get(&id)
+            .map(|p| p.state.clone())
     }
 
     /// One write-back write: `change` turns the current state into the new one (`None` deletes).
@@ -431,7 +480,12 @@ impl WriteBack {
         let dirty = self.dirty.lock().expect("dirty lock");
         let stats = self.cache.stats();
         stats.backlog.store(dirty.by_id.len() as u64, Relaxed);
-        let oldest = dirty.by_id.values().map(|p| p.written_ms).min().unwrap_or(0);
+        let oldest = dirty
+            .by_id
+            .values()
+            .map(|p| p.written_ms)
+            .min()
+            .unwrap_or(0);
         stats.oldest_unflushed_ms.store(oldest, Relaxed);
     }
 
@@ -464,15 +518,26 @@ impl WriteBack {
         let _flushing = self.flushing.lock().await;
         let mut batch: Vec<(UserId, u64, Option<Arc<Cached<User>>>)> = {
             let dirty = self.dirty.lock().expect("dirty lock");
-            dirty.by_id.iter().map(|(id, p)| (*id, p.seq, p.state.clone())).collect()
+            dirty
+                .by_id
+                .iter()
+                .map(|(id, p)| (*id, p.seq, p.state.clone()))
+                .collect()
         };
         if batch.is_empty() {
             return Ok(0);
         }
         batch.sort_by_key(|(_, seq, _)| *seq);
         batch.truncate(self.opts.max_batch);
-        let upserts: Vec<User> = batch.iter().filter_map(|(_, _, s)| s.as_ref().map(|c| c.value.clone())).collect();
-        let deletes: Vec<UserId> = batch.iter().filter(|(_, _, s)| s.is_none()).map(|(id, _, _)| *id).collect();
+        let upserts: Vec<User> = batch
+            .iter()
+            .filter_map(|(_, _, s)| s.as_ref().map(|c| c.value.clone()))
+            .collect();
+        let deletes: Vec<UserId> = batch
+            .iter()
+            .filter(|(_, _, s)| s.is_none())
+            .map(|(id, _, _)| *id)
+            .collect();
         match self.repo.apply_batch(&upserts, &deletes).await {
             Ok(()) => self.settle(&batch),
             Err(StoreError::Conflict { .. }) => {
@@ -481,7 +546,11 @@ impl WriteBack {
                 for entry in &batch {
                     let (id, _, state) = entry;
                     let res = match state {
-                        Some(c) => self.repo.apply_batch(std::slice::from_ref(&c.value), &[]).await,
+                        Some(c) => {
+                            self.repo
+                                .apply_batch(std::slice::from_ref(&c.value), &[])
+                                .await
+                        }
                         None => self.repo.apply_batch(&[], &[*id]).await,
                     };
                     match res {
@@ -505,13 +574,20 @@ impl WriteBack {
             }
             dirty.watermark()
         };
-        self.cache.stats().flushed.fetch_add(batch.len() as u64, Relaxed);
+        self.cache
+            .stats()
+            .flushed
+            .fetch_add(batch.len() as u64, Relaxed);
         self.journal.release(watermark);
         self.update_gauges();
         self.room.notify_waiters();
     }
 
-    async fn reject(&self, entry: &(UserId, u64, Option<Arc<Cached<User>>>), field: &str) -> Result<(), StoreError> {
+    async fn reject(
+        &self,
+        entry: &(UserId, u64, Option<Arc<Cached<User>>>),
+        field: &str,
+    ) -> Result<(), StoreError> {
         let (id, seq, state) = entry;
         let line = serde_json::json!({
             "seq": seq,
@@ -523,7 +599,11 @@ impl WriteBack {
         let path = self.opts.dir.join("users.rejected.jsonl");
         let write = async {
             use tokio::io::AsyncWriteExt;
-            let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await?;
             file.write_all(format!("{line}\n").as_bytes()).await?;
             file.sync_data().await
         };
@@ -550,7 +630,9 @@ impl WriteBack {
                 }
             }
             if tokio::time::Instant::now() >= until {
-                return Err(StoreError::Unavailable("write-back flush did not finish in time".into()));
+                return Err(StoreError::Unavailable(
+                    "write-back flush did not finish in time".into(),
+                ));
             }
         }
     }
@@ -565,7 +647,9 @@ impl WriteBack {
         let _gate = self.gate.lock().await;
         match self.flush_all(deadline).await {
             Ok(()) => tracing::info!("write-back backlog flushed"),
-            Err(e) => tracing::error!(error = %e, backlog = self.backlog(), "write-back backlog not flushed; it stays in the journal for the next start"),
+            Err(e) => {
+                tracing::error!(error = %e, backlog = self.backlog(), "write-back backlog not flushed; it stays in the journal for the next start")
+            }
         }
         self.journal.close().await;
     }

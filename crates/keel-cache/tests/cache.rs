@@ -5,8 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keel_cache::{CachePolicy, CachedUsers, RedisTier, ResourceCache, Stats, Strategy, WriteBackOptions};
-use keel_domain::{NewUser, Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserPatch, UserRepo};
+use keel_cache::{
+    CachePolicy, CachedUsers, RedisTier, ResourceCache, Stats, Strategy, WriteBackOptions,
+};
+use keel_domain::{
+    NewUser, Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserPatch, UserRepo,
+};
 use keel_store_sqlite::{PoolSettings, SqliteStore};
 
 /// The real SQLite store, with a count of the reads that reach it.
@@ -53,14 +57,25 @@ struct Fixture {
 }
 
 fn policy() -> CachePolicy {
-    CachePolicy { ttl: Duration::from_secs(180), negative_ttl: Duration::from_secs(5), jitter_ratio: 0.1, l1_max_entries: 10_000 }
+    CachePolicy {
+        ttl: Duration::from_secs(180),
+        negative_ttl: Duration::from_secs(5),
+        jitter_ratio: 0.1,
+        l1_max_entries: 10_000,
+    }
 }
 
 async fn store(dir: &std::path::Path) -> SqliteStore {
     let url = format!("sqlite://{}", dir.join("keel.db").display());
-    let store = SqliteStore::connect(&url, &PoolSettings { max_connections: 4, acquire_timeout: Duration::from_secs(5) })
-        .await
-        .unwrap();
+    let store = SqliteStore::connect(
+        &url,
+        &PoolSettings {
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+        },
+    )
+    .await
+    .unwrap();
     store.migrate().await.unwrap();
     store
 }
@@ -77,23 +92,42 @@ fn wb_options(dir: &std::path::Path, flush_interval: Duration) -> WriteBackOptio
 
 async fn fixture(strategy: Strategy, policy: CachePolicy, l2: Option<Arc<RedisTier>>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Arc::new(Counted { inner: store(dir.path()).await, gets: AtomicU64::new(0) });
+    let repo = Arc::new(Counted {
+        inner: store(dir.path()).await,
+        gets: AtomicU64::new(0),
+    });
     let cache = ResourceCache::new("users", policy, l2);
-    let users = CachedUsers::new(repo.clone(), cache, strategy, Some(wb_options(dir.path(), Duration::from_secs(3600))))
-        .await
-        .unwrap();
-    Fixture { _dir: dir, repo, users }
+    let users = CachedUsers::new(
+        repo.clone(),
+        cache,
+        strategy,
+        Some(wb_options(dir.path(), Duration::from_secs(3600))),
+    )
+    .await
+    .unwrap();
+    Fixture {
+        _dir: dir,
+        repo,
+        users,
+    }
 }
 
 fn new_user(tag: &str) -> NewUser {
     NewUser {
         name: UserName::parse(&format!("User {tag}")).unwrap(),
-        email: UserEmail::parse(&format!("{tag}-{}@example.com", uuid::Uuid::new_v4().simple())).unwrap(),
+        email: UserEmail::parse(&format!(
+            "{tag}-{}@example.com",
+            uuid::Uuid::new_v4().simple()
+        ))
+        .unwrap(),
     }
 }
 
 fn rename(name: &str) -> UserPatch {
-    UserPatch { name: Some(UserName::parse(name).unwrap()), email: None }
+    UserPatch {
+        name: Some(UserName::parse(name).unwrap()),
+        email: None,
+    }
 }
 
 fn get(stat: &AtomicU64) -> u64 {
@@ -114,10 +148,18 @@ async fn a_hundred_concurrent_misses_on_one_key_make_one_database_read() {
     for read in futures_util::future::join_all(reads).await {
         assert_eq!(read.unwrap(), created.id);
     }
-    assert_eq!(fx.repo.gets.load(Ordering::SeqCst), 1, "single-flight must collapse the misses");
+    assert_eq!(
+        fx.repo.gets.load(Ordering::SeqCst),
+        1,
+        "single-flight must collapse the misses"
+    );
     assert_eq!(get(&fx.users.stats().loads), 1);
     fx.users.get(created.id).await.unwrap().unwrap();
-    assert_eq!(fx.repo.gets.load(Ordering::SeqCst), 1, "the next read must be a hit");
+    assert_eq!(
+        fx.repo.gets.load(Ordering::SeqCst),
+        1,
+        "the next read must be a hit"
+    );
 }
 
 #[tokio::test]
@@ -126,7 +168,11 @@ async fn a_missing_user_is_cached_as_not_found_until_invalidated() {
     let ghost = UserId::generate();
     assert!(fx.users.get(ghost).await.unwrap().is_none());
     assert!(fx.users.get(ghost).await.unwrap().is_none());
-    assert_eq!(fx.repo.gets.load(Ordering::SeqCst), 1, "the second lookup must hit the negative entry");
+    assert_eq!(
+        fx.repo.gets.load(Ordering::SeqCst),
+        1,
+        "the second lookup must hit the negative entry"
+    );
 
     // A write of the key (here: the row appears, as a create does) clears the negative entry.
     fx.users.cache().invalidate(&ghost.to_string(), 1).await;
@@ -136,7 +182,11 @@ async fn a_missing_user_is_cached_as_not_found_until_invalidated() {
 
 #[tokio::test]
 async fn entries_expire_after_their_jittered_ttl() {
-    let short = CachePolicy { ttl: Duration::from_millis(200), jitter_ratio: 0.5, ..policy() };
+    let short = CachePolicy {
+        ttl: Duration::from_millis(200),
+        jitter_ratio: 0.5,
+        ..policy()
+    };
     let fx = fixture(Strategy::Lazy, short, None).await;
     let user = fx.users.create(new_user("ttl")).await.unwrap();
     fx.users.get(user.value.id).await.unwrap();
@@ -145,7 +195,11 @@ async fn entries_expire_after_their_jittered_ttl() {
     // moka keeps its own clock, so this waits in real time, just past the longest lifetime.
     tokio::time::sleep(Duration::from_millis(250)).await;
     fx.users.get(user.value.id).await.unwrap();
-    assert_eq!(fx.repo.gets.load(Ordering::SeqCst), 2, "an expired entry must be reloaded");
+    assert_eq!(
+        fx.repo.gets.load(Ordering::SeqCst),
+        2,
+        "an expired entry must be reloaded"
+    );
 }
 
 #[tokio::test]
@@ -154,14 +208,25 @@ async fn lazy_invalidates_on_write_so_the_next_read_loads_the_new_value() {
     let user = fx.users.create(new_user("lazy")).await.unwrap();
     fx.users.get(user.value.id).await.unwrap();
     let loads = get(&fx.users.stats().loads);
-    fx.users.update(user.value.id, rename("Renamed")).await.unwrap().unwrap();
+    fx.users
+        .update(user.value.id, rename("Renamed"))
+        .await
+        .unwrap()
+        .unwrap();
     let read = fx.users.get(user.value.id).await.unwrap().unwrap();
     assert_eq!(read.value.name.as_str(), "Renamed");
     assert_eq!(read.value.version, 2);
-    assert_eq!(get(&fx.users.stats().loads), loads + 1, "lazy must reload after a write");
+    assert_eq!(
+        get(&fx.users.stats().loads),
+        loads + 1,
+        "lazy must reload after a write"
+    );
 
     assert!(fx.users.delete(user.value.id).await.unwrap());
-    assert!(fx.users.get(user.value.id).await.unwrap().is_none(), "a deleted user must not be served");
+    assert!(
+        fx.users.get(user.value.id).await.unwrap().is_none(),
+        "a deleted user must not be served"
+    );
 }
 
 #[tokio::test]
@@ -170,11 +235,23 @@ async fn write_through_replaces_the_cached_value_so_the_next_read_hits() {
     let user = fx.users.create(new_user("wt")).await.unwrap();
     let read = fx.users.get(user.value.id).await.unwrap().unwrap();
     assert_eq!(read.value, user.value);
-    fx.users.update(user.value.id, rename("Through")).await.unwrap().unwrap();
+    fx.users
+        .update(user.value.id, rename("Through"))
+        .await
+        .unwrap()
+        .unwrap();
     let read = fx.users.get(user.value.id).await.unwrap().unwrap();
     assert_eq!(read.value.name.as_str(), "Through");
-    assert_eq!(fx.repo.gets.load(Ordering::SeqCst), 0, "write-through reads must all hit");
-    assert_eq!(fx.repo.inner.get(user.value.id).await.unwrap().unwrap(), read.value, "cache and database agree");
+    assert_eq!(
+        fx.repo.gets.load(Ordering::SeqCst),
+        0,
+        "write-through reads must all hit"
+    );
+    assert_eq!(
+        fx.repo.inner.get(user.value.id).await.unwrap().unwrap(),
+        read.value,
+        "cache and database agree"
+    );
 }
 
 #[tokio::test]
@@ -182,10 +259,27 @@ async fn ttl_leaves_the_cache_alone_on_write_as_the_seed_describes() {
     let fx = fixture(Strategy::Ttl, policy(), None).await;
     let user = fx.users.create(new_user("ttl-stale")).await.unwrap();
     fx.users.get(user.value.id).await.unwrap();
-    fx.users.update(user.value.id, rename("Fresh")).await.unwrap().unwrap();
+    fx.users
+        .update(user.value.id, rename("Fresh"))
+        .await
+        .unwrap()
+        .unwrap();
     let read = fx.users.get(user.value.id).await.unwrap().unwrap();
-    assert_eq!(read.value.name, user.value.name, "ttl serves the cached value until it expires");
-    assert_eq!(fx.repo.inner.get(user.value.id).await.unwrap().unwrap().name.as_str(), "Fresh");
+    assert_eq!(
+        read.value.name, user.value.name,
+        "ttl serves the cached value until it expires"
+    );
+    assert_eq!(
+        fx.repo
+            .inner
+            .get(user.value.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .name
+            .as_str(),
+        "Fresh"
+    );
 }
 
 #[tokio::test]
@@ -202,7 +296,11 @@ async fn concurrent_updates_of_one_user_all_land_in_order() {
         versions.push(res.unwrap().unwrap().unwrap().value.version);
     }
     versions.sort();
-    assert_eq!(versions, vec![2, 3, 4, 5], "every update must apply exactly once, none merged");
+    assert_eq!(
+        versions,
+        vec![2, 3, 4, 5],
+        "every update must apply exactly once, none merged"
+    );
 }
 
 #[tokio::test]
@@ -210,18 +308,37 @@ async fn write_back_acknowledges_before_the_database_and_reads_see_the_write() {
     let fx = fixture(Strategy::WriteBack, policy(), None).await;
     let user = fx.users.create(new_user("wb")).await.unwrap();
     let id = user.value.id;
-    assert!(fx.repo.inner.get(id).await.unwrap().is_none(), "not flushed yet (flush interval is an hour)");
+    assert!(
+        fx.repo.inner.get(id).await.unwrap().is_none(),
+        "not flushed yet (flush interval is an hour)"
+    );
     assert_eq!(fx.users.get(id).await.unwrap().unwrap().value, user.value);
     let renamed = fx.users.update(id, rename("Back")).await.unwrap().unwrap();
-    assert_eq!(fx.users.get(id).await.unwrap().unwrap().value.name.as_str(), "Back");
+    assert_eq!(
+        fx.users.get(id).await.unwrap().unwrap().value.name.as_str(),
+        "Back"
+    );
     assert_eq!(fx.users.backlog(), 1);
 
     // A duplicate email is refused at write time, against pending writes as well as the database.
-    let dup = NewUser { name: UserName::parse("Dup").unwrap(), email: user.value.email.clone() };
-    assert!(matches!(fx.users.create(dup).await, Err(StoreError::Conflict { field: "email" })));
+    let dup = NewUser {
+        name: UserName::parse("Dup").unwrap(),
+        email: user.value.email.clone(),
+    };
+    assert!(matches!(
+        fx.users.create(dup).await,
+        Err(StoreError::Conflict { field: "email" })
+    ));
 
     // Listing flushes first, so it shows what was acknowledged.
-    let page = fx.users.list(PageRequest { after: None, limit: 10 }).await.unwrap();
+    let page = fx
+        .users
+        .list(PageRequest {
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
     assert_eq!(page.items, vec![renamed.value.clone()]);
     assert_eq!(fx.users.backlog(), 0);
     assert_eq!(fx.repo.inner.get(id).await.unwrap().unwrap(), renamed.value);
@@ -230,7 +347,10 @@ async fn write_back_acknowledges_before_the_database_and_reads_see_the_write() {
     assert!(fx.users.delete(id).await.unwrap());
     assert!(fx.users.get(id).await.unwrap().is_none());
     fx.users.shutdown(Duration::from_secs(5)).await;
-    assert!(fx.repo.inner.get(id).await.unwrap().is_none(), "shutdown must flush the delete");
+    assert!(
+        fx.repo.inner.get(id).await.unwrap().is_none(),
+        "shutdown must flush the delete"
+    );
 }
 
 #[tokio::test]
@@ -247,7 +367,14 @@ async fn write_back_replays_its_journal_on_start() {
     .unwrap();
     let mut ids = Vec::new();
     for n in 0..25 {
-        ids.push(users.create(new_user(&format!("replay{n}"))).await.unwrap().value.id);
+        ids.push(
+            users
+                .create(new_user(&format!("replay{n}")))
+                .await
+                .unwrap()
+                .value
+                .id,
+        );
     }
     // No shutdown: as if the process died. The journal files stay on disk; a new instance on the
     // same directory replays them. (The crash test of the binary does this with kill -9.)
@@ -265,24 +392,35 @@ async fn write_back_replays_its_journal_on_start() {
     .await
     .unwrap();
     for id in &ids {
-        assert!(second.get(*id).await.unwrap().is_some(), "replay must land every acknowledged write");
+        assert!(
+            second.get(*id).await.unwrap().is_some(),
+            "replay must land every acknowledged write"
+        );
     }
     assert_eq!(users.backlog(), 0);
 }
 
 async fn redis_tier() -> Arc<RedisTier> {
     let url = keel_test_support::services::redis_url();
-    RedisTier::connect(&url, Duration::from_millis(500)).await.expect("redis reachable")
+    RedisTier::connect(&url, Duration::from_millis(500))
+        .await
+        .expect("redis reachable")
 }
 
 /// Two caches on one database and one Redis: two `keel serve` instances.
-async fn two_instances(strategy: Strategy) -> (tempfile::TempDir, Arc<CachedUsers>, Arc<CachedUsers>) {
+async fn two_instances(
+    strategy: Strategy,
+) -> (tempfile::TempDir, Arc<CachedUsers>, Arc<CachedUsers>) {
     let dir = tempfile::tempdir().unwrap();
     let repo: Arc<dyn UserRepo> = Arc::new(store(dir.path()).await);
     let mut instances = Vec::new();
     for _ in 0..2 {
         let cache = ResourceCache::new("users", policy(), Some(redis_tier().await));
-        instances.push(CachedUsers::new(repo.clone(), cache, strategy, None).await.unwrap());
+        instances.push(
+            CachedUsers::new(repo.clone(), cache, strategy, None)
+                .await
+                .unwrap(),
+        );
     }
     // Wait until both subscriptions are up (the L1 is bypassed until then, which is also safe).
     for _ in 0..500 {
@@ -291,7 +429,10 @@ async fn two_instances(strategy: Strategy) -> (tempfile::TempDir, Arc<CachedUser
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(instances.iter().all(|i| i.cache().l1_usable()), "invalidation subscriptions did not come up");
+    assert!(
+        instances.iter().all(|i| i.cache().l1_usable()),
+        "invalidation subscriptions did not come up"
+    );
     let b = instances.pop().unwrap();
     let a = instances.pop().unwrap();
     (dir, a, b)
@@ -310,10 +451,17 @@ async fn an_update_through_one_instance_is_never_served_stale_by_another() {
             let name = format!("Round {round}");
             a.update(id, rename(&name)).await.unwrap().unwrap();
             let seen = b.get(id).await.unwrap().unwrap();
-            assert_eq!(seen.value.name.as_str(), name, "{strategy:?}: instance B served a stale user");
+            assert_eq!(
+                seen.value.name.as_str(),
+                name,
+                "{strategy:?}: instance B served a stale user"
+            );
         }
         a.delete(id).await.unwrap();
-        assert!(b.get(id).await.unwrap().is_none(), "{strategy:?}: B served a deleted user");
+        assert!(
+            b.get(id).await.unwrap().is_none(),
+            "{strategy:?}: B served a deleted user"
+        );
         assert!(get(&b.stats().hits) > 0, "B's L1 must have been used");
         assert!(get(&b.stats().invalidations_received) > 0);
     }
@@ -328,5 +476,9 @@ async fn a_value_loaded_by_one_instance_is_an_l2_hit_for_another() {
     let read = b.get(user.value.id).await.unwrap().unwrap();
     assert_eq!(read.value, user.value);
     assert_eq!(get(&b.stats().l2_hits), 1);
-    assert_eq!(get(&b.stats().loads), loads_before, "B must not read the database");
+    assert_eq!(
+        get(&b.stats().loads),
+        loads_before,
+        "B must not read the database"
+    );
 }

@@ -9,9 +9,15 @@ use crate::Settings;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid TOML: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     #[error("invalid configuration at `{path}`: {message}")]
@@ -35,21 +41,38 @@ pub fn load(
         None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.is_file()),
     };
     if let Some(path) = file {
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
         tree = toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })?;
     }
-    let mut env: Vec<_> = env.into_iter().filter(|(k, _)| k.starts_with("KEEL_")).collect();
+    let mut env: Vec<_> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("KEEL_"))
+        .collect();
     env.sort();
     for (var, raw) in env {
-        let path: Vec<String> = var["KEEL_".len()..].split("__").map(str::to_ascii_lowercase).collect();
+        let path: Vec<String> = var["KEEL_".len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
         if path.iter().any(String::is_empty) {
-            return Err(ConfigError::Env { var, message: "empty section name".into() });
+            return Err(ConfigError::Env {
+                var,
+                message: "empty section name".into(),
+            });
         }
-        insert(&mut tree, &path, env_value(&raw)).map_err(|message| ConfigError::Env { var, message })?;
+        insert(&mut tree, &path, env_value(&raw))
+            .map_err(|message| ConfigError::Env { var, message })?;
     }
-    let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
-        ConfigError::Invalid { path: e.path().to_string(), message: e.inner().to_string() }
-    })?;
+    let settings: Settings =
+        serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+            ConfigError::Invalid {
+                path: e.path().to_string(),
+                message: e.inner().to_string(),
+            }
+        })?;
     settings.validate().map_err(ConfigError::Check)?;
     Ok(settings)
 }
@@ -58,7 +81,12 @@ pub fn load(
 fn env_value(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut table) => match table.remove("v") {
-            Some(value @ (toml::Value::String(_) | toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))) => value,
+            Some(
+                value @ (toml::Value::String(_)
+                | toml::Value::Integer(_)
+                | toml::Value::Float(_)
+                | toml::Value::Boolean(_)),
+            ) => value,
             _ => toml::Value::String(raw.to_owned()),
         },
         Err(_) => toml::Value::String(raw.to_owned()),
@@ -69,8 +97,12 @@ fn insert(tree: &mut toml::Table, path: &[String], value: toml::Value) -> Result
     let (last, sections) = path.split_last().expect("path is never empty");
     let mut table = tree;
     for section in sections {
-        let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry.as_table_mut().ok_or_else(|| format!("`{section}` is a value, not a section"))?;
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{section}` is a value, not a section"))?;
     }
     table.insert(last.clone(), value);
     Ok(())
@@ -82,7 +114,10 @@ mod tests {
     use crate::{DatabaseKind, LogFormat, Strategy};
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn write(text: &str) -> tempfile::NamedTempFile {
@@ -97,7 +132,10 @@ mod tests {
         let settings = load(Some(&write("").path().to_path_buf()), env(&[])).unwrap();
         assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(settings.database_kind(), Some(DatabaseKind::Sqlite));
-        assert_eq!(settings.database_url().expose(), "sqlite://keel-data/keel.db");
+        assert_eq!(
+            settings.database_url().expose(),
+            "sqlite://keel-data/keel.db"
+        );
         assert_eq!(settings.cache.users.strategy, Strategy::Lazy);
         assert_eq!(settings.cache.users.ttl_secs, 180);
         drop(dir);
@@ -136,7 +174,11 @@ mod tests {
     fn unknown_keys_are_errors_naming_the_key() {
         let err = load(Some(write("[server]\nlisn = \"x\"\n").path()), env(&[])).unwrap_err();
         assert!(err.to_string().contains("lisn"), "{err}");
-        let err = load(Some(write("").path()), env(&[("KEEL_CACHE__USERS__STRATEGGY", "ttl")])).unwrap_err();
+        let err = load(
+            Some(write("").path()),
+            env(&[("KEEL_CACHE__USERS__STRATEGGY", "ttl")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("strateggy"), "{err}");
         let err = load(Some(write("").path()), env(&[("KEEL_NOPE", "1")])).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
@@ -144,13 +186,29 @@ mod tests {
 
     #[test]
     fn bad_values_are_errors_naming_the_key() {
-        let err = load(Some(write("[cache.users]\nstrategy = \"write-sideways\"\n").path()), env(&[])).unwrap_err();
+        let err = load(
+            Some(write("[cache.users]\nstrategy = \"write-sideways\"\n").path()),
+            env(&[]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("cache.users.strategy"), "{err}");
-        let err = load(Some(write("").path()), env(&[("KEEL_SERVER__LISTEN", "nowhere")])).unwrap_err();
+        let err = load(
+            Some(write("").path()),
+            env(&[("KEEL_SERVER__LISTEN", "nowhere")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("server.listen"), "{err}");
-        let err = load(Some(write("").path()), env(&[("KEEL_DATABASE__URL", "oracle://x")])).unwrap_err();
+        let err = load(
+            Some(write("").path()),
+            env(&[("KEEL_DATABASE__URL", "oracle://x")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("database.url"), "{err}");
-        let err = load(Some(write("").path()), env(&[("KEEL_CACHE__USERS__JITTER_RATIO", "0.9")])).unwrap_err();
+        let err = load(
+            Some(write("").path()),
+            env(&[("KEEL_CACHE__USERS__JITTER_RATIO", "0.9")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("jitter_ratio"), "{err}");
         let err = load(Some(write("[server\n").path()), env(&[])).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");

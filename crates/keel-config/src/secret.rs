@@ -66,10 +66,19 @@ mod tests {
 
     #[test]
     fn passwords_in_urls_are_masked_and_the_rest_kept() {
-        assert_eq!(redact_url("postgres://u:hunter2@db:5432/app"), "postgres://u:***@db:5432/app");
+        assert_eq!(
+            redact_url("postgres://u:hunter2@db:5432/app"),
+            "postgres://u:***@db:5432/app"
+        );
         assert_eq!(redact_url("redis://:pw@cache/0"), "redis://:***@cache/0");
-        assert_eq!(redact_url("mysql://root@127.0.0.1/test"), "mysql://root@127.0.0.1/test");
-        assert_eq!(redact_url("sqlite://keel-data/keel.db"), "sqlite://keel-data/keel.db");
+        assert_eq!(
+            redact_url("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
+        assert_eq!(
+            redact_url("sqlite://keel-data/keel.db"),
+            "sqlite://keel-data/keel.db"
+        );
         let secret = Secret::new("postgres://u:p@a@h/db");
         assert!(!format!("{secret:?}").contains("p@a"));
     }

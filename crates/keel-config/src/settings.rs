@@ -73,11 +73,19 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// Longest wait for a free pooled connection before a request fails with 503 (milliseconds).
     pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when `up` or `serve` starts (concurrent starts are safe: the
+    /// migrator takes a database lock). Turn off to migrate only with `keel migrate`.
+    pub migrate_on_start: bool,
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: None, max_connections: 16, acquire_timeout_ms: 5_000 }
+        Self {
+            url: None,
+            max_connections: 16,
+            acquire_timeout_ms: 5_000,
+            migrate_on_start: true,
+        }
     }
 }
 
@@ -142,7 +150,12 @@ pub struct ResourceCacheSettings {
 
 impl Default for ResourceCacheSettings {
     fn default() -> Self {
-        Self { strategy: Strategy::Lazy, ttl_secs: 180, negative_ttl_secs: 5, jitter_ratio: 0.1 }
+        Self {
+            strategy: Strategy::Lazy,
+            ttl_secs: 180,
+            negative_ttl_secs: 5,
+            jitter_ratio: 0.1,
+        }
     }
 }
 
@@ -161,7 +174,11 @@ pub struct WriteBackSettings {
 
 impl Default for WriteBackSettings {
     fn default() -> Self {
-        Self { flush_interval_ms: 200, max_batch: 500, max_backlog: 100_000 }
+        Self {
+            flush_interval_ms: 200,
+            max_batch: 500,
+            max_backlog: 100_000,
+        }
     }
 }
 
@@ -189,7 +206,11 @@ pub struct TelemetrySettings {
 
 impl Default for TelemetrySettings {
     fn default() -> Self {
-        Self { log_format: LogFormat::Json, log_level: "info".into(), access_log: true }
+        Self {
+            log_format: LogFormat::Json,
+            log_level: "info".into(),
+            access_log: true,
+        }
     }
 }
 
@@ -206,7 +227,10 @@ pub struct ShutdownSettings {
 
 impl Default for ShutdownSettings {
     fn default() -> Self {
-        Self { readiness_grace_ms: 0, drain_deadline_ms: 30_000 }
+        Self {
+            readiness_grace_ms: 0,
+            drain_deadline_ms: 30_000,
+        }
     }
 }
 
@@ -223,14 +247,22 @@ impl Settings {
     pub fn database_url(&self) -> Secret {
         match &self.database.url {
             Some(url) => url.clone(),
-            None => Secret::new(format!("sqlite://{}", self.data_dir.join("keel.db").display())),
+            None => Secret::new(format!(
+                "sqlite://{}",
+                self.data_dir.join("keel.db").display()
+            )),
         }
     }
 
     /// The engine the database URL selects (checked by `validate`, so callers may unwrap).
     pub fn database_kind(&self) -> Option<DatabaseKind> {
         let url = self.database_url();
-        let scheme = url.expose().split(':').next().unwrap_or_default().to_ascii_lowercase();
+        let scheme = url
+            .expose()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         match scheme.as_str() {
             "sqlite" => Some(DatabaseKind::Sqlite),
             "postgres" | "postgresql" => Some(DatabaseKind::Postgres),
@@ -263,27 +295,50 @@ impl Settings {
         if let Some(redis) = &self.cache.redis_url {
             let url = redis.expose();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(format!("cache.redis_url: must start with redis:// or rediss://, got {:?}", redis.redacted()));
+                return Err(format!(
+                    "cache.redis_url: must start with redis:// or rediss://, got {:?}",
+                    redis.redacted()
+                ));
             }
         }
         let positive = [
             ("server.request_timeout_ms", self.server.request_timeout_ms),
-            ("server.body_limit_bytes", self.server.body_limit_bytes as u64),
+            (
+                "server.body_limit_bytes",
+                self.server.body_limit_bytes as u64,
+            ),
             ("server.max_in_flight", self.server.max_in_flight as u64),
-            ("database.max_connections", u64::from(self.database.max_connections)),
-            ("database.acquire_timeout_ms", self.database.acquire_timeout_ms),
+            (
+                "database.max_connections",
+                u64::from(self.database.max_connections),
+            ),
+            (
+                "database.acquire_timeout_ms",
+                self.database.acquire_timeout_ms,
+            ),
             ("cache.l1_max_entries", self.cache.l1_max_entries),
             ("cache.users.ttl_secs", self.cache.users.ttl_secs),
-            ("cache.write_back.flush_interval_ms", self.cache.write_back.flush_interval_ms),
-            ("cache.write_back.max_batch", self.cache.write_back.max_batch as u64),
-            ("cache.write_back.max_backlog", self.cache.write_back.max_backlog as u64),
+            (
+                "cache.write_back.flush_interval_ms",
+                self.cache.write_back.flush_interval_ms,
+            ),
+            (
+                "cache.write_back.max_batch",
+                self.cache.write_back.max_batch as u64,
+            ),
+            (
+                "cache.write_back.max_backlog",
+                self.cache.write_back.max_backlog as u64,
+            ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{key}: must be greater than 0"));
         }
         let jitter = self.cache.users.jitter_ratio;
         if !(0.0..=0.5).contains(&jitter) {
-            return Err(format!("cache.users.jitter_ratio: must be between 0 and 0.5, got {jitter}"));
+            return Err(format!(
+                "cache.users.jitter_ratio: must be between 0 and 0.5, got {jitter}"
+            ));
         }
         if self.telemetry.log_level.trim().is_empty() {
             return Err("telemetry.log_level: must not be empty".into());

@@ -25,7 +25,10 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self { field, message: message.into() }
+        Self {
+            field,
+            message: message.into(),
+        }
     }
 }
 
@@ -85,7 +88,10 @@ impl UserName {
             ));
         }
         if name.chars().any(char::is_control) {
-            return Err(ValidationError::new("name", "must not contain control characters"));
+            return Err(ValidationError::new(
+                "name",
+                "must not contain control characters",
+            ));
         }
         Ok(Self(name.to_owned()))
     }
@@ -107,7 +113,8 @@ pub struct UserEmail(String);
 impl UserEmail {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         let email = raw.trim().to_lowercase();
-        let invalid = || ValidationError::new("email", "must be an email address like name@example.com");
+        let invalid =
+            || ValidationError::new("email", "must be an email address like name@example.com");
         if email.len() > EMAIL_MAX_BYTES {
             return Err(ValidationError::new(
                 "email",
@@ -210,7 +217,11 @@ mod tests {
 
     #[test]
     fn valid_emails_are_accepted_and_lowercased() {
-        for raw in ["a@b.co", "First.Last+tag@Example.COM", " x_y@sub.domain.org "] {
+        for raw in [
+            "a@b.co",
+            "First.Last+tag@Example.COM",
+            " x_y@sub.domain.org ",
+        ] {
             let email = UserEmail::parse(raw).unwrap();
             assert_eq!(email.as_str(), raw.trim().to_lowercase());
         }
@@ -220,7 +231,15 @@ mod tests {
     fn malformed_emails_are_rejected_with_the_field_named() {
         let too_long = format!("{}@example.com", "a".repeat(250));
         for raw in [
-            "", "plain", "@example.com", "a@", "a@b", "a@@b.com", "a b@c.com", "a@-b.com", "a@b..com",
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a@b",
+            "a@@b.com",
+            "a b@c.com",
+            "a@-b.com",
+            "a@b..com",
             too_long.as_str(),
         ] {
             let err = UserEmail::parse(raw).unwrap_err();
@@ -250,10 +269,16 @@ mod tests {
     fn patching_bumps_the_version_and_keeps_absent_fields() {
         let now = Utc::now();
         let user = User::create(
-            NewUser { name: UserName::parse("Ada").unwrap(), email: UserEmail::parse("ada@x.io").unwrap() },
+            NewUser {
+                name: UserName::parse("Ada").unwrap(),
+                email: UserEmail::parse("ada@x.io").unwrap(),
+            },
             now,
         );
-        let patch = UserPatch { name: Some(UserName::parse("Grace").unwrap()), email: None };
+        let patch = UserPatch {
+            name: Some(UserName::parse("Grace").unwrap()),
+            email: None,
+        };
         let next = user.patched(&patch, now);
         assert_eq!(next.version, 2);
         assert_eq!(next.name.as_str(), "Grace");

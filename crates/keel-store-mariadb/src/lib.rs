@@ -41,7 +41,10 @@ impl MariaDbStore {
 
     /// Applies every pending migration.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        migrator().run(&self.pool).await.map_err(|e| StoreError::Internal(Box::new(e)))
+        migrator()
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Internal(Box::new(e)))
     }
 
     pub fn pool(&self) -> &MySqlPool {
@@ -57,7 +60,10 @@ fn migrator() -> Migrator {
         include_str!("../migrations/0001_users.sql").into_sql_str(),
         false,
     )];
-    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
 }
 
 fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -68,7 +74,11 @@ fn map_err(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Database(ref db) if db.is_unique_violation() => {
             // MariaDB names the key only in the message: "Duplicate entry .. for key 'users_email_key'".
-            let field = if db.message().contains("users_email_key") { "email" } else { "id" };
+            let field = if db.message().contains("users_email_key") {
+                "email"
+            } else {
+                "id"
+            };
             StoreError::Conflict { field }
         }
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
@@ -98,7 +108,10 @@ fn row_to_user(row: &MySqlRow) -> Result<User, StoreError> {
 /// A `SELECT` of every users column followed by `$tail`, as one static string.
 macro_rules! select {
     ($tail:literal) => {
-        concat!("SELECT id, name, email, created_at, updated_at, version FROM users", $tail)
+        concat!(
+            "SELECT id, name, email, created_at, updated_at, version FROM users",
+            $tail
+        )
     };
 }
 
@@ -119,7 +132,10 @@ async fn upsert(conn: &mut sqlx::MySqlConnection, user: &User) -> Result<(), sql
     Ok(())
 }
 
-async fn insert_row<'c, E: sqlx::MySqlExecutor<'c>>(exec: E, user: &User) -> Result<(), sqlx::Error> {
+async fn insert_row<'c, E: sqlx::MySqlExecutor<'c>>(
+    exec: E,
+    user: &User,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO users (id, name, email, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?)",
     )
@@ -135,7 +151,10 @@ async fn insert_row<'c, E: sqlx::MySqlExecutor<'c>>(exec: E, user: &User) -> Res
 }
 
 /// Rows changed by a version-guarded update: 1 if applied, 0 if stale or missing.
-async fn update_row<'c, E: sqlx::MySqlExecutor<'c>>(exec: E, user: &User) -> Result<u64, sqlx::Error> {
+async fn update_row<'c, E: sqlx::MySqlExecutor<'c>>(
+    exec: E,
+    user: &User,
+) -> Result<u64, sqlx::Error> {
     sqlx::query(
         "UPDATE users SET name = ?, email = ?, updated_at = ?, version = ? WHERE id = ? AND version < ?",
     )
@@ -183,7 +202,11 @@ impl UserRepo for MariaDbStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(map_err)?;
-        if present.is_some() { Err(StoreError::StaleVersion) } else { Ok(false) }
+        if present.is_some() {
+            Err(StoreError::StaleVersion)
+        } else {
+            Ok(false)
+        }
     }
 
     async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
@@ -198,14 +221,20 @@ impl UserRepo for MariaDbStore {
     async fn list(&self, page: PageRequest) -> Result<Page<User>, StoreError> {
         let limit = i64::from(page.limit) + 1;
         // The nil UUID sorts before every generated id, so it stands for "from the start".
-        let after = page.after.map(|id| id.to_string()).unwrap_or_else(|| uuid::Uuid::nil().to_string());
+        let after = page
+            .after
+            .map(|id| id.to_string())
+            .unwrap_or_else(|| uuid::Uuid::nil().to_string());
         let rows = sqlx::query(select!(" WHERE id > ? ORDER BY id LIMIT ?"))
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        let items = rows.iter().map(row_to_user).collect::<Result<Vec<_>, _>>()?;
+        let items = rows
+            .iter()
+            .map(row_to_user)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page::from_overfetch(items, page.limit))
     }
 
@@ -225,6 +254,10 @@ impl UserRepo for MariaDbStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err).map(drop)
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)
+            .map(drop)
     }
 }

@@ -30,7 +30,9 @@ impl PostgresStore {
     /// Connects lazily: the pool opens connections on first use, so `keel` starts even while the
     /// database is still coming up, and `/readyz` reports it until it is reachable.
     pub fn connect_lazy(url: &str, pool: &PoolSettings) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url).map_err(internal)?.application_name("keel");
+        let options = PgConnectOptions::from_str(url)
+            .map_err(internal)?
+            .application_name("keel");
         let pool = PgPoolOptions::new()
             .max_connections(pool.max_connections.max(1))
             .acquire_timeout(pool.acquire_timeout)
@@ -40,7 +42,10 @@ impl PostgresStore {
 
     /// Applies every pending migration.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        migrator().run(&self.pool).await.map_err(|e| StoreError::Internal(Box::new(e)))
+        migrator()
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Internal(Box::new(e)))
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -56,7 +61,10 @@ fn migrator() -> Migrator {
         include_str!("../migrations/0001_users.sql").into_sql_str(),
         false,
     )];
-    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
 }
 
 fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -66,7 +74,11 @@ fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
 fn map_err(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Database(ref db) if db.is_unique_violation() => {
-            let field = if db.constraint() == Some("users_email_key") { "email" } else { "id" };
+            let field = if db.constraint() == Some("users_email_key") {
+                "email"
+            } else {
+                "id"
+            };
             StoreError::Conflict { field }
         }
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
@@ -93,7 +105,10 @@ fn row_to_user(row: &PgRow) -> Result<User, StoreError> {
 /// A `SELECT` of every users column followed by `$tail`, as one static string.
 macro_rules! select {
     ($tail:literal) => {
-        concat!("SELECT id, name, email, created_at, updated_at, version FROM users", $tail)
+        concat!(
+            "SELECT id, name, email, created_at, updated_at, version FROM users",
+            $tail
+        )
     };
 }
 
@@ -168,13 +183,18 @@ impl UserRepo for PostgresStore {
 
     async fn list(&self, page: PageRequest) -> Result<Page<User>, StoreError> {
         let limit = i64::from(page.limit) + 1;
-        let rows = sqlx::query(select!(" WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"))
-            .bind(page.after.map(|id| *id.as_uuid()))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)?;
-        let items = rows.iter().map(row_to_user).collect::<Result<Vec<_>, _>>()?;
+        let rows = sqlx::query(select!(
+            " WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+        ))
+        .bind(page.after.map(|id| *id.as_uuid()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let items = rows
+            .iter()
+            .map(row_to_user)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page::from_overfetch(items, page.limit))
     }
 
@@ -208,6 +228,10 @@ impl UserRepo for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err).map(drop)
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)
+            .map(drop)
     }
 }

@@ -10,15 +10,29 @@ use sqlx::Connection;
 async fn postgres_store_passes_the_user_repo_suite() {
     let name = fresh_database_name();
     let server = postgres_server_url();
-    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 
-    let pool = PoolSettings { max_connections: 4, acquire_timeout: Duration::from_secs(5) };
+    let pool = PoolSettings {
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(5),
+    };
     let store = PostgresStore::connect_lazy(&format!("{server}/{name}"), &pool).unwrap();
     store.migrate().await.unwrap();
-    store.migrate().await.expect("migrating twice must be a no-op");
+    store
+        .migrate()
+        .await
+        .expect("migrating twice must be a no-op");
     keel_test_support::repo_suite::run_all(&store).await;
 
     store.pool().close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }

@@ -52,7 +52,10 @@ impl SqliteStore {
 
     /// Applies every pending migration; safe to run concurrently and repeatedly.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        migrator().run(&self.pool).await.map_err(|e| StoreError::Internal(Box::new(e)))
+        migrator()
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Internal(Box::new(e)))
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -68,7 +71,10 @@ fn migrator() -> Migrator {
         include_str!("../migrations/0001_users.sql").into_sql_str(),
         false,
     )];
-    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
 }
 
 fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -80,7 +86,11 @@ fn map_err(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(ref db) if db.is_unique_violation() => {
             // The primary key is keel-generated and never collides in practice; the only unique
             // constraint a caller can hit is the email.
-            let field = if db.message().contains("email") { "email" } else { "id" };
+            let field = if db.message().contains("email") {
+                "email"
+            } else {
+                "id"
+            };
             StoreError::Conflict { field }
         }
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
@@ -102,7 +112,9 @@ fn row_to_user(row: &sqlx::sqlite::SqliteRow) -> Result<User, StoreError> {
     let created_at: String = row.try_get("created_at").map_err(map_err)?;
     let updated_at: String = row.try_get("updated_at").map_err(map_err)?;
     let parse_ts = |s: &str| {
-        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|_| corrupt("timestamp"))
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| corrupt("timestamp"))
     };
     Ok(User {
         id: id.parse().map_err(|_| corrupt("id"))?,
@@ -117,7 +129,10 @@ fn row_to_user(row: &sqlx::sqlite::SqliteRow) -> Result<User, StoreError> {
 /// A `SELECT` of every users column followed by `$tail`, as one static string.
 macro_rules! select {
     ($tail:literal) => {
-        concat!("SELECT id, name, email, created_at, updated_at, version FROM users", $tail)
+        concat!(
+            "SELECT id, name, email, created_at, updated_at, version FROM users",
+            $tail
+        )
     };
 }
 
@@ -196,7 +211,11 @@ impl UserRepo for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(map_err)?;
-        if exists.is_some() { Err(StoreError::StaleVersion) } else { Ok(false) }
+        if exists.is_some() {
+            Err(StoreError::StaleVersion)
+        } else {
+            Ok(false)
+        }
     }
 
     async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
@@ -227,7 +246,10 @@ impl UserRepo for SqliteStore {
             }
         }
         .map_err(map_err)?;
-        let items = rows.iter().map(row_to_user).collect::<Result<Vec<_>, _>>()?;
+        let items = rows
+            .iter()
+            .map(row_to_user)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page::from_overfetch(items, page.limit))
     }
 
@@ -247,6 +269,10 @@ impl UserRepo for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err).map(drop)
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)
+            .map(drop)
     }
 }

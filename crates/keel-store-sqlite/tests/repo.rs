@@ -8,9 +8,15 @@ use keel_store_sqlite::{PoolSettings, SqliteStore};
 async fn sqlite_store_passes_the_user_repo_suite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("keel.db").display());
-    let pool = PoolSettings { max_connections: 4, acquire_timeout: Duration::from_secs(5) };
+    let pool = PoolSettings {
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(5),
+    };
     let store = SqliteStore::connect(&url, &pool).await.unwrap();
     store.migrate().await.unwrap();
-    store.migrate().await.expect("migrating twice must be a no-op");
+    store
+        .migrate()
+        .await
+        .expect("migrating twice must be a no-op");
     keel_test_support::repo_suite::run_all(&store).await;
 }

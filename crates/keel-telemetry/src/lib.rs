@@ -35,8 +35,13 @@ where
 {
     let env_filter = EnvFilter::builder()
         .parse(filter)
-        .map_err(|e| TelemetryError::Filter { filter: filter.to_owned(), message: e.to_string() })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(sink);
+        .map_err(|e| TelemetryError::Filter {
+            filter: filter.to_owned(),
+            message: e.to_string(),
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(sink);
     let res = match format {
         Format::Json => builder
             .json()
@@ -57,7 +62,8 @@ pub fn stderr() -> fn() -> io::Stderr {
 /// Latency buckets (seconds) for HTTP histograms: fine below a millisecond, where the cache-hit
 /// path lives, and coarse up to the request timeout.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 /// Installs the global metrics recorder and returns its handle.

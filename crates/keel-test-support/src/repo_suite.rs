@@ -2,13 +2,20 @@
 //! migrated database; a failure names the behaviour that broke.
 
 use chrono::{DurationRound, TimeDelta, Utc};
-use keel_domain::{NewUser, PageRequest, StoreError, User, UserEmail, UserName, UserPatch, UserRepo};
+use keel_domain::{
+    NewUser, PageRequest, StoreError, User, UserEmail, UserName, UserPatch, UserRepo,
+};
 
 fn new_user(name: &str, email: &str) -> User {
     // Microsecond precision is what every backend stores (MariaDB DATETIME(6)).
-    let now = Utc::now().duration_trunc(TimeDelta::microseconds(1)).unwrap();
+    let now = Utc::now()
+        .duration_trunc(TimeDelta::microseconds(1))
+        .unwrap();
     User::create(
-        NewUser { name: UserName::parse(name).unwrap(), email: UserEmail::parse(email).unwrap() },
+        NewUser {
+            name: UserName::parse(name).unwrap(),
+            email: UserEmail::parse(email).unwrap(),
+        },
         now,
     )
 }
@@ -29,9 +36,17 @@ pub async fn run_all(repo: &dyn UserRepo) {
 async fn inserted_user_reads_back_identically(repo: &dyn UserRepo) {
     let user = new_user("Ada Lovelace", "ada@example.com");
     repo.insert(&user).await.unwrap();
-    let read = repo.get(user.id).await.unwrap().expect("inserted user must be found");
+    let read = repo
+        .get(user.id)
+        .await
+        .unwrap()
+        .expect("inserted user must be found");
     assert_eq!(read, user, "a user must read back exactly as written");
-    let by_email = repo.get_by_email(&user.email).await.unwrap().expect("found by email");
+    let by_email = repo
+        .get_by_email(&user.email)
+        .await
+        .unwrap()
+        .expect("found by email");
     assert_eq!(by_email, user);
     let nobody = UserEmail::parse("nobody@example.com").unwrap();
     assert!(repo.get_by_email(&nobody).await.unwrap().is_none());
@@ -50,13 +65,19 @@ async fn duplicate_email_is_a_conflict_on_email(repo: &dyn UserRepo) {
         Err(StoreError::Conflict { field }) => assert_eq!(field, "email"),
         other => panic!("duplicate email must be a conflict, got {other:?}"),
     }
-    assert!(repo.get(second.id).await.unwrap().is_none(), "a refused insert must write nothing");
+    assert!(
+        repo.get(second.id).await.unwrap().is_none(),
+        "a refused insert must write nothing"
+    );
 }
 
 async fn update_replaces_fields_and_refuses_stale_versions(repo: &dyn UserRepo) {
     let user = new_user("Before", "update@example.com");
     repo.insert(&user).await.unwrap();
-    let patch = UserPatch { name: Some(UserName::parse("After").unwrap()), email: None };
+    let patch = UserPatch {
+        name: Some(UserName::parse("After").unwrap()),
+        email: None,
+    };
     let next = user.patched(&patch, user.updated_at + TimeDelta::seconds(1));
     assert!(repo.update(&next).await.unwrap());
     assert_eq!(repo.get(user.id).await.unwrap().unwrap(), next);
@@ -75,7 +96,10 @@ async fn update_replaces_fields_and_refuses_stale_versions(repo: &dyn UserRepo) 
     // Taking another user's email is a conflict.
     let other = new_user("Other", "other-update@example.com");
     repo.insert(&other).await.unwrap();
-    let steal = UserPatch { name: None, email: Some(UserEmail::parse("update@example.com").unwrap()) };
+    let steal = UserPatch {
+        name: None,
+        email: Some(UserEmail::parse("update@example.com").unwrap()),
+    };
     match repo.update(&other.patched(&steal, other.updated_at)).await {
         Err(StoreError::Conflict { field }) => assert_eq!(field, "email"),
         res => panic!("taking a used email must conflict, got {res:?}"),
@@ -84,7 +108,12 @@ async fn update_replaces_fields_and_refuses_stale_versions(repo: &dyn UserRepo) 
 
 async fn update_and_delete_of_missing_user_report_false(repo: &dyn UserRepo) {
     let ghost = new_user("Ghost", "ghost2@example.com");
-    assert!(!repo.update(&ghost.patched(&UserPatch::default(), ghost.updated_at)).await.unwrap());
+    assert!(
+        !repo
+            .update(&ghost.patched(&UserPatch::default(), ghost.updated_at))
+            .await
+            .unwrap()
+    );
     assert!(!repo.delete(ghost.id).await.unwrap());
 }
 
@@ -94,12 +123,19 @@ async fn delete_removes_the_user(repo: &dyn UserRepo) {
     assert!(repo.delete(user.id).await.unwrap());
     assert!(repo.get(user.id).await.unwrap().is_none());
     // The email is free again.
-    repo.insert(&new_user("Reborn", "doomed@example.com")).await.unwrap();
+    repo.insert(&new_user("Reborn", "doomed@example.com"))
+        .await
+        .unwrap();
 }
 
 async fn listing_pages_through_every_user_in_creation_order(repo: &dyn UserRepo) {
     for n in 0..7 {
-        repo.insert(&new_user(&format!("Lister {n}"), &format!("lister{n}@example.com"))).await.unwrap();
+        repo.insert(&new_user(
+            &format!("Lister {n}"),
+            &format!("lister{n}@example.com"),
+        ))
+        .await
+        .unwrap();
     }
     let mut seen = Vec::new();
     let mut after = None;
@@ -117,7 +153,13 @@ async fn listing_pages_through_every_user_in_creation_order(repo: &dyn UserRepo)
     assert_eq!(seen, sorted, "pages must come in id order");
     sorted.dedup();
     assert_eq!(seen.len(), sorted.len(), "no user may appear twice");
-    let all = repo.list(PageRequest { after: None, limit: 1000 }).await.unwrap();
+    let all = repo
+        .list(PageRequest {
+            after: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
     assert_eq!(all.items.len(), seen.len(), "paging must reach every user");
     assert!(all.next_after.is_none());
 }
@@ -128,12 +170,17 @@ async fn apply_batch_is_idempotent_and_respects_versions(repo: &dyn UserRepo) {
     let doomed = new_user("BatchDoomed", "batch-doomed@example.com");
     repo.insert(&existing).await.unwrap();
     repo.insert(&doomed).await.unwrap();
-    let patch = UserPatch { name: Some(UserName::parse("Existing v2").unwrap()), email: None };
+    let patch = UserPatch {
+        name: Some(UserName::parse("Existing v2").unwrap()),
+        email: None,
+    };
     let existing_v2 = existing.patched(&patch, existing.updated_at);
 
     for _ in 0..2 {
         // Applying the same batch twice (a journal replay) must land the same state once.
-        repo.apply_batch(&[fresh.clone(), existing_v2.clone()], &[doomed.id]).await.unwrap();
+        repo.apply_batch(&[fresh.clone(), existing_v2.clone()], &[doomed.id])
+            .await
+            .unwrap();
         assert_eq!(repo.get(fresh.id).await.unwrap().unwrap(), fresh);
         assert_eq!(repo.get(existing.id).await.unwrap().unwrap(), existing_v2);
         assert!(repo.get(doomed.id).await.unwrap().is_none());
@@ -145,11 +192,17 @@ async fn apply_batch_is_idempotent_and_respects_versions(repo: &dyn UserRepo) {
     // A conflicting batch is refused whole.
     let clash = new_user("Clash", "batched@example.com");
     let innocent = new_user("Innocent", "innocent-batch@example.com");
-    match repo.apply_batch(&[innocent.clone(), clash.clone()], &[]).await {
+    match repo
+        .apply_batch(&[innocent.clone(), clash.clone()], &[])
+        .await
+    {
         Err(StoreError::Conflict { field }) => assert_eq!(field, "email"),
         other => panic!("a batch with a duplicate email must conflict, got {other:?}"),
     }
-    assert!(repo.get(innocent.id).await.unwrap().is_none(), "a refused batch must write nothing");
+    assert!(
+        repo.get(innocent.id).await.unwrap().is_none(),
+        "a refused batch must write nothing"
+    );
 }
 
 async fn ping_succeeds(repo: &dyn UserRepo) {

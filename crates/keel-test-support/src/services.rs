@@ -4,7 +4,8 @@ use uuid::Uuid;
 
 /// PostgreSQL server URL without a database (trust auth on this kind of machine).
 pub fn postgres_server_url() -> String {
-    std::env::var("KEEL_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("KEEL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// MariaDB server URL without a database.

@@ -1,2 +1,156 @@
-//! keel
-fn main() {}
+//! `keel`: loads the configuration, starts telemetry, and runs the chosen role.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keel::Application;
+use keel_config::Settings;
+
+/// keel: a complete backend architecture (API, cache, database, and more) in one binary.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (default: ./keel.toml if it exists). KEEL_* environment variables
+    /// override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for local state (overrides `data_dir`).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (overrides `server.listen`).
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole system in one process with embedded defaults (today: API, cache, SQLite).
+    Up,
+    /// Run the API role alone (for several instances behind a load balancer).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the effective configuration (secrets redacted) and exit.
+    Config,
+}
+
+fn main() -> std::process::ExitCode {
+    let started = Instant::now();
+    let cli = Cli::parse();
+    let settings = match load_settings(&cli) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("keel: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Command::Config = cli.command {
+        print!(
+            "{}",
+            toml::to_string_pretty(&settings).expect("settings serialize")
+        );
+        return std::process::ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli.command, settings, started)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "keel failed");
+            eprintln!("keel: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let mut settings = keel_config::load(cli.config.as_deref(), std::env::vars())?;
+    if let Some(dir) = &cli.data_dir {
+        settings.data_dir = dir.clone();
+    }
+    if let Some(listen) = cli.listen {
+        settings.server.listen = listen;
+    }
+    settings.validate().map_err(anyhow::Error::msg)?;
+    Ok(settings)
+}
+
+async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::Result<()> {
+    let format = match settings.telemetry.log_format {
+        keel_config::LogFormat::Json => keel_telemetry::Format::Json,
+        keel_config::LogFormat::Text => keel_telemetry::Format::Text,
+    };
+    keel_telemetry::init_logging(
+        format,
+        &settings.telemetry.log_level,
+        keel_telemetry::stderr(),
+    )?;
+    match command {
+        Command::Migrate => {
+            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                format!(
+                    "cannot create data directory {}",
+                    settings.data_dir.display()
+                )
+            })?;
+            let db = keel::database::Database::open(&settings).await?;
+            db.migrate().await.context("migration failed")?;
+            println!(
+                "keel: migrations applied to {}",
+                settings.database_url().redacted()
+            );
+            Ok(())
+        }
+        Command::Up | Command::Serve => {
+            let metrics = keel_telemetry::init_metrics()?;
+            let role = if matches!(command, Command::Up) {
+                "up"
+            } else {
+                "serve"
+            };
+            let app = Application::build(settings.clone(), Some(metrics)).await?;
+            let addr = app.local_addr();
+            tracing::info!(
+                role,
+                listen = %addr,
+                database = %settings.database_url().redacted(),
+                strategy = ?settings.cache.users.strategy,
+                startup_ms = started.elapsed().as_millis() as u64,
+                "keel is ready"
+            );
+            println!(
+                "keel {role}: API on http://{addr}  docs on http://{addr}/docs  (Ctrl-C to stop)"
+            );
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Config => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// Resolves on SIGTERM (a spot VM being reclaimed, an orchestrator stopping us) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!(signal = "SIGINT", "signal received"),
+        () = terminate => tracing::info!(signal = "SIGTERM", "signal received"),
+    }
+}

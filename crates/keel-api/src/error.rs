@@ -1,0 +1,172 @@
+//! The one mapping from failures to HTTP: status, stable `code`, human `error` text, and for
+//! validation the offending `field`. A 500 carries only an opaque `error_id`; its cause travels in
+//! a response extension to the middleware, which logs it under that id.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keel_domain::{StoreError, ValidationError};
+use serde::Serialize;
+
+/// Every error the API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("User not found")]
+    UserNotFound,
+    #[error("not found")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Validation(ValidationError),
+    #[error("unknown field `{field}`; expected one of: {expected}")]
+    UnknownField { field: String, expected: String },
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{field} already exists")]
+    Conflict { field: &'static str },
+    #[error("the user changed concurrently; retry")]
+    ConcurrentUpdate,
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("request timed out")]
+    Timeout,
+    #[error("server is at capacity; retry")]
+    Overloaded,
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Human-readable message (the seed's `{"error": "User not found"}`).
+    pub error: String,
+    /// Stable machine-readable code, e.g. `not_found`, `validation_failed`, `conflict`.
+    pub code: &'static str,
+    /// The request field at fault, for validation and conflict errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For internal errors only: quote it to operators; the log has the cause under this id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_id: Option<String>,
+}
+
+/// The cause of a 500, for the middleware to log; never sent to the client.
+#[derive(Debug, Clone)]
+pub struct InternalCause {
+    pub error_id: String,
+    pub cause: String,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UserNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Validation(_) | Self::UnknownField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Conflict { .. } | Self::ConcurrentUpdate => StatusCode::CONFLICT,
+            Self::Unavailable(_) | Self::Timeout | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UserNotFound | Self::RouteNotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Validation(_) => "validation_failed",
+            Self::UnknownField { .. } => "unknown_field",
+            Self::MalformedJson(_) => "malformed_json",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Conflict { .. } => "conflict",
+            Self::ConcurrentUpdate => "concurrent_update",
+            Self::Unavailable(_) => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Overloaded => "overloaded",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self::Validation(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { field } => Self::Conflict { field },
+            StoreError::StaleVersion => Self::ConcurrentUpdate,
+            // The cause is logged by the middleware when it is internal; an outage is operational
+            // and its detail is logged here, since the client sees only "unavailable".
+            StoreError::Unavailable(source) => {
+                tracing::warn!(error = %source, "database unavailable");
+                Self::Unavailable("database unavailable".into())
+            }
+            StoreError::Internal(source) => Self::Internal(source),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = ErrorBody {
+            error: self.to_string(),
+            code: self.code(),
+            field: None,
+            error_id: None,
+        };
+        let mut cause = None;
+        match &self {
+            Self::Validation(e) => {
+                body.field = Some(e.field.to_owned());
+            }
+            Self::UnknownField { field, .. } => body.field = Some(field.clone()),
+            Self::Conflict { field } => body.field = Some((*field).to_owned()),
+            Self::Internal(source) => {
+                let error_id = uuid::Uuid::new_v4().simple().to_string();
+                body.error_id = Some(error_id.clone());
+                cause = Some(InternalCause {
+                    error_id,
+                    cause: error_chain(&**source),
+                });
+            }
+            _ => {}
+        }
+        let mut res = (status, Json(body)).into_response();
+        if let Some(cause) = cause {
+            res.extensions_mut().insert(cause);
+        }
+        if matches!(self, Self::Overloaded | Self::Unavailable(_)) {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+/// `error: cause: cause…`, the whole chain on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

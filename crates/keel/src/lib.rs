@@ -1,0 +1,215 @@
+//! The keel binary's library half: [`Application`] wires configuration, the database, the cache
+//! tiers and the API into one server, so that tests can start the real thing in process.
+//!
+//! - [`database`]: opening the configured engine and migrating it.
+//! - [`Application`]: build (binds the listener, port 0 allowed), then run until a shutdown
+//!   signal, draining as DESIGN.md C1 requires.
+
+pub mod database;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use keel_api::{AppState, HttpSettings, Probe, Readiness};
+use keel_cache::{CachePolicy, CachedUsers, RedisTier, ResourceCache, Strategy, WriteBackOptions};
+use keel_config::Settings;
+use keel_domain::UserRepo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+/// How long a Redis command may take before the cache gives up on it and uses the database.
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_millis(250);
+/// Longest the write-back flush may take at shutdown; what remains stays in the journal.
+const FLUSH_ON_SHUTDOWN: Duration = Duration::from_secs(30);
+
+/// The API role, built and bound, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    users: Arc<CachedUsers>,
+    readiness: Arc<Readiness>,
+    settings: Settings,
+}
+
+impl Application {
+    /// Opens the database (migrating it if so configured), connects Redis when configured,
+    /// replays any write-back journal, and binds the listener.
+    pub async fn build(
+        settings: Settings,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "cannot create data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+        let database = database::Database::open(&settings).await?;
+        if settings.database.migrate_on_start {
+            database
+                .migrate()
+                .await
+                .context("cannot apply database migrations")?;
+        }
+        let repo = database.repo();
+
+        let l2 = match &settings.cache.redis_url {
+            Some(url) => Some(
+                RedisTier::connect(url.expose(), REDIS_RESPONSE_TIMEOUT)
+                    .await
+                    .with_context(|| format!("cannot reach Redis at {}", url.redacted()))?,
+            ),
+            None => None,
+        };
+        let users = build_users(&settings, repo.clone(), l2.clone()).await?;
+
+        let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(DatabaseProbe(repo))];
+        if let Some(l2) = l2 {
+            probes.push(Arc::new(RedisProbe(l2)));
+        }
+        let readiness = Arc::new(Readiness::new(probes));
+        let state = AppState {
+            users: users.clone(),
+            readiness: readiness.clone(),
+            metrics,
+            http: HttpSettings {
+                body_limit_bytes: settings.server.body_limit_bytes,
+                request_timeout: settings.request_timeout(),
+                max_in_flight: settings.server.max_in_flight,
+                access_log: settings.telemetry.access_log,
+            },
+        };
+        let router = keel_api::router(state);
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+        Ok(Self {
+            listener,
+            router,
+            users,
+            readiness,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: `/readyz` turns 503 for the readiness grace
+    /// period while requests are still served, then the listener closes and in-flight requests
+    /// get until the drain deadline, then the write-back backlog is flushed.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            router,
+            users,
+            readiness,
+            settings,
+        } = self;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+        let mut server = tokio::spawn(server.into_future());
+
+        tokio::select! {
+            res = &mut server => {
+                // The server stopped on its own: that is a failure, but the backlog still flushes.
+                users.shutdown(FLUSH_ON_SHUTDOWN).await;
+                return res.context("server task failed")?.context("server failed");
+            }
+            () = shutdown => {}
+        }
+        tracing::info!("shutdown requested: readiness is now false");
+        readiness.start_draining();
+        tokio::time::sleep(Duration::from_millis(settings.shutdown.readiness_grace_ms)).await;
+        let _ = stop_tx.send(());
+        let deadline = Duration::from_millis(settings.shutdown.drain_deadline_ms);
+        match tokio::time::timeout(deadline, &mut server).await {
+            Ok(res) => {
+                res.context("server task failed")?
+                    .context("server failed")?;
+                tracing::info!("in-flight requests drained");
+            }
+            Err(_) => {
+                server.abort();
+                tracing::warn!(
+                    deadline_ms = settings.shutdown.drain_deadline_ms,
+                    "drain deadline passed; remaining connections closed"
+                );
+            }
+        }
+        users.shutdown(FLUSH_ON_SHUTDOWN).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn build_users(
+    settings: &Settings,
+    repo: Arc<dyn UserRepo>,
+    l2: Option<Arc<RedisTier>>,
+) -> anyhow::Result<Arc<CachedUsers>> {
+    let resource = &settings.cache.users;
+    let policy = CachePolicy {
+        ttl: Duration::from_secs(resource.ttl_secs),
+        negative_ttl: Duration::from_secs(resource.negative_ttl_secs),
+        jitter_ratio: resource.jitter_ratio,
+        l1_max_entries: settings.cache.l1_max_entries,
+    };
+    let strategy = match resource.strategy {
+        keel_config::Strategy::Ttl => Strategy::Ttl,
+        keel_config::Strategy::Lazy => Strategy::Lazy,
+        keel_config::Strategy::WriteThrough => Strategy::WriteThrough,
+        keel_config::Strategy::WriteBack => Strategy::WriteBack,
+    };
+    let wb = &settings.cache.write_back;
+    let write_back = WriteBackOptions {
+        dir: settings.data_dir.join("writeback"),
+        flush_interval: Duration::from_millis(wb.flush_interval_ms),
+        max_batch: wb.max_batch,
+        max_backlog: wb.max_backlog,
+        backpressure_timeout: settings.request_timeout(),
+    };
+    let cache = ResourceCache::new("users", policy, l2);
+    CachedUsers::new(repo, cache, strategy, Some(write_back))
+        .await
+        .context("cannot start the users cache (write-back journal replay)")
+}
+
+struct DatabaseProbe(Arc<dyn UserRepo>);
+
+#[async_trait]
+impl Probe for DatabaseProbe {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+struct RedisProbe(Arc<RedisTier>);
+
+#[async_trait]
+impl Probe for RedisProbe {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}

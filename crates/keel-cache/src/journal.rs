@@ -234,11 +234,11 @@ impl Writer {
             for cmd in batch {
                 match cmd {
                     Cmd::Append { seq, payload, done } => {
-                        if failed.is_none() {
-                            if let Err(e) = self.write(seq, &payload) {
-                                failed = Some(e.kind());
-                                tracing::error!(error = %e, "journal write failed");
-                            }
+                        if failed.is_none()
+                            && let Err(e) = self.write(seq, &payload)
+                        {
+                            failed = Some(e.kind());
+                            tracing::error!(error = %e, "journal write failed");
                         }
                         pending.push(done);
                     }
@@ -252,11 +252,12 @@ impl Writer {
                     Cmd::Close { done } => stop = Some(done),
                 }
             }
-            if failed.is_none() && !pending.is_empty() {
-                if let Err(e) = self.sync() {
-                    tracing::error!(error = %e, "journal sync failed");
-                    failed = Some(e.kind());
-                }
+            if failed.is_none()
+                && !pending.is_empty()
+                && let Err(e) = self.sync()
+            {
+                tracing::error!(error = %e, "journal sync failed");
+                failed = Some(e.kind());
             }
             for done in pending {
                 let _ = done.send(match failed {

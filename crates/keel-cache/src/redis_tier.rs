@@ -229,10 +229,10 @@ impl RedisTier {
             return true;
         };
         if instance == self.instance {
-            if let Ok(nonce) = nonce.parse::<u64>() {
-                if let Some(waiter) = self.echoes.lock().expect("echo lock").remove(&nonce) {
-                    let _ = waiter.send(());
-                }
+            if let Ok(nonce) = nonce.parse::<u64>()
+                && let Some(waiter) = self.echoes.lock().expect("echo lock").remove(&nonce)
+            {
+                let _ = waiter.send(());
             }
             return true;
         }

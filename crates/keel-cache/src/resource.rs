@@ -179,19 +179,19 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, StoreError>>,
     {
-        if self.l1_usable() {
-            if let Some(entry) = self.l1.get(key).await {
-                match &entry.slot {
-                    Slot::Present(value) => {
-                        Stats::inc(&self.stats.hits);
-                        return Ok(Some(value.clone()));
-                    }
-                    Slot::Absent => {
-                        Stats::inc(&self.stats.hits);
-                        return Ok(None);
-                    }
-                    Slot::Tomb(_) => {}
+        if self.l1_usable()
+            && let Some(entry) = self.l1.get(key).await
+        {
+            match &entry.slot {
+                Slot::Present(value) => {
+                    Stats::inc(&self.stats.hits);
+                    return Ok(Some(value.clone()));
                 }
+                Slot::Absent => {
+                    Stats::inc(&self.stats.hits);
+                    return Ok(None);
+                }
+                Slot::Tomb(_) => {}
             }
         }
         Stats::inc(&self.stats.misses);

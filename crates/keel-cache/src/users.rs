@@ -119,11 +119,11 @@ impl CachedUsers {
     }
 
     pub async fn get(&self, id: UserId) -> Result<Option<Arc<Cached<User>>>, StoreError> {
-        if let Some(wb) = &self.write_back {
-            if let Some(state) = wb.pending(id) {
-                Stats::inc(&self.cache.stats().hits);
-                return Ok(state);
-            }
+        if let Some(wb) = &self.write_back
+            && let Some(state) = wb.pending(id)
+        {
+            Stats::inc(&self.cache.stats().hits);
+            return Ok(state);
         }
         let repo = &self.repo;
         self.cache
@@ -242,6 +242,9 @@ enum Record {
     Delete(UserId),
 }
 
+/// One pending write as the flusher sees it: id, sequence number, new state (`None`: deleted).
+type Entry = (UserId, u64, Option<Arc<Cached<User>>>);
+
 struct Pending {
     seq: u64,
     /// `None`: deleted.
@@ -260,10 +263,10 @@ struct Dirty {
 impl Dirty {
     fn insert(&mut self, id: UserId, seq: u64, state: Option<Arc<Cached<User>>>) {
         let written_ms = unix_ms();
-        if let Some(old) = self.by_id.get(&id).and_then(|p| p.state.as_ref()) {
-            if self.emails.get(&old.value.email) == Some(&id) {
-                self.emails.remove(&old.value.email);
-            }
+        if let Some(old) = self.by_id.get(&id).and_then(|p| p.state.as_ref())
+            && self.emails.get(&old.value.email) == Some(&id)
+        {
+            self.emails.remove(&old.value.email);
         }
         if let Some(new) = &state {
             self.emails.insert(new.value.email.clone(), id);
@@ -285,10 +288,10 @@ impl Dirty {
             return false;
         }
         let pending = self.by_id.remove(&id).expect("checked above");
-        if let Some(state) = pending.state {
-            if self.emails.get(&state.value.email) == Some(&id) {
-                self.emails.remove(&state.value.email);
-            }
+        if let Some(state) = pending.state
+            && self.emails.get(&state.value.email) == Some(&id)
+        {
+            self.emails.remove(&state.value.email);
         }
         true
     }
@@ -447,16 +450,16 @@ impl WriteBack {
         if taken_pending {
             return Err(StoreError::Conflict { field: "email" });
         }
-        if let Some(holder) = self.repo.get_by_email(email).await? {
-            if holder.id != id {
-                // The database's holder may have a pending delete or email change.
-                let still_holds = match self.pending(holder.id) {
-                    None => true,
-                    Some(state) => state.is_some_and(|c| &c.value.email == email),
-                };
-                if still_holds {
-                    return Err(StoreError::Conflict { field: "email" });
-                }
+        if let Some(holder) = self.repo.get_by_email(email).await?
+            && holder.id != id
+        {
+            // The database's holder may have a pending delete or email change.
+            let still_holds = match self.pending(holder.id) {
+                None => true,
+                Some(state) => state.is_some_and(|c| &c.value.email == email),
+            };
+            if still_holds {
+                return Err(StoreError::Conflict { field: "email" });
             }
         }
         Ok(())
@@ -516,7 +519,7 @@ impl WriteBack {
     /// Writes up to one batch of pending entries to the database; returns how many it settled.
     async fn flush_once(&self) -> Result<usize, StoreError> {
         let _flushing = self.flushing.lock().await;
-        let mut batch: Vec<(UserId, u64, Option<Arc<Cached<User>>>)> = {
+        let mut batch: Vec<Entry> = {
             let dirty = self.dirty.lock().expect("dirty lock");
             dirty
                 .by_id
@@ -566,7 +569,7 @@ impl WriteBack {
         Ok(batch.len())
     }
 
-    fn settle(&self, batch: &[(UserId, u64, Option<Arc<Cached<User>>>)]) {
+    fn settle(&self, batch: &[Entry]) {
         let watermark = {
             let mut dirty = self.dirty.lock().expect("dirty lock");
             for (id, seq, _) in batch {
@@ -583,11 +586,7 @@ impl WriteBack {
         self.room.notify_waiters();
     }
 
-    async fn reject(
-        &self,
-        entry: &(UserId, u64, Option<Arc<Cached<User>>>),
-        field: &str,
-    ) -> Result<(), StoreError> {
+    async fn reject(&self, entry: &Entry, field: &str) -> Result<(), StoreError> {
         let (id, seq, state) = entry;
         let line = serde_json::json!({
             "seq": seq,

@@ -186,7 +186,9 @@ async fn apply_batch_is_idempotent_and_respects_versions(repo: &dyn UserRepo) {
         assert!(repo.get(doomed.id).await.unwrap().is_none());
     }
     // An older version in a batch never overwrites a newer row.
-    repo.apply_batch(&[existing.clone()], &[]).await.unwrap();
+    repo.apply_batch(std::slice::from_ref(&existing), &[])
+        .await
+        .unwrap();
     assert_eq!(repo.get(existing.id).await.unwrap().unwrap(), existing_v2);
 
     // A conflicting batch is refused whole.

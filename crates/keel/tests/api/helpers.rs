@@ -1,0 +1,199 @@
+//! `spawn_app`: the real application on port 0, on a fresh database of the chosen backend.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use keel::Application;
+use keel_config::{Secret, Settings, Strategy};
+use keel_test_support::services;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::Connection;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn put_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Creates a user and returns its JSON.
+    pub async fn create_user(&self, name: &str) -> serde_json::Value {
+        let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+        let res = self
+            .post_json("/users", &serde_json::json!({"name": name, "email": email}))
+            .await;
+        assert_eq!(res.status(), 201);
+        res.json().await.unwrap()
+    }
+
+    /// Stops the server the way SIGTERM does, and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// One recorder for the whole test binary (the recorder is process-global).
+fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| keel_telemetry::init_metrics().expect("recorder installs once"))
+        .clone()
+}
+
+/// A fresh, empty database URL for `backend`.
+pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
+    let name = services::fresh_database_name();
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.join("keel.db").display()),
+        Backend::Postgres => {
+            let server = services::postgres_server_url();
+            let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+                .await
+                .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            format!("{server}/{name}")
+        }
+        Backend::MariaDb => {
+            let server = services::mariadb_server_url();
+            let mut admin = sqlx::MySqlConnection::connect(&format!("{server}/mysql"))
+                .await
+                .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            format!("{server}/{name}")
+        }
+    }
+}
+
+pub fn base_settings(dir: &std::path::Path, database_url: String) -> Settings {
+    let mut settings = Settings {
+        data_dir: dir.to_path_buf(),
+        ..Settings::default()
+    };
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.database.url = Some(Secret::new(database_url));
+    settings.database.max_connections = 4;
+    settings.telemetry.access_log = false;
+    settings.shutdown.drain_deadline_ms = 5_000;
+    settings.cache.write_back.flush_interval_ms = 50;
+    settings
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, dir.path()).await;
+    let mut settings = base_settings(dir.path(), url);
+    configure(&mut settings);
+    spawn_with_settings(settings, dir).await
+}
+
+pub async fn spawn_with_settings(settings: Settings, dir: tempfile::TempDir) -> TestApp {
+    settings.validate().expect("test settings are valid");
+    let app = Application::build(settings.clone(), Some(metrics()))
+        .await
+        .expect("app builds");
+    let address = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        client,
+        settings,
+        _dir: dir,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+/// Every strategy, for tests that must hold whatever the configuration.
+pub const STRATEGIES: [Strategy; 4] = [
+    Strategy::Ttl,
+    Strategy::Lazy,
+    Strategy::WriteThrough,
+    Strategy::WriteBack,
+];
+
+/// Declares `#[tokio::test]`s named `<case>_on_<backend>` running `case(Backend)` on each backend.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn on_sqlite() { super::$case($crate::helpers::Backend::Sqlite).await }
+                #[tokio::test]
+                async fn on_postgres() { super::$case($crate::helpers::Backend::Postgres).await }
+                #[tokio::test]
+                async fn on_mariadb() { super::$case($crate::helpers::Backend::MariaDb).await }
+            }
+        )*
+    };
+}

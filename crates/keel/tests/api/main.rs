@@ -1,0 +1,5 @@
+//! API tests: the real application on a real port, against every database backend.
+
+mod helpers;
+mod ops;
+mod users;

@@ -1,0 +1,387 @@
+//! The `keel` binary as an operator runs it: killed with SIGKILL under write load, stopped with
+//! SIGTERM with requests in flight, and misconfigured.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `keel serve` on `port` with `data_dir` and extra environment, and waits until ready.
+fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(KEEL);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("KEEL_TELEMETRY__ACCESS_LOG", "false")
+        .env("KEEL_TELEMETRY__LOG_LEVEL", "info")
+        .current_dir(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("keel starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            let _ = child.wait();
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("keel exited early with {status}: {err}");
+        }
+        if http(port, "GET", "/readyz", None).is_ok_and(|(status, _)| status == 200) {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("keel did not become ready");
+}
+
+/// A minimal blocking HTTP/1.1 exchange on a fresh connection: (status, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> std::io::Result<(u16, Value)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    read_response(stream)
+}
+
+fn read_response(stream: TcpStream) -> std::io::Result<(u16, Value)> {
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("keel.db").display())
+}
+
+async fn stored(dir: &Path) -> Vec<(String, String, i64)> {
+    let pool = sqlx::SqlitePool::connect(&sqlite_url(dir)).await.unwrap();
+    let rows: Vec<(String, String, i64)> = sqlx::query_as("SELECT id, name, version FROM users")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rows
+}
+
+fn journal_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("writeback"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_loses_no_acknowledged_write_when_killed_with_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // A slow flush keeps a large backlog in the journal only, at the moment of the kill.
+    let env = [
+        ("KEEL_CACHE__USERS__STRATEGY", "write-back"),
+        ("KEEL_CACHE__WRITE_BACK__FLUSH_INTERVAL_MS", "700"),
+    ];
+    let mut keel = start(dir.path(), port, &env);
+
+    // Writers create a user, then rename it, recording only what the server acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<std::sync::Mutex<Vec<(String, String, i64)>>> = Arc::default();
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let stop = stop.clone();
+            let acked = acked.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let body = json!({"name": format!("w{w} n{n}"), "email": format!("w{w}-n{n}@example.com")});
+                    let Ok((201, user)) = http(port, "POST", "/users", Some(&body)) else { break };
+                    let id = user["id"].as_str().unwrap().to_owned();
+                    acked.lock().unwrap().push((id.clone(), format!("w{w} n{n}"), 1));
+                    let body = json!({"name": format!("w{w} n{n} renamed"), "email": format!("w{w}-n{n}@example.com")});
+                    let Ok((200, user)) = http(port, "PUT", &format!("/users/{id}"), Some(&body)) else { break };
+                    acked.lock().unwrap().push((id, format!("w{w} n{n} renamed"), user["version"].as_i64().unwrap()));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    keel.kill().unwrap(); // SIGKILL: no chance to flush
+    keel.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 50,
+        "the load must have produced writes, got {}",
+        acked.len()
+    );
+    assert!(
+        journal_files(dir.path()) > 0,
+        "the kill must leave a journal to replay"
+    );
+
+    // Restart: the journal is replayed before the server reports ready.
+    let mut keel = start(dir.path(), port, &env);
+    let rows = stored(dir.path()).await;
+    let by_id: std::collections::HashMap<_, _> = rows
+        .iter()
+        .map(|(id, name, v)| (id.clone(), (name.clone(), *v)))
+        .collect();
+    let mut last: std::collections::HashMap<String, (String, i64)> =
+        std::collections::HashMap::new();
+    for (id, name, version) in &acked {
+        last.insert(id.clone(), (name.clone(), *version));
+    }
+    for (id, (name, version)) in &last {
+        let (stored_name, stored_version) = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged user {id} was lost"));
+        // A write acknowledged last may have been followed by an unacknowledged one that still
+        // reached the journal; nothing older than what was acknowledged may be stored.
+        assert!(
+            stored_version >= version,
+            "user {id}: stored v{stored_version} is older than acknowledged v{version}"
+        );
+        if stored_version == version {
+            assert_eq!(stored_name, name);
+        }
+        assert!(
+            *stored_version <= 2,
+            "user {id} was updated more times than requested (applied twice?)"
+        );
+    }
+    keel.kill().unwrap();
+    keel.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_flushes_the_write_back_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [
+        ("KEEL_CACHE__USERS__STRATEGY", "write-back"),
+        ("KEEL_CACHE__WRITE_BACK__FLUSH_INTERVAL_MS", "600000"),
+        ("KEEL_SHUTDOWN__READINESS_GRACE_MS", "400"),
+        ("KEEL_SHUTDOWN__DRAIN_DEADLINE_MS", "5000"),
+    ];
+    let mut keel = start(dir.path(), port, &env);
+    let (status, acked) = http(
+        port,
+        "POST",
+        "/users",
+        Some(&json!({"name": "Before", "email": "before@example.com"})),
+    )
+    .unwrap();
+    assert_eq!(status, 201);
+
+    // A request in flight: headers and half the body sent.
+    let body = json!({"name": "In flight", "email": "inflight@example.com"}).to_string();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(slow, "POST /users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).unwrap();
+    slow.write_all(&body.as_bytes()[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let sent = Command::new("kill")
+        .args(["-TERM", &keel.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, ready) =
+        http(port, "GET", "/readyz", None).expect("still serving during the grace period");
+    assert_eq!((status, ready["status"].as_str()), (503, Some("draining")));
+
+    slow.write_all(&body.as_bytes()[10..]).unwrap();
+    let (status, user) = read_response(slow).unwrap();
+    assert_eq!(status, 201, "the in-flight request must complete: {user}");
+
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = keel.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "keel did not stop within its deadline"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "graceful stop exits 0, got {exit}");
+    let mut log = String::new();
+    keel.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("write-back backlog flushed"), "{log}");
+
+    let rows = stored(dir.path()).await;
+    let ids: Vec<&str> = rows.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert!(
+        ids.contains(&acked["id"].as_str().unwrap()),
+        "the journal must be flushed on SIGTERM"
+    );
+    assert!(ids.contains(&user["id"].as_str().unwrap()));
+    assert_eq!(
+        journal_files(dir.path()),
+        0,
+        "a flushed journal leaves no segment behind"
+    );
+}
+
+#[tokio::test]
+async fn an_internal_error_is_logged_with_its_error_id_and_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut keel = start(dir.path(), port, &[]);
+    let pool = sqlx::SqlitePool::connect(&sqlite_url(dir.path()))
+        .await
+        .unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    sqlx::query("INSERT INTO users VALUES (?, 'Broken', 'no-at-sign', 'x', 'x', 1)")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, body) = http(port, "GET", &format!("/users/{id}"), None).unwrap();
+    assert_eq!(status, 500);
+    let error_id = body["error_id"].as_str().unwrap().to_owned();
+    assert!(
+        !body.to_string().contains("corrupt"),
+        "no internals in the response: {body}"
+    );
+    keel.kill().unwrap();
+    keel.wait().unwrap();
+    let mut log = String::new();
+    keel.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&error_id))
+        .unwrap_or_else(|| panic!("no log line has {error_id}: {log}"));
+    let line: Value = serde_json::from_str(line).expect("logs are JSON");
+    assert!(
+        line["cause"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt users row"),
+        "{line}"
+    );
+    assert!(
+        line["spans"][0]["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{line}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(KEEL)
+        .arg("config")
+        .current_dir(dir.path())
+        .env("KEEL_SERVER__LISTN", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
+
+    let out = Command::new(KEEL)
+        .arg("config")
+        .current_dir(dir.path())
+        .env("KEEL_DATABASE__URL", "postgres://keel:hunter2@db/keel")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("postgres://keel:***@db/keel"), "{printed}");
+    assert!(!printed.contains("hunter2"));
+}
+
+#[test]
+fn migrate_creates_the_schema_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(KEEL)
+        .arg("migrate")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("keel.db").exists());
+}

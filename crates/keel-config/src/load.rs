@@ -128,8 +128,7 @@ mod tests {
 
     #[test]
     fn defaults_need_no_file_and_pick_sqlite_under_the_data_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = load(Some(&write("").path().to_path_buf()), env(&[])).unwrap();
+        let settings = load(Some(write("").path()), env(&[])).unwrap();
         assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(settings.database_kind(), Some(DatabaseKind::Sqlite));
         assert_eq!(
@@ -138,7 +137,6 @@ mod tests {
         );
         assert_eq!(settings.cache.users.strategy, Strategy::Lazy);
         assert_eq!(settings.cache.users.ttl_secs, 180);
-        drop(dir);
     }
 
     #[test]

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# keel's whole test gate, the README's test command: formatting, lints, then every test against
+# the embedded defaults (SQLite, in-process cache) and the real servers (PostgreSQL, MariaDB,
+# Redis), which it starts first if they are down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/services.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

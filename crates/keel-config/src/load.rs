@@ -150,7 +150,7 @@ mod tests {
                 ("KEEL_SERVER__LISTEN", "127.0.0.1:7000"),
                 ("KEEL_CACHE__USERS__TTL_SECS", "30"),
                 ("KEEL_TELEMETRY__LOG_FORMAT", "text"),
-                ("KEEL_TELEMETRY__ACCESS_LOG", "false"),
+                ("KEEL_TELEMETRY__ACCESS_LOG", "true"),
                 ("KEEL_DATABASE__URL", "postgres://u:secret@db/app"),
                 ("HOME", "/root"),
             ]),
@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(settings.cache.users.strategy, Strategy::WriteThrough);
         assert_eq!(settings.cache.users.ttl_secs, 30);
         assert_eq!(settings.telemetry.log_format, LogFormat::Text);
-        assert!(!settings.telemetry.access_log);
+        assert!(settings.telemetry.access_log);
         assert_eq!(settings.database_kind(), Some(DatabaseKind::Postgres));
         let printed = toml::to_string(&settings).unwrap();
         assert!(printed.contains("postgres://u:***@db/app"), "{printed}");

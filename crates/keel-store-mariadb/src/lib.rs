@@ -3,23 +3,19 @@
 //! [`MariaDbStore`] implements [`keel_domain::UserRepo`]; [`MariaDbStore::migrate`] applies the
 //! migrations under `migrations/` (sqlx takes a named lock, so concurrent instances are safe).
 
-use std::borrow::Cow;
 use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use keel_domain::{Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
-use sqlx::{MySqlPool, Row, SqlSafeStr};
+use sqlx::{MySqlPool, Row};
 
-/// Pool settings the binary passes from configuration.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub max_connections: u32,
-    pub acquire_timeout: Duration,
-}
+pub use keel_store_sql::PoolSettings;
+
+/// This backend's migrations, oldest first (see `migrations/`).
+const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] =
+    &[(1, "users", include_str!("../migrations/0001_users.sql"))];
 
 /// Users on MariaDB or MySQL.
 #[derive(Debug, Clone)]
@@ -31,7 +27,7 @@ impl MariaDbStore {
     /// Connects lazily: the pool opens connections on first use, so `keel` starts even while the
     /// database is still coming up, and `/readyz` reports it until it is reachable.
     pub fn connect_lazy(url: &str, pool: &PoolSettings) -> Result<Self, StoreError> {
-        let options = MySqlConnectOptions::from_str(url).map_err(internal)?;
+        let options = MySqlConnectOptions::from_str(url).map_err(keel_store_sql::internal)?;
         let pool = MySqlPoolOptions::new()
             .max_connections(pool.max_connections.max(1))
             .acquire_timeout(pool.acquire_timeout)
@@ -41,7 +37,7 @@ impl MariaDbStore {
 
     /// Applies every pending migration.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        migrator()
+        keel_store_sql::migrator(MIGRATIONS)
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Internal(Box::new(e)))
@@ -52,53 +48,21 @@ impl MariaDbStore {
     }
 }
 
-fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("users"),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_users.sql").into_sql_str(),
-        false,
-    )];
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
-}
-
-fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Internal(Box::new(e))
-}
-
 fn map_err(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::Database(ref db) if db.is_unique_violation() => {
-            // MariaDB names the key only in the message: "Duplicate entry .. for key 'users_email_key'".
-            let field = if db.message().contains("users_email_key") {
-                "email"
-            } else {
-                "id"
-            };
-            StoreError::Conflict { field }
-        }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            StoreError::Unavailable(Box::new(e))
-        }
-        other => StoreError::Internal(Box::new(other)),
-    }
+    // MariaDB names the key only in the message: "Duplicate entry .. for key 'users_email_key'".
+    keel_store_sql::classify(e, |db| db.message().contains("users_email_key"))
 }
 
 fn row_to_user(row: &MySqlRow) -> Result<User, StoreError> {
-    let corrupt = |what: &str| StoreError::Internal(format!("corrupt users row: {what}").into());
     let id: String = row.try_get("id").map_err(map_err)?;
     let name: String = row.try_get("name").map_err(map_err)?;
     let email: String = row.try_get("email").map_err(map_err)?;
     let created_at: NaiveDateTime = row.try_get("created_at").map_err(map_err)?;
     let updated_at: NaiveDateTime = row.try_get("updated_at").map_err(map_err)?;
     Ok(User {
-        id: id.parse().map_err(|_| corrupt("id"))?,
-        name: UserName::parse(&name).map_err(|_| corrupt("name"))?,
-        email: UserEmail::parse(&email).map_err(|_| corrupt("email"))?,
+        id: id.parse().map_err(|_| keel_store_sql::corrupt("id"))?,
+        name: UserName::parse(&name).map_err(|_| keel_store_sql::corrupt("name"))?,
+        email: UserEmail::parse(&email).map_err(|_| keel_store_sql::corrupt("email"))?,
         created_at: created_at.and_utc(),
         updated_at: updated_at.and_utc(),
         version: row.try_get("version").map_err(map_err)?,

@@ -3,22 +3,18 @@
 //! [`PostgresStore`] implements [`keel_domain::UserRepo`]; [`PostgresStore::migrate`] applies the
 //! migrations under `migrations/` (sqlx takes an advisory lock, so concurrent instances are safe).
 
-use std::borrow::Cow;
 use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_domain::{Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row, SqlSafeStr};
+use sqlx::{PgPool, Row};
 
-/// Pool settings the binary passes from configuration.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub max_connections: u32,
-    pub acquire_timeout: Duration,
-}
+pub use keel_store_sql::PoolSettings;
+
+/// This backend's migrations, oldest first (see `migrations/`).
+const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] =
+    &[(1, "users", include_str!("../migrations/0001_users.sql"))];
 
 /// Users on PostgreSQL.
 #[derive(Debug, Clone)]
@@ -31,7 +27,7 @@ impl PostgresStore {
     /// database is still coming up, and `/readyz` reports it until it is reachable.
     pub fn connect_lazy(url: &str, pool: &PoolSettings) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
-            .map_err(internal)?
+            .map_err(keel_store_sql::internal)?
             .application_name("keel");
         let pool = PgPoolOptions::new()
             .max_connections(pool.max_connections.max(1))
@@ -42,7 +38,7 @@ impl PostgresStore {
 
     /// Applies every pending migration.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        migrator()
+        keel_store_sql::migrator(MIGRATIONS)
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Internal(Box::new(e)))
@@ -53,49 +49,18 @@ impl PostgresStore {
     }
 }
 
-fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("users"),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_users.sql").into_sql_str(),
-        false,
-    )];
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
-}
-
-fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Internal(Box::new(e))
-}
-
 fn map_err(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::Database(ref db) if db.is_unique_violation() => {
-            let field = if db.constraint() == Some("users_email_key") {
-                "email"
-            } else {
-                "id"
-            };
-            StoreError::Conflict { field }
-        }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            StoreError::Unavailable(Box::new(e))
-        }
-        other => StoreError::Internal(Box::new(other)),
-    }
+    // PostgreSQL reports the constraint by name.
+    keel_store_sql::classify(e, |db| db.constraint() == Some("users_email_key"))
 }
 
 fn row_to_user(row: &PgRow) -> Result<User, StoreError> {
-    let corrupt = |what: &str| StoreError::Internal(format!("corrupt users row: {what}").into());
     let name: String = row.try_get("name").map_err(map_err)?;
     let email: String = row.try_get("email").map_err(map_err)?;
     Ok(User {
         id: UserId::from_uuid(row.try_get("id").map_err(map_err)?),
-        name: UserName::parse(&name).map_err(|_| corrupt("name"))?,
-        email: UserEmail::parse(&email).map_err(|_| corrupt("email"))?,
+        name: UserName::parse(&name).map_err(|_| keel_store_sql::corrupt("name"))?,
+        email: UserEmail::parse(&email).map_err(|_| keel_store_sql::corrupt("email"))?,
         created_at: row.try_get("created_at").map_err(map_err)?,
         updated_at: row.try_get("updated_at").map_err(map_err)?,
         version: row.try_get("version").map_err(map_err)?,

@@ -3,23 +3,20 @@
 //! [`SqliteStore`] implements [`keel_domain::UserRepo`]; [`SqliteStore::migrate`] applies the
 //! migrations under `migrations/`.
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use keel_domain::{Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlSafeStr, SqlitePool};
+use sqlx::{Row, SqlitePool};
 
-/// Pool settings the binary passes from configuration.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub max_connections: u32,
-    pub acquire_timeout: Duration,
-}
+pub use keel_store_sql::PoolSettings;
+
+/// This backend's migrations, oldest first (see `migrations/`).
+const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] =
+    &[(1, "users", include_str!("../migrations/0001_users.sql"))];
 
 /// Users on SQLite.
 #[derive(Debug, Clone)]
@@ -35,7 +32,7 @@ impl SqliteStore {
     /// power loss can roll back the last commits.
     pub async fn connect(url: &str, pool: &PoolSettings) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(internal)?
+            .map_err(keel_store_sql::internal)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -52,7 +49,7 @@ impl SqliteStore {
 
     /// Applies every pending migration; safe to run concurrently and repeatedly.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        migrator()
+        keel_store_sql::migrator(MIGRATIONS)
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Internal(Box::new(e)))
@@ -63,41 +60,9 @@ impl SqliteStore {
     }
 }
 
-fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("users"),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_users.sql").into_sql_str(),
-        false,
-    )];
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
-}
-
-fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Internal(Box::new(e))
-}
-
 fn map_err(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::Database(ref db) if db.is_unique_violation() => {
-            // The primary key is keel-generated and never collides in practice; the only unique
-            // constraint a caller can hit is the email.
-            let field = if db.message().contains("email") {
-                "email"
-            } else {
-                "id"
-            };
-            StoreError::Conflict { field }
-        }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            StoreError::Unavailable(Box::new(e))
-        }
-        other => StoreError::Internal(Box::new(other)),
-    }
+    // SQLite names the columns in the message: "UNIQUE constraint failed: users.email".
+    keel_store_sql::classify(e, |db| db.message().contains("email"))
 }
 
 fn ts(t: &DateTime<Utc>) -> String {
@@ -105,7 +70,6 @@ fn ts(t: &DateTime<Utc>) -> String {
 }
 
 fn row_to_user(row: &sqlx::sqlite::SqliteRow) -> Result<User, StoreError> {
-    let corrupt = |what: &str| StoreError::Internal(format!("corrupt users row: {what}").into());
     let id: String = row.try_get("id").map_err(map_err)?;
     let name: String = row.try_get("name").map_err(map_err)?;
     let email: String = row.try_get("email").map_err(map_err)?;
@@ -114,12 +78,12 @@ fn row_to_user(row: &sqlx::sqlite::SqliteRow) -> Result<User, StoreError> {
     let parse_ts = |s: &str| {
         DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| corrupt("timestamp"))
+            .map_err(|_| keel_store_sql::corrupt("timestamp"))
     };
     Ok(User {
-        id: id.parse().map_err(|_| corrupt("id"))?,
-        name: UserName::parse(&name).map_err(|_| corrupt("name"))?,
-        email: UserEmail::parse(&email).map_err(|_| corrupt("email"))?,
+        id: id.parse().map_err(|_| keel_store_sql::corrupt("id"))?,
+        name: UserName::parse(&name).map_err(|_| keel_store_sql::corrupt("name"))?,
+        email: UserEmail::parse(&email).map_err(|_| keel_store_sql::corrupt("email"))?,
         created_at: parse_ts(&created_at)?,
         updated_at: parse_ts(&updated_at)?,
         version: row.try_get("version").map_err(map_err)?,

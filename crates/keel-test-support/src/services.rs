@@ -1,5 +1,6 @@
 //! Where the real servers are, and fresh names so parallel tests never share state.
 
+use sqlx::Connection;
 use uuid::Uuid;
 
 /// PostgreSQL server URL without a database (trust auth on this kind of machine).
@@ -21,4 +22,37 @@ pub fn redis_url() -> String {
 /// A database name no other test uses: `keel_test_<random>`.
 pub fn fresh_database_name() -> String {
     format!("keel_test_{}", Uuid::new_v4().simple())
+}
+
+/// Creates a fresh, empty PostgreSQL database and returns its URL.
+pub async fn create_postgres_database() -> String {
+    let server = postgres_server_url();
+    let name = fresh_database_name();
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("PostgreSQL reachable");
+    create(&mut admin, &name).await;
+    format!("{server}/{name}")
+}
+
+/// Creates a fresh, empty MariaDB database and returns its URL.
+pub async fn create_mariadb_database() -> String {
+    let server = mariadb_server_url();
+    let name = fresh_database_name();
+    let mut admin = sqlx::MySqlConnection::connect(&format!("{server}/mysql"))
+        .await
+        .expect("MariaDB reachable");
+    create(&mut admin, &name).await;
+    format!("{server}/{name}")
+}
+
+async fn create<C>(admin: &mut C, name: &str)
+where
+    for<'c> &'c mut C: sqlx::Executor<'c>,
+{
+    // The name is generated above, never input: it may go into the SQL text.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(admin)
+        .await
+        .expect("database created");
 }

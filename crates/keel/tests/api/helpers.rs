@@ -7,7 +7,6 @@ use keel::Application;
 use keel_config::{Secret, Settings, Strategy};
 use keel_test_support::services;
 use metrics_exporter_prometheus::PrometheusHandle;
-use sqlx::Connection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -95,31 +94,10 @@ fn metrics() -> PrometheusHandle {
 
 /// A fresh, empty database URL for `backend`.
 pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
-    let name = services::fresh_database_name();
     match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.join("keel.db").display()),
-        Backend::Postgres => {
-            let server = services::postgres_server_url();
-            let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
-                .await
-                .unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .unwrap();
-            format!("{server}/{name}")
-        }
-        Backend::MariaDb => {
-            let server = services::mariadb_server_url();
-            let mut admin = sqlx::MySqlConnection::connect(&format!("{server}/mysql"))
-                .await
-                .unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .unwrap();
-            format!("{server}/{name}")
-        }
+        Backend::Postgres => services::create_postgres_database().await,
+        Backend::MariaDb => services::create_mariadb_database().await,
     }
 }
 

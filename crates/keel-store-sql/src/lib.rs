@@ -1,0 +1,71 @@
+//! What the SQL stores share, so that each store crate holds only its dialect: pool settings,
+//! embedded migrations run by sqlx's `Migrator`, and the classification of driver errors into
+//! the domain's [`StoreError`].
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use keel_domain::StoreError;
+use sqlx::SqlSafeStr;
+use sqlx::error::DatabaseError;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+/// Pool settings the binary passes from configuration.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// One embedded migration: version, description, SQL (from `include_str!`).
+pub type EmbeddedMigration = (i64, &'static str, &'static str);
+
+/// A migrator over embedded migrations. sqlx's `Migrator` brings the lock (so concurrent starts
+/// are safe) and the checksum check (an edited, already-applied migration is refused) without the
+/// `macros` feature.
+pub fn migrator(migrations: &[EmbeddedMigration]) -> Migrator {
+    let migrations = migrations
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Internal(Box::new(e))
+}
+
+/// A row the domain refuses: a bug or a hand edit, never the caller's fault.
+pub fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("corrupt users row: {what}").into())
+}
+
+/// Classifies a driver error. `is_email_key` tells whether a unique violation is on the users'
+/// email key (engines name the key differently); the primary key is keel-generated and never
+/// collides in practice, so the email is the only conflict a caller can cause.
+pub fn classify(e: sqlx::Error, is_email_key: impl Fn(&dyn DatabaseError) -> bool) -> StoreError {
+    match e {
+        sqlx::Error::Database(ref db) if db.is_unique_violation() => StoreError::Conflict {
+            field: if is_email_key(db.as_ref()) {
+                "email"
+            } else {
+                "id"
+            },
+        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(Box::new(e))
+        }
+        other => StoreError::Internal(Box::new(other)),
+    }
+}

@@ -385,3 +385,37 @@ fn migrate_creates_the_schema_and_exits() {
     );
     assert!(dir.path().join("keel.db").exists());
 }
+
+#[test]
+fn sigterm_gives_up_on_a_stuck_request_at_the_drain_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [("KEEL_SHUTDOWN__DRAIN_DEADLINE_MS", "500")];
+    let mut keel = start(dir.path(), port, &env);
+    // A client that sends half a body and then nothing: it would hold the drain forever.
+    let mut stuck = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stuck, "POST /users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let sent = Command::new("kill")
+        .args(["-TERM", &keel.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = keel.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "keel ignored its drain deadline"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "keel must wait for the deadline first"
+    );
+    drop(stuck);
+}

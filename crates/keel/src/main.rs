@@ -10,7 +10,7 @@ use keel_config::Settings;
 
 /// keel: a complete backend architecture (API, cache, database, and more) in one binary.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// Configuration file (default: ./keel.toml if it exists). KEEL_* environment variables
     /// override it.
@@ -49,9 +49,12 @@ fn main() -> std::process::ExitCode {
         }
     };
     if let Command::Config = cli.command {
+        // Show the database actually used, also when it is the default SQLite file.
+        let mut shown = settings.clone();
+        shown.database.url = Some(settings.database_url());
         print!(
             "{}",
-            toml::to_string_pretty(&settings).expect("settings serialize")
+            toml::to_string_pretty(&shown).expect("settings serialize")
         );
         return std::process::ExitCode::SUCCESS;
     }

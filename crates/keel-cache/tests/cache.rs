@@ -17,6 +17,8 @@ use keel_store_sqlite::{PoolSettings, SqliteStore};
 struct Counted {
     inner: SqliteStore,
     gets: AtomicU64,
+    /// Injected fault: batch writes fail as if the database were down.
+    fail_batches: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -43,6 +45,9 @@ impl UserRepo for Counted {
         self.inner.list(page).await
     }
     async fn apply_batch(&self, upserts: &[User], deletes: &[UserId]) -> Result<(), StoreError> {
+        if self.fail_batches.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected: database down".into()));
+        }
         self.inner.apply_batch(upserts, deletes).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
@@ -92,19 +97,26 @@ fn wb_options(dir: &std::path::Path, flush_interval: Duration) -> WriteBackOptio
 
 async fn fixture(strategy: Strategy, policy: CachePolicy, l2: Option<Arc<RedisTier>>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
+    let wb = wb_options(dir.path(), Duration::from_secs(3600));
+    fixture_with(dir, strategy, policy, l2, wb).await
+}
+
+async fn fixture_with(
+    dir: tempfile::TempDir,
+    strategy: Strategy,
+    policy: CachePolicy,
+    l2: Option<Arc<RedisTier>>,
+    wb: WriteBackOptions,
+) -> Fixture {
     let repo = Arc::new(Counted {
         inner: store(dir.path()).await,
         gets: AtomicU64::new(0),
+        fail_batches: Default::default(),
     });
     let cache = ResourceCache::new("users", policy, l2);
-    let users = CachedUsers::new(
-        repo.clone(),
-        cache,
-        strategy,
-        Some(wb_options(dir.path(), Duration::from_secs(3600))),
-    )
-    .await
-    .unwrap();
+    let users = CachedUsers::new(repo.clone(), cache, strategy, Some(wb))
+        .await
+        .unwrap();
     Fixture {
         _dir: dir,
         repo,
@@ -481,4 +493,46 @@ async fn a_value_loaded_by_one_instance_is_an_l2_hit_for_another() {
         loads_before,
         "B must not read the database"
     );
+}
+
+#[tokio::test]
+async fn a_full_write_back_backlog_pushes_back_instead_of_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wb = WriteBackOptions {
+        max_backlog: 3,
+        backpressure_timeout: Duration::from_millis(300),
+        ..wb_options(dir.path(), Duration::from_millis(20))
+    };
+    let fx = fixture_with(dir, Strategy::WriteBack, policy(), None, wb).await;
+    fx.repo.fail_batches.store(true, Ordering::SeqCst);
+    for n in 0..3 {
+        fx.users.create(new_user(&format!("bp{n}"))).await.unwrap();
+    }
+    assert_eq!(fx.users.backlog(), 3);
+    match fx.users.create(new_user("bp-over")).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("a full backlog must refuse the write as unavailable, got {other:?}"),
+    }
+    assert_eq!(
+        fx.users.backlog(),
+        3,
+        "the refused write must not be queued"
+    );
+    assert!(
+        get(&fx.users.stats().flush_errors) > 0,
+        "the flusher kept trying"
+    );
+
+    // The database comes back: the backlog drains and writes are accepted again.
+    fx.repo.fail_batches.store(false, Ordering::SeqCst);
+    fx.users.create(new_user("bp-after")).await.unwrap();
+    let page = fx
+        .users
+        .list(PageRequest {
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 4);
 }

@@ -1,0 +1,46 @@
+//! keel's shipped benchmark.
+//!
+//! * `keel-bench bare --listen ADDR` — a bare axum handler answering `GET /users/{id}` with a
+//!   constant JSON user: the HTTP stack's ceiling on this machine.
+//! * `keel-bench run` — the orchestrator: seeds the databases, starts each system under test
+//!   pinned to core 1, drives it with wrk pinned to core 0 on the cache-hit and cache-miss paths,
+//!   measures idle RSS and cold start, prints a table with ratios against the targets and writes
+//!   `bench/out/results.json`. `bash bench/run.sh` installs what it needs and calls this.
+
+mod bare;
+mod http;
+mod report;
+mod run;
+mod seed;
+mod wrk;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "keel-bench",
+    about = "keel's benchmark: keel vs a bare axum ceiling vs the seed's Flask example"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve a constant JSON user on GET /users/{id} (and 200 on /healthz): the HTTP ceiling.
+    Bare {
+        #[arg(long, default_value = "127.0.0.1:18181")]
+        listen: String,
+    },
+    /// Run the whole benchmark and print the results table.
+    Run(Box<run::RunArgs>),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Bare { listen } => bare::serve(&listen),
+        Cmd::Run(args) => run::run(*args),
+    }
+}

@@ -212,7 +212,7 @@ impl Default for TelemetrySettings {
         Self {
             log_format: LogFormat::Json,
             log_level: "info".into(),
-            access_log: true,
+            access_log: false,
         }
     }
 }

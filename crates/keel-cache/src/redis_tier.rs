@@ -120,6 +120,11 @@ impl RedisTier {
         Ok(raw.and_then(|raw| decode(&raw)))
     }
 
+    pub async fn delete(&self, resource: &str, key: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        conn.del::<_, ()>(Self::key(resource, key)).await
+    }
+
     /// Stores `json` (or a tombstone when `None`) at `version`, unless Redis holds a newer state.
     pub async fn set_if_newer(
         &self,

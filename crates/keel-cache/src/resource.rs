@@ -1,7 +1,10 @@
 //! One resource's cache: L1 in process, L2 in Redis when configured, single-flight loading.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::future::Future;
+use std::hash::Hash;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,11 @@ use tokio::sync::OnceCell;
 use crate::DELETED_VERSION;
 use crate::redis_tier::{L2Entry, RedisTier};
 use crate::stats::Stats;
+
+/// What can key a cache: cheap to hash and compare in process, written as text for Redis.
+pub trait CacheKey: Hash + Eq + Clone + Display + FromStr + Send + Sync + 'static {}
+
+impl<K: Hash + Eq + Clone + Display + FromStr + Send + Sync + 'static> CacheKey for K {}
 
 /// A value that knows its row version.
 pub trait Versioned {
@@ -74,19 +82,14 @@ struct Entry<V> {
 
 struct PerEntryTtl;
 
-impl<V> moka::Expiry<String, Arc<Entry<V>>> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _: &String,
-        entry: &Arc<Entry<V>>,
-        _: Instant,
-    ) -> Option<Duration> {
+impl<K, V> moka::Expiry<K, Arc<Entry<V>>> for PerEntryTtl {
+    fn expire_after_create(&self, _: &K, entry: &Arc<Entry<V>>, _: Instant) -> Option<Duration> {
         Some(entry.ttl)
     }
 
     fn expire_after_update(
         &self,
-        _: &String,
+        _: &K,
         entry: &Arc<Entry<V>>,
         _: Instant,
         _: Option<Duration>,
@@ -97,19 +100,20 @@ impl<V> moka::Expiry<String, Arc<Entry<V>>> for PerEntryTtl {
 
 type Shared<V> = Result<Option<Arc<Cached<V>>>, Arc<StoreError>>;
 
-/// The cache of one resource (for example `users`). Cheap to share behind an `Arc`.
-pub struct ResourceCache<V> {
+/// The cache of one resource (for example `users`), keyed by `K`. Share it behind an `Arc`.
+pub struct ResourceCache<K, V> {
     name: &'static str,
     policy: CachePolicy,
-    l1: Cache<String, Arc<Entry<V>>>,
+    l1: Cache<K, Arc<Entry<V>>>,
     l2: Option<Arc<RedisTier>>,
     /// One cell per key being loaded: concurrent misses on a key await the same load.
-    inflight: Mutex<HashMap<String, Arc<OnceCell<Shared<V>>>>>,
+    inflight: Mutex<HashMap<K, Arc<OnceCell<Shared<V>>>>>,
     stats: Arc<Stats>,
 }
 
-impl<V> ResourceCache<V>
+impl<K, V> ResourceCache<K, V>
 where
+    K: CacheKey,
     V: Versioned + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// A cache for resource `name`. With an L2, a task subscribes to invalidations from other
@@ -144,6 +148,9 @@ where
                     crate::redis_tier::Event::Resubscribed => cache.l1.invalidate_all(),
                     crate::redis_tier::Event::Invalidated { key, version } => {
                         Stats::inc(&cache.stats.invalidations_received);
+                        let Ok(key) = key.parse::<K>() else {
+                            return true;
+                        };
                         let cache = cache.clone();
                         tokio::spawn(async move { cache.tomb_l1(key, version).await });
                     }
@@ -172,7 +179,7 @@ where
     /// tiers on the way back. Concurrent misses on one key share one load.
     pub async fn get_or_load<F, Fut>(
         &self,
-        key: &str,
+        key: &K,
         load: F,
     ) -> Result<Option<Arc<Cached<V>>>, StoreError>
     where
@@ -200,7 +207,7 @@ where
 
     async fn load_single_flight<F, Fut>(
         &self,
-        key: &str,
+        key: &K,
         load: F,
     ) -> Result<Option<Arc<Cached<V>>>, StoreError>
     where
@@ -209,7 +216,7 @@ where
     {
         let cell = {
             let mut inflight = self.inflight.lock().expect("inflight lock");
-            inflight.entry(key.to_owned()).or_default().clone()
+            inflight.entry(key.clone()).or_default().clone()
         };
         // Every caller offers its own loader; OnceCell runs one, and if that caller is cancelled
         // another caller's loader takes over, so a dropped request never strands the others.
@@ -230,13 +237,13 @@ where
         res.map_err(|e| share_error(&e))
     }
 
-    async fn fill<F, Fut>(&self, key: &str, load: F) -> Shared<V>
+    async fn fill<F, Fut>(&self, key: &K, load: F) -> Shared<V>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, StoreError>>,
     {
         if let Some(l2) = &self.l2 {
-            match l2.get(self.name, key).await {
+            match l2.get(self.name, &key.to_string()).await {
                 Ok(Some(L2Entry::Data(bytes))) => match serde_json::from_slice::<V>(&bytes) {
                     Ok(value) => {
                         Stats::inc(&self.stats.l2_hits);
@@ -264,7 +271,7 @@ where
                     if let Err(e) = l2
                         .set_if_newer(
                             self.name,
-                            key,
+                            &key.to_string(),
                             cached.value.version(),
                             Some(&cached.json),
                             ttl,
@@ -290,7 +297,7 @@ where
     }
 
     /// Puts `value` in L1 unless L1 already knows a newer state of the key.
-    async fn offer_l1(&self, key: &str, value: &Arc<Cached<V>>) {
+    async fn offer_l1(&self, key: &K, value: &Arc<Cached<V>>) {
         if !self.l1_usable() {
             return;
         }
@@ -300,7 +307,7 @@ where
             ttl: self.policy.jittered(self.policy.ttl),
         });
         self.l1
-            .entry(key.to_owned())
+            .entry(key.clone())
             .and_compute_with(|current| {
                 let newer = match current.as_ref().map(|e| &e.value().slot) {
                     None | Some(Slot::Absent) => true,
@@ -313,7 +320,7 @@ where
     }
 
     /// Caches a "not found" unless L1 knows the key exists.
-    async fn offer_absent(&self, key: &str) {
+    async fn offer_absent(&self, key: &K) {
         if self.policy.negative_ttl.is_zero() || !self.l1_usable() {
             return;
         }
@@ -322,7 +329,7 @@ where
             ttl: self.policy.jittered(self.policy.negative_ttl),
         });
         self.l1
-            .entry(key.to_owned())
+            .entry(key.clone())
             .and_compute_with(|current| {
                 let allowed = match current.as_ref().map(|e| &e.value().slot) {
                     None | Some(Slot::Absent) => true,
@@ -334,7 +341,7 @@ where
             .await;
     }
 
-    async fn tomb_l1(&self, key: String, version: i64) {
+    async fn tomb_l1(&self, key: K, version: i64) {
         let entry = Arc::new(Entry {
             slot: Slot::Tomb(version),
             ttl: self.policy.ttl,
@@ -350,13 +357,13 @@ where
 
     /// Write-through / write-back: `value` becomes the cached state here and in L2, and other
     /// instances drop their older copies.
-    pub async fn put(&self, key: &str, value: Arc<Cached<V>>) {
+    pub async fn put(&self, key: &K, value: Arc<Cached<V>>) {
         let version = value.value.version();
         self.offer_l1(key, &value).await;
         if let Some(l2) = &self.l2 {
             let ttl = self.policy.jittered(self.policy.ttl);
             if let Err(e) = l2
-                .set_if_newer(self.name, key, version, Some(&value.json), ttl)
+                .set_if_newer(self.name, &key.to_string(), version, Some(&value.json), ttl)
                 .await
             {
                 Stats::inc(&self.stats.l2_errors);
@@ -368,11 +375,11 @@ where
 
     /// Cache-aside: the key's cached state at or below `version` is dropped here, in L2 and in
     /// every other instance's L1. Use [`DELETED_VERSION`] for a deleted key.
-    pub async fn invalidate(&self, key: &str, version: i64) {
+    pub async fn invalidate(&self, key: &K, version: i64) {
         self.tomb_l1(key.to_owned(), version).await;
         if let Some(l2) = &self.l2 {
             if let Err(e) = l2
-                .set_if_newer(self.name, key, version, None, self.policy.ttl)
+                .set_if_newer(self.name, &key.to_string(), version, None, self.policy.ttl)
                 .await
             {
                 Stats::inc(&self.stats.l2_errors);
@@ -382,9 +389,24 @@ where
         }
     }
 
-    async fn broadcast(&self, l2: &RedisTier, key: &str, version: i64) {
+    /// Drops the key from L1 and L2 whatever its version: for a value the database refused, which
+    /// must not be served although it is newer than the stored row.
+    pub async fn evict(&self, key: &K) {
+        self.l1.invalidate(key).await;
+        if let Some(l2) = &self.l2
+            && let Err(e) = l2.delete(self.name, &key.to_string()).await
+        {
+            Stats::inc(&self.stats.l2_errors);
+            tracing::warn!(resource = self.name, error = %e, "redis delete failed");
+        }
+    }
+
+    async fn broadcast(&self, l2: &RedisTier, key: &K, version: i64) {
         Stats::inc(&self.stats.invalidations_sent);
-        if let Err(e) = l2.publish_and_wait(self.name, key, version).await {
+        if let Err(e) = l2
+            .publish_and_wait(self.name, &key.to_string(), version)
+            .await
+        {
             Stats::inc(&self.stats.l2_errors);
             tracing::warn!(resource = self.name, error = %e, "invalidation broadcast failed");
         }

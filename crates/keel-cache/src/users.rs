@@ -75,7 +75,7 @@ fn unix_ms() -> u64 {
 /// Users, read and written through the cache.
 pub struct CachedUsers {
     repo: Arc<dyn UserRepo>,
-    cache: Arc<ResourceCache<User>>,
+    cache: Arc<ResourceCache<UserId, User>>,
     strategy: Strategy,
     write_back: Option<Arc<WriteBack>>,
 }
@@ -85,7 +85,7 @@ impl CachedUsers {
     /// replays whatever an earlier process left in it into the database.
     pub async fn new(
         repo: Arc<dyn UserRepo>,
-        cache: Arc<ResourceCache<User>>,
+        cache: Arc<ResourceCache<UserId, User>>,
         strategy: Strategy,
         write_back: Option<WriteBackOptions>,
     ) -> Result<Arc<Self>, StoreError> {
@@ -114,7 +114,7 @@ impl CachedUsers {
         self.cache.stats()
     }
 
-    pub fn cache(&self) -> &Arc<ResourceCache<User>> {
+    pub fn cache(&self) -> &Arc<ResourceCache<UserId, User>> {
         &self.cache
     }
 
@@ -126,9 +126,7 @@ impl CachedUsers {
             return Ok(state);
         }
         let repo = &self.repo;
-        self.cache
-            .get_or_load(&id.to_string(), || repo.get(id))
-            .await
+        self.cache.get_or_load(&id, || repo.get(id)).await
     }
 
     pub async fn create(&self, new: NewUser) -> Result<Arc<Cached<User>>, StoreError> {
@@ -141,7 +139,7 @@ impl CachedUsers {
         }
         self.repo.insert(&user).await?;
         let cached = Cached::new(user);
-        let key = cached.value.id.to_string();
+        let key = cached.value.id;
         match self.strategy {
             // A fresh id can only be cached as "not found" (someone asked for it early).
             Strategy::Lazy => self.cache.invalidate(&key, cached.value.version).await,
@@ -180,7 +178,7 @@ impl CachedUsers {
                 Err(e) => return Err(e),
             }
             let cached = Cached::new(next);
-            let key = id.to_string();
+            let key = id;
             match self.strategy {
                 Strategy::Lazy => self.cache.invalidate(&key, cached.value.version).await,
                 Strategy::WriteThrough => self.cache.put(&key, cached.clone()).await,
@@ -204,9 +202,7 @@ impl CachedUsers {
         }
         let deleted = self.repo.delete(id).await?;
         if deleted && matches!(self.strategy, Strategy::Lazy | Strategy::WriteThrough) {
-            self.cache
-                .invalidate(&id.to_string(), DELETED_VERSION)
-                .await;
+            self.cache.invalidate(&id, DELETED_VERSION).await;
         }
         Ok(deleted)
     }
@@ -308,7 +304,7 @@ impl Dirty {
 
 struct WriteBack {
     repo: Arc<dyn UserRepo>,
-    cache: Arc<ResourceCache<User>>,
+    cache: Arc<ResourceCache<UserId, User>>,
     journal: Journal,
     opts: WriteBackOptions,
     /// Serializes write-back writes: a write reads the current state, checks uniqueness, takes
@@ -326,7 +322,7 @@ struct WriteBack {
 impl WriteBack {
     async fn open(
         repo: Arc<dyn UserRepo>,
-        cache: Arc<ResourceCache<User>>,
+        cache: Arc<ResourceCache<UserId, User>>,
         opts: WriteBackOptions,
     ) -> Result<Arc<Self>, StoreError> {
         let (journal, replayed) =
@@ -431,7 +427,7 @@ impl WriteBack {
             self.dirty.lock().expect("dirty lock").settle(id, seq);
             return Err(StoreError::Internal(Box::new(e)));
         }
-        let key = id.to_string();
+        let key = id;
         match &state {
             Some(cached) => self.cache.put(&key, cached.clone()).await,
             None => self.cache.invalidate(&key, DELETED_VERSION).await,
@@ -609,7 +605,7 @@ impl WriteBack {
         write.await.map_err(|e| StoreError::Internal(Box::new(e)))?;
         Stats::inc(&self.cache.stats().rejected);
         tracing::error!(user_id = %id, seq, field, path = %path.display(), "the database refused a write-back entry; it was moved to the rejects file");
-        self.cache.invalidate(&id.to_string(), 0).await;
+        self.cache.evict(id).await;
         Ok(())
     }
 

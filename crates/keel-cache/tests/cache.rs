@@ -187,7 +187,7 @@ async fn a_missing_user_is_cached_as_not_found_until_invalidated() {
     );
 
     // A write of the key (here: the row appears, as a create does) clears the negative entry.
-    fx.users.cache().invalidate(&ghost.to_string(), 1).await;
+    fx.users.cache().invalidate(&ghost, 1).await;
     assert!(fx.users.get(ghost).await.unwrap().is_none());
     assert_eq!(fx.repo.gets.load(Ordering::SeqCst), 2);
 }
@@ -535,4 +535,58 @@ async fn a_full_write_back_backlog_pushes_back_instead_of_growing() {
         .await
         .unwrap();
     assert_eq!(page.items.len(), 4);
+}
+
+#[tokio::test]
+async fn a_write_back_conflict_found_at_flush_is_parked_not_retried_forever() {
+    // Two instances with their own journals on one database: each promised the same email.
+    let dir = tempfile::tempdir().unwrap();
+    let repo: Arc<dyn UserRepo> = Arc::new(store(dir.path()).await);
+    let mut instances = Vec::new();
+    for name in ["a", "b"] {
+        let wb = WriteBackOptions {
+            dir: dir.path().join(name),
+            ..wb_options(dir.path(), Duration::from_secs(3600))
+        };
+        let cache = ResourceCache::new("users", policy(), None);
+        instances.push(
+            CachedUsers::new(repo.clone(), cache, Strategy::WriteBack, Some(wb))
+                .await
+                .unwrap(),
+        );
+    }
+    let email = UserEmail::parse("contested@example.com").unwrap();
+    let mut ids = Vec::new();
+    for users in &instances {
+        let new = NewUser {
+            name: UserName::parse("Contender").unwrap(),
+            email: email.clone(),
+        };
+        ids.push(users.create(new).await.unwrap().value.id);
+    }
+    instances[0].shutdown(Duration::from_secs(5)).await;
+    instances[1].shutdown(Duration::from_secs(5)).await;
+
+    assert_eq!(
+        repo.get_by_email(&email).await.unwrap().unwrap().id,
+        ids[0],
+        "the first flush wins"
+    );
+    assert!(repo.get(ids[1]).await.unwrap().is_none());
+    assert_eq!(get(&instances[1].stats().rejected), 1);
+    assert_eq!(
+        instances[1].backlog(),
+        0,
+        "the refused entry must leave the backlog"
+    );
+    assert!(
+        instances[1].get(ids[1]).await.unwrap().is_none(),
+        "a refused write must not be served"
+    );
+    let rejects =
+        std::fs::read_to_string(dir.path().join("b").join("users.rejected.jsonl")).unwrap();
+    assert!(
+        rejects.contains(&ids[1].to_string()) && rejects.contains("email already exists"),
+        "{rejects}"
+    );
 }

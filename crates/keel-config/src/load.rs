@@ -137,7 +137,10 @@ mod tests {
         );
         assert_eq!(settings.cache.users.strategy, Strategy::Lazy);
         assert_eq!(settings.cache.users.ttl_secs, 180);
-        assert!(!settings.telemetry.access_log, "the access log is off by default");
+        assert!(
+            !settings.telemetry.access_log,
+            "the access log is off by default"
+        );
     }
 
     #[test]

@@ -251,6 +251,28 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
         }
         results.push(r);
     }
+    // The ceiling is noisy (seeding, builds and database background work before the first run),
+    // so bare axum runs again last and the better run is kept: the ratio against it can only get
+    // harder for keel, never easier.
+    if let Some(first) = results
+        .iter()
+        .position(|r| r.key == "bare" && r.hit.is_some())
+        && let Some(sys) = selected.iter().find(|s| s.key == "bare")
+    {
+        log("=== bare (again, last) ===");
+        let again = bench_system(&mut ctx, sys);
+        let rps = |r: &SysResult| r.hit.as_ref().map_or(0.0, |h| h.rps);
+        let (a, b) = (rps(&results[first]), rps(&again));
+        let mut best = if b > a {
+            again
+        } else {
+            std::mem::take(&mut results[first])
+        };
+        best.notes.push(format!(
+            "bare ran first and last: {a:.0} and {b:.0} req/s; the better run is shown"
+        ));
+        results[first] = best;
+    }
 
     let table = report::render(&ctx, &results);
     println!("{table}");

@@ -358,8 +358,25 @@ impl WriteBack {
                     }
                 }
             }
-            wb.flush_all(Duration::from_secs(3600)).await?;
-            tracing::info!(records = total, "write-back journal replayed");
+            // A long replay reports its progress about once a second.
+            let pending = wb.backlog();
+            let mut last_report = std::time::Instant::now();
+            while wb.backlog() > 0 {
+                wb.flush_once().await?;
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    last_report = std::time::Instant::now();
+                    tracing::info!(
+                        done = pending - wb.backlog(),
+                        of = pending,
+                        "replaying the write-back journal"
+                    );
+                }
+            }
+            tracing::info!(
+                records = total,
+                users = pending,
+                "write-back journal replayed"
+            );
         }
         let flusher = tokio::spawn(wb.clone().run_flusher());
         *wb.flusher.lock().expect("flusher lock") = Some(flusher);

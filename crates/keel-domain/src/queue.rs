@@ -1,0 +1,206 @@
+//! The message queue port (DESIGN.md C5): what keel needs from a broker, whichever it is.
+//!
+//! The model: a message is published to a **topic** (`user.created`); each **group** (an
+//! independent subscriber, such as `audit` or `notifier`) bound to a pattern matching the topic
+//! receives its own copy (publish/subscribe); within a group, workers compete for messages. A
+//! message with a **key** is delivered after every earlier message of the same key in its group
+//! has been acknowledged or discarded (ordering per key), while different keys run in parallel.
+//! Deliveries are **leased**: a message not acknowledged before its lease ends is delivered
+//! again (at-least-once), so consumers absorb duplicates by the message id.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// A message id: UUIDv7, made by the publisher, stable across redeliveries. Consumers record it
+/// with their effect to absorb duplicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub Uuid);
+
+impl MessageId {
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub id: MessageId,
+    /// Messages of one key are handled in publish order within a group.
+    pub key: Option<String>,
+    /// Trace context and other metadata; travels unchanged to every delivery.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    /// After this instant the message must not be handled (it goes to the hospital as expired).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Outgoing {
+    pub fn new(body: Vec<u8>) -> Self {
+        Self {
+            id: MessageId::generate(),
+            key: None,
+            headers: BTreeMap::new(),
+            body,
+            expires_at: None,
+        }
+    }
+
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+}
+
+/// A message handed to a worker of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Identifies this delivery to `ack` / `retry` / `discard`.
+    pub tag: DeliveryTag,
+    pub id: MessageId,
+    pub group: String,
+    pub topic: String,
+    pub key: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    pub published_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// 1 on the first delivery, then one more per redelivery (retry or expired lease).
+    pub attempt: u32,
+}
+
+impl Delivery {
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// The broker's handle on one delivery: the group's sequence number and the lease token, so that
+/// a worker whose lease expired cannot acknowledge the message another worker now holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliveryTag {
+    pub seq: i64,
+    pub lease: Uuid,
+}
+
+/// Counts of one group's queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages waiting (including those scheduled for a later retry).
+    pub ready: u64,
+    /// Messages leased to a worker now.
+    pub in_flight: u64,
+    /// Age of the oldest message, if any.
+    pub oldest: Option<Duration>,
+}
+
+/// Why a broker call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The delivery's lease ended (or it was already settled): another worker may hold it now.
+    #[error("lease lost")]
+    LeaseLost,
+    /// The queue is full: the producer must slow down (backpressure, never unbounded growth).
+    #[error("queue full")]
+    Full,
+    #[error("invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String },
+    /// The broker could not be reached or timed out; retrying later may succeed.
+    #[error("broker unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("broker fault")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A durable broker. Every backend (the embedded SQL queue, RabbitMQ, NATS JetStream) implements
+/// it with the same behaviour, proven by one behavioural suite (`keel-test-support`).
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// From now on, `group` receives every message published to a topic matching `pattern`
+    /// (`user.created`, `user.*` for one segment, `user.#` for any number). Idempotent.
+    async fn bind(&self, group: &str, pattern: &str) -> Result<(), BrokerError>;
+    /// Stores the message for every bound group; durable when it returns `Ok`. Returns how many
+    /// groups received it.
+    async fn publish(&self, topic: &str, message: Outgoing) -> Result<usize, BrokerError>;
+    /// Leases up to `max` messages of `group` for `lease`, oldest first, at most one in flight per
+    /// key. An empty result means nothing is ready now.
+    async fn fetch(
+        &self,
+        group: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError>;
+    /// The message was handled: it is removed.
+    async fn ack(&self, tag: DeliveryTag) -> Result<(), BrokerError>;
+    /// Handling failed: deliver it again no earlier than `delay` from now (its key stays blocked).
+    async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError>;
+    async fn depth(&self, group: &str) -> Result<QueueDepth, BrokerError>;
+}
+
+/// Whether `topic` matches a binding `pattern`: segments split on `.`, `*` matches one segment,
+/// `#` any number (including none), as in AMQP topic exchanges.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    fn go(p: &[&str], t: &[&str]) -> bool {
+        match (p.split_first(), t.split_first()) {
+            (None, None) => true,
+            (Some((&"#", rest)), _) => go(rest, t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some((&"*", rest)), Some((_, trest))) => go(rest, trest),
+            (Some((seg, rest)), Some((tseg, trest))) => seg == tseg && go(rest, trest),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let t: Vec<&str> = topic.split('.').collect();
+    go(&p, &t)
+}
+
+/// A topic or group name: 1 to 200 characters of letters, digits, `.`, `_`, `-` (and, for a
+/// pattern, `*` and `#`).
+pub fn check_name(what: &'static str, name: &str, pattern: bool) -> Result<(), BrokerError> {
+    let ok_char =
+        |c: char| c.is_ascii_alphanumeric() || "._-".contains(c) || (pattern && "*#".contains(c));
+    if name.is_empty() || name.len() > 200 || !name.chars().all(ok_char) {
+        return Err(BrokerError::Invalid {
+            what,
+            why: format!("{name:?} must be 1-200 characters of [A-Za-z0-9._-]"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns_match_like_amqp_topic_exchanges() {
+        assert!(topic_matches("user.created", "user.created"));
+        assert!(!topic_matches("user.created", "user.updated"));
+        assert!(topic_matches("user.*", "user.created"));
+        assert!(!topic_matches("user.*", "user.created.v2"));
+        assert!(topic_matches("user.#", "user.created.v2"));
+        assert!(topic_matches("user.#", "user"));
+        assert!(topic_matches("#", "anything.at.all"));
+        assert!(topic_matches("*.created", "order.created"));
+        assert!(!topic_matches("*.created", "created"));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("topic", "user.created", false).is_ok());
+        assert!(check_name("topic", "user.*", false).is_err());
+        assert!(check_name("pattern", "user.*", true).is_ok());
+        assert!(check_name("group", "", false).is_err());
+        assert!(check_name("group", "a b", false).is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! The behavioural suite of the `Broker` port. Each backend calls [`run_all`] on a fresh broker
+//! built with [`SUITE_LIMITS`]; a failure names the behaviour that broke.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_domain::{Broker, BrokerError, Outgoing};
+
+/// The limits the broker under test must be built with: a group holds at most this many
+/// messages, and bodies are at most `MAX_BODY` bytes.
+pub const SUITE_MAX_DEPTH: u64 = 300;
+pub const SUITE_MAX_BODY: usize = 1024;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn body(text: &str) -> Outgoing {
+    Outgoing::new(text.as_bytes().to_vec())
+}
+
+/// Runs every behaviour against `broker`, which must start empty.
+pub async fn run_all(broker: Arc<dyn Broker>) {
+    a_publish_reaches_every_bound_group_once(&*broker).await;
+    a_leased_message_is_not_delivered_twice_and_ack_removes_it(&*broker).await;
+    an_expired_lease_redelivers_and_the_old_holder_cannot_ack(&*broker).await;
+    messages_of_one_key_come_in_order_while_other_keys_pass(&*broker).await;
+    a_retry_waits_its_delay_and_keeps_its_key_blocked(&*broker).await;
+    a_republished_message_is_stored_once(&*broker).await;
+    bad_names_and_oversized_bodies_are_refused(&*broker).await;
+    competing_workers_share_the_messages_without_duplicates(broker.clone()).await;
+    a_full_group_pushes_back_on_the_producer(&*broker).await;
+}
+
+async fn a_publish_reaches_every_bound_group_once(broker: &dyn Broker) {
+    assert_eq!(
+        broker.publish("fan.out", body("nobody")).await.unwrap(),
+        0,
+        "no binding, no copy"
+    );
+    broker.bind("fan-audit", "fan.out").await.unwrap();
+    broker.bind("fan-notify", "fan.*").await.unwrap();
+    broker.bind("fan-notify", "fan.#").await.unwrap(); // two matching patterns, still one copy
+    broker.bind("fan-other", "other.*").await.unwrap();
+    let sent = body("hello").with_key("k");
+    assert_eq!(broker.publish("fan.out", sent.clone()).await.unwrap(), 2);
+    for group in ["fan-audit", "fan-notify"] {
+        let got = broker.fetch(group, 10, LEASE).await.unwrap();
+        assert_eq!(got.len(), 1, "{group} gets one copy");
+        let d = &got[0];
+        assert_eq!(
+            (d.id, &d.body, d.topic.as_str(), d.key.as_deref(), d.attempt),
+            (sent.id, &sent.body, "fan.out", Some("k"), 1)
+        );
+        assert_eq!(d.group, group);
+        broker.ack(d.tag).await.unwrap();
+    }
+    assert!(
+        broker
+            .fetch("fan-other", 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_leased_message_is_not_delivered_twice_and_ack_removes_it(broker: &dyn Broker) {
+    broker.bind("lease", "suite.lease").await.unwrap();
+    let mut sent = body("leased");
+    sent.headers
+        .insert("traceparent".into(), "00-abc-def-01".into());
+    broker.publish("suite.lease", sent.clone()).await.unwrap();
+    let first = broker.fetch("lease", 10, LEASE).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].headers, sent.headers, "headers travel unchanged");
+    assert!(
+        broker.fetch("lease", 10, LEASE).await.unwrap().is_empty(),
+        "a leased message is not handed out again"
+    );
+    let depth = broker.depth("lease").await.unwrap();
+    assert_eq!((depth.ready, depth.in_flight), (0, 1));
+    broker.ack(first[0].tag).await.unwrap();
+    assert!(
+        matches!(broker.ack(first[0].tag).await, Err(BrokerError::LeaseLost)),
+        "a second ack is refused"
+    );
+    assert_eq!(broker.depth("lease").await.unwrap().in_flight, 0);
+    assert!(broker.fetch("lease", 10, LEASE).await.unwrap().is_empty());
+}
+
+async fn an_expired_lease_redelivers_and_the_old_holder_cannot_ack(broker: &dyn Broker) {
+    broker.bind("expiry", "suite.expiry").await.unwrap();
+    broker
+        .publish("suite.expiry", body("slow worker"))
+        .await
+        .unwrap();
+    let first = broker
+        .fetch("expiry", 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(80)).await; // the broker's clock is the wall clock
+    let second = broker.fetch("expiry", 1, LEASE).await.unwrap();
+    assert_eq!(
+        second.len(),
+        1,
+        "an expired lease makes the message deliverable again"
+    );
+    assert_eq!(second[0].id, first[0].id);
+    assert_eq!(second[0].attempt, 2);
+    assert!(matches!(
+        broker.ack(first[0].tag).await,
+        Err(BrokerError::LeaseLost)
+    ));
+    broker.ack(second[0].tag).await.unwrap();
+}
+
+async fn messages_of_one_key_come_in_order_while_other_keys_pass(broker: &dyn Broker) {
+    broker.bind("order", "suite.order").await.unwrap();
+    for (key, text) in [
+        ("a", "a1"),
+        ("a", "a2"),
+        ("b", "b1"),
+        ("a", "a3"),
+        ("b", "b2"),
+    ] {
+        broker
+            .publish("suite.order", body(text).with_key(key))
+            .await
+            .unwrap();
+    }
+    broker
+        .publish("suite.order", body("unkeyed"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let batch = broker.fetch("order", 10, LEASE).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        let keys: Vec<_> = batch.iter().filter_map(|d| d.key.clone()).collect();
+        let mut unique = keys.clone();
+        unique.dedup();
+        assert_eq!(
+            keys.len(),
+            unique.len(),
+            "at most one message per key in flight: {keys:?}"
+        );
+        for d in batch {
+            seen.push(String::from_utf8(d.body.clone()).unwrap());
+            broker.ack(d.tag).await.unwrap();
+        }
+    }
+    let of = |prefix: char| {
+        seen.iter()
+            .filter(|s| s.starts_with(prefix))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of('a'), ["a1", "a2", "a3"]);
+    assert_eq!(of('b'), ["b1", "b2"]);
+    assert!(seen.contains(&"unkeyed".to_owned()));
+}
+
+async fn a_retry_waits_its_delay_and_keeps_its_key_blocked(broker: &dyn Broker) {
+    broker.bind("retry", "suite.retry").await.unwrap();
+    broker
+        .publish("suite.retry", body("first").with_key("r"))
+        .await
+        .unwrap();
+    broker
+        .publish("suite.retry", body("second").with_key("r"))
+        .await
+        .unwrap();
+    let first = broker.fetch("retry", 10, LEASE).await.unwrap();
+    assert_eq!(first.len(), 1);
+    broker
+        .retry(first[0].tag, Duration::from_millis(150))
+        .await
+        .unwrap();
+    assert!(
+        broker.fetch("retry", 10, LEASE).await.unwrap().is_empty(),
+        "neither the retried message nor its successor yet"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = broker.fetch("retry", 10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].body.as_slice(), again[0].attempt),
+        (b"first".as_slice(), 2)
+    );
+    broker.ack(again[0].tag).await.unwrap();
+    let next = broker.fetch("retry", 10, LEASE).await.unwrap();
+    assert_eq!(next[0].body, b"second");
+    broker.ack(next[0].tag).await.unwrap();
+}
+
+async fn a_republished_message_is_stored_once(broker: &dyn Broker) {
+    broker.bind("dedupe", "suite.dedupe").await.unwrap();
+    let sent = body("once");
+    broker.publish("suite.dedupe", sent.clone()).await.unwrap();
+    broker.publish("suite.dedupe", sent.clone()).await.unwrap(); // a producer retrying after a timeout
+    let got = broker.fetch("dedupe", 10, LEASE).await.unwrap();
+    assert_eq!(got.len(), 1);
+    broker.ack(got[0].tag).await.unwrap();
+    assert_eq!(broker.depth("dedupe").await.unwrap().ready, 0);
+}
+
+async fn bad_names_and_oversized_bodies_are_refused(broker: &dyn Broker) {
+    assert!(matches!(
+        broker.publish("bad topic", body("x")).await,
+        Err(BrokerError::Invalid { what: "topic", .. })
+    ));
+    assert!(matches!(
+        broker.bind("", "x").await,
+        Err(BrokerError::Invalid { what: "group", .. })
+    ));
+    let big = Outgoing::new(vec![0; SUITE_MAX_BODY + 1]);
+    assert!(matches!(
+        broker.publish("suite.big", big).await,
+        Err(BrokerError::Invalid { what: "body", .. })
+    ));
+}
+
+async fn competing_workers_share_the_messages_without_duplicates(broker: Arc<dyn Broker>) {
+    broker.bind("compete", "suite.compete").await.unwrap();
+    let total = 200;
+    for n in 0..total {
+        broker
+            .publish("suite.compete", body(&format!("m{n}")))
+            .await
+            .unwrap();
+    }
+    let workers = (0..4).map(|_| {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = broker.fetch("compete", 7, LEASE).await.unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                for d in batch {
+                    mine.push(d.id);
+                    broker.ack(d.tag).await.unwrap();
+                }
+            }
+        })
+    });
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), total, "every message handled exactly once");
+    assert_eq!(unique.len(), total);
+}
+
+async fn a_full_group_pushes_back_on_the_producer(broker: &dyn Broker) {
+    broker.bind("flood", "suite.flood").await.unwrap();
+    for n in 0..SUITE_MAX_DEPTH {
+        broker
+            .publish("suite.flood", body(&format!("f{n}")))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        broker.publish("suite.flood", body("one too many")).await,
+        Err(BrokerError::Full)
+    ));
+    assert_eq!(
+        broker.depth("flood").await.unwrap().ready,
+        SUITE_MAX_DEPTH,
+        "the refused message was not stored"
+    );
+    let one = broker.fetch("flood", 1, LEASE).await.unwrap();
+    broker.ack(one[0].tag).await.unwrap();
+    broker
+        .publish("suite.flood", body("room again"))
+        .await
+        .unwrap();
+}

@@ -4,13 +4,16 @@
 //! - [`user`]: the user resource, its parsed newtypes ([`UserName`], [`UserEmail`], [`UserId`]).
 //! - [`repo`]: the [`UserRepo`] port every relational backend implements, and [`StoreError`].
 //! - [`queue`]: the [`Broker`] port every message queue backend implements.
+//! - [`hospital`]: the [`Hospital`] port, where messages whose handling failed for good wait.
 //!
 //! **Invariant:** this crate does no I/O and knows no HTTP status codes.
 
+pub mod hospital;
 pub mod queue;
 pub mod repo;
 pub mod user;
 
+pub use hospital::{AdmissionReason, AttemptRecord, Hospital, HospitalError, Patient};
 pub use queue::{Broker, BrokerError, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth};
 pub use repo::{Page, PageRequest, StoreError, UserRepo};
 pub use user::{NewUser, User, UserEmail, UserId, UserName, UserPatch, ValidationError};

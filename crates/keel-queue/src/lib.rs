@@ -4,13 +4,18 @@
 //! - [`PostgresQueue`]: the same model on PostgreSQL, where competing workers claim rows with
 //!   `FOR UPDATE SKIP LOCKED`.
 //!
-//! Both implement [`keel_domain::Broker`]. A claim is one `UPDATE … RETURNING` statement that
+//! - [`SqliteHospital`]: the error hospital beside the SQLite queue.
+//! - [`worker`]: the worker runtime: fetch, handle, ack; retries with backoff; admission.
+//!
+//! Both queues implement [`keel_domain::Broker`]. A claim is one `UPDATE … RETURNING` statement that
 //! leases the oldest ready messages of a group whose key has no older message still stored, so
 //! ordering per key holds across retries and crashes: a key's next message waits until the one
 //! before it is acknowledged or discarded.
 
+mod hospital;
 mod postgres;
 mod sqlite;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use keel_domain::BrokerError;
 
+pub use hospital::SqliteHospital;
 pub use postgres::PostgresQueue;
 pub use sqlite::SqliteQueue;
 

@@ -17,11 +17,18 @@ use crate::{
     from_micros, micros,
 };
 
-const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[(
-    1,
-    "queue",
-    include_str!("../migrations/sqlite/0001_queue.sql"),
-)];
+const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
+    (
+        1,
+        "queue",
+        include_str!("../migrations/sqlite/0001_queue.sql"),
+    ),
+    (
+        2,
+        "hospital",
+        include_str!("../migrations/sqlite/0002_hospital.sql"),
+    ),
+];
 
 /// The embedded queue: tables in an SQLite file.
 #[derive(Debug, Clone)]
@@ -31,6 +38,10 @@ pub struct SqliteQueue {
 }
 
 impl SqliteQueue {
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Opens (creating if missing) the queue database at `url` and applies its migrations.
     ///
     /// `synchronous = FULL`: a publish acknowledged to a producer survives power loss, not only a

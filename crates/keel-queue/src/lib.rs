@@ -4,7 +4,7 @@
 //! - [`PostgresQueue`]: the same model on PostgreSQL, where competing workers claim rows with
 //!   `FOR UPDATE SKIP LOCKED`.
 //!
-//! - [`SqliteHospital`]: the error hospital beside the SQLite queue.
+//! - [`SqliteHospital`], [`PostgresHospital`]: the error hospital beside each SQL queue.
 //! - [`worker`]: the worker runtime: fetch, handle, ack; retries with backoff; admission.
 //!
 //! Both queues implement [`keel_domain::Broker`]. A claim is one `UPDATE … RETURNING` statement that
@@ -13,6 +13,7 @@
 //! before it is acknowledged or discarded.
 
 mod hospital;
+mod hospital_pg;
 mod postgres;
 mod sqlite;
 pub mod worker;
@@ -24,6 +25,7 @@ use chrono::{DateTime, Utc};
 use keel_domain::BrokerError;
 
 pub use hospital::SqliteHospital;
+pub use hospital_pg::PostgresHospital;
 pub use postgres::PostgresQueue;
 pub use sqlite::SqliteQueue;
 

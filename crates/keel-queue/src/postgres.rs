@@ -15,11 +15,18 @@ use crate::{
     from_micros, micros,
 };
 
-const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[(
-    1,
-    "queue",
-    include_str!("../migrations/postgres/0001_queue.sql"),
-)];
+const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
+    (
+        1,
+        "queue",
+        include_str!("../migrations/postgres/0001_queue.sql"),
+    ),
+    (
+        2,
+        "hospital",
+        include_str!("../migrations/postgres/0002_hospital.sql"),
+    ),
+];
 
 /// The queue in PostgreSQL tables.
 #[derive(Debug, Clone)]
@@ -29,6 +36,10 @@ pub struct PostgresQueue {
 }
 
 impl PostgresQueue {
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Connects to the database at `url` and applies the queue's migrations.
     pub async fn open(url: &str, limits: QueueLimits) -> Result<Self, BrokerError> {
         let pool = PgPoolOptions::new()

@@ -1,11 +1,13 @@
 //! keel's shared test harness.
 //!
 //! - [`broker_suite`]: the behavioural suite of the [`keel_domain::Broker`] port.
+//! - [`hospital_suite`]: the behavioural suite of the [`keel_domain::Hospital`] port.
 //! - [`repo_suite`]: the behavioural suite of the [`keel_domain::UserRepo`] port; each store
 //!   crate runs it against its real engine, so every backend is held to the same behaviour.
 //! - [`services`]: addresses of the real servers on a developer or CI machine, and helpers that
 //!   give each test its own database so tests can run in parallel.
 
 pub mod broker_suite;
+pub mod hospital_suite;
 pub mod repo_suite;
 pub mod services;

@@ -21,10 +21,6 @@ use crate::{ApiError, HttpSettings};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// A request's id, also available to handlers as an extension.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
 /// Shared state of the middleware.
 #[derive(Clone)]
 pub struct Limiter {
@@ -141,11 +137,7 @@ fn fastrand_u32() -> u32 {
     uuid::Uuid::new_v4().as_u128() as u32
 }
 
-pub async fn around_request(
-    State(limiter): State<Limiter>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn around_request(State(limiter): State<Limiter>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = limiter.request_id(&req);
     let route = req.extensions().get::<MatchedPath>().cloned();
@@ -157,7 +149,6 @@ pub async fn around_request(
         "request",
         request_id = request_id.to_str().unwrap_or_default()
     );
-    req.extensions_mut().insert(RequestId(request_id.clone()));
 
     let mut res = match limiter.in_flight.clone().try_acquire_owned() {
         Ok(permit) => {

@@ -111,11 +111,6 @@ impl Journal {
         ))
     }
 
-    /// Appends a record; resolves once it is on disk. Records are written in call order.
-    pub async fn append(&self, seq: u64, payload: Vec<u8>) -> io::Result<()> {
-        self.enqueue(seq, payload).await
-    }
-
     /// Queues a record (its position in the journal is fixed by this call) and returns a future
     /// that resolves once it is on disk.
     pub fn enqueue(
@@ -343,7 +338,7 @@ mod tests {
         assert!(replayed.records.is_empty());
         for seq in 1..=100u64 {
             journal
-                .append(seq, format!("record {seq}").into_bytes())
+                .enqueue(seq, format!("record {seq}").into_bytes())
                 .await
                 .unwrap();
         }
@@ -359,11 +354,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(dir.path(), "t").unwrap();
         for seq in 1..=10u64 {
-            journal.append(seq, vec![seq as u8]).await.unwrap();
+            journal.enqueue(seq, vec![seq as u8]).await.unwrap();
         }
         journal.release(10);
         for seq in 11..=12u64 {
-            journal.append(seq, vec![seq as u8]).await.unwrap();
+            journal.enqueue(seq, vec![seq as u8]).await.unwrap();
         }
         journal.release(5); // covers no whole segment: nothing more goes
         journal.close().await;
@@ -377,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(dir.path(), "t").unwrap();
         for seq in 1..=3u64 {
-            journal.append(seq, b"abc".to_vec()).await.unwrap();
+            journal.enqueue(seq, b"abc".to_vec()).await.unwrap();
         }
         journal.close().await;
         let segment = fs::read_dir(dir.path())
@@ -391,7 +386,7 @@ mod tests {
         drop(file);
         let (journal, replayed) = Journal::open(dir.path(), "t").unwrap();
         assert_eq!(replayed.records.len(), 3);
-        journal.append(4, b"d".to_vec()).await.unwrap();
+        journal.enqueue(4, b"d".to_vec()).await.unwrap();
         journal.close().await;
         let (_journal, replayed) = Journal::open(dir.path(), "t").unwrap();
         assert_eq!(
@@ -405,11 +400,11 @@ mod tests {
     async fn damage_in_an_older_segment_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(dir.path(), "t").unwrap();
-        journal.append(1, b"first".to_vec()).await.unwrap();
+        journal.enqueue(1, b"first".to_vec()).await.unwrap();
         journal.release(0);
         journal.close().await;
         let (journal, _) = Journal::open(dir.path(), "t").unwrap();
-        journal.append(2, b"second".to_vec()).await.unwrap();
+        journal.enqueue(2, b"second".to_vec()).await.unwrap();
         journal.close().await;
         let mut segments: Vec<_> = fs::read_dir(dir.path())
             .unwrap()

@@ -161,10 +161,6 @@ where
         cache
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
@@ -218,22 +214,14 @@ where
             let mut inflight = self.inflight.lock().expect("inflight lock");
             inflight.entry(key.clone()).or_default().clone()
         };
+        let _leave = LeaveFlight {
+            inflight: &self.inflight,
+            key,
+            cell: &cell,
+        };
         // Every caller offers its own loader; OnceCell runs one, and if that caller is cancelled
         // another caller's loader takes over, so a dropped request never strands the others.
-        let mut ran_load = false;
-        let res = cell
-            .get_or_init(|| {
-                ran_load = true;
-                self.fill(key, load)
-            })
-            .await
-            .clone();
-        if ran_load {
-            let mut inflight = self.inflight.lock().expect("inflight lock");
-            if inflight.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                inflight.remove(key);
-            }
-        }
+        let res = cell.get_or_init(|| self.fill(key, load)).await.clone();
         res.map_err(|e| share_error(&e))
     }
 
@@ -256,10 +244,7 @@ where
                     }
                 },
                 Ok(_) => {}
-                Err(e) => {
-                    Stats::inc(&self.stats.l2_errors);
-                    tracing::warn!(resource = self.name, error = %e, "redis read failed, reading the database");
-                }
+                Err(e) => self.l2_failed("read", &e),
             }
         }
         Stats::inc(&self.stats.loads);
@@ -267,20 +252,8 @@ where
             Ok(Some(value)) => {
                 let cached = Cached::new(value);
                 if let Some(l2) = &self.l2 {
-                    let ttl = self.policy.jittered(self.policy.ttl);
-                    if let Err(e) = l2
-                        .set_if_newer(
-                            self.name,
-                            &key.to_string(),
-                            cached.value.version(),
-                            Some(&cached.json),
-                            ttl,
-                        )
-                        .await
-                    {
-                        Stats::inc(&self.stats.l2_errors);
-                        tracing::warn!(resource = self.name, error = %e, "redis write failed");
-                    }
+                    self.write_l2(l2, key, cached.value.version(), Some(&cached.json))
+                        .await;
                 }
                 self.offer_l1(key, &cached).await;
                 Ok(Some(cached))
@@ -361,14 +334,7 @@ where
         let version = value.value.version();
         self.offer_l1(key, &value).await;
         if let Some(l2) = &self.l2 {
-            let ttl = self.policy.jittered(self.policy.ttl);
-            if let Err(e) = l2
-                .set_if_newer(self.name, &key.to_string(), version, Some(&value.json), ttl)
-                .await
-            {
-                Stats::inc(&self.stats.l2_errors);
-                tracing::warn!(resource = self.name, error = %e, "redis write failed");
-            }
+            self.write_l2(l2, key, version, Some(&value.json)).await;
             self.broadcast(l2, key, version).await;
         }
     }
@@ -378,13 +344,7 @@ where
     pub async fn invalidate(&self, key: &K, version: i64) {
         self.tomb_l1(key.to_owned(), version).await;
         if let Some(l2) = &self.l2 {
-            if let Err(e) = l2
-                .set_if_newer(self.name, &key.to_string(), version, None, self.policy.ttl)
-                .await
-            {
-                Stats::inc(&self.stats.l2_errors);
-                tracing::warn!(resource = self.name, error = %e, "redis invalidation failed");
-            }
+            self.write_l2(l2, key, version, None).await;
             self.broadcast(l2, key, version).await;
         }
     }
@@ -396,9 +356,26 @@ where
         if let Some(l2) = &self.l2
             && let Err(e) = l2.delete(self.name, &key.to_string()).await
         {
-            Stats::inc(&self.stats.l2_errors);
-            tracing::warn!(resource = self.name, error = %e, "redis delete failed");
+            self.l2_failed("delete", &e);
         }
+    }
+
+    /// Writes the key's state to L2 (`None`: a tombstone) unless Redis holds a newer one.
+    async fn write_l2(&self, l2: &RedisTier, key: &K, version: i64, json: Option<&Bytes>) {
+        let ttl = self.policy.jittered(self.policy.ttl);
+        if let Err(e) = l2
+            .set_if_newer(self.name, &key.to_string(), version, json, ttl)
+            .await
+        {
+            self.l2_failed("write", &e);
+        }
+    }
+
+    /// A failed Redis operation is counted and logged, and the caller carries on: the database
+    /// stays the source of truth, so Redis trouble slows keel down but never fails a request.
+    fn l2_failed(&self, operation: &'static str, e: &redis::RedisError) {
+        Stats::inc(&self.stats.l2_errors);
+        tracing::warn!(resource = self.name, operation, error = %e, "redis operation failed");
     }
 
     async fn broadcast(&self, l2: &RedisTier, key: &K, version: i64) {
@@ -407,15 +384,35 @@ where
             .publish_and_wait(self.name, &key.to_string(), version)
             .await
         {
-            Stats::inc(&self.stats.l2_errors);
-            tracing::warn!(resource = self.name, error = %e, "invalidation broadcast failed");
+            self.l2_failed("publish", &e);
         }
     }
 
-    /// Number of L1 entries (approximate; for tests and metrics).
+    /// Number of L1 entries, after moka's pending maintenance (evictions) has run; for tests.
     pub async fn l1_len(&self) -> u64 {
         self.l1.run_pending_tasks().await;
         self.l1.entry_count()
+    }
+}
+
+/// Removes a key's single-flight cell when its caller leaves, finished or cancelled, once the cell
+/// is settled or nobody else waits on it, so that abandoned loads do not accumulate.
+struct LeaveFlight<'a, K: Hash + Eq, T> {
+    inflight: &'a Mutex<HashMap<K, Arc<OnceCell<T>>>>,
+    key: &'a K,
+    cell: &'a Arc<OnceCell<T>>,
+}
+
+impl<K: Hash + Eq, T> Drop for LeaveFlight<'_, K, T> {
+    fn drop(&mut self) {
+        let mut inflight = self.inflight.lock().expect("inflight lock");
+        let ours = inflight
+            .get(self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, self.cell));
+        // Two holders: the map and this caller; any more means others still wait on it.
+        if ours && (self.cell.initialized() || Arc::strong_count(self.cell) == 2) {
+            inflight.remove(self.key);
+        }
     }
 }
 

@@ -106,10 +106,6 @@ impl CachedUsers {
         }))
     }
 
-    pub fn strategy(&self) -> Strategy {
-        self.strategy
-    }
-
     pub fn stats(&self) -> &Arc<Stats> {
         self.cache.stats()
     }
@@ -258,7 +254,9 @@ struct Dirty {
 
 impl Dirty {
     fn insert(&mut self, id: UserId, seq: u64, state: Option<Arc<Cached<User>>>) {
-        let written_ms = unix_ms();
+        // A rewrite of a pending id keeps the time of its first unflushed write: that write is
+        // not in the database either, so the flush lag counts from it.
+        let written_ms = self.by_id.get(&id).map_or_else(unix_ms, |p| p.written_ms);
         if let Some(old) = self.by_id.get(&id).and_then(|p| p.state.as_ref())
             && self.emails.get(&old.value.email) == Some(&id)
         {
@@ -437,7 +435,12 @@ impl WriteBack {
             dirty.insert(id, seq, state.clone());
             dirty.by_id.len()
         };
-        self.update_gauges();
+        // A write only adds the newest entry: the oldest is unchanged unless the backlog was empty.
+        let stats = self.cache.stats();
+        stats.backlog.store(backlog as u64, Relaxed);
+        let _ = stats
+            .oldest_unflushed_ms
+            .compare_exchange(0, unix_ms(), Relaxed, Relaxed);
         drop(gate);
         if let Err(e) = durable.await {
             tracing::error!(error = %e, "write-back journal failed; the write is refused");
@@ -492,6 +495,7 @@ impl WriteBack {
         }
     }
 
+    /// Recomputes the gauges from the whole backlog: once per flushed batch, never per write.
     fn update_gauges(&self) {
         let dirty = self.dirty.lock().expect("dirty lock");
         let stats = self.cache.stats();

@@ -590,3 +590,26 @@ async fn a_write_back_conflict_found_at_flush_is_parked_not_retried_forever() {
         "{rejects}"
     );
 }
+
+#[tokio::test]
+async fn a_full_l1_evicts_and_counts_the_evictions() {
+    let small = CachePolicy {
+        l1_max_entries: 10,
+        ..policy()
+    };
+    let fx = fixture(Strategy::Lazy, small, None).await;
+    for n in 0..50 {
+        let user = User::create(new_user(&format!("evict{n}")), chrono::Utc::now());
+        fx.repo.inner.insert(&user).await.unwrap();
+        fx.users.get(user.id).await.unwrap().unwrap();
+    }
+    assert!(
+        fx.users.cache().l1_len().await <= 10,
+        "L1 must stay within its capacity"
+    );
+    assert!(
+        get(&fx.users.stats().evictions) >= 40,
+        "evictions: {}",
+        get(&fx.users.stats().evictions)
+    );
+}

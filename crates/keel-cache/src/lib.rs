@@ -17,10 +17,11 @@ mod resource;
 pub mod stats;
 pub mod users;
 
+pub use keel_domain::CacheStrategy as Strategy;
 pub use redis_tier::RedisTier;
 pub use resource::{CachePolicy, Cached, ResourceCache, Versioned};
 pub use stats::Stats;
-pub use users::{CachedUsers, Strategy, WriteBackOptions};
+pub use users::{CachedUsers, WriteBackOptions};
 
 /// A version that outranks every real one: a deleted key's tombstone. It stays exact in Lua's
 /// doubles (2^53 - 1), since the Redis tier compares versions in a script.

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DurationRound, TimeDelta, Utc};
+use keel_domain::CacheStrategy as Strategy;
 use keel_domain::{
     NewUser, Page, PageRequest, StoreError, User, UserEmail, UserId, UserPatch, UserRepo,
 };
@@ -32,15 +33,6 @@ impl Versioned for User {
     fn version(&self) -> i64 {
         self.version
     }
-}
-
-/// The seed's four caching techniques (see the module table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    Ttl,
-    Lazy,
-    WriteThrough,
-    WriteBack,
 }
 
 /// Settings of the write-back journal and flusher.

@@ -4,15 +4,18 @@
 //! - [`user`]: the user resource, its parsed newtypes ([`UserName`], [`UserEmail`], [`UserId`]).
 //! - [`repo`]: the [`UserRepo`] port every relational backend implements, and [`StoreError`].
 //! - [`queue`]: the [`Broker`] port every message queue backend implements.
+//! - [`caching`]: [`CacheStrategy`], the seed's four caching techniques.
 //! - [`hospital`]: the [`Hospital`] port, where messages whose handling failed for good wait.
 //!
 //! **Invariant:** this crate does no I/O and knows no HTTP status codes.
 
+pub mod caching;
 pub mod hospital;
 pub mod queue;
 pub mod repo;
 pub mod user;
 
+pub use caching::CacheStrategy;
 pub use hospital::{AdmissionReason, AttemptRecord, Hospital, HospitalError, Patient};
 pub use queue::{Broker, BrokerError, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth};
 pub use repo::{Page, PageRequest, StoreError, UserRepo};

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use keel_api::{AppState, HttpSettings, Probe, Readiness};
-use keel_cache::{CachePolicy, CachedUsers, RedisTier, ResourceCache, Strategy, WriteBackOptions};
+use keel_cache::{CachePolicy, CachedUsers, RedisTier, ResourceCache, WriteBackOptions};
 use keel_config::Settings;
 use keel_domain::UserRepo;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -170,12 +170,6 @@ async fn build_users(
         jitter_ratio: resource.jitter_ratio,
         l1_max_entries: settings.cache.l1_max_entries,
     };
-    let strategy = match resource.strategy {
-        keel_config::Strategy::Ttl => Strategy::Ttl,
-        keel_config::Strategy::Lazy => Strategy::Lazy,
-        keel_config::Strategy::WriteThrough => Strategy::WriteThrough,
-        keel_config::Strategy::WriteBack => Strategy::WriteBack,
-    };
     let wb = &settings.cache.write_back;
     let write_back = WriteBackOptions {
         dir: settings.data_dir.join("writeback"),
@@ -185,7 +179,7 @@ async fn build_users(
         backpressure_timeout: settings.request_timeout(),
     };
     let cache = ResourceCache::new("users", policy, l2);
-    CachedUsers::new(repo, cache, strategy, Some(write_back))
+    CachedUsers::new(repo, cache, resource.strategy, Some(write_back))
         .await
         .context("cannot start the users cache (write-back journal replay)")
 }

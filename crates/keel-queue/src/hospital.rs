@@ -6,8 +6,7 @@ use keel_domain::hospital::trace_id;
 use keel_domain::{
     AdmissionReason, AttemptRecord, Delivery, Hospital, HospitalError, MessageId, Patient,
 };
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use crate::{decode_headers, encode_headers, from_micros, micros};
@@ -29,7 +28,7 @@ impl SqliteHospital {
     }
 }
 
-fn fault(e: sqlx::Error) -> HospitalError {
+pub(crate) fn fault(e: sqlx::Error) -> HospitalError {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
             HospitalError::Unavailable(Box::new(e))
@@ -40,46 +39,6 @@ fn fault(e: sqlx::Error) -> HospitalError {
 
 fn internal(e: impl std::error::Error + Send + Sync + 'static) -> HospitalError {
     HospitalError::Internal(Box::new(e))
-}
-
-impl SqliteHospital {
-    async fn patient(&self, row: &SqliteRow) -> Result<Patient, HospitalError> {
-        let group: String = row.try_get("grp").map_err(fault)?;
-        let message_id: String = row.try_get("message_id").map_err(fault)?;
-        let headers: String = row.try_get("headers").map_err(fault)?;
-        let reason: String = row.try_get("reason").map_err(fault)?;
-        let attempts: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT attempt, error, at FROM hospital_attempts WHERE grp = ? AND message_id = ? ORDER BY attempt",
-        )
-        .bind(&group)
-        .bind(&message_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(fault)?;
-        Ok(Patient {
-            id: row.try_get("id").map_err(fault)?,
-            group,
-            topic: row.try_get("topic").map_err(fault)?,
-            message_id: MessageId(Uuid::parse_str(&message_id).map_err(internal)?),
-            key: row.try_get("msg_key").map_err(fault)?,
-            headers: decode_headers(&headers).map_err(|e| HospitalError::Internal(Box::new(e)))?,
-            body: row.try_get("body").map_err(fault)?,
-            published_at: from_micros(row.try_get("published_at").map_err(fault)?),
-            admitted_at: from_micros(row.try_get("admitted_at").map_err(fault)?),
-            reason: AdmissionReason::parse(&reason).ok_or_else(|| {
-                HospitalError::Internal(format!("unknown reason {reason:?}").into())
-            })?,
-            trace_id: row.try_get("trace_id").map_err(fault)?,
-            attempts: attempts
-                .into_iter()
-                .map(|(attempt, error, at)| AttemptRecord {
-                    attempt: u32::try_from(attempt).unwrap_or(0),
-                    error,
-                    at: from_micros(at),
-                })
-                .collect(),
-        })
-    }
 }
 
 #[async_trait]
@@ -149,27 +108,102 @@ impl Hospital for SqliteHospital {
     }
 
     async fn get(&self, id: i64) -> Result<Option<Patient>, HospitalError> {
-        let row = sqlx::query("SELECT * FROM hospital_patients WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(fault)?;
-        match row {
-            Some(row) => Ok(Some(self.patient(&row).await?)),
-            None => Ok(None),
-        }
+        let rows: Vec<PatientAttemptRow> = sqlx::query_as(
+            "SELECT p.id, p.grp, p.message_id, p.topic, p.msg_key, p.headers, p.body, p.published_at, p.admitted_at, \
+             p.reason, p.trace_id, a.attempt, a.error, a.at \
+             FROM (SELECT * FROM hospital_patients WHERE id = ?) p \
+             LEFT JOIN hospital_attempts a ON a.grp = p.grp AND a.message_id = p.message_id \
+             ORDER BY p.id DESC, a.attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(fault)?;
+        Ok(patients(rows)?.pop())
     }
 
     async fn list(&self, limit: u32) -> Result<Vec<Patient>, HospitalError> {
-        let rows = sqlx::query("SELECT * FROM hospital_patients ORDER BY id DESC LIMIT ?")
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(fault)?;
-        let mut patients = Vec::with_capacity(rows.len());
-        for row in &rows {
-            patients.push(self.patient(row).await?);
-        }
-        Ok(patients)
+        let rows: Vec<PatientAttemptRow> = sqlx::query_as(
+            "SELECT p.id, p.grp, p.message_id, p.topic, p.msg_key, p.headers, p.body, p.published_at, p.admitted_at, \
+             p.reason, p.trace_id, a.attempt, a.error, a.at \
+             FROM (SELECT * FROM hospital_patients ORDER BY id DESC LIMIT ?) p \
+             LEFT JOIN hospital_attempts a ON a.grp = p.grp AND a.message_id = p.message_id \
+             ORDER BY p.id DESC, a.attempt",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(fault)?;
+        patients(rows)
     }
+}
+
+/// One row of the patients-with-attempts join, the same on both engines: the patient's columns
+/// (message id as text), then one recorded attempt's, absent when none was recorded.
+pub(crate) type PatientAttemptRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    Vec<u8>,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+);
+
+/// Patients from join rows ordered by patient, then attempt: one query reads patients and their
+/// attempts, rather than one query per patient.
+pub(crate) fn patients(rows: Vec<PatientAttemptRow>) -> Result<Vec<Patient>, HospitalError> {
+    let mut out: Vec<Patient> = Vec::new();
+    for row in rows {
+        let (
+            id,
+            group,
+            message_id,
+            topic,
+            key,
+            headers,
+            body,
+            published_at,
+            admitted_at,
+            reason,
+            trace_id,
+            attempt,
+            error,
+            at,
+        ) = row;
+        if out.last().is_none_or(|p| p.id != id) {
+            out.push(Patient {
+                id,
+                group,
+                topic,
+                message_id: MessageId(Uuid::parse_str(&message_id).map_err(internal)?),
+                key,
+                headers: decode_headers(&headers).map_err(internal)?,
+                body,
+                published_at: from_micros(published_at),
+                admitted_at: from_micros(admitted_at),
+                reason: AdmissionReason::parse(&reason).ok_or_else(|| {
+                    HospitalError::Internal(format!("unknown reason {reason:?}").into())
+                })?,
+                trace_id,
+                attempts: Vec::new(),
+            });
+        }
+        if let (Some(attempt), Some(error), Some(at)) = (attempt, error, at) {
+            let patient = out.last_mut().expect("pushed above");
+            patient.attempts.push(AttemptRecord {
+                attempt: u32::try_from(attempt).unwrap_or(0),
+                error,
+                at: from_micros(at),
+            });
+        }
+    }
+    Ok(out)
 }

@@ -3,14 +3,11 @@
 use async_trait::async_trait;
 use chrono::Utc;
 use keel_domain::hospital::trace_id;
-use keel_domain::{
-    AdmissionReason, AttemptRecord, Delivery, Hospital, HospitalError, MessageId, Patient,
-};
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
-use uuid::Uuid;
+use keel_domain::{AdmissionReason, Delivery, Hospital, HospitalError, Patient};
+use sqlx::PgPool;
 
-use crate::{decode_headers, encode_headers, from_micros, micros};
+use crate::hospital::{PatientAttemptRow, fault, patients};
+use crate::{encode_headers, micros};
 
 /// The hospital in the PostgreSQL database of the queue.
 #[derive(Debug, Clone)]
@@ -26,55 +23,6 @@ impl PostgresHospital {
             pool: queue.pool().clone(),
             max_patients,
         }
-    }
-}
-
-fn fault(e: sqlx::Error) -> HospitalError {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            HospitalError::Unavailable(Box::new(e))
-        }
-        other => HospitalError::Internal(Box::new(other)),
-    }
-}
-
-impl PostgresHospital {
-    async fn patient(&self, row: &PgRow) -> Result<Patient, HospitalError> {
-        let group: String = row.try_get("grp").map_err(fault)?;
-        let message_id: Uuid = row.try_get("message_id").map_err(fault)?;
-        let headers: String = row.try_get("headers").map_err(fault)?;
-        let reason: String = row.try_get("reason").map_err(fault)?;
-        let attempts: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT attempt, error, at FROM hospital_attempts WHERE grp = $1 AND message_id = $2 ORDER BY attempt",
-        )
-        .bind(&group)
-        .bind(message_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(fault)?;
-        Ok(Patient {
-            id: row.try_get("id").map_err(fault)?,
-            group,
-            topic: row.try_get("topic").map_err(fault)?,
-            message_id: MessageId(message_id),
-            key: row.try_get("msg_key").map_err(fault)?,
-            headers: decode_headers(&headers).map_err(|e| HospitalError::Internal(Box::new(e)))?,
-            body: row.try_get("body").map_err(fault)?,
-            published_at: from_micros(row.try_get("published_at").map_err(fault)?),
-            admitted_at: from_micros(row.try_get("admitted_at").map_err(fault)?),
-            reason: AdmissionReason::parse(&reason).ok_or_else(|| {
-                HospitalError::Internal(format!("unknown reason {reason:?}").into())
-            })?,
-            trace_id: row.try_get("trace_id").map_err(fault)?,
-            attempts: attempts
-                .into_iter()
-                .map(|(attempt, error, at)| AttemptRecord {
-                    attempt: u32::try_from(attempt).unwrap_or(0),
-                    error,
-                    at: from_micros(at),
-                })
-                .collect(),
-        })
     }
 }
 
@@ -147,27 +95,32 @@ impl Hospital for PostgresHospital {
     }
 
     async fn get(&self, id: i64) -> Result<Option<Patient>, HospitalError> {
-        let row = sqlx::query("SELECT * FROM hospital_patients WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(fault)?;
-        match row {
-            Some(row) => Ok(Some(self.patient(&row).await?)),
-            None => Ok(None),
-        }
+        let rows: Vec<PatientAttemptRow> = sqlx::query_as(
+            "SELECT p.id, p.grp, p.message_id::text, p.topic, p.msg_key, p.headers, p.body, p.published_at, p.admitted_at, \
+             p.reason, p.trace_id, a.attempt, a.error, a.at \
+             FROM (SELECT * FROM hospital_patients WHERE id = $1) p \
+             LEFT JOIN hospital_attempts a ON a.grp = p.grp AND a.message_id = p.message_id \
+             ORDER BY p.id DESC, a.attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(fault)?;
+        Ok(patients(rows)?.pop())
     }
 
     async fn list(&self, limit: u32) -> Result<Vec<Patient>, HospitalError> {
-        let rows = sqlx::query("SELECT * FROM hospital_patients ORDER BY id DESC LIMIT $1")
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(fault)?;
-        let mut patients = Vec::with_capacity(rows.len());
-        for row in &rows {
-            patients.push(self.patient(row).await?);
-        }
-        Ok(patients)
+        let rows: Vec<PatientAttemptRow> = sqlx::query_as(
+            "SELECT p.id, p.grp, p.message_id::text, p.topic, p.msg_key, p.headers, p.body, p.published_at, p.admitted_at, \
+             p.reason, p.trace_id, a.attempt, a.error, a.at \
+             FROM (SELECT * FROM hospital_patients ORDER BY id DESC LIMIT $1) p \
+             LEFT JOIN hospital_attempts a ON a.grp = p.grp AND a.message_id = p.message_id \
+             ORDER BY p.id DESC, a.attempt",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(fault)?;
+        patients(rows)
     }
 }

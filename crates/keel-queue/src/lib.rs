@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keel_domain::BrokerError;
+use keel_domain::{BrokerError, Delivery, DeliveryTag, MessageId, QueueDepth};
+use uuid::Uuid;
 
 pub use hospital::SqliteHospital;
 pub use hospital_pg::PostgresHospital;
@@ -46,6 +47,58 @@ impl Default for QueueLimits {
             max_depth: 1_000_000,
             max_body_bytes: 256 * 1024,
         }
+    }
+}
+
+/// A claimed message as both engines return it from the claim's `RETURNING seq, id, topic,
+/// msg_key, headers, body, published_at, expires_at, attempts` (the id as text).
+type DeliveryRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    Vec<u8>,
+    i64,
+    Option<i64>,
+    i64,
+);
+
+fn delivery(row: DeliveryRow, group: &str, lease: Uuid) -> Result<Delivery, BrokerError> {
+    let (seq, id, topic, key, headers, body, published_at, expires_at, attempts) = row;
+    Ok(Delivery {
+        tag: DeliveryTag { seq, lease },
+        id: MessageId(Uuid::parse_str(&id).map_err(|e| BrokerError::Internal(Box::new(e)))?),
+        group: group.to_owned(),
+        topic,
+        key,
+        headers: decode_headers(&headers)?,
+        body,
+        published_at: from_micros(published_at),
+        expires_at: expires_at.map(from_micros),
+        attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+    })
+}
+
+/// The groups that receive a message published to `topic`, each once.
+fn matching_groups<'a>(bindings: &'a [(String, String)], topic: &str) -> Vec<&'a str> {
+    let mut groups: Vec<&str> = bindings
+        .iter()
+        .filter(|(_, pattern)| keel_domain::queue::topic_matches(pattern, topic))
+        .map(|(group, _)| group.as_str())
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+/// A group's depth from its row count, leased count and oldest publish time.
+fn depth(now: i64, total: i64, in_flight: Option<i64>, oldest: Option<i64>) -> QueueDepth {
+    let in_flight = in_flight.unwrap_or(0);
+    QueueDepth {
+        ready: u64::try_from(total - in_flight).unwrap_or(0),
+        in_flight: u64::try_from(in_flight).unwrap_or(0),
+        oldest: oldest.map(|us| Duration::from_micros(u64::try_from(now - us).unwrap_or(0))),
     }
 }
 

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use keel_domain::{Broker, BrokerError, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth};
-use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use keel_domain::{Broker, BrokerError, Delivery, DeliveryTag, Outgoing, QueueDepth};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::{
-    QueueLimits, check_publish, classify, decode_headers, duration_micros, encode_headers,
-    from_micros, micros,
+    DeliveryRow, QueueLimits, check_publish, classify, delivery, depth, duration_micros,
+    encode_headers, matching_groups, micros,
 };
 
 const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
@@ -56,29 +56,6 @@ impl PostgresQueue {
     }
 }
 
-fn delivery(row: &PgRow, group: &str, lease: Uuid) -> Result<Delivery, BrokerError> {
-    let get_err = |e: sqlx::Error| BrokerError::Internal(Box::new(e));
-    let id: Uuid = row.try_get("id").map_err(get_err)?;
-    let headers: String = row.try_get("headers").map_err(get_err)?;
-    let expires_at: Option<i64> = row.try_get("expires_at").map_err(get_err)?;
-    let attempts: i64 = row.try_get("attempts").map_err(get_err)?;
-    Ok(Delivery {
-        tag: DeliveryTag {
-            seq: row.try_get("seq").map_err(get_err)?,
-            lease,
-        },
-        id: MessageId(id),
-        group: group.to_owned(),
-        topic: row.try_get("topic").map_err(get_err)?,
-        key: row.try_get("msg_key").map_err(get_err)?,
-        headers: decode_headers(&headers)?,
-        body: row.try_get("body").map_err(get_err)?,
-        published_at: from_micros(row.try_get("published_at").map_err(get_err)?),
-        expires_at: expires_at.map(from_micros),
-        attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-    })
-}
-
 #[async_trait]
 impl Broker for PostgresQueue {
     async fn bind(&self, group: &str, pattern: &str) -> Result<(), BrokerError> {
@@ -110,13 +87,7 @@ impl Broker for PostgresQueue {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(classify)?;
-        let mut groups: Vec<&str> = bindings
-            .iter()
-            .filter(|(_, pattern)| keel_domain::queue::topic_matches(pattern, topic))
-            .map(|(group, _)| group.as_str())
-            .collect();
-        groups.sort_unstable();
-        groups.dedup();
+        let groups = matching_groups(&bindings, topic);
         let headers = encode_headers(&message.headers);
         for group in &groups {
             let inserted = sqlx::query(
@@ -162,7 +133,7 @@ impl Broker for PostgresQueue {
     ) -> Result<Vec<Delivery>, BrokerError> {
         let now = micros(Utc::now());
         let token = Uuid::new_v4();
-        let rows = sqlx::query(
+        let rows: Vec<DeliveryRow> = sqlx::query_as(
             "UPDATE queue_messages SET lease = $1, lease_until = $2, attempts = attempts + 1 \
              WHERE seq IN ( \
                SELECT m.seq FROM queue_messages m \
@@ -170,7 +141,7 @@ impl Broker for PostgresQueue {
                  AND (m.msg_key IS NULL OR NOT EXISTS ( \
                    SELECT 1 FROM queue_messages o WHERE o.grp = m.grp AND o.msg_key = m.msg_key AND o.seq < m.seq)) \
                ORDER BY m.seq LIMIT $6 FOR UPDATE SKIP LOCKED) \
-             RETURNING seq, id, topic, msg_key, headers, body, published_at, expires_at, attempts",
+             RETURNING seq, id::text, topic, msg_key, headers, body, published_at, expires_at, attempts",
         )
         .bind(token.to_string())
         .bind(now.saturating_add(duration_micros(lease)))
@@ -182,7 +153,7 @@ impl Broker for PostgresQueue {
         .await
         .map_err(classify)?;
         let mut deliveries = rows
-            .iter()
+            .into_iter()
             .map(|row| delivery(row, group, token))
             .collect::<Result<Vec<_>, _>>()?;
         deliveries.sort_by_key(|d| d.tag.seq);
@@ -239,11 +210,6 @@ impl Broker for PostgresQueue {
         .fetch_one(&self.pool)
         .await
         .map_err(classify)?;
-        let in_flight = in_flight.unwrap_or(0);
-        Ok(QueueDepth {
-            ready: u64::try_from(total - in_flight).unwrap_or(0),
-            in_flight: u64::try_from(in_flight).unwrap_or(0),
-            oldest: oldest.map(|us| Duration::from_micros(u64::try_from(now - us).unwrap_or(0))),
-        })
+        Ok(depth(now, total, in_flight, oldest))
     }
 }

@@ -5,16 +5,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use keel_domain::{Broker, BrokerError, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
+use keel_domain::{Broker, BrokerError, Delivery, DeliveryTag, Outgoing, QueueDepth};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use uuid::Uuid;
 
 use crate::{
-    QueueLimits, check_publish, classify, decode_headers, duration_micros, encode_headers,
-    from_micros, micros,
+    DeliveryRow, QueueLimits, check_publish, classify, delivery, depth, duration_micros,
+    encode_headers, matching_groups, micros,
 };
 
 const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
@@ -66,29 +64,6 @@ impl SqliteQueue {
     }
 }
 
-fn delivery(row: &SqliteRow, group: &str, lease: Uuid) -> Result<Delivery, BrokerError> {
-    let get_err = |e: sqlx::Error| BrokerError::Internal(Box::new(e));
-    let id: String = row.try_get("id").map_err(get_err)?;
-    let headers: String = row.try_get("headers").map_err(get_err)?;
-    let expires_at: Option<i64> = row.try_get("expires_at").map_err(get_err)?;
-    let attempts: i64 = row.try_get("attempts").map_err(get_err)?;
-    Ok(Delivery {
-        tag: DeliveryTag {
-            seq: row.try_get("seq").map_err(get_err)?,
-            lease,
-        },
-        id: MessageId(Uuid::parse_str(&id).map_err(|e| BrokerError::Internal(Box::new(e)))?),
-        group: group.to_owned(),
-        topic: row.try_get("topic").map_err(get_err)?,
-        key: row.try_get("msg_key").map_err(get_err)?,
-        headers: decode_headers(&headers)?,
-        body: row.try_get("body").map_err(get_err)?,
-        published_at: from_micros(row.try_get("published_at").map_err(get_err)?),
-        expires_at: expires_at.map(from_micros),
-        attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-    })
-}
-
 #[async_trait]
 impl Broker for SqliteQueue {
     async fn bind(&self, group: &str, pattern: &str) -> Result<(), BrokerError> {
@@ -126,13 +101,7 @@ impl Broker for SqliteQueue {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(classify)?;
-        let mut groups: Vec<&str> = bindings
-            .iter()
-            .filter(|(_, pattern)| keel_domain::queue::topic_matches(pattern, topic))
-            .map(|(group, _)| group.as_str())
-            .collect();
-        groups.sort_unstable();
-        groups.dedup();
+        let groups = matching_groups(&bindings, topic);
         let headers = encode_headers(&message.headers);
         for group in &groups {
             let inserted = sqlx::query(
@@ -178,7 +147,7 @@ impl Broker for SqliteQueue {
     ) -> Result<Vec<Delivery>, BrokerError> {
         let now = micros(Utc::now());
         let token = Uuid::new_v4();
-        let rows = sqlx::query(
+        let rows: Vec<DeliveryRow> = sqlx::query_as(
             "UPDATE queue_messages SET lease = ?, lease_until = ?, attempts = attempts + 1 \
              WHERE seq IN ( \
                SELECT m.seq FROM queue_messages m \
@@ -198,7 +167,7 @@ impl Broker for SqliteQueue {
         .await
         .map_err(classify)?;
         let mut deliveries = rows
-            .iter()
+            .into_iter()
             .map(|row| delivery(row, group, token))
             .collect::<Result<Vec<_>, _>>()?;
         deliveries.sort_by_key(|d| d.tag.seq);
@@ -259,11 +228,6 @@ impl Broker for SqliteQueue {
         .fetch_one(&self.pool)
         .await
         .map_err(classify)?;
-        let in_flight = in_flight.unwrap_or(0);
-        Ok(QueueDepth {
-            ready: u64::try_from(total - in_flight).unwrap_or(0),
-            in_flight: u64::try_from(in_flight).unwrap_or(0),
-            oldest: oldest.map(|us| Duration::from_micros(u64::try_from(now - us).unwrap_or(0))),
-        })
+        Ok(depth(now, total, in_flight, oldest))
     }
 }

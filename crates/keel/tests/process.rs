@@ -61,6 +61,27 @@ fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     panic!("keel did not become ready");
 }
 
+/// Sends SIGTERM, as an orchestrator stopping the instance does.
+fn sigterm(child: &Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits for the process to exit, failing with `why` if it takes longer than `within`.
+fn wait_for_exit(child: &mut Child, within: Duration, why: &str) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            return exit;
+        }
+        assert!(started.elapsed() < within, "{why}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A minimal blocking HTTP/1.1 exchange on a fresh connection: (status, body).
 fn http(
     port: u16,
@@ -247,11 +268,7 @@ async fn sigterm_drains_in_flight_requests_and_flushes_the_write_back_journal() 
     slow.write_all(&body.as_bytes()[..10]).unwrap();
     std::thread::sleep(Duration::from_millis(100));
 
-    let sent = Command::new("kill")
-        .args(["-TERM", &keel.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    sigterm(&keel);
     std::thread::sleep(Duration::from_millis(100));
     let (status, ready) =
         http(port, "GET", "/readyz", None).expect("still serving during the grace period");
@@ -261,17 +278,11 @@ async fn sigterm_drains_in_flight_requests_and_flushes_the_write_back_journal() 
     let (status, user) = read_response(slow).unwrap();
     assert_eq!(status, 201, "the in-flight request must complete: {user}");
 
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(exit) = keel.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "keel did not stop within its deadline"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = wait_for_exit(
+        &mut keel,
+        Duration::from_secs(10),
+        "keel did not stop within its deadline",
+    );
     assert!(exit.success(), "graceful stop exits 0, got {exit}");
     let mut log = String::new();
     keel.stderr
@@ -396,22 +407,13 @@ fn sigterm_gives_up_on_a_stuck_request_at_the_drain_deadline() {
     let mut stuck = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(stuck, "POST /users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{").unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let sent = Command::new("kill")
-        .args(["-TERM", &keel.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    sigterm(&keel);
     let started = Instant::now();
-    let exit = loop {
-        if let Some(exit) = keel.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "keel ignored its drain deadline"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = wait_for_exit(
+        &mut keel,
+        Duration::from_secs(5),
+        "keel ignored its drain deadline",
+    );
     assert!(exit.success(), "{exit}");
     assert!(
         started.elapsed() >= Duration::from_millis(450),

@@ -208,3 +208,105 @@ async fn two_instances_sharing_postgres_and_redis_never_serve_a_stale_user() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A private Redis server on a free port, so a test can stop it without touching the shared one.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self {
+                    child,
+                    url: format!("redis://127.0.0.1:{port}"),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("private redis did not start");
+    }
+
+    fn stop(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn when_redis_goes_down_readiness_says_so_and_requests_fall_back_to_the_database() {
+    let mut redis = PrivateRedis::start();
+    let redis_url = redis.url.clone();
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        s.cache.redis_url = Some(keel_config::Secret::new(redis_url));
+    })
+    .await;
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["checks"]["redis"], "ok", "{ready}");
+    let user = app.create_user("Resilient").await;
+    let id = user["id"].as_str().unwrap();
+    assert_eq!(app.get(&format!("/users/{id}")).await.status(), 200);
+
+    redis.stop();
+    let res = app.get("/readyz").await;
+    assert_eq!(res.status(), 503);
+    let ready: Value = res.json().await.unwrap();
+    assert!(
+        ready["checks"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("error"),
+        "{ready}"
+    );
+    assert_eq!(ready["checks"]["database"], "ok");
+
+    // Reads and writes still work, from and to the database.
+    let read: Value = app.get(&format!("/users/{id}")).await.json().await.unwrap();
+    assert_eq!(read, user);
+    let res = app
+        .put_json(
+            &format!("/users/{id}"),
+            &json!({"name": "Still here", "email": user["email"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let read: Value = app.get(&format!("/users/{id}")).await.json().await.unwrap();
+    assert_eq!(
+        read["name"], "Still here",
+        "no stale read while Redis is down"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        !metrics.contains("keel_cache_l2_errors_total{resource=\"users\"} 0\n"),
+        "Redis failures are counted"
+    );
+    app.stop().await;
+}

@@ -236,12 +236,14 @@ impl PrivateRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server runs");
+        // Owned from here on: Drop stops it whatever happens next.
+        let redis = Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self {
-                    child,
-                    url: format!("redis://127.0.0.1:{port}"),
-                };
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(10));
         }

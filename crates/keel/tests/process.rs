@@ -129,9 +129,19 @@ fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("keel.db").display())
 }
 
-async fn stored(dir: &Path) -> Vec<(String, String, i64)> {
-    let pool = sqlx::SqlitePool::connect(&sqlite_url(dir)).await.unwrap();
-    let rows: Vec<(String, String, i64)> = sqlx::query_as("SELECT id, name, version FROM users")
+/// Every user row (id, name, version) in the database at `url`, read directly.
+async fn stored(url: &str) -> Vec<(String, String, i64)> {
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let rows = sqlx::query_as("SELECT id::text, name, version FROM users")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        return rows;
+    }
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    let rows = sqlx::query_as("SELECT id, name, version FROM users")
         .fetch_all(&pool)
         .await
         .unwrap();
@@ -157,11 +167,25 @@ fn journal_files(dir: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_back_loses_no_acknowledged_write_when_killed_with_sigkill() {
     let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    kill_under_write_back_load(dir, url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_on_postgres_loses_no_acknowledged_write_when_killed_with_sigkill() {
+    let url = keel_test_support::services::create_postgres_database().await;
+    kill_under_write_back_load(tempfile::tempdir().unwrap(), url).await;
+}
+
+/// Kills keel with SIGKILL under a write-back write load on the database at `url`, restarts it,
+/// and checks that every acknowledged write is stored and none was applied twice.
+async fn kill_under_write_back_load(dir: tempfile::TempDir, url: String) {
     let port = free_port();
     // A slow flush keeps a large backlog in the journal only, at the moment of the kill.
     let env = [
         ("KEEL_CACHE__USERS__STRATEGY", "write-back"),
         ("KEEL_CACHE__WRITE_BACK__FLUSH_INTERVAL_MS", "700"),
+        ("KEEL_DATABASE__URL", url.as_str()),
     ];
     let mut keel = start(dir.path(), port, &env);
 
@@ -207,7 +231,7 @@ async fn write_back_loses_no_acknowledged_write_when_killed_with_sigkill() {
 
     // Restart: the journal is replayed before the server reports ready.
     let mut keel = start(dir.path(), port, &env);
-    let rows = stored(dir.path()).await;
+    let rows = stored(&url).await;
     let by_id: std::collections::HashMap<_, _> = rows
         .iter()
         .map(|(id, name, v)| (id.clone(), (name.clone(), *v)))
@@ -292,7 +316,7 @@ async fn sigterm_drains_in_flight_requests_and_flushes_the_write_back_journal() 
         .unwrap();
     assert!(log.contains("write-back backlog flushed"), "{log}");
 
-    let rows = stored(dir.path()).await;
+    let rows = stored(&sqlite_url(dir.path())).await;
     let ids: Vec<&str> = rows.iter().map(|(id, _, _)| id.as_str()).collect();
     assert!(
         ids.contains(&acked["id"].as_str().unwrap()),

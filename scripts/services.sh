@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Starts every local server keel's tests talk to (PostgreSQL, MariaDB, Redis) if it is not
-# running, with the commands this kind of machine uses, then waits until each answers.
+# Starts every local server keel's tests talk to (PostgreSQL, MariaDB, Redis, RabbitMQ, NATS)
+# if it is not running, with the commands this kind of machine uses, then waits until each answers.
 set -euo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -34,6 +34,23 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping
 
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+  log "starting RabbitMQ"
+  rabbitmq-server -detached || true
+fi
+# `await_startup` returns once the broker accepts connections, not merely once the node runs.
+wait_for RabbitMQ rabbitmqctl -q await_startup
+
+if ! port_open 4222; then
+  log "starting NATS (JetStream)"
+  mkdir -p /var/lib/nats-server
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+fi
+wait_for NATS port_open 4222
+
 # Databases left behind by interrupted test runs (each test makes its own keel_test_<random>).
 for db in $(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'keel_test_%'"); do
   psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\"" || true
@@ -41,4 +58,4 @@ done
 for db in $(mariadb -h 127.0.0.1 -u root -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'keel\\_test\\_%'"); do
   mariadb -h 127.0.0.1 -u root -e "DROP DATABASE IF EXISTS \`$db\`" || true
 done
-log "PostgreSQL, MariaDB and Redis are up"
+log "PostgreSQL, MariaDB, Redis, RabbitMQ and NATS are up"

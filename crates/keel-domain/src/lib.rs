@@ -17,6 +17,8 @@ pub mod user;
 
 pub use caching::CacheStrategy;
 pub use hospital::{AdmissionReason, AttemptRecord, Hospital, HospitalError, Patient};
-pub use queue::{Broker, BrokerError, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth};
+pub use queue::{
+    Broker, BrokerError, Capabilities, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth,
+};
 pub use repo::{Page, PageRequest, StoreError, UserRepo};
 pub use user::{NewUser, User, UserEmail, UserId, UserName, UserPatch, ValidationError};

@@ -129,9 +129,17 @@ pub trait Broker: Send + Sync + 'static {
     /// From now on, `group` receives every message published to a topic matching `pattern`
     /// (`user.created`, `user.*` for one segment, `user.#` for any number). Idempotent.
     async fn bind(&self, group: &str, pattern: &str) -> Result<(), BrokerError>;
-    /// Stores the message for every bound group; durable when it returns `Ok`. Returns how many
-    /// groups received it.
-    async fn publish(&self, topic: &str, message: Outgoing) -> Result<usize, BrokerError>;
+    /// Stores the message for every bound group; durable when it returns `Ok`. Returns whether
+    /// any group received it (`false`: nothing is bound to the topic, the message went nowhere).
+    async fn publish(&self, topic: &str, message: Outgoing) -> Result<bool, BrokerError>;
+    /// Stores the message for `group` alone, whatever is bound: a hospital replay goes back to
+    /// the group that failed it, not to every subscriber of its topic.
+    async fn redeliver(
+        &self,
+        group: &str,
+        topic: &str,
+        message: Outgoing,
+    ) -> Result<(), BrokerError>;
     /// Leases up to `max` messages of `group` for `lease`, oldest first, at most one in flight per
     /// key. An empty result means nothing is ready now.
     async fn fetch(
@@ -145,6 +153,18 @@ pub trait Broker: Send + Sync + 'static {
     /// Handling failed: deliver it again no earlier than `delay` from now (its key stays blocked).
     async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError>;
     async fn depth(&self, group: &str) -> Result<QueueDepth, BrokerError>;
+    /// What this backend guarantees beyond the common behaviour.
+    fn capabilities(&self) -> Capabilities;
+}
+
+/// Differences between backends, declared so that the behavioural suite holds each to what it
+/// promises and keel's guarantees never rest on a capability a backend lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// A message published twice with one id is stored once per group (SQL queue: a unique key;
+    /// NATS: `Nats-Msg-Id` within the duplicate window). RabbitMQ has no such de-duplication;
+    /// consumers absorb the copy by the message id either way.
+    pub dedupes_publish: bool,
 }
 
 /// Whether `topic` matches a binding `pattern`: segments split on `.`, `*` matches one segment,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use keel_domain::{Broker, BrokerError, Delivery, DeliveryTag, Outgoing, QueueDepth};
+use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
@@ -54,6 +54,52 @@ impl PostgresQueue {
             .map_err(|e| BrokerError::Internal(Box::new(e)))?;
         Ok(Self { pool, limits })
     }
+
+    /// Stores one copy of `message` per group in `tx`; a group already holding the message id
+    /// keeps its copy (a republish), a full group fails the whole transaction.
+    async fn store(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        groups: &[&str],
+        topic: &str,
+        message: &Outgoing,
+    ) -> Result<(), BrokerError> {
+        let now = micros(Utc::now());
+        let headers = encode_headers(&message.headers);
+        for group in groups {
+            let inserted = sqlx::query(
+                "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (grp, id) DO NOTHING",
+            )
+            .bind(group)
+            .bind(message.id.0)
+            .bind(topic)
+            .bind(&message.key)
+            .bind(&headers)
+            .bind(&message.body)
+            .bind(now)
+            .bind(message.expires_at.map(micros))
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            if inserted.rows_affected() == 0 {
+                continue; // a republished message: stored once
+            }
+            let counted = sqlx::query(
+                "UPDATE queue_groups SET depth = depth + 1 WHERE grp = $1 AND depth < $2",
+            )
+            .bind(group)
+            .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX))
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            if counted.rows_affected() == 0 {
+                return Err(BrokerError::Full); // the transaction rolls back: no group gets it
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -78,9 +124,8 @@ impl Broker for PostgresQueue {
         tx.commit().await.map_err(classify)
     }
 
-    async fn publish(&self, topic: &str, message: Outgoing) -> Result<usize, BrokerError> {
+    async fn publish(&self, topic: &str, message: Outgoing) -> Result<bool, BrokerError> {
         check_publish(topic, &message.body, &self.limits)?;
-        let now = micros(Utc::now());
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let bindings: Vec<(String, String)> =
             sqlx::query_as("SELECT grp, pattern FROM queue_bindings")
@@ -88,41 +133,33 @@ impl Broker for PostgresQueue {
                 .await
                 .map_err(classify)?;
         let groups = matching_groups(&bindings, topic);
-        let headers = encode_headers(&message.headers);
-        for group in &groups {
-            let inserted = sqlx::query(
-                "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (grp, id) DO NOTHING",
-            )
-            .bind(group)
-            .bind(message.id.0)
-            .bind(topic)
-            .bind(&message.key)
-            .bind(&headers)
-            .bind(&message.body)
-            .bind(now)
-            .bind(message.expires_at.map(micros))
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            if inserted.rows_affected() == 0 {
-                continue; // a republished message: stored once
-            }
-            let counted = sqlx::query(
-                "UPDATE queue_groups SET depth = depth + 1 WHERE grp = $1 AND depth < $2",
-            )
-            .bind(group)
-            .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            if counted.rows_affected() == 0 {
-                return Err(BrokerError::Full); // the transaction rolls back: no group gets it
-            }
-        }
+        self.store(&mut tx, &groups, topic, &message).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(groups.len())
+        Ok(!groups.is_empty())
+    }
+
+    async fn redeliver(
+        &self,
+        group: &str,
+        topic: &str,
+        message: Outgoing,
+    ) -> Result<(), BrokerError> {
+        keel_domain::queue::check_name("group", group, false)?;
+        check_publish(topic, &message.body, &self.limits)?;
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        sqlx::query("INSERT INTO queue_groups (grp) VALUES ($1) ON CONFLICT (grp) DO NOTHING")
+            .bind(group)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        self.store(&mut tx, &[group], topic, &message).await?;
+        tx.commit().await.map_err(classify)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            dedupes_publish: true,
+        }
     }
 
     async fn fetch(

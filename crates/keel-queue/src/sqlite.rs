@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use keel_domain::{Broker, BrokerError, Delivery, DeliveryTag, Outgoing, QueueDepth};
+use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use uuid::Uuid;
@@ -62,6 +62,52 @@ impl SqliteQueue {
             .map_err(|e| BrokerError::Internal(Box::new(e)))?;
         Ok(Self { pool, limits })
     }
+
+    /// Stores one copy of `message` per group in `tx`; a group already holding the message id
+    /// keeps its copy (a republish), a full group fails the whole transaction.
+    async fn store(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        groups: &[&str],
+        topic: &str,
+        message: &Outgoing,
+    ) -> Result<(), BrokerError> {
+        let now = micros(Utc::now());
+        let headers = encode_headers(&message.headers);
+        for group in groups {
+            let inserted = sqlx::query(
+                "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grp, id) DO NOTHING",
+            )
+            .bind(group)
+            .bind(message.id.to_string())
+            .bind(topic)
+            .bind(&message.key)
+            .bind(&headers)
+            .bind(&message.body)
+            .bind(now)
+            .bind(message.expires_at.map(micros))
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            if inserted.rows_affected() == 0 {
+                continue; // a republished message: stored once
+            }
+            let counted = sqlx::query(
+                "UPDATE queue_groups SET depth = depth + 1 WHERE grp = ? AND depth < ?",
+            )
+            .bind(group)
+            .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX))
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            if counted.rows_affected() == 0 {
+                return Err(BrokerError::Full); // the transaction rolls back: no group gets it
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -86,11 +132,8 @@ impl Broker for SqliteQueue {
         tx.commit().await.map_err(classify)
     }
 
-    async fn publish(&self, topic: &str, message: Outgoing) -> Result<usize, BrokerError> {
+    async fn publish(&self, topic: &str, message: Outgoing) -> Result<bool, BrokerError> {
         check_publish(topic, &message.body, &self.limits)?;
-        let now = micros(Utc::now());
-        // IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
-        // writes can fail to upgrade under concurrent writers.
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -102,41 +145,37 @@ impl Broker for SqliteQueue {
                 .await
                 .map_err(classify)?;
         let groups = matching_groups(&bindings, topic);
-        let headers = encode_headers(&message.headers);
-        for group in &groups {
-            let inserted = sqlx::query(
-                "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grp, id) DO NOTHING",
-            )
-            .bind(group)
-            .bind(message.id.to_string())
-            .bind(topic)
-            .bind(&message.key)
-            .bind(&headers)
-            .bind(&message.body)
-            .bind(now)
-            .bind(message.expires_at.map(micros))
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            if inserted.rows_affected() == 0 {
-                continue; // a republished message: stored once
-            }
-            let counted = sqlx::query(
-                "UPDATE queue_groups SET depth = depth + 1 WHERE grp = ? AND depth < ?",
-            )
-            .bind(group)
-            .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            if counted.rows_affected() == 0 {
-                return Err(BrokerError::Full); // the transaction rolls back: no group gets it
-            }
-        }
+        self.store(&mut tx, &groups, topic, &message).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(groups.len())
+        Ok(!groups.is_empty())
+    }
+
+    async fn redeliver(
+        &self,
+        group: &str,
+        topic: &str,
+        message: Outgoing,
+    ) -> Result<(), BrokerError> {
+        keel_domain::queue::check_name("group", group, false)?;
+        check_publish(topic, &message.body, &self.limits)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        sqlx::query("INSERT INTO queue_groups (grp) VALUES (?) ON CONFLICT (grp) DO NOTHING")
+            .bind(group)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        self.store(&mut tx, &[group], topic, &message).await?;
+        tx.commit().await.map_err(classify)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            dedupes_publish: true,
+        }
     }
 
     async fn fetch(

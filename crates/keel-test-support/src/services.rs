@@ -19,6 +19,22 @@ pub fn redis_url() -> String {
     std::env::var("KEEL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// RabbitMQ AMQP URL (guest/guest on this kind of machine).
+pub fn rabbitmq_url() -> String {
+    std::env::var("KEEL_TEST_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// NATS URL (the server runs with JetStream enabled).
+pub fn nats_url() -> String {
+    std::env::var("KEEL_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A name no other test uses, for a broker namespace: `keel_test_<random>`.
+pub fn fresh_namespace() -> String {
+    fresh_database_name()
+}
+
 /// A database name no other test uses: `keel_test_<random>`.
 pub fn fresh_database_name() -> String {
     format!("keel_test_{}", Uuid::new_v4().simple())

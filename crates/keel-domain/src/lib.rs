@@ -16,7 +16,11 @@ pub mod repo;
 pub mod user;
 
 pub use caching::CacheStrategy;
-pub use hospital::{AdmissionReason, AttemptRecord, Hospital, HospitalError, Patient};
+pub use hospital::{
+    AdmissionReason, AttemptRecord, AuditEntry, CauseCount, Edit, Hospital, HospitalError,
+    NoticeClaim, Patient, PatientFilter, PatientPage, PatientQuery, PatientState, ReplayClaim,
+    Settlement, Transition,
+};
 pub use queue::{
     Broker, BrokerError, Capabilities, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth,
 };

@@ -1,43 +1,172 @@
 //! The hospital on PostgreSQL, beside the queue there.
 
-use async_trait::async_trait;
-use chrono::Utc;
-use keel_domain::hospital::trace_id;
-use keel_domain::{AdmissionReason, Delivery, Hospital, HospitalError, Patient};
-use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::hospital::{PatientAttemptRow, fault, patients};
-use crate::{encode_headers, micros};
+use async_trait::async_trait;
+use keel_domain::hospital::{check_actor, check_reason, trace_id};
+use keel_domain::{
+    AdmissionReason, AuditEntry, CauseCount, Delivery, Hospital, HospitalError, NoticeClaim,
+    Patient, PatientFilter, PatientPage, PatientQuery, ReplayClaim, Transition,
+};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::hospital_sql::{
+    self as shared, Arg, PATIENT_COLUMNS, bind_args, fault, lease_end, now_micros, numbered,
+};
+use crate::{encode_headers, from_micros, micros};
+
+/// The hospital's own migrations on PostgreSQL (its first tables came with the queue's 0002).
+const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[(
+    3,
+    "hospital care",
+    include_str!("../migrations/postgres/0003_hospital_care.sql"),
+)];
+
+/// A statement written with `?` placeholders, numbered for PostgreSQL.
+fn q(sql: &str) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(AssertSqlSafe(numbered(sql)))
+}
 
 /// The hospital in the PostgreSQL database of the queue.
 #[derive(Debug, Clone)]
 pub struct PostgresHospital {
     pool: PgPool,
     max_patients: u64,
+    /// Set once the hospital's migrations ran in this process: every call waits for it, so that
+    /// the synchronous [`PostgresHospital::beside`] needs no separate migration step.
+    ready: Arc<OnceCell<()>>,
 }
 
 impl PostgresHospital {
-    /// A hospital in the same database as `queue`, admitting at most `max_patients`.
+    /// A hospital in the same database as `queue`, holding at most `max_patients` waiting
+    /// patients. Its own migrations run on first use.
     pub fn beside(queue: &crate::PostgresQueue, max_patients: u64) -> Self {
         Self {
             pool: queue.pool().clone(),
             max_patients,
+            ready: Arc::new(OnceCell::new()),
         }
+    }
+
+    /// Applies the hospital's migrations now (otherwise the first call does).
+    pub async fn migrate(&self) -> Result<(), HospitalError> {
+        self.ready().await
+    }
+
+    async fn ready(&self) -> Result<(), HospitalError> {
+        self.ready
+            .get_or_try_init(|| async {
+                shared::migrator(MIGRATIONS)
+                    .run(&self.pool)
+                    .await
+                    .map_err(shared::internal)?;
+                self.backfill_causes().await
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Computes the cause of patients admitted before causes were stored.
+    async fn backfill_causes(&self) -> Result<(), HospitalError> {
+        let rows: Vec<(i64, Option<String>)> = sqlx::query_as(AssertSqlSafe(numbered(
+            "SELECT id, last_error FROM hospital_patients WHERE cause IS NULL",
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(fault)?;
+        for (id, last_error) in rows {
+            let (_, cause) = shared::cause_and_error(last_error);
+            q("UPDATE hospital_patients SET cause = ? WHERE id = ?")
+                .bind(cause)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(fault)?;
+        }
+        Ok(())
+    }
+
+    /// A write transaction. Its conditional updates are race-safe by themselves (PostgreSQL
+    /// re-checks the condition on the row it locks); what must not change between a read and a
+    /// write is locked by the statements (`FOR UPDATE`, the admission table lock).
+    async fn write(&self) -> Result<Transaction<'static, Postgres>, HospitalError> {
+        self.ready().await?;
+        self.pool.begin().await.map_err(fault)
+    }
+
+    async fn insert_audit(
+        tx: &mut Transaction<'static, Postgres>,
+        actor: &str,
+        action: &str,
+        ids: &[i64],
+        detail: &str,
+    ) -> Result<(), HospitalError> {
+        let audit_id: i64 = sqlx::query_scalar(AssertSqlSafe(numbered(
+            "INSERT INTO hospital_audit (at, actor, action, patient_ids, detail) VALUES (?, ?, ?, ?, ?) RETURNING id")))
+        .bind(now_micros())
+        .bind(actor)
+        .bind(action)
+        .bind(shared::ids_json(ids))
+        .bind(detail)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(fault)?;
+        for id in ids {
+            q("INSERT INTO hospital_audit_patients (patient_id, audit_id) VALUES (?, ?)")
+                .bind(id)
+                .bind(audit_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(fault)?;
+        }
+        Ok(())
+    }
+
+    async fn with_attempts(
+        &self,
+        mut patients: Vec<Patient>,
+    ) -> Result<Vec<Patient>, HospitalError> {
+        if patients.is_empty() {
+            return Ok(patients);
+        }
+        let ids: Vec<i64> = patients.iter().map(|p| p.id).collect();
+        let (sql, args) = shared::attempts_query(&ids);
+        let rows = bind_args(q(&sql), args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(fault)?;
+        shared::attach_attempts(&mut patients, &rows)?;
+        Ok(patients)
+    }
+
+    async fn select(&self, sql: String, args: Vec<Arg>) -> Result<Vec<Patient>, HospitalError> {
+        let rows = bind_args(q(&sql), args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(fault)?;
+        let patients = rows
+            .iter()
+            .map(shared::decode_patient)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with_attempts(patients).await
     }
 }
 
 #[async_trait]
 impl Hospital for PostgresHospital {
     async fn record_attempt(&self, delivery: &Delivery, error: &str) -> Result<(), HospitalError> {
-        sqlx::query(
-            "INSERT INTO hospital_attempts (grp, message_id, attempt, error, at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (grp, message_id, attempt) DO UPDATE SET error = excluded.error, at = excluded.at",
-        )
+        self.ready().await?;
+        q(
+            "INSERT INTO hospital_attempts (grp, message_id, attempt, error, at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (grp, message_id, attempt) DO UPDATE SET error = excluded.error, at = excluded.at")
         .bind(&delivery.group)
-        .bind(delivery.id.0)
+        .bind(delivery.id.to_string())
         .bind(i64::from(delivery.attempt))
         .bind(error)
-        .bind(micros(Utc::now()))
+        .bind(now_micros())
         .execute(&self.pool)
         .await
         .map_err(fault)
@@ -49,78 +178,342 @@ impl Hospital for PostgresHospital {
         delivery: &Delivery,
         reason: AdmissionReason,
     ) -> Result<i64, HospitalError> {
-        let mut tx = self.pool.begin().await.map_err(fault)?;
-        // One admission at a time, so that the capacity check cannot be raced past.
+        let mut tx = self.write().await?;
+        // One admission at a time: the capacity check and the same-admission check cannot be
+        // raced past, and ids are committed in order (the notice cursor relies on it).
         sqlx::query("LOCK TABLE hospital_patients IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await
             .map_err(fault)?;
-        let existing: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM hospital_patients WHERE grp = $1 AND message_id = $2",
-        )
+        let now = now_micros();
+        let message_id = delivery.id.to_string();
+        let latest: Option<(i64, String, Option<i64>)> = sqlx::query_as(AssertSqlSafe(numbered(
+            "SELECT id, state, claim_until FROM hospital_patients WHERE grp = ? AND message_id = ? \
+             ORDER BY id DESC LIMIT 1",
+        )))
         .bind(&delivery.group)
-        .bind(delivery.id.0)
+        .bind(&message_id)
         .fetch_optional(&mut *tx)
         .await
         .map_err(fault)?;
-        if let Some(id) = existing {
-            return Ok(id);
-        }
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM hospital_patients")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(fault)?;
-        if u64::try_from(count).unwrap_or(0) >= self.max_patients {
-            return Err(HospitalError::Full);
-        }
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO hospital_patients (grp, message_id, topic, msg_key, headers, body, published_at, admitted_at, reason, trace_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-        )
+        let id = match latest {
+            Some((id, state, claim_until))
+                if shared::is_same_admission(&state, claim_until, now) =>
+            {
+                id
+            }
+            _ => {
+                let waiting: i64 = sqlx::query_scalar(AssertSqlSafe(numbered(
+                    "SELECT count(*) FROM hospital_patients WHERE state = 'waiting'",
+                )))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(fault)?;
+                if u64::try_from(waiting).unwrap_or(0) >= self.max_patients {
+                    return Err(HospitalError::Full);
+                }
+                sqlx::query_scalar(AssertSqlSafe(numbered(
+                    "INSERT INTO hospital_patients (grp, message_id, topic, msg_key, headers, body, published_at, \
+                     admitted_at, reason, trace_id, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '') RETURNING id")))
+                .bind(&delivery.group)
+                .bind(&message_id)
+                .bind(&delivery.topic)
+                .bind(&delivery.key)
+                .bind(encode_headers(&delivery.headers))
+                .bind(&delivery.body)
+                .bind(micros(delivery.published_at))
+                .bind(now)
+                .bind(reason.as_str())
+                .bind(trace_id(&delivery.headers))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(fault)?
+            }
+        };
+        // The attempts recorded so far become the patient's.
+        q(
+            "INSERT INTO hospital_patient_attempts (patient_id, attempt, error, at) \
+             SELECT ?, attempt, error, at FROM hospital_attempts WHERE grp = ? AND message_id = ? \
+             ON CONFLICT (patient_id, attempt) DO UPDATE SET error = excluded.error, at = excluded.at")
+        .bind(id)
         .bind(&delivery.group)
-        .bind(delivery.id.0)
-        .bind(&delivery.topic)
-        .bind(&delivery.key)
-        .bind(encode_headers(&delivery.headers))
-        .bind(&delivery.body)
-        .bind(micros(delivery.published_at))
-        .bind(micros(Utc::now()))
-        .bind(reason.as_str())
-        .bind(trace_id(&delivery.headers))
-        .fetch_one(&mut *tx)
+        .bind(&message_id)
+        .execute(&mut *tx)
         .await
         .map_err(fault)?;
+        q("DELETE FROM hospital_attempts WHERE grp = ? AND message_id = ?")
+            .bind(&delivery.group)
+            .bind(&message_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(fault)?;
+        let last_error: Option<String> = sqlx::query_scalar(AssertSqlSafe(numbered(
+            "SELECT error FROM hospital_patient_attempts WHERE patient_id = ? ORDER BY attempt DESC LIMIT 1")))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(fault)?;
+        let (last_error, cause) = shared::cause_and_error(last_error);
+        q("UPDATE hospital_patients SET last_error = ?, cause = ? WHERE id = ?")
+            .bind(last_error)
+            .bind(cause)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(fault)?;
         tx.commit().await.map_err(fault)?;
         Ok(id)
     }
 
     async fn get(&self, id: i64) -> Result<Option<Patient>, HospitalError> {
-        let rows: Vec<PatientAttemptRow> = sqlx::query_as(
-            "SELECT p.id, p.grp, p.message_id::text, p.topic, p.msg_key, p.headers, p.body, p.published_at, p.admitted_at, \
-             p.reason, p.trace_id, a.attempt, a.error, a.at \
-             FROM (SELECT * FROM hospital_patients WHERE id = $1) p \
-             LEFT JOIN hospital_attempts a ON a.grp = p.grp AND a.message_id = p.message_id \
-             ORDER BY p.id DESC, a.attempt",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(fault)?;
-        Ok(patients(rows)?.pop())
+        self.ready().await?;
+        let sql = format!("SELECT {PATIENT_COLUMNS} FROM hospital_patients p WHERE p.id = ?");
+        Ok(self.select(sql, vec![Arg::Int(id)]).await?.pop())
     }
 
-    async fn list(&self, limit: u32) -> Result<Vec<Patient>, HospitalError> {
-        let rows: Vec<PatientAttemptRow> = sqlx::query_as(
-            "SELECT p.id, p.grp, p.message_id::text, p.topic, p.msg_key, p.headers, p.body, p.published_at, p.admitted_at, \
-             p.reason, p.trace_id, a.attempt, a.error, a.at \
-             FROM (SELECT * FROM hospital_patients ORDER BY id DESC LIMIT $1) p \
-             LEFT JOIN hospital_attempts a ON a.grp = p.grp AND a.message_id = p.message_id \
-             ORDER BY p.id DESC, a.attempt",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+    async fn find(&self, query: &PatientQuery) -> Result<PatientPage, HospitalError> {
+        self.ready().await?;
+        let (sql, args) = shared::find_query(query);
+        Ok(shared::page(self.select(sql, args).await?, query.limit))
+    }
+
+    async fn causes(&self, filter: &PatientFilter) -> Result<Vec<CauseCount>, HospitalError> {
+        self.ready().await?;
+        let (sql, args) = shared::causes_query(filter);
+        let rows = bind_args(q(&sql), args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(fault)?;
+        rows.iter().map(shared::decode_cause).collect()
+    }
+
+    async fn edit_body(
+        &self,
+        id: i64,
+        body: &[u8],
+        actor: &str,
+    ) -> Result<Transition, HospitalError> {
+        check_actor(actor)?;
+        let mut tx = self.write().await?;
+        let now = now_micros();
+        let before: Option<Vec<u8>> = sqlx::query_scalar(AssertSqlSafe(numbered(
+            "SELECT body FROM hospital_patients WHERE id = ? FOR UPDATE",
+        )))
+        .bind(id)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(fault)?;
-        patients(rows)
+        let edited = q(
+            "UPDATE hospital_patients SET original_body = COALESCE(original_body, body), body = ?, \
+             edited_by = ?, edited_at = ? \
+             WHERE id = ? AND state = 'waiting' AND (claim_until IS NULL OR claim_until <= ?)",
+        )
+        .bind(body)
+        .bind(actor)
+        .bind(now)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(fault)?;
+        if edited.rows_affected() == 0 {
+            drop(tx);
+            return shared::refused(self.get(id).await?, id);
+        }
+        let detail = shared::edit_detail(&before.unwrap_or_default(), body);
+        Self::insert_audit(&mut tx, actor, "edit", &[id], &detail).await?;
+        tx.commit().await.map_err(fault)?;
+        let patient = self.get(id).await?.ok_or(HospitalError::NotFound(id))?;
+        Ok(Transition::Done(patient))
+    }
+
+    async fn claim_replay(
+        &self,
+        id: i64,
+        actor: &str,
+        lease: Duration,
+    ) -> Result<ReplayClaim, HospitalError> {
+        check_actor(actor)?;
+        self.ready().await?;
+        let now = now_micros();
+        let token = Uuid::new_v4();
+        let claimed = q(
+            "UPDATE hospital_patients SET claim_token = ?, claimed_by = ?, claim_until = ? \
+             WHERE id = ? AND state = 'waiting' AND (claim_until IS NULL OR claim_until <= ?)",
+        )
+        .bind(token.to_string())
+        .bind(actor)
+        .bind(lease_end(now, lease))
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(fault)?;
+        let patient = self.get(id).await?;
+        if claimed.rows_affected() == 0 {
+            return shared::refused_claim(patient, id);
+        }
+        let patient = patient.ok_or(HospitalError::NotFound(id))?;
+        Ok(ReplayClaim::Claimed { patient, token })
+    }
+
+    async fn mark_replayed(
+        &self,
+        id: i64,
+        token: Uuid,
+        actor: &str,
+        detail: &str,
+    ) -> Result<Transition, HospitalError> {
+        check_actor(actor)?;
+        let mut tx = self.write().await?;
+        let marked = q(
+            "UPDATE hospital_patients SET state = 'replayed', settled_by = ?, settled_at = ?, \
+             claim_token = NULL, claimed_by = NULL, claim_until = NULL \
+             WHERE id = ? AND state = 'waiting' AND claim_token = ?",
+        )
+        .bind(actor)
+        .bind(now_micros())
+        .bind(id)
+        .bind(token.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(fault)?;
+        if marked.rows_affected() == 0 {
+            drop(tx);
+            return shared::refused(self.get(id).await?, id);
+        }
+        Self::insert_audit(&mut tx, actor, "replay", &[id], detail).await?;
+        tx.commit().await.map_err(fault)?;
+        let patient = self.get(id).await?.ok_or(HospitalError::NotFound(id))?;
+        Ok(Transition::Done(patient))
+    }
+
+    async fn release_replay(&self, id: i64, token: Uuid) -> Result<(), HospitalError> {
+        self.ready().await?;
+        q(
+            "UPDATE hospital_patients SET claim_token = NULL, claimed_by = NULL, claim_until = NULL \
+             WHERE id = ? AND claim_token = ?")
+        .bind(id)
+        .bind(token.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(fault)
+        .map(drop)
+    }
+
+    async fn discard(
+        &self,
+        id: i64,
+        reason: &str,
+        actor: &str,
+    ) -> Result<Transition, HospitalError> {
+        check_actor(actor)?;
+        check_reason(reason)?;
+        let mut tx = self.write().await?;
+        let now = now_micros();
+        let discarded = q(
+            "UPDATE hospital_patients SET state = 'discarded', settled_by = ?, settled_at = ?, settled_note = ? \
+             WHERE id = ? AND state = 'waiting' AND (claim_until IS NULL OR claim_until <= ?)")
+        .bind(actor)
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(fault)?;
+        if discarded.rows_affected() == 0 {
+            drop(tx);
+            return shared::refused(self.get(id).await?, id);
+        }
+        Self::insert_audit(
+            &mut tx,
+            actor,
+            "discard",
+            &[id],
+            &shared::discard_detail(reason),
+        )
+        .await?;
+        tx.commit().await.map_err(fault)?;
+        let patient = self.get(id).await?.ok_or(HospitalError::NotFound(id))?;
+        Ok(Transition::Done(patient))
+    }
+
+    async fn audit_log(
+        &self,
+        patient: Option<i64>,
+        cursor: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, HospitalError> {
+        self.ready().await?;
+        let (sql, args) = shared::audit_query(patient, cursor, limit);
+        let rows = bind_args(q(&sql), args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(fault)?;
+        rows.iter().map(shared::decode_audit).collect()
+    }
+
+    async fn claim_notices(
+        &self,
+        channel: &str,
+        lease: Duration,
+    ) -> Result<Option<NoticeClaim>, HospitalError> {
+        self.ready().await?;
+        let now = now_micros();
+        q(
+            "INSERT INTO hospital_notices (channel, pos, updated_at) VALUES (?, 0, ?) ON CONFLICT (channel) DO NOTHING")
+        .bind(channel)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(fault)?;
+        let token = Uuid::new_v4();
+        let claimed: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(numbered(
+            "UPDATE hospital_notices SET lease_token = ?, lease_until = ? \
+             WHERE channel = ? AND (lease_until IS NULL OR lease_until <= ?) RETURNING pos, updated_at")))
+        .bind(token.to_string())
+        .bind(lease_end(now, lease))
+        .bind(channel)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(fault)?;
+        Ok(claimed.map(|(position, updated_at)| NoticeClaim {
+            token,
+            position,
+            updated_at: from_micros(updated_at),
+        }))
+    }
+
+    async fn advance_notices(
+        &self,
+        channel: &str,
+        token: Uuid,
+        position: i64,
+    ) -> Result<bool, HospitalError> {
+        self.ready().await?;
+        let moved = q(
+            "UPDATE hospital_notices SET pos = ?, updated_at = ? WHERE channel = ? AND lease_token = ?")
+        .bind(position)
+        .bind(now_micros())
+        .bind(channel)
+        .bind(token.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(fault)?;
+        Ok(moved.rows_affected() == 1)
+    }
+
+    async fn release_notices(&self, channel: &str, token: Uuid) -> Result<(), HospitalError> {
+        self.ready().await?;
+        q(
+            "UPDATE hospital_notices SET lease_token = NULL, lease_until = NULL WHERE channel = ? AND lease_token = ?")
+        .bind(channel)
+        .bind(token.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(fault)
+        .map(drop)
     }
 }

@@ -4,7 +4,9 @@
 //! - [`PostgresQueue`]: the same model on PostgreSQL, where competing workers claim rows with
 //!   `FOR UPDATE SKIP LOCKED`.
 //!
-//! - [`SqliteHospital`], [`PostgresHospital`]: the error hospital beside each SQL queue.
+//! - [`SqliteHospital`], [`PostgresHospital`]: the error hospital beside each SQL queue, and
+//!   [`MariaDbHospital`] for a keel whose database is MariaDB or MySQL (statements shared in
+//!   `hospital_sql`).
 //! - [`worker`]: the worker runtime: fetch, handle, ack; retries with backoff; admission.
 //!
 //! Both queues implement [`keel_domain::Broker`]. A claim is one `UPDATE … RETURNING` statement that
@@ -13,7 +15,9 @@
 //! before it is acknowledged or discarded.
 
 mod hospital;
+mod hospital_my;
 mod hospital_pg;
+mod hospital_sql;
 mod postgres;
 mod sqlite;
 pub mod worker;
@@ -26,7 +30,9 @@ use keel_domain::{BrokerError, Delivery, DeliveryTag, MessageId, QueueDepth};
 use uuid::Uuid;
 
 pub use hospital::SqliteHospital;
+pub use hospital_my::MariaDbHospital;
 pub use hospital_pg::PostgresHospital;
+pub use keel_store_sql::PoolSettings;
 pub use postgres::PostgresQueue;
 pub use sqlite::SqliteQueue;
 

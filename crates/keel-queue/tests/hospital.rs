@@ -1,24 +1,50 @@
-//! The `Hospital` behavioural suite on SQLite and on the real PostgreSQL server.
+//! The `Hospital` behavioural suite on SQLite, and on the real PostgreSQL and MariaDB servers;
+//! and the audit log's append-only guard on each.
 
 use std::sync::Arc;
 
-use keel_queue::{PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue};
+use keel_domain::Hospital;
+use keel_queue::{
+    MariaDbHospital, PoolSettings, PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital,
+    SqliteQueue,
+};
 use keel_test_support::hospital_suite::{self, SUITE_MAX_PATIENTS};
+use sqlx::Connection;
 
-#[tokio::test]
-async fn sqlite_hospital_passes_the_hospital_suite() {
-    let dir = tempfile::tempdir().unwrap();
+async fn sqlite_queue(dir: &tempfile::TempDir) -> (String, SqliteQueue) {
     let url = format!("sqlite://{}", dir.path().join("queue.db").display());
-    let queue = Arc::new(
-        SqliteQueue::open(&url, QueueLimits::default())
-            .await
-            .unwrap(),
-    );
-    let hospital = Arc::new(SqliteHospital::beside(&queue, SUITE_MAX_PATIENTS));
-    hospital_suite::run_all(queue, hospital).await;
+    let queue = SqliteQueue::open(&url, QueueLimits::default())
+        .await
+        .unwrap();
+    (url, queue)
 }
 
-#[tokio::test]
+/// Tries to change, then delete, an audit row through `conn`: both must be refused.
+async fn audit_rows_cannot_change<C>(conn: &mut C)
+where
+    for<'c> &'c mut C: sqlx::Executor<'c>,
+{
+    let changed = sqlx::raw_sql("UPDATE hospital_audit SET actor = 'mallory'")
+        .execute(&mut *conn)
+        .await;
+    assert!(changed.is_err(), "an audit row was changed");
+    let deleted = sqlx::raw_sql("DELETE FROM hospital_audit")
+        .execute(&mut *conn)
+        .await;
+    assert!(deleted.is_err(), "an audit row was deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_hospital_passes_the_hospital_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, queue) = sqlite_queue(&dir).await;
+    let queue = Arc::new(queue);
+    let hospital = Arc::new(SqliteHospital::beside(&queue, SUITE_MAX_PATIENTS));
+    hospital_suite::run_all(queue, hospital).await;
+    audit_rows_cannot_change(&mut sqlx::SqliteConnection::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_hospital_passes_the_hospital_suite() {
     let url = keel_test_support::services::create_postgres_database().await;
     let queue = Arc::new(
@@ -28,4 +54,57 @@ async fn postgres_hospital_passes_the_hospital_suite() {
     );
     let hospital = Arc::new(PostgresHospital::beside(&queue, SUITE_MAX_PATIENTS));
     hospital_suite::run_all(queue, hospital).await;
+    audit_rows_cannot_change(&mut sqlx::PgConnection::connect(&url).await.unwrap()).await;
+}
+
+/// MariaDB has no queue here: an SQLite queue makes the deliveries, the hospital is MariaDB's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_hospital_passes_the_hospital_suite() {
+    let url = keel_test_support::services::create_mariadb_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, queue) = sqlite_queue(&dir).await;
+    let pool = PoolSettings {
+        max_connections: 4,
+        acquire_timeout: std::time::Duration::from_secs(5),
+    };
+    let hospital =
+        Arc::new(MariaDbHospital::connect_lazy(&url, &pool, SUITE_MAX_PATIENTS).unwrap());
+    hospital_suite::run_all(Arc::new(queue), hospital).await;
+    audit_rows_cannot_change(&mut sqlx::MySqlConnection::connect(&url).await.unwrap()).await;
+}
+
+/// A hospital opened on a database whose patients were admitted before the care tables existed
+/// (the queue's 0002 schema) keeps them, with their attempts, as waiting patients with a cause.
+#[tokio::test]
+async fn patients_admitted_before_the_care_migration_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, queue) = sqlite_queue(&dir).await;
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO hospital_patients (grp, message_id, topic, msg_key, headers, body, published_at, admitted_at, reason, trace_id) \
+         VALUES ('g', '0190b4d3-7c2e-7a3f-8e1d-9f00a1b2c3d4', 't', NULL, '{}', x'6869', 1, 2, 'permanent', NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO hospital_attempts (grp, message_id, attempt, error, at) \
+         VALUES ('g', '0190b4d3-7c2e-7a3f-8e1d-9f00a1b2c3d4', 1, 'row 12 gone', 3)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let hospital = SqliteHospital::beside(&queue, 10);
+    let patients = hospital.list(10).await.unwrap();
+    assert_eq!(patients.len(), 1);
+    let p = &patients[0];
+    assert_eq!(p.state, keel_domain::PatientState::Waiting);
+    assert_eq!(p.body, b"hi");
+    assert_eq!(p.last_error(), Some("row 12 gone"));
+    assert_eq!(p.cause, "row <n> gone");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM hospital_attempts")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the admitted patient's attempts moved to it");
 }

@@ -1,0 +1,292 @@
+//! The console's router in process (no browser): sign-in, escaping, CSRF and origin checks, and
+//! each page and action on a real SQLite hospital and queue.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use keel_domain::{Hospital, PatientState};
+use keel_hospital::console::CSRF_COOKIE;
+use keel_hospital::{AdminAuth, console};
+use secrecy::SecretString;
+use tower::ServiceExt;
+
+use common::ward;
+
+const USER: &str = "admin";
+const PASSWORD: &str = "correct horse battery staple";
+const HOST: &str = "keel.test";
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+fn router(ward: &common::Ward) -> axum::Router {
+    console(
+        ward.service.clone(),
+        AdminAuth::new(USER, SecretString::from(PASSWORD)).unwrap(),
+    )
+}
+
+fn basic(user: &str, password: &str) -> String {
+    // Standard base64, written out here so the test does not share the console's decoder.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw = format!("{user}:{password}").into_bytes();
+    let mut out = String::new();
+    for chunk in raw.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    format!("Basic {out}")
+}
+
+async fn send(
+    app: &axum::Router,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::HOST, HOST)
+        .header(header::AUTHORIZATION, basic(USER, PASSWORD))
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn post(path: &str, form: &str, origin: Option<&str>, cookie: Option<&str>) -> Request<Body> {
+    let mut request = Request::post(path)
+        .header(header::HOST, HOST)
+        .header(header::AUTHORIZATION, basic(USER, PASSWORD))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(origin) = origin {
+        request = request.header(header::ORIGIN, origin);
+    }
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, format!("{CSRF_COOKIE}={cookie}"));
+    }
+    request.body(Body::from(form.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn every_page_needs_the_admin_credential() {
+    let ward = ward().await;
+    let app = router(&ward);
+    for path in [
+        "/admin/hospital",
+        "/admin/hospital/causes",
+        "/admin/hospital/patients/1",
+        "/admin/hospital/replay?ids=1",
+        "/admin/hospital/audit",
+    ] {
+        let anonymous = Request::get(path).body(Body::empty()).unwrap();
+        let (status, headers, _) = send(&app, anonymous).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(
+            headers[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic ")
+        );
+        let wrong = Request::get(path)
+            .header(
+                header::AUTHORIZATION,
+                basic(USER, "correct horse battery stapler"),
+            )
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            send(&app, wrong).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    for (path, form) in [
+        ("/admin/hospital/patients/1/edit", "csrf=x&body=y"),
+        ("/admin/hospital/patients/1/discard", "csrf=x&reason=y"),
+        ("/admin/hospital/replay", "csrf=x&ids=1"),
+    ] {
+        let anonymous = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .unwrap();
+        assert_eq!(
+            send(&app, anonymous).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    let (status, headers, _) = send(&app, get("/admin/hospital")).await;
+    assert_eq!(status, StatusCode::OK);
+    let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let cookie = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.starts_with(&format!("{CSRF_COOKIE}=")), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+}
+
+#[tokio::test]
+async fn untrusted_payloads_errors_and_headers_are_rendered_inert() {
+    let ward = ward().await;
+    let app = router(&ward);
+    let evil = "<script>alert(1)</script> permanent \"quoted\" & 'single'";
+    let sent = ward.publish("order.created", evil, None).await;
+    ward.drain().await;
+    let id = ward.patient_of(sent.id).await.id;
+    for path in [
+        "/admin/hospital".to_owned(),
+        "/admin/hospital/causes".to_owned(),
+        format!("/admin/hospital/patients/{id}"),
+        format!("/admin/hospital/replay?ids={id}"),
+    ] {
+        let (status, _, page) = send(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!page.contains("<script>"), "{path} renders markup");
+        assert!(
+            page.contains("&lt;script&gt;alert("),
+            "{path} shows it escaped"
+        );
+    }
+}
+
+#[tokio::test]
+async fn posts_need_the_same_origin_and_the_cookie_token() {
+    let ward = ward().await;
+    let app = router(&ward);
+    let sent = ward.publish("order.created", "permanent: a", None).await;
+    ward.drain().await;
+    let id = ward.patient_of(sent.id).await.id;
+    let path = format!("/admin/hospital/patients/{id}/discard");
+    let form = format!("csrf={TOKEN}&reason=spam");
+    let origin = format!("http://{HOST}");
+    for (origin, cookie, why) in [
+        (None, Some(TOKEN), "no origin"),
+        (Some("http://evil.example"), Some(TOKEN), "another origin"),
+        (Some(origin.as_str()), None, "no cookie"),
+        (
+            Some(origin.as_str()),
+            Some("ffffffffffffffffffffffffffffffff"),
+            "another token",
+        ),
+    ] {
+        let (status, _, _) = send(&app, post(&path, &form, origin, cookie)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{why}");
+    }
+    assert_eq!(
+        ward.hospital.get(id).await.unwrap().unwrap().state,
+        PatientState::Waiting,
+        "nothing was done"
+    );
+    let (status, headers, _) = send(&app, post(&path, &form, Some(&origin), Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        headers[header::LOCATION],
+        format!("/admin/hospital/patients/{id}?done=discarded")
+    );
+    let patient = ward.hospital.get(id).await.unwrap().unwrap();
+    assert_eq!(patient.state, PatientState::Discarded);
+    assert_eq!(patient.settled.unwrap().by, "console:admin");
+}
+
+#[tokio::test]
+async fn edit_replay_and_audit_through_the_console() {
+    let ward = ward().await;
+    let app = router(&ward);
+    let origin = format!("http://{HOST}");
+    let sent = ward
+        .publish("order.created", "permanent: {\"n\": 1}", Some("order-1"))
+        .await;
+    ward.drain().await;
+    let id = ward.patient_of(sent.id).await.id;
+
+    let (status, _, page) = send(&app, get(&format!("/admin/hospital/patients/{id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    for shown in [
+        "order.created",
+        "order-1",
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "x-tenant",
+        "permanent: {&quot;n&quot;: 1}",
+        &sent.id.to_string(),
+    ] {
+        assert!(page.contains(shown), "the patient page shows {shown}");
+    }
+
+    // The textarea's CRLF line ends come back as LF.
+    let form = format!("csrf={TOKEN}&body=ok%0D%0Aline+2");
+    let (status, _, _) = send(
+        &app,
+        post(
+            &format!("/admin/hospital/patients/{id}/edit"),
+            &form,
+            Some(&origin),
+            Some(TOKEN),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        ward.hospital.get(id).await.unwrap().unwrap().body,
+        b"ok\nline 2"
+    );
+
+    let (status, _, page) = send(&app, get(&format!("/admin/hospital/replay?ids={id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("would replay"));
+    assert!(page.contains("Replay 1 message(s)"));
+    assert_eq!(ward.depth("billing").await, 0, "the preview sent nothing");
+
+    let (status, _, page) = send(
+        &app,
+        post(
+            "/admin/hospital/replay",
+            &format!("csrf={TOKEN}&ids={id}"),
+            Some(&origin),
+            Some(TOKEN),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("<span class=\"count\" id=\"replayed\">1</span> replayed"));
+    assert_eq!(ward.depth("billing").await, 1);
+    ward.drain().await;
+    assert_eq!(
+        ward.consumers.effect("billing", sent.id).as_deref(),
+        Some(b"ok\nline 2".as_slice())
+    );
+
+    let (_, _, page) = send(&app, get("/admin/hospital/audit")).await;
+    assert!(page.contains("console:admin"));
+    assert!(page.matches("<td>replay</td>").count() == 1 && page.contains("<td>edit</td>"));
+
+    // Filters and the cause view.
+    let (_, _, page) = send(&app, get("/admin/hospital?state=replayed&group=billing")).await;
+    assert!(page.contains(&format!("id=\"patient-{id}\"")));
+    let (_, _, page) = send(&app, get("/admin/hospital?state=waiting")).await;
+    assert!(!page.contains(&format!("id=\"patient-{id}\"")));
+    let (status, _, _) = send(&app, get("/admin/hospital?reason=bogus")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, page) = send(&app, get("/admin/hospital/causes?state=any")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("permanent: {&quot;n&quot;: &lt;n&gt;}"),
+        "{page}"
+    );
+    let (status, _, _) = send(&app, get("/admin/hospital/patients/999999")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

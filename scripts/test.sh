@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # keel's whole test gate, the README's test command: formatting, lints, then every test against
 # the embedded defaults (SQLite, in-process cache) and the real servers (PostgreSQL, MariaDB,
-# Redis), which it starts first if they are down.
+# Redis), which it starts first if they are down, and the console in a real browser (chromium,
+# installed first if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
+bash scripts/browser-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -391,17 +391,31 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// A filter as JSON, for the audit log.
+/// A filter as JSON, for the audit log: the conditions it sets.
 pub fn filter_json(filter: &PatientFilter) -> serde_json::Value {
-    serde_json::json!({
-        "group": filter.group,
-        "topic": filter.topic,
-        "reason": filter.reason.map(|r| r.as_str()),
-        "error_contains": filter.error_contains,
-        "cause": filter.cause,
-        "admitted_from": filter.admitted_from.map(|t| t.to_rfc3339()),
-        "admitted_until": filter.admitted_until.map(|t| t.to_rfc3339()),
-        "after_id": filter.after_id,
-        "through_id": filter.through_id,
-    })
+    let mut out = serde_json::Map::new();
+    let mut put = |name: &str, value: Option<serde_json::Value>| {
+        if let Some(value) = value {
+            out.insert(name.to_owned(), value);
+        }
+    };
+    put("group", filter.group.clone().map(Into::into));
+    put("topic", filter.topic.clone().map(Into::into));
+    put("reason", filter.reason.map(|r| r.as_str().into()));
+    put(
+        "error_contains",
+        filter.error_contains.clone().map(Into::into),
+    );
+    put("cause", filter.cause.clone().map(Into::into));
+    put(
+        "admitted_from",
+        filter.admitted_from.map(|t| t.to_rfc3339().into()),
+    );
+    put(
+        "admitted_until",
+        filter.admitted_until.map(|t| t.to_rfc3339().into()),
+    );
+    put("after_id", filter.after_id.map(Into::into));
+    put("through_id", filter.through_id.map(Into::into));
+    serde_json::Value::Object(out)
 }

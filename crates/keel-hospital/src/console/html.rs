@@ -80,6 +80,8 @@ th{background:#eef0f3;font-weight:600;font-size:.9em}
 tr:hover td{background:#fafbfc}
 table.kv th{width:12em}
 code,pre,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.92em}
+td.mono{white-space:nowrap}
+td.wrap{white-space:normal}
 pre{background:#fff;border:1px solid #e3e6ea;padding:.7em;overflow:auto;max-height:28em;white-space:pre-wrap;word-break:break-all;margin:.3em 0}
 form.filters{display:flex;flex-wrap:wrap;gap:.6em;align-items:flex-end;background:#fff;padding:.8em;margin-bottom:1em;box-shadow:0 1px 2px rgba(0,0,0,.08)}
 form.filters label{display:flex;flex-direction:column;font-size:.85em;color:#555}

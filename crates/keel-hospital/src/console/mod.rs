@@ -456,7 +456,7 @@ async fn causes(
             .query();
             let _ = write!(
                 body,
-                "<tr><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td class=\"count\">{}</td><td class=\"mono\">{}</td>\
+                "<tr><td>{}</td><td>{}</td><td class=\"mono wrap\">{}</td><td class=\"count\">{}</td><td class=\"mono\">{}</td>\
                  <td class=\"mono\">{}</td><td><a href=\"/admin/hospital?{q}\">list</a> · \
                  <a href=\"/admin/hospital/replay?{q}\">replay…</a></td></tr>",
                 esc(&c.group),
@@ -988,7 +988,7 @@ fn report_table(report: &ReplayReport) -> String {
         let _ = write!(
             out,
             "<tr><td><a href=\"/admin/hospital/patients/{id}\">{id}</a></td><td>{group}</td><td>{topic}</td>\
-             <td class=\"mono\">{message}</td><td>{reason}</td><td class=\"mono\">{cause}</td><td class=\"outcome\">{outcome}</td></tr>",
+             <td class=\"mono\">{message}</td><td>{reason}</td><td class=\"mono wrap\">{cause}</td><td class=\"outcome\">{outcome}</td></tr>",
             id = item.id,
         );
     }

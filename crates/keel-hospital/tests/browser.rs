@@ -1,0 +1,200 @@
+//! The console in a real browser: Debian's chromium, driven by playwright-core
+//! (`tests/browser/console.mjs`), signs in, lists, filters, groups by cause, opens a patient,
+//! edits its payload, replays it after a dry run, replays a filtered set after its dry run,
+//! discards one with a reason and reads the audit log — against the console served on
+//! 127.0.0.1 over a real SQLite hospital and queue. Then the broker and the hospital are checked.
+//!
+//! Needs `/usr/bin/chromium`, `node` and `npm ci` in `tests/browser` (scripts/test.sh installs
+//! all three); without them this test fails, it does not skip.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use keel_domain::{Hospital, PatientState};
+use keel_hospital::{AdminAuth, console};
+use secrecy::SecretString;
+
+use common::{TRACEPARENT, ward};
+
+const USER: &str = "admin";
+const PASSWORD: &str = "a long admin password for the test";
+
+fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
+}
+
+/// Fails with what to install when the browser toolchain is missing.
+fn require_browser_toolchain() -> PathBuf {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: `apt-get install -y chromium` (scripts/test.sh does it)"
+    );
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is missing: `apt-get install -y nodejs npm` (scripts/test.sh does it)"
+    );
+    let dir = browser_dir();
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: `npm ci` in {} (scripts/test.sh does it)",
+        dir.display()
+    );
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_deals_with_patients_in_a_real_browser() {
+    let browser = require_browser_toolchain();
+    let ward = ward().await;
+
+    // Patients: one to edit and replay, three timeouts to replay as a set, one hostile payload
+    // to discard.
+    let edit = ward
+        .publish(
+            "order.created",
+            "{\"order\": 1, \"currency\": \"XXX\"} permanent: invalid currency",
+            Some("order-1"),
+        )
+        .await;
+    let mut timeouts = Vec::new();
+    for n in 0..3 {
+        timeouts.push(
+            ward.publish("order.created", &format!("slow {n}"), None)
+                .await,
+        );
+    }
+    let discard = ward
+        .publish(
+            "order.created",
+            "permanent: <img src=x onerror=\"window.__pwned=1\">",
+            None,
+        )
+        .await;
+    ward.drain().await;
+    let id = |m: &keel_domain::Outgoing| {
+        let hospital = ward.hospital.clone();
+        let message = m.id;
+        async move {
+            hospital
+                .list(100)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|p| p.message_id == message)
+                .unwrap()
+                .id
+        }
+    };
+    let edit_id = id(&edit).await;
+    let discard_id = id(&discard).await;
+    let mut timeout_ids = Vec::new();
+    for m in &timeouts {
+        timeout_ids.push(id(m).await);
+    }
+    let all: Vec<i64> = ward
+        .hospital
+        .list(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    let new_body = "ok {\"order\": 1, \"currency\": \"EUR\"}";
+    let reason = "test order from the load generator; never to be charged";
+
+    let app = console(
+        ward.service.clone(),
+        AdminAuth::new(USER, SecretString::from(PASSWORD)).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let seed = serde_json::json!({
+        "all": all,
+        "edit": edit_id,
+        "timeouts": timeout_ids,
+        "discard": discard_id,
+        "trace_id": &TRACEPARENT[3..35],
+        "new_body": new_body,
+        "reason": reason,
+    });
+    let shots = std::env::var("KEEL_BROWSER_SCREENSHOTS").ok();
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg("console.mjs")
+        .current_dir(&browser)
+        .env("BASE_URL", format!("http://{addr}"))
+        .env("HOSPITAL_USER", USER)
+        .env("HOSPITAL_PASSWORD", PASSWORD)
+        .env("SEED", seed.to_string())
+        .env("SCREENSHOTS", shots.unwrap_or_default())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .expect("the browser run finishes within 3 minutes")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the browser run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(seen["ok"], true);
+    assert_eq!(seen["steps"].as_array().unwrap().len(), 11, "{seen}");
+    server.abort();
+
+    // The broker holds exactly what the browser replayed: the edited message and the three
+    // timeouts, in the group that failed them; the discarded one is not there.
+    assert_eq!(ward.depth("billing").await, 4);
+    assert_eq!(ward.depth("ledger").await, 0);
+    ward.consumers
+        .healed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    ward.drain().await;
+    assert_eq!(
+        ward.consumers.effect("billing", edit.id).as_deref(),
+        Some(new_body.as_bytes()),
+        "the edited payload was replayed with the message's id"
+    );
+    for m in &timeouts {
+        assert_eq!(ward.consumers.successes("billing", m.id), 1);
+    }
+    assert_eq!(ward.consumers.successes("billing", discard.id), 0);
+
+    // And the hospital records who did what.
+    let patient = ward.hospital.get(edit_id).await.unwrap().unwrap();
+    assert_eq!(patient.state, PatientState::Replayed);
+    assert_eq!(patient.settled.unwrap().by, "console:admin");
+    assert_eq!(patient.edited.unwrap().by, "console:admin");
+    for id in &timeout_ids {
+        assert_eq!(
+            ward.hospital.get(*id).await.unwrap().unwrap().state,
+            PatientState::Replayed
+        );
+    }
+    let discarded = ward.hospital.get(discard_id).await.unwrap().unwrap();
+    assert_eq!(discarded.state, PatientState::Discarded);
+    assert_eq!(discarded.settled.unwrap().note.as_deref(), Some(reason));
+    let mut actions: Vec<String> = ward
+        .hospital
+        .audit_log(None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    actions.reverse();
+    assert_eq!(
+        actions,
+        ["edit", "replay", "replay", "replay", "replay", "discard"]
+    );
+}

@@ -36,6 +36,11 @@ enum Command {
     Migrate,
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+    /// Look at the error hospital and deal with its patients: list, show, replay, discard.
+    Hospital {
+        #[command(subcommand)]
+        command: keel_hospital::HospitalCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,6 +90,10 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 }
 
 async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::Result<()> {
+    if let Command::Hospital { command } = command {
+        // Before telemetry: the command's output and progress bar own the terminal.
+        return hospital(command, &settings).await;
+    }
     let format = match settings.telemetry.log_format {
         keel_config::LogFormat::Json => keel_telemetry::Format::Json,
         keel_config::LogFormat::Text => keel_telemetry::Format::Text,
@@ -133,7 +142,32 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Config => unreachable!("handled before the runtime starts"),
+        Command::Hospital { .. } => unreachable!("handled above"),
     }
+}
+
+/// `keel hospital …` on the embedded queue and hospital under the data directory.
+async fn hospital(
+    command: keel_hospital::HospitalCommand,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let url = format!("sqlite://{}", settings.data_dir.join("queue.db").display());
+    let queue = std::sync::Arc::new(
+        keel_queue::SqliteQueue::open(&url, keel_queue::QueueLimits::default())
+            .await
+            .with_context(|| format!("cannot open the queue at {url}"))?,
+    );
+    // The command never admits, so the hospital's capacity does not matter here.
+    let hospital = std::sync::Arc::new(keel_queue::SqliteHospital::beside(&queue, u64::MAX));
+    let service = keel_hospital::HospitalService::new(hospital, queue);
+    keel_hospital::cli(command, &service, &mut std::io::stdout()).await?;
+    Ok(())
 }
 
 /// Resolves on SIGTERM (a spot VM being reclaimed, an orchestrator stopping us) or Ctrl-C.

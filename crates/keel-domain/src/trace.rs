@@ -3,18 +3,37 @@
 
 use std::collections::BTreeMap;
 
+/// The trace context of the request being served: the caller's `traceparent`, if it sent one,
+/// and this request's own, made on first use (most requests cause no message, so they pay
+/// nothing).
+struct Context {
+    incoming: Option<String>,
+    own: std::cell::OnceCell<String>,
+}
+
 tokio::task_local! {
-    static TRACEPARENT: String;
+    static CONTEXT: Context;
 }
 
-/// Runs `f` with `traceparent` as the current trace context.
-pub async fn scope<F: std::future::Future>(traceparent: String, f: F) -> F::Output {
-    TRACEPARENT.scope(traceparent, f).await
+/// Runs `f` as the handling of a request whose caller sent `incoming` as its `traceparent`.
+pub async fn scope<F: std::future::Future>(incoming: Option<String>, f: F) -> F::Output {
+    let context = Context {
+        incoming,
+        own: std::cell::OnceCell::new(),
+    };
+    CONTEXT.scope(context, f).await
 }
 
-/// The current `traceparent`, if a request is being served.
+/// The current request's `traceparent` (same trace as its caller's, its own span), if a request
+/// is being served.
 pub fn current() -> Option<String> {
-    TRACEPARENT.try_with(Clone::clone).ok()
+    CONTEXT
+        .try_with(|c| {
+            c.own
+                .get_or_init(|| child_of(c.incoming.as_deref()))
+                .clone()
+        })
+        .ok()
 }
 
 /// Message headers carrying the current trace context (empty outside a request).
@@ -62,10 +81,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn headers_carry_the_scoped_trace() {
+    async fn headers_carry_the_scoped_trace_and_one_request_has_one_context() {
         assert!(headers().is_empty());
-        let parent = child_of(None);
-        let inside = scope(parent.clone(), async { headers() }).await;
-        assert_eq!(inside.get("traceparent"), Some(&parent));
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned();
+        let (first, second) = scope(Some(parent), async { (headers(), headers()) }).await;
+        let first = &first["traceparent"];
+        assert!(first.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+        assert_eq!(Some(first), second.get("traceparent"));
+        let fresh = scope(None, async { current() }).await.unwrap();
+        assert_eq!(fresh.len(), 55);
     }
 }

@@ -28,10 +28,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole system in one process with embedded defaults (today: API, cache, SQLite).
+    /// Run the whole system in one process with embedded defaults: the API, the cache, the
+    /// SQLite database, the embedded queue and its workers.
     Up,
     /// Run the API role alone (for several instances behind a load balancer).
     Serve,
+    /// Run the worker role alone: the outbox relay and the subscriber groups' workers. Run as many
+    /// as needed; they compete for the same queues.
+    Worker,
     /// Apply database migrations and exit.
     Migrate,
     /// Print the effective configuration (secrets redacted) and exit.
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
         // Show the database actually used, also when it is the default SQLite file.
         let mut shown = settings.clone();
         shown.database.url = Some(settings.database_url());
+        shown.queue.url = Some(settings.queue_url());
         print!(
             "{}",
             toml::to_string_pretty(&shown).expect("settings serialize")
@@ -117,7 +122,10 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
             } else {
                 "serve"
             };
-            let app = Application::build(settings.clone(), Some(metrics)).await?;
+            let mut app = Application::build(settings.clone(), Some(metrics)).await?;
+            if matches!(command, Command::Up) {
+                app = app.with_workers().await?;
+            }
             let addr = app.local_addr();
             tracing::info!(
                 role,
@@ -131,6 +139,48 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
                 "keel {role}: API on http://{addr}  docs on http://{addr}/docs  (Ctrl-C to stop)"
             );
             app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Worker => {
+            keel_telemetry::init_metrics()?;
+            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                format!(
+                    "cannot create data directory {}",
+                    settings.data_dir.display()
+                )
+            })?;
+            let db = keel::database::Database::open(&settings).await?;
+            if settings.database.migrate_on_start {
+                db.migrate()
+                    .await
+                    .context("cannot apply database migrations")?;
+            }
+            let queue = keel::queue::Queue::open(&settings).await?;
+            let workers = keel::workers::Workers::start(
+                &settings,
+                queue.broker,
+                queue.hospital,
+                db.events(),
+                db.repo(),
+            )
+            .await?;
+            tracing::info!(
+                role = "worker",
+                database = %settings.database_url().redacted(),
+                queue = %settings.queue_url().redacted(),
+                startup_ms = started.elapsed().as_millis() as u64,
+                "keel is ready"
+            );
+            println!(
+                "keel worker: handling {} (Ctrl-C to stop)",
+                settings.queue_url().redacted()
+            );
+            shutdown_signal().await;
+            workers
+                .shutdown(std::time::Duration::from_millis(
+                    settings.shutdown.drain_deadline_ms,
+                ))
+                .await;
+            Ok(())
         }
         Command::Config => unreachable!("handled before the runtime starts"),
     }

@@ -74,10 +74,7 @@ async fn unknown_jobs_and_users_are_not_found(backend: Backend) {
     ] {
         let res = app.get(path).await;
         assert_eq!(res.status(), 404);
-        assert_eq!(
-            res.json::<Value>().await.unwrap(),
-            json!({"error": "Job not found"})
-        );
+        assert_eq!(res.json::<Value>().await.unwrap()["error"], "Job not found");
     }
     let res = app
         .post_json(

@@ -442,3 +442,113 @@ fn sigterm_gives_up_on_a_stuck_request_at_the_drain_deadline() {
     );
     drop(stuck);
 }
+
+/// Starts `keel worker` (the relay and the subscriber groups' workers) on `data_dir`.
+fn start_worker(data_dir: &Path, env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(KEEL);
+    cmd.arg("worker")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("KEEL_TELEMETRY__LOG_LEVEL", "warn")
+        .current_dir(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("keel worker starts")
+}
+
+/// Per user id, the rows of `table` (the effects of the audit and notifier groups).
+async fn effects_per_user(url: &str, table: &str) -> std::collections::HashMap<String, i64> {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT user_id, count(*) FROM {table} GROUP BY user_id"
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    rows.into_iter().collect()
+}
+
+/// Worker processes — each also a relay of the outbox — killed with SIGKILL in the middle of a
+/// stream of events and replaced: every event still takes effect exactly once (one audit entry
+/// and one welcome notification per user), and nothing lands in the hospital.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_and_relays_lose_no_event_and_apply_none_twice() {
+    const USERS: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    // Short leases, so what a killed worker held comes back quickly.
+    let env = [
+        ("KEEL_QUEUE__LEASE_MS", "1500"),
+        ("KEEL_QUEUE__BACKOFF_BASE_MS", "50"),
+    ];
+    let port = free_port();
+    let mut api = start(dir.path(), port, &env);
+    let mut workers: Vec<Child> = (0..2).map(|_| start_worker(dir.path(), &env)).collect();
+
+    let writer = std::thread::spawn(move || {
+        (0..USERS)
+            .map(|n| {
+                let body =
+                    json!({"name": format!("user {n}"), "email": format!("u{n}@faults.test")});
+                let (status, user) = http(port, "POST", "/users", Some(&body)).unwrap();
+                assert_eq!(status, 201, "{user}");
+                std::thread::sleep(Duration::from_millis(3));
+                user["id"].as_str().unwrap().to_owned()
+            })
+            .collect::<Vec<_>>()
+    });
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let victim = &mut workers[round % 2];
+        victim.kill().unwrap(); // SIGKILL, mid-stream
+        victim.wait().unwrap();
+        *victim = start_worker(dir.path(), &env);
+    }
+    let ids = writer.join().unwrap();
+
+    // The survivors drain the rest (a killed relay's lead lapses after its lease).
+    let url = sqlite_url(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (audit, sent) = loop {
+        let audit = effects_per_user(&url, "user_audit").await;
+        let sent = effects_per_user(&url, "notifications").await;
+        if (audit.len() == USERS && sent.len() == USERS) || Instant::now() > deadline {
+            break (audit, sent);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for mut child in workers.into_iter().chain([api]) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    api = start(dir.path(), port, &env); // proves the database is healthy after the kills
+    let _ = api.kill();
+    let _ = api.wait();
+
+    for id in &ids {
+        assert_eq!(audit.get(id), Some(&1), "user {id}: one audit entry");
+        assert_eq!(
+            sent.get(id),
+            Some(&1),
+            "user {id}: one welcome notification"
+        );
+    }
+    assert_eq!(
+        (audit.len(), sent.len()),
+        (USERS, USERS),
+        "no stray effects"
+    );
+    let queue = format!("sqlite://{}", dir.path().join("queue.db").display());
+    let patients: i64 = {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&queue).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM hospital_patients")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(patients, 0, "no message was given up on");
+}

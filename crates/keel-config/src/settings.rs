@@ -184,8 +184,11 @@ pub struct QueueSettings {
     /// Messages a group may hold; beyond it publishing fails and the outbox holds the events
     /// (backpressure, never unbounded memory).
     pub max_depth: u64,
-    /// Largest message body carried inline (bytes).
+    /// Largest message body carried inline by the broker (bytes); a larger body is stored in the
+    /// file store (`<data_dir>/blobs`) and the message carries a reference.
     pub max_body_bytes: usize,
+    /// Largest message body accepted at all (bytes).
+    pub max_message_bytes: usize,
     /// Partitions per group for keyed messages on RabbitMQ and NATS (the same in every process).
     pub partitions: u32,
     /// Deliveries each worker of a group fetches and handles at once.
@@ -217,6 +220,7 @@ impl Default for QueueSettings {
             namespace: "keel".into(),
             max_depth: 1_000_000,
             max_body_bytes: 256 * 1024,
+            max_message_bytes: 64 * 1024 * 1024,
             partitions: 8,
             batch: 32,
             workers_per_group: 2,
@@ -476,6 +480,10 @@ impl Settings {
             ),
             ("queue.max_depth", self.queue.max_depth),
             ("queue.max_body_bytes", self.queue.max_body_bytes as u64),
+            (
+                "queue.max_message_bytes",
+                self.queue.max_message_bytes as u64,
+            ),
             ("queue.partitions", u64::from(self.queue.partitions)),
             ("queue.batch", self.queue.batch as u64),
             (

@@ -9,6 +9,33 @@ use keel_queue::worker::Handler;
 
 use crate::handlers::{AuditHandler, JobHandler, NotifierHandler};
 
+/// Every group and the patterns it is bound to: the topology every keel process declares.
+pub const GROUPS: &[(&str, &[&str])] = &[
+    ("audit", &["user.#"]),
+    ("notifier", &["user.created"]),
+    ("jobs", &["job.#"]),
+];
+
+/// The topology as `(group, pattern)` pairs.
+pub fn bindings() -> Vec<(String, String)> {
+    GROUPS
+        .iter()
+        .flat_map(|(group, patterns)| {
+            patterns
+                .iter()
+                .map(|p| ((*group).to_owned(), (*p).to_owned()))
+        })
+        .collect()
+}
+
+/// The patterns of `group` in [`GROUPS`].
+fn patterns(group: &str) -> &'static [&'static str] {
+    GROUPS
+        .iter()
+        .find(|(name, _)| *name == group)
+        .map_or(&[], |(_, patterns)| patterns)
+}
+
 /// One group: its name, the patterns it is bound to, and its handler.
 pub struct Subscription {
     pub group: &'static str,
@@ -24,21 +51,21 @@ pub fn subscriptions(events: Arc<dyn EventStore>, users: Arc<dyn UserRepo>) -> V
     vec![
         Subscription {
             group: "audit",
-            patterns: &["user.#"],
+            patterns: patterns("audit"),
             handler: Arc::new(AuditHandler {
                 events: events.clone(),
             }),
         },
         Subscription {
             group: "notifier",
-            patterns: &["user.created"],
+            patterns: patterns("notifier"),
             handler: Arc::new(NotifierHandler {
                 events: events.clone(),
             }),
         },
         Subscription {
             group: "jobs",
-            patterns: &["job.#"],
+            patterns: patterns("jobs"),
             handler: Arc::new(JobHandler { events, users }),
         },
     ]

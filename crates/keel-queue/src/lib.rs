@@ -14,6 +14,7 @@
 
 mod hospital;
 mod hospital_pg;
+pub mod offload;
 mod postgres;
 mod sqlite;
 pub mod worker;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use keel_config::{BrokerKind, Settings};
 use keel_domain::{Broker, Hospital};
+use keel_queue::offload::Offloading;
 use keel_queue::{PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue};
 
 /// The configured broker and its hospital.
@@ -49,6 +50,17 @@ impl Queue {
                 anyhow::bail!("queue.url {shown}: this build has no {kind:?} adapter yet")
             }
         };
-        Ok(queue)
+        // Large bodies go to the file store whatever the broker (the seed's message-size concern).
+        let broker = Arc::new(Offloading::new(
+            queue.broker,
+            settings.data_dir.join("blobs"),
+            settings.queue.max_body_bytes,
+            settings.queue.max_message_bytes,
+            keel_events::topology::bindings(),
+        ));
+        Ok(Self {
+            broker,
+            hospital: queue.hospital,
+        })
     }
 }

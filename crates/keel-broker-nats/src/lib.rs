@@ -5,6 +5,7 @@
 //! - [`NatsBroker::connect`] with [`NatsOptions`]: the only entry point.
 //! - `names`: how groups and patterns become stream, consumer and subject names.
 //! - `codec`: how a message's topic, key, headers and times travel in NATS headers.
+//! - `plan`: which consumers one `fetch` pulls, and how long each pull may wait.
 //! - `error`: async-nats errors as [`BrokerError`]s.
 //!
 //! # The model on JetStream
@@ -56,16 +57,21 @@
 //! processes. Keys sharing a partition wait for each other: `K` bounds the keyed parallelism of a
 //! group (16 by default). `K` must be the same in every process of a namespace.
 //!
-//! `fetch(group, max, lease)` asks the stream which subjects hold messages (one `STREAM.INFO`
-//! with a subject filter), skips partitions this process knows are blocked (it holds their
-//! message, or retried it and the delay has not passed), then pulls concurrently one message
-//! from each candidate partition and a batch from the unkeyed consumer. Every pull is `no_wait`
-//! with a 3 ms expiry: the server answers at once when it has messages to give (or none at all);
-//! only a consumer whose stored messages are all held elsewhere (a partition blocked by another
-//! process's delivery) costs the 3 ms. (On 2.9 a `no_wait` pull without expiry that finds only
-//! such messages stays queued, and would take a later message to an inbox nobody reads.) The
-//! budget is split between keyed and unkeyed messages so neither starves the other; at most one
-//! message per key is returned because each partition yields at most one.
+//! `fetch(group, max, lease)` reads the group's consumers' counts (one `CONSUMER.LIST`) and
+//! plans its pulls (module `plan`): a consumer with a deliverable message (a partition with
+//! nothing outstanding and something pending; the unkeyed consumer with something pending), or
+//! one whose delivery this process released, is pulled at once; a partition this process holds
+//! or retried (delay not yet passed) is skipped; any other consumer with deliveries outstanding
+//! (held elsewhere, or released by another process or by the server after a crash) is probed at
+//! most every 200 ms. The pulls run concurrently, one message per partition and a batch from the
+//! unkeyed consumer; the budget is split so that neither keyed nor unkeyed messages starve the
+//! other, and at most one message per key is returned because each partition yields at most
+//! one. Every pull is `no_wait` with an expiry (200 ms for a deliverable consumer: the answer
+//! comes as soon as the message is sent, the expiry only bounds a race lost to another process
+//! or a loaded server; 20 ms for a probe): on 2.9 a `no_wait` pull without expiry that finds only
+//! held messages stays queued and would later take a message to an inbox nobody reads. An
+//! expiry of a few milliseconds proved too short on a loaded machine: the server expired pulls
+//! before serving messages it had.
 //!
 //! # Leases
 //!
@@ -79,15 +85,18 @@
 //! tag already settled or unknown to this process. `ack` is a double ack (it waits for the
 //! server's confirmation), so when it returns the message is deleted; `retry(tag, delay)` is a
 //! NAK with that delay, also confirmed. Because local leases end before the server's, a stale
-//! ack never settles a delivery another worker holds.
+//! ack never settles a delivery another worker holds. Another process finds a delivery released
+//! here (or by the server after `ack_wait`) by its next probe of that consumer, within about
+//! 200 ms; this process pulls it again at once.
 //!
 //! # Maximum deliveries
 //!
 //! Consumers have `max_deliver` ([`NatsOptions::max_deliver`], 20 by default) as a safety net
 //! against a message that crashes every worker. The worker runtime admits a message to the
 //! hospital after its own `RetryPolicy::max_attempts` (5 by default), which must stay below
-//! `max_deliver`: a message that reaches `max_deliver` is no longer delivered but stays stored in
-//! the WorkQueue stream, counted in `depth` as ready, until an operator removes it.
+//! `max_deliver`: a message that reaches `max_deliver` is no longer delivered (its key's later
+//! messages then proceed) but stays stored in the WorkQueue stream, counted in `depth` as ready,
+//! until an operator removes it; the server publishes a `MAX_DELIVERIES` advisory.
 //!
 //! # Depth
 //!
@@ -105,11 +114,12 @@
 mod codec;
 mod error;
 mod names;
+mod plan;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
@@ -127,17 +137,12 @@ use keel_domain::queue::check_name;
 use keel_domain::queue::topic_matches;
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::error::{classify, classify_publish, internal};
 use crate::names::{GroupNames, Slot};
+use crate::plan::{Hints, Observed, Pull};
 
-/// How long a pull may wait on the server. A consumer with a ready message answers at once; one
-/// whose messages another process holds answers when this expires. Without it, a `no_wait` pull
-/// that finds no message it may deliver (another process took them first, or a partition is
-/// blocked) would stay queued on the server and take the next message to an inbox nobody reads.
-const PULL_WAIT: Duration = Duration::from_millis(3);
 /// How often expired local leases are NAKed when no `fetch` does it first.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
@@ -216,8 +221,6 @@ struct Inner {
     groups: Mutex<HashMap<String, Arc<Group>>>,
     /// Deliveries this process holds, by lease token.
     leases: Mutex<HashMap<Uuid, Lease>>,
-    /// Partitions this process retried a message of, blocked until the delay has passed.
-    retry_blocks: Mutex<HashMap<(String, u16), Instant>>,
     /// Rotates the first partition tried, so partitions take turns when `max` is small.
     turn: AtomicUsize,
 }
@@ -242,9 +245,15 @@ struct Group {
     stream: Stream,
     partitions: Vec<Puller>,
     unkeyed: Puller,
+    /// What this process knows of each consumer beyond the server's counts (see `plan`).
+    hints: Mutex<HashMap<Slot, Hints>>,
 }
 
 impl Group {
+    fn with_hint<R>(&self, slot: Slot, change: impl FnOnce(&mut Hints) -> R) -> R {
+        change(lock(&self.hints).entry(slot).or_default())
+    }
+
     fn puller(&self, slot: Slot) -> &Puller {
         match slot {
             Slot::Partition(i) => &self.partitions[usize::from(i)],
@@ -261,7 +270,7 @@ struct Puller {
 }
 
 struct Lease {
-    group: String,
+    group: Arc<Group>,
     slot: Slot,
     message: jetstream::Message,
     deadline: Instant,
@@ -319,7 +328,6 @@ impl NatsBroker {
             covered: AtomicU64::new(0),
             groups: Mutex::default(),
             leases: Mutex::default(),
-            retry_blocks: Mutex::default(),
             turn: AtomicUsize::new(0),
         });
         let sweeper = tokio::spawn(sweep_until_dropped(Arc::downgrade(&inner))).abort_handle();
@@ -459,6 +467,7 @@ impl Inner {
             stream,
             partitions: pullers,
             unkeyed,
+            hints: Mutex::default(),
         });
         Ok(Some(
             lock(&self.groups)
@@ -634,8 +643,11 @@ impl Inner {
         {
             if let Err(err) = result {
                 // The server redelivers it after ack_wait anyway.
-                tracing::warn!(group = lease.group, %err, "could not release an expired lease");
+                tracing::warn!(group = lease.group.name, %err, "could not release an expired lease");
             }
+            lease
+                .group
+                .with_hint(lease.slot, |hint| hint.released = true);
         }
     }
 
@@ -647,65 +659,82 @@ impl Inner {
             .ok_or(BrokerError::LeaseLost)?;
         if lease.deadline <= Instant::now() {
             if let Err(err) = lease.message.double_ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(group = lease.group, %err, "could not release an expired lease");
+                tracing::warn!(group = lease.group.name, %err, "could not release an expired lease");
             }
+            lease
+                .group
+                .with_hint(lease.slot, |hint| hint.released = true);
             return Err(BrokerError::LeaseLost);
         }
         Ok(lease)
     }
 
-    /// Partitions of `group` this process knows to be blocked: it holds their message, or it
-    /// retried one and the delay has not passed.
-    fn blocked(&self, group: &str) -> HashSet<u16> {
-        let now = Instant::now();
-        let mut blocked: HashSet<u16> = lock(&self.leases)
+    /// Partitions of `group` this process holds a delivery of.
+    fn held(&self, group: &Group) -> HashSet<u16> {
+        lock(&self.leases)
             .values()
-            .filter(|lease| lease.group == group)
+            .filter(|lease| lease.group.name == group.name)
             .filter_map(|lease| match lease.slot {
                 Slot::Partition(i) => Some(i),
                 Slot::Unkeyed => None,
             })
-            .collect();
-        let mut retries = lock(&self.retry_blocks);
-        retries.retain(|_, until| *until > now);
-        blocked.extend(
-            retries
-                .keys()
-                .filter(|(g, _)| g == group)
-                .map(|(_, partition)| *partition),
-        );
-        blocked
+            .collect()
     }
 
-    /// Messages per subject of the group's stream (ready and in flight alike).
-    async fn subject_counts(&self, group: &Group) -> Result<HashMap<String, u64>, BrokerError> {
-        let mut info = group
+    /// The server's counts for each of the group's consumers (one `CONSUMER.LIST`).
+    async fn observe(&self, group: &Group) -> Result<HashMap<Slot, Observed>, BrokerError> {
+        let infos: Vec<_> = group
             .stream
-            .info_with_subjects(format!("{}.*", group.names.subject_prefix))
+            .consumers()
+            .try_collect()
             .await
             .map_err(classify)?;
-        let mut counts = HashMap::new();
-        while let Some((subject, count)) = info
-            .try_next()
-            .await
-            .map_err(|err| BrokerError::Unavailable(Box::new(err)))?
-        {
-            counts.insert(subject, count as u64);
-        }
-        Ok(counts)
+        let slots: HashMap<String, Slot> = (0..self.options.partitions)
+            .map(Slot::Partition)
+            .chain([Slot::Unkeyed])
+            .map(|slot| (slot.name(), slot))
+            .collect();
+        Ok(infos
+            .iter()
+            .filter_map(|info| {
+                let slot = *slots.get(&info.name)?;
+                Some((
+                    slot,
+                    Observed {
+                        pending: info.num_pending,
+                        outstanding: info.num_ack_pending as u64,
+                    },
+                ))
+            })
+            .collect())
     }
 
-    /// Pulls up to `batch` messages, waiting at most [`PULL_WAIT`] on the server for them.
+    /// Runs one planned pull. A partition another task of this process is pulling is skipped:
+    /// that task gets its message.
+    async fn pull_slot(
+        &self,
+        group: &Group,
+        pull: Pull,
+    ) -> Result<Vec<jetstream::Message>, BrokerError> {
+        let puller = group.puller(pull.slot);
+        let _pulling = match pull.slot {
+            Slot::Partition(_) => match puller.lock.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(Vec::new()),
+            },
+            Slot::Unkeyed => puller.lock.lock().await,
+        };
+        self.pull(puller, pull.batch, pull.wait.duration()).await
+    }
+
+    /// Pulls up to `batch` messages, waiting at most `wait` on the server for them.
     async fn pull(
         &self,
         puller: &Puller,
         batch: usize,
+        wait: Duration,
     ) -> Result<Vec<jetstream::Message>, BrokerError> {
-        let request = puller
-            .consumer
-            .fetch()
-            .max_messages(batch)
-            .expires(PULL_WAIT);
+        let request = puller.consumer.fetch().max_messages(batch).expires(wait);
         let collect = async {
             let mut messages = request.messages().await.map_err(classify)?;
             let mut out = Vec::with_capacity(batch);
@@ -722,15 +751,22 @@ impl Inner {
             }
             Ok(out)
         };
+        // The server answers within `wait`; past the request timeout it is not answering at all.
         tokio::time::timeout(self.options.request_timeout, collect)
             .await
-            .map_err(|elapsed| BrokerError::Unavailable(Box::new(elapsed)))?
+            .map_err(|elapsed| {
+                tracing::warn!(
+                    consumer = puller.consumer.cached_info().name,
+                    "pull unanswered"
+                );
+                BrokerError::Unavailable(Box::new(elapsed))
+            })?
     }
 
     /// Turns pulled messages into leased deliveries.
     async fn lease(
         &self,
-        group: &Group,
+        group: &Arc<Group>,
         pulled: Vec<(Slot, jetstream::Message)>,
         deadline: Instant,
     ) -> Vec<Delivery> {
@@ -774,7 +810,7 @@ impl Inner {
             lock(&self.leases).insert(
                 tag.lease,
                 Lease {
-                    group: group.name.clone(),
+                    group: group.clone(),
                     slot,
                     message,
                     deadline,
@@ -784,22 +820,6 @@ impl Inner {
         deliveries.sort_by_key(|d| d.tag.seq);
         deliveries
     }
-}
-
-/// How a fetch of `max` splits between partitions and the unkeyed consumer: partitions get one
-/// message each, the unkeyed consumer the rest; when both have messages, the unkeyed consumer
-/// is guaranteed up to half (with `max == 1`, every other turn), so neither starves.
-fn split(max: usize, partitions: usize, unkeyed: u64, turn: usize) -> (usize, usize) {
-    let unkeyed = usize::try_from(unkeyed).unwrap_or(usize::MAX).min(max);
-    let reserved = if unkeyed == 0 {
-        0
-    } else if max == 1 {
-        turn % 2
-    } else {
-        unkeyed.min(max / 2)
-    };
-    let from_partitions = partitions.min(max - reserved);
-    (from_partitions, unkeyed.min(max - from_partitions))
 }
 
 #[async_trait]
@@ -908,77 +928,51 @@ impl Broker for NatsBroker {
             return Ok(Vec::new());
         };
         // Counted from before the pull: the server's ack_wait starts later, so ours ends first.
+        // A real clock (not tokio's, which tests may pause): the server's runs regardless.
         let deadline = Instant::now() + lease.min(inner.options.ack_wait);
-        let counts = inner.subject_counts(&opened).await?;
-        let holds = |slot: Slot| {
-            counts
-                .get(&opened.names.subject(slot))
-                .copied()
-                .unwrap_or(0)
-        };
-        let blocked = inner.blocked(group);
-        let partitions = inner.options.partitions;
+        let observed = inner.observe(&opened).await?;
+        let held = inner.held(&opened);
         let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
-        let candidates: Vec<u16> = (0..partitions)
-            .map(|i| ((usize::from(i) + turn) % usize::from(partitions)) as u16)
-            .filter(|i| !blocked.contains(i) && holds(Slot::Partition(*i)) > 0)
-            .collect();
-        let unkeyed_count = holds(Slot::Unkeyed);
-        let (from_partitions, unkeyed_batch) = split(max, candidates.len(), unkeyed_count, turn);
-
-        let keyed =
-            futures_util::future::join_all(candidates[..from_partitions].iter().map(|&i| {
-                let opened = &opened;
-                async move {
-                    let puller = opened.puller(Slot::Partition(i));
-                    // Another task of this process is pulling it: that one gets its message.
-                    let Ok(_pulling) = puller.lock.try_lock() else {
-                        return Ok(Vec::new());
-                    };
-                    inner.pull(puller, 1).await.map(|messages| {
-                        messages
-                            .into_iter()
-                            .map(|m| (Slot::Partition(i), m))
-                            .collect::<Vec<_>>()
-                    })
-                }
-            }));
-        let unkeyed = async {
-            if unkeyed_batch == 0 {
-                return Ok(Vec::new());
-            }
-            let puller = opened.puller(Slot::Unkeyed);
-            let _pulling = puller.lock.lock().await;
-            inner.pull(puller, unkeyed_batch).await
-        };
-        let (keyed, unkeyed) = tokio::join!(keyed, unkeyed);
-
+        let pulls = plan::plan(
+            max,
+            inner.options.partitions,
+            &observed,
+            &mut lock(&opened.hints),
+            &held,
+            Instant::now(),
+            turn,
+        );
+        let results = futures_util::future::join_all(
+            pulls.iter().map(|pull| inner.pull_slot(&opened, *pull)),
+        )
+        .await;
         let mut pulled = Vec::new();
         let mut failure = None;
-        for result in keyed {
+        for (pull, result) in pulls.iter().zip(results) {
             match result {
-                Ok(messages) => pulled.extend(messages),
+                Ok(messages) => {
+                    if messages.len() < pull.batch {
+                        // Drained: whatever this process released has been taken again.
+                        opened.with_hint(pull.slot, |hint| hint.released = false);
+                    }
+                    pulled.extend(messages.into_iter().map(|m| (pull.slot, m)));
+                }
                 Err(err) => failure = Some(err),
             }
         }
-        let mut unkeyed_got = 0;
-        match unkeyed {
-            Ok(messages) => {
-                unkeyed_got = messages.len();
-                pulled.extend(messages.into_iter().map(|m| (Slot::Unkeyed, m)));
-            }
-            Err(err) => failure = Some(err),
-        }
         // Partitions that turned out blocked elsewhere leave budget the unkeyed consumer may use.
         let room = max - pulled.len();
-        if room > 0
-            && unkeyed_batch > 0
-            && unkeyed_got == unkeyed_batch
-            && unkeyed_count > unkeyed_got as u64
-        {
-            let puller = opened.puller(Slot::Unkeyed);
-            let _pulling = puller.lock.lock().await;
-            match inner.pull(puller, room).await {
+        let unkeyed_full = pulls.iter().any(|pull| {
+            pull.slot == Slot::Unkeyed
+                && pulled.iter().filter(|(s, _)| *s == Slot::Unkeyed).count() == pull.batch
+        });
+        if room > 0 && unkeyed_full {
+            let more = Pull {
+                slot: Slot::Unkeyed,
+                batch: room,
+                wait: plan::Wait::Ready,
+            };
+            match inner.pull_slot(&opened, more).await {
                 Ok(messages) => pulled.extend(messages.into_iter().map(|m| (Slot::Unkeyed, m))),
                 Err(err) => failure = Some(err),
             }
@@ -1007,10 +1001,6 @@ impl Broker for NatsBroker {
     async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError> {
         let inner = &self.inner;
         let lease = inner.take_lease(tag).await?;
-        let block = match lease.slot {
-            Slot::Partition(i) => Some((lease.group.clone(), i)),
-            Slot::Unkeyed => None,
-        };
         // The server's delay starts when it reads the NAK, after this instant: the local block
         // never outlasts the server's.
         let until = Instant::now() + delay;
@@ -1022,9 +1012,9 @@ impl Broker for NatsBroker {
             lock(&inner.leases).insert(tag.lease, lease);
             return Err(BrokerError::Unavailable(err));
         }
-        if let Some(block) = block {
-            lock(&inner.retry_blocks).insert(block, until);
-        }
+        lease
+            .group
+            .with_hint(lease.slot, |hint| hint.retries.push(until));
         Ok(())
     }
 
@@ -1062,22 +1052,5 @@ impl Broker for NatsBroker {
         Capabilities {
             dedupes_publish: true,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split;
-
-    #[test]
-    fn the_budget_is_shared_between_keys_and_unkeyed_messages() {
-        assert_eq!(split(10, 0, 200, 0), (0, 10), "unkeyed alone takes all");
-        assert_eq!(split(10, 3, 0, 0), (3, 0), "keyed alone");
-        assert_eq!(split(10, 16, 200, 0), (5, 5), "both: half each at least");
-        assert_eq!(split(10, 2, 200, 0), (2, 8));
-        assert_eq!(split(10, 16, 1, 0), (9, 1));
-        assert_eq!(split(1, 4, 9, 0), (1, 0), "max 1: turns alternate");
-        assert_eq!(split(1, 4, 9, 1), (0, 1));
-        assert_eq!(split(1, 0, 9, 0), (0, 1));
     }
 }

@@ -273,3 +273,93 @@ async fn bad_options_are_refused() {
         })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_keys_and_headers_cross_the_server_unchanged() {
+    let namespace = fresh_namespace();
+    let broker = broker(options(&namespace)).await;
+    broker.bind("odd", "odd.one").await.unwrap();
+    let mut sent = body("odd").with_key("clé 7\r\nNats-Msg-Id: x %41");
+    sent.headers
+        .insert("traceparent".into(), "00-abc-def-01".into());
+    sent.headers
+        .insert("Nats-Expected-Stream".into(), "ünïcode\r\nand lines".into());
+    sent.expires_at = Some(chrono::Utc::now() + chrono::Duration::minutes(5));
+    broker.publish("odd.one", sent.clone()).await.unwrap();
+    let got = broker.fetch("odd", 10, LEASE).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let d = &got[0];
+    assert_eq!(
+        (d.key.as_ref(), &d.headers),
+        (sent.key.as_ref(), &sent.headers)
+    );
+    let micros = |t: chrono::DateTime<chrono::Utc>| t.timestamp_micros();
+    assert_eq!(d.expires_at.map(micros), sent.expires_at.map(micros));
+    assert!((chrono::Utc::now() - d.published_at).num_seconds() < 5);
+    broker.ack(d.tag).await.unwrap();
+    clean_up(&namespace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_a_handled_message_is_not_swallowed_by_the_duplicate_window() {
+    let namespace = fresh_namespace();
+    let broker = broker(options(&namespace)).await;
+    broker.bind("hosp", "hosp.case").await.unwrap();
+    let sent = body("patient").with_key("p");
+    broker.publish("hosp.case", sent.clone()).await.unwrap();
+    let first = broker.fetch("hosp", 10, LEASE).await.unwrap();
+    broker.ack(first[0].tag).await.unwrap(); // e.g. admitted to the hospital, then acked
+    broker
+        .redeliver("hosp", "hosp.case", sent.clone())
+        .await
+        .unwrap();
+    let replayed = broker.fetch("hosp", 10, LEASE).await.unwrap();
+    assert_eq!(
+        replayed.len(),
+        1,
+        "the replay is stored although its id was seen"
+    );
+    assert_eq!(
+        (
+            replayed[0].id,
+            replayed[0].attempt,
+            replayed[0].key.as_deref()
+        ),
+        (sent.id, 1, Some("p"))
+    );
+    broker.ack(replayed[0].tag).await.unwrap();
+    clean_up(&namespace).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_counts_ready_held_and_the_age_of_the_oldest() {
+    let namespace = fresh_namespace();
+    let broker = broker(options(&namespace)).await;
+    assert_eq!(
+        broker.depth("never-made").await.unwrap(),
+        keel_domain::QueueDepth::default()
+    );
+    broker.bind("deep", "deep.*").await.unwrap();
+    for n in 0..4 {
+        broker
+            .publish("deep.x", body("d").with_key(format!("k{n}")))
+            .await
+            .unwrap();
+    }
+    broker.publish("deep.y", body("unkeyed")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let held = broker.fetch("deep", 2, LEASE).await.unwrap();
+    assert_eq!(held.len(), 2);
+    let depth = broker.depth("deep").await.unwrap();
+    assert_eq!((depth.ready, depth.in_flight), (3, 2));
+    let oldest = depth.oldest.unwrap();
+    assert!(
+        oldest >= Duration::from_millis(60) && oldest < Duration::from_secs(10),
+        "{oldest:?}"
+    );
+    for d in held {
+        broker.ack(d.tag).await.unwrap();
+    }
+    assert_eq!(broker.depth("deep").await.unwrap().in_flight, 0);
+    clean_up(&namespace).await;
+}

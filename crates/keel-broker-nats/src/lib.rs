@@ -669,6 +669,17 @@ impl Inner {
         Ok(lease)
     }
 
+    /// Forgets an opened group whose stream is gone (if the cache still holds that one).
+    fn forget(&self, group: &Group) {
+        let mut groups = lock(&self.groups);
+        if groups
+            .get(&group.name)
+            .is_some_and(|cached| std::ptr::eq(&**cached, group))
+        {
+            groups.remove(&group.name);
+        }
+    }
+
     /// Partitions of `group` this process holds a delivery of.
     fn held(&self, group: &Group) -> HashSet<u16> {
         lock(&self.leases)
@@ -682,31 +693,37 @@ impl Inner {
     }
 
     /// The server's counts for each of the group's consumers (one `CONSUMER.LIST`).
-    async fn observe(&self, group: &Group) -> Result<HashMap<Slot, Observed>, BrokerError> {
-        let infos: Vec<_> = group
-            .stream
-            .consumers()
-            .try_collect()
-            .await
-            .map_err(classify)?;
+    /// `None` when the stream is gone (deleted behind keel's back): the group is forgotten, so
+    /// the next call opens it afresh.
+    async fn observe(&self, group: &Group) -> Result<Option<HashMap<Slot, Observed>>, BrokerError> {
+        let infos: Vec<_> = match group.stream.consumers().try_collect().await {
+            Ok(infos) => infos,
+            Err(err) if error::code(&err) == Some(error::STREAM_NOT_FOUND) => {
+                self.forget(group);
+                return Ok(None);
+            }
+            Err(err) => return Err(classify(err)),
+        };
         let slots: HashMap<String, Slot> = (0..self.options.partitions)
             .map(Slot::Partition)
             .chain([Slot::Unkeyed])
             .map(|slot| (slot.name(), slot))
             .collect();
-        Ok(infos
-            .iter()
-            .filter_map(|info| {
-                let slot = *slots.get(&info.name)?;
-                Some((
-                    slot,
-                    Observed {
-                        pending: info.num_pending,
-                        outstanding: info.num_ack_pending as u64,
-                    },
-                ))
-            })
-            .collect())
+        Ok(Some(
+            infos
+                .iter()
+                .filter_map(|info| {
+                    let slot = *slots.get(&info.name)?;
+                    Some((
+                        slot,
+                        Observed {
+                            pending: info.num_pending,
+                            outstanding: info.num_ack_pending as u64,
+                        },
+                    ))
+                })
+                .collect(),
+        ))
     }
 
     /// Runs one planned pull. A partition another task of this process is pulling is skipped:
@@ -930,7 +947,9 @@ impl Broker for NatsBroker {
         // Counted from before the pull: the server's ack_wait starts later, so ours ends first.
         // A real clock (not tokio's, which tests may pause): the server's runs regardless.
         let deadline = Instant::now() + lease.min(inner.options.ack_wait);
-        let observed = inner.observe(&opened).await?;
+        let Some(observed) = inner.observe(&opened).await? else {
+            return Ok(Vec::new());
+        };
         let held = inner.held(&opened);
         let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
         let pulls = plan::plan(
@@ -1023,16 +1042,12 @@ impl Broker for NatsBroker {
         let Some(opened) = self.inner.group(group, false).await? else {
             return Ok(QueueDepth::default());
         };
-        let (info, consumers) = tokio::join!(
-            opened.stream.get_info(),
-            opened.stream.consumers().try_collect::<Vec<_>>()
-        );
+        let (info, observed) = tokio::join!(opened.stream.get_info(), self.inner.observe(&opened));
+        let Some(observed) = observed? else {
+            return Ok(QueueDepth::default());
+        };
         let state = info.map_err(classify)?.state;
-        let in_flight: u64 = consumers
-            .map_err(classify)?
-            .iter()
-            .map(|consumer| consumer.num_ack_pending as u64)
-            .sum();
+        let in_flight: u64 = observed.values().map(|o| o.outstanding).sum();
         let oldest = (state.messages > 0)
             .then(|| {
                 let first = DateTime::from_timestamp_nanos(

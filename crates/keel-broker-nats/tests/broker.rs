@@ -363,3 +363,27 @@ async fn depth_counts_ready_held_and_the_age_of_the_oldest() {
     assert_eq!(broker.depth("deep").await.unwrap().in_flight, 0);
     clean_up(&namespace).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_stream_deleted_behind_keels_back_is_made_again() {
+    let namespace = fresh_namespace();
+    let broker = broker(options(&namespace)).await;
+    broker.bind("gone", "gone.x").await.unwrap();
+    broker.publish("gone.x", body("lost")).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream(format!("{namespace}_q_gone"))
+        .await
+        .unwrap();
+    assert!(broker.fetch("gone", 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(
+        broker.depth("gone").await.unwrap(),
+        keel_domain::QueueDepth::default()
+    );
+    let sent = body("after");
+    assert!(broker.publish("gone.x", sent.clone()).await.unwrap());
+    let got = broker.fetch("gone", 10, LEASE).await.unwrap();
+    assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), [sent.id]);
+    broker.ack(got[0].tag).await.unwrap();
+    clean_up(&namespace).await;
+}

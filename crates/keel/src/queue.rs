@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use keel_broker_nats::{NatsBroker, NatsOptions};
 use keel_config::{BrokerKind, Settings};
 use keel_domain::{Broker, Hospital};
 use keel_queue::offload::Offloading;
@@ -46,7 +47,24 @@ impl Queue {
                     hospital: Arc::new(hospital),
                 }
             }
-            BrokerKind::RabbitMq | BrokerKind::Nats => {
+            BrokerKind::Nats => {
+                let options = NatsOptions {
+                    namespace: settings.queue.namespace.clone(),
+                    partitions: u16::try_from(settings.queue.partitions).unwrap_or(u16::MAX),
+                    max_depth: settings.queue.max_depth,
+                    max_body_bytes: settings.queue.max_body_bytes,
+                    ack_wait: std::time::Duration::from_millis(settings.queue.lease_ms),
+                    ..NatsOptions::default()
+                };
+                let broker = NatsBroker::connect(url.expose(), options)
+                    .await
+                    .with_context(|| format!("cannot reach NATS at {shown}"))?;
+                Self {
+                    broker: Arc::new(broker),
+                    hospital: database_hospital(settings).await?,
+                }
+            }
+            BrokerKind::RabbitMq => {
                 anyhow::bail!("queue.url {shown}: this build has no {kind:?} adapter yet")
             }
         };
@@ -63,4 +81,31 @@ impl Queue {
             hospital: queue.hospital,
         })
     }
+}
+
+/// The hospital for a broker that has no SQL beside it (RabbitMQ, NATS): in keel's database, so
+/// every process of a deployment shares it (on SQLite, a file under the data dir).
+async fn database_hospital(settings: &Settings) -> anyhow::Result<Arc<dyn Hospital>> {
+    let max_patients = settings.hospital.max_patients;
+    let limits = QueueLimits::default();
+    let hospital: Arc<dyn Hospital> = match settings.database_kind() {
+        Some(keel_config::DatabaseKind::Postgres) => {
+            let url = settings.driver_database_url();
+            let queue = PostgresQueue::open(url.expose(), limits)
+                .await
+                .with_context(|| format!("cannot open the hospital in {}", url.redacted()))?;
+            Arc::new(PostgresHospital::beside(&queue, max_patients))
+        }
+        _ => {
+            let url = format!(
+                "sqlite://{}",
+                settings.data_dir.join("hospital.db").display()
+            );
+            let queue = SqliteQueue::open(&url, limits)
+                .await
+                .with_context(|| format!("cannot open the hospital in {url}"))?;
+            Arc::new(SqliteHospital::beside(&queue, max_patients))
+        }
+    };
+    Ok(hospital)
 }

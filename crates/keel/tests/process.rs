@@ -477,13 +477,87 @@ async fn effects_per_user(url: &str, table: &str) -> std::collections::HashMap<S
 /// and one welcome notification per user), and nothing lands in the hospital.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_workers_and_relays_lose_no_event_and_apply_none_twice() {
-    const USERS: usize = 300;
     let dir = tempfile::tempdir().unwrap();
+    let hospital = format!("sqlite://{}", dir.path().join("queue.db").display());
+    kill_workers_mid_stream(dir, &[], &hospital, None).await;
+}
+
+/// The same on NATS JetStream — a private server, also killed with SIGKILL and restarted on its
+/// store mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_killed_workers_and_a_restarted_server_lose_no_event_and_apply_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = PrivateNats::start(dir.path());
+    let url = nats.url();
+    let hospital = format!("sqlite://{}", dir.path().join("hospital.db").display());
+    let env = [("KEEL_QUEUE__URL", url.as_str())];
+    kill_workers_mid_stream(dir, &env, &hospital, Some(nats)).await;
+}
+
+/// A NATS server of this test's own (JetStream on, its store in the test's directory).
+struct PrivateNats {
+    child: Child,
+    port: u16,
+    store: std::path::PathBuf,
+}
+
+impl PrivateNats {
+    fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let store = dir.join("nats");
+        let child = Self::spawn(port, &store);
+        Self { child, port, store }
+    }
+
+    fn spawn(port: u16, store: &Path) -> Child {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, a pause, and a restart on the same store.
+    fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        self.child = Self::spawn(self.port, &self.store);
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn kill_workers_mid_stream(
+    dir: tempfile::TempDir,
+    extra_env: &[(&str, &str)],
+    hospital_url: &str,
+    mut broker: Option<PrivateNats>,
+) {
+    const USERS: usize = 300;
     // Short leases, so what a killed worker held comes back quickly.
-    let env = [
+    let mut env = vec![
         ("KEEL_QUEUE__LEASE_MS", "1500"),
         ("KEEL_QUEUE__BACKOFF_BASE_MS", "50"),
     ];
+    env.extend_from_slice(extra_env);
     let port = free_port();
     let mut api = start(dir.path(), port, &env);
     let mut workers: Vec<Child> = (0..2).map(|_| start_worker(dir.path(), &env)).collect();
@@ -506,6 +580,11 @@ async fn killed_workers_and_relays_lose_no_event_and_apply_none_twice() {
         victim.kill().unwrap(); // SIGKILL, mid-stream
         victim.wait().unwrap();
         *victim = start_worker(dir.path(), &env);
+        if round == 2
+            && let Some(broker) = broker.as_mut()
+        {
+            broker.crash_and_restart();
+        }
     }
     let ids = writer.join().unwrap();
 
@@ -541,10 +620,9 @@ async fn killed_workers_and_relays_lose_no_event_and_apply_none_twice() {
         (USERS, USERS),
         "no stray effects"
     );
-    let queue = format!("sqlite://{}", dir.path().join("queue.db").display());
     let patients: i64 = {
         use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect(&queue).await.unwrap();
+        let mut conn = sqlx::SqliteConnection::connect(hospital_url).await.unwrap();
         sqlx::query_scalar("SELECT count(*) FROM hospital_patients")
             .fetch_one(&mut conn)
             .await

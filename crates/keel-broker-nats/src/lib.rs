@@ -25,7 +25,9 @@
 //!   binding on `<ns>.bindings.<group>.<pattern>`, one kept per subject). `bind` creates the
 //!   group's stream and consumers first, then stores the binding, so a publisher that sees a
 //!   binding always finds the stream. Every process caches the bindings (they only grow: the
-//!   port has no unbind) and reads the ones it has not seen by stream sequence.
+//!   port has no unbind) and reads the ones it has not seen by stream sequence. (Not a KV
+//!   bucket, which is the same thing underneath: async-nats 0.51 cannot create one on a 2.9
+//!   server, whose account-info answer it fails to parse.)
 //! - **Publish fans out in the adapter**, as the SQL queue does: one copy per matching group,
 //!   published to that group's stream with `Nats-Msg-Id = <message id>`, so a producer's retry
 //!   within the stream's duplicate window (default 2 minutes) is stored once per group

@@ -19,6 +19,8 @@ use keel_domain::BrokerError;
 const STORE_FAILED: u64 = 10077;
 /// "stream not found".
 pub(crate) const STREAM_NOT_FOUND: u64 = 10059;
+/// "error creating store for stream".
+pub(crate) const STREAM_STORE_FAILED: u64 = 10049;
 
 /// An async-nats error that may carry the JetStream API's answer.
 pub(crate) trait ServerAnswer: Error + Send + Sync + Sized + 'static {

@@ -25,7 +25,9 @@
 //!   binding on `<ns>.bindings.<group>.<pattern>`, one kept per subject). `bind` creates the
 //!   group's stream and consumers first, then stores the binding, so a publisher that sees a
 //!   binding always finds the stream. Every process caches the bindings (they only grow: the
-//!   port has no unbind) and reads the ones it has not seen by stream sequence.
+//!   port has no unbind) and reads the ones it has not seen by stream sequence. (Not a KV
+//!   bucket, which is the same thing underneath: async-nats 0.51 cannot create one on a 2.9
+//!   server, whose account-info answer it fails to parse.)
 //! - **Publish fans out in the adapter**, as the SQL queue does: one copy per matching group,
 //!   published to that group's stream with `Nats-Msg-Id = <message id>`, so a producer's retry
 //!   within the stream's duplicate window (default 2 minutes) is stored once per group
@@ -307,17 +309,18 @@ impl NatsBroker {
             .timeout(options.request_timeout)
             .ack_timeout(options.request_timeout)
             .build(client);
-        let bindings_stream = js
-            .get_or_create_stream(StreamConfig {
+        let bindings_stream = open_stream(
+            &js,
+            StreamConfig {
                 name: names::bindings_stream(&options.namespace),
                 subjects: vec![names::bindings_filter(&options.namespace)],
                 description: Some("keel bindings: group -> topic pattern".into()),
                 max_messages_per_subject: 1,
                 storage: StorageType::File,
                 ..Default::default()
-            })
-            .await
-            .map_err(classify)?;
+            },
+        )
+        .await?;
         let inner = Arc::new(Inner {
             js,
             options,
@@ -332,6 +335,25 @@ impl NatsBroker {
         });
         let sweeper = tokio::spawn(sweep_until_dropped(Arc::downgrade(&inner))).abort_handle();
         Ok(NatsBroker { inner, sweeper })
+    }
+}
+
+/// Gets a stream, creating it if missing. A create that fails with "error creating store" is
+/// tried again: nats-server 2.9 removes the account's `streams` directory when its last stream
+/// is deleted, and a create racing with that fails (seen with tests deleting their streams while
+/// others create theirs).
+async fn open_stream(js: &jetstream::Context, config: StreamConfig) -> Result<Stream, BrokerError> {
+    let mut attempt = 1;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) if attempt < 3 && error::code(&err) == Some(error::STREAM_STORE_FAILED) => {
+                tracing::warn!(stream = config.name, %err, "stream create failed; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => return Err(classify(err)),
+        }
     }
 }
 
@@ -400,8 +422,9 @@ impl Inner {
         let names = GroupNames::new(&options.namespace, name);
         let description = format!("keel group {name}; partitions {}", options.partitions);
         let stream = if create {
-            self.js
-                .get_or_create_stream(StreamConfig {
+            open_stream(
+                &self.js,
+                StreamConfig {
                     name: names.stream.clone(),
                     subjects: vec![format!("{}.*", names.subject_prefix)],
                     description: Some(description.clone()),
@@ -411,9 +434,9 @@ impl Inner {
                     storage: StorageType::File,
                     duplicate_window: options.duplicate_window,
                     ..Default::default()
-                })
-                .await
-                .map_err(classify)?
+                },
+            )
+            .await?
         } else {
             match self.js.get_stream(&names.stream).await {
                 Ok(stream) => stream,

@@ -1,7 +1,8 @@
 //! The `Broker` behavioural suite on the real NATS JetStream server, and what only several
 //! processes can show: two instances (two connections) competing for one group, a delivery of a
 //! dropped instance coming back to the other, a binding made in one instance routing the other's
-//! publishes at once, and the order of a key held across instances.
+//! publishes at once, the order of a key held across instances, and a private server stopped and
+//! restarted under a broker.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -386,4 +387,108 @@ async fn a_group_stream_deleted_behind_keels_back_is_made_again() {
     assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), [sent.id]);
     broker.ack(got[0].tag).await.unwrap();
     clean_up(&namespace).await;
+}
+
+/// A private nats-server (JetStream on, its own store), so a test may stop and restart it;
+/// dropping it kills the server.
+struct PrivateServer(std::process::Child);
+
+impl PrivateServer {
+    async fn start(port: u16, store: &std::path::Path) -> Self {
+        // Where Debian puts it (and where scripts/services.sh starts the shared one from).
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .unwrap_or("nats-server");
+        let child = std::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server installed");
+        let server = Self(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("private nats-server did not start");
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_is_unavailable_and_a_restarted_one_serves_its_stored_messages() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = tempfile::tempdir().unwrap();
+    let server = PrivateServer::start(port, store.path()).await;
+    let broker = NatsBroker::connect(
+        &format!("nats://127.0.0.1:{port}"),
+        NatsOptions {
+            request_timeout: Duration::from_millis(500),
+            ..options("restart")
+        },
+    )
+    .await
+    .unwrap();
+    broker.bind("keep", "keep.it").await.unwrap();
+    let kept = body("kept").with_key("k");
+    broker.publish("keep.it", kept.clone()).await.unwrap();
+
+    drop(server);
+    let while_down = body("while down");
+    let publish = broker.publish("keep.it", while_down.clone()).await;
+    assert!(
+        matches!(publish, Err(BrokerError::Unavailable(_))),
+        "{publish:?}"
+    );
+    let fetch = broker.fetch("keep", 10, LEASE).await;
+    assert!(
+        matches!(fetch, Err(BrokerError::Unavailable(_))),
+        "{fetch:?}"
+    );
+    let depth = broker.depth("keep").await;
+    assert!(
+        matches!(depth, Err(BrokerError::Unavailable(_))),
+        "{depth:?}"
+    );
+
+    let _server = PrivateServer::start(port, store.path()).await;
+    // The client reconnects by itself. `Unavailable` left the outcome unknown (the client may
+    // send the buffered publish once reconnected): the producer retries the same message, and
+    // the de-duplication stores it once whichever way it went.
+    let started = tokio::time::Instant::now();
+    while broker.publish("keep.it", while_down.clone()).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "reconnected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        for d in broker.fetch("keep", 10, LEASE).await.unwrap() {
+            got.push(d.id);
+            broker.ack(d.tag).await.unwrap();
+        }
+    }
+    got.sort();
+    let mut expected = vec![kept.id, while_down.id];
+    expected.sort();
+    assert_eq!(
+        got, expected,
+        "the stored message survived, the retried one is there once"
+    );
 }

@@ -13,6 +13,8 @@ use serde::Serialize;
 pub enum ApiError {
     #[error("User not found")]
     UserNotFound,
+    #[error("Job not found")]
+    JobNotFound,
     #[error("not found")]
     RouteNotFound,
     #[error("method not allowed")]
@@ -66,7 +68,7 @@ pub struct InternalCause {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::UserNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::UserNotFound | Self::JobNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Validation(_) | Self::UnknownField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
@@ -82,7 +84,7 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::UserNotFound | Self::RouteNotFound => "not_found",
+            Self::UserNotFound | Self::JobNotFound | Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Validation(_) => "validation_failed",
             Self::UnknownField { .. } => "unknown_field",

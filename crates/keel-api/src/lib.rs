@@ -1,6 +1,7 @@
 //! keel's HTTP API (the API server role, DESIGN.md C1).
 //!
-//! - [`router`]: the whole app: the users routes ([`users`]), the operations routes ([`ops`]:
+//! - [`router`]: the whole app: the users routes ([`users`]), the jobs routes ([`jobs`]:
+//!   fire-and-forget exports, 202 then `GET /jobs/{id}`), the operations routes ([`ops`]:
 //!   `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`), one middleware ([`middleware`])
 //!   for request ids, load shedding, timeouts, metrics and logs.
 //! - [`error`]: [`ApiError`], the only place where failures become status codes and JSON bodies.
@@ -11,6 +12,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod middleware;
 pub mod ops;
 pub mod users;
@@ -42,6 +44,7 @@ pub struct AppState {
     /// Renders the `metrics` recorder; `None` when the process installed none (some tests).
     pub metrics: Option<PrometheusHandle>,
     pub http: HttpSettings,
+    pub jobs: jobs::JobsState,
 }
 
 /// The complete API router.
@@ -49,6 +52,7 @@ pub fn router(state: AppState) -> Router {
     let limiter = middleware::Limiter::new(&state.http);
     Router::new()
         .merge(users::router())
+        .merge(jobs::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -150,10 +150,17 @@ pub async fn around_request(State(limiter): State<Limiter>, req: Request, next: 
         request_id = request_id.to_str().unwrap_or_default()
     );
 
+    // The caller's trace context; messages this request causes continue its trace.
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+
     let mut res = match limiter.in_flight.clone().try_acquire_owned() {
         Ok(permit) => {
-            let res =
-                tokio::time::timeout(limiter.timeout, next.run(req).instrument(span.clone())).await;
+            let handled = keel_domain::trace::scope(traceparent, next.run(req));
+            let res = tokio::time::timeout(limiter.timeout, handled.instrument(span.clone())).await;
             drop(permit);
             res.unwrap_or_else(|_| ApiError::Timeout.into_response())
         }

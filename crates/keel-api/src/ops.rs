@@ -138,12 +138,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
         crate::users::get_user,
         crate::users::update_user,
         crate::users::delete_user,
+        crate::jobs::export_user,
+        crate::jobs::get_job,
         healthz,
         readyz,
         metrics,
     ),
-    components(schemas(keel_domain::User, crate::users::UserInput, crate::users::UserPage, crate::error::ErrorBody)),
-    tags((name = "users", description = "Users, read through the cache"), (name = "operations", description = "Health, readiness, metrics")),
+    components(schemas(keel_domain::User, crate::users::UserInput, crate::users::UserPage, crate::error::ErrorBody, crate::jobs::JobAccepted, crate::jobs::JobView, keel_domain::JobState)),
+    tags((name = "users", description = "Users, read through the cache"), (name = "jobs", description = "Fire-and-forget jobs: 202 at once, then poll"), (name = "operations", description = "Health, readiness, metrics")),
 )]
 struct ApiDoc;
 

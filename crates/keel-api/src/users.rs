@@ -90,6 +90,7 @@ pub async fn create_user(
     State(state): State<AppState>,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
+    state.jobs.check_backpressure()?;
     let new = parse_input(&body)?;
     let user = state.users.create(new).await?;
     let mut res = user_response(StatusCode::CREATED, &user);
@@ -129,6 +130,7 @@ pub async fn update_user(
     Path(id): Path<String>,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
+    state.jobs.check_backpressure()?;
     let id = parse_id(&id)?;
     let input = parse_input(&body)?;
     let patch = UserPatch {
@@ -150,6 +152,7 @@ pub async fn delete_user(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    state.jobs.check_backpressure()?;
     let id = parse_id(&id)?;
     if state.users.delete(id).await? {
         Ok(StatusCode::NO_CONTENT)

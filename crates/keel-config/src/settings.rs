@@ -23,6 +23,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
+    pub queue: QueueSettings,
+    pub hospital: HospitalSettings,
 }
 
 impl Default for Settings {
@@ -34,6 +36,8 @@ impl Default for Settings {
             cache: CacheSettings::default(),
             telemetry: TelemetrySettings::default(),
             shutdown: ShutdownSettings::default(),
+            queue: QueueSettings::default(),
+            hospital: HospitalSettings::default(),
         }
     }
 }
@@ -167,6 +171,106 @@ impl Default for WriteBackSettings {
     }
 }
 
+/// The message queue, its workers and the outbox relay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// Broker URL; its scheme picks the backend: `sqlite://PATH` (the embedded queue),
+    /// `postgres://…` (the SQL queue on PostgreSQL), `amqp://…` (RabbitMQ) or `nats://…`
+    /// (NATS JetStream). Unset means `sqlite://<data_dir>/queue.db`.
+    pub url: Option<Secret>,
+    /// Prefix of every exchange, queue, stream and consumer keel makes on a shared broker.
+    pub namespace: String,
+    /// Messages a group may hold; beyond it publishing fails and the outbox holds the events
+    /// (backpressure, never unbounded memory).
+    pub max_depth: u64,
+    /// Largest message body carried inline by the broker (bytes); a larger body is stored in the
+    /// file store (`<data_dir>/blobs`) and the message carries a reference.
+    pub max_body_bytes: usize,
+    /// Largest message body accepted at all (bytes).
+    pub max_message_bytes: usize,
+    /// Partitions per group for keyed messages on RabbitMQ and NATS (the same in every process).
+    pub partitions: u32,
+    /// Deliveries each worker of a group fetches and handles at once.
+    pub batch: usize,
+    /// Workers (concurrent fetch loops) per group in this process.
+    pub workers_per_group: usize,
+    /// How long a delivery is held by its worker before another may take it (milliseconds);
+    /// longer than any handler runs.
+    pub lease_ms: u64,
+    /// Attempts in all, the first included; the last failure admits the message to the hospital.
+    pub max_attempts: u32,
+    /// First retry delay; each further retry doubles it, up to `backoff_max_ms` (milliseconds).
+    pub backoff_base_ms: u64,
+    /// Longest retry delay (milliseconds).
+    pub backoff_max_ms: u64,
+    /// Outbox rows the relay publishes per round.
+    pub relay_batch: u32,
+    /// Outbox rows waiting beyond which writes that emit events get 503 with Retry-After.
+    pub max_outbox: u64,
+    /// A job not started within this time expires (it goes to the hospital, marked expired)
+    /// (seconds; 0: never).
+    pub job_ttl_secs: u64,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            namespace: "keel".into(),
+            max_depth: 1_000_000,
+            max_body_bytes: 256 * 1024,
+            max_message_bytes: 64 * 1024 * 1024,
+            partitions: 8,
+            batch: 32,
+            workers_per_group: 2,
+            lease_ms: 30_000,
+            max_attempts: 5,
+            backoff_base_ms: 500,
+            backoff_max_ms: 300_000,
+            relay_batch: 256,
+            max_outbox: 100_000,
+            job_ttl_secs: 3_600,
+        }
+    }
+}
+
+/// The error hospital: where messages go when handling them failed for good.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HospitalSettings {
+    /// Patients it holds; beyond it admission is refused (the message stays in its queue and an
+    /// alert is logged) instead of evicting anyone.
+    pub max_patients: u64,
+    /// A URL that receives a JSON notice per admission and a periodic digest. Unset: no notices.
+    pub webhook_url: Option<Secret>,
+    /// Time between digests (seconds).
+    pub digest_interval_secs: u64,
+    /// Password of the `admin` user of the web console at `/admin/hospital`. Unset: the console
+    /// is not mounted.
+    pub admin_password: Option<Secret>,
+}
+
+impl Default for HospitalSettings {
+    fn default() -> Self {
+        Self {
+            max_patients: 100_000,
+            webhook_url: None,
+            digest_interval_secs: 3_600,
+            admin_password: None,
+        }
+    }
+}
+
+/// Which broker a queue URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Sqlite,
+    Postgres,
+    RabbitMq,
+    Nats,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -268,6 +372,35 @@ impl Settings {
         }
     }
 
+    /// The queue URL in force: the configured one, or the SQLite file under `data_dir`.
+    pub fn queue_url(&self) -> Secret {
+        match &self.queue.url {
+            Some(url) => url.clone(),
+            None => Secret::new(format!(
+                "sqlite://{}",
+                self.data_dir.join("queue.db").display()
+            )),
+        }
+    }
+
+    /// The broker the queue URL selects (checked by `validate`).
+    pub fn broker_kind(&self) -> Option<BrokerKind> {
+        let url = self.queue_url();
+        let scheme = url
+            .expose()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match scheme.as_str() {
+            "sqlite" => Some(BrokerKind::Sqlite),
+            "postgres" | "postgresql" => Some(BrokerKind::Postgres),
+            "amqp" | "amqps" => Some(BrokerKind::RabbitMq),
+            "nats" => Some(BrokerKind::Nats),
+            _ => None,
+        }
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.server.request_timeout_ms)
     }
@@ -279,6 +412,33 @@ impl Settings {
                 "database.url: unsupported scheme in {:?}; use sqlite://, postgres:// or mysql://",
                 self.database_url().redacted()
             ));
+        }
+        if self.broker_kind().is_none() {
+            return Err(format!(
+                "queue.url: unsupported scheme in {:?}; use sqlite://, postgres://, amqp:// or nats://",
+                self.queue_url().redacted()
+            ));
+        }
+        if self.queue.namespace.is_empty()
+            || !self
+                .queue
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "queue.namespace: must be letters, digits, _ or -, got {:?}",
+                self.queue.namespace
+            ));
+        }
+        if let Some(url) = &self.hospital.webhook_url {
+            let raw = url.expose();
+            if !(raw.starts_with("http://") || raw.starts_with("https://")) {
+                return Err(format!(
+                    "hospital.webhook_url: must start with http:// or https://, got {:?}",
+                    url.redacted()
+                ));
+            }
         }
         if let Some(redis) = &self.cache.redis_url {
             let url = redis.expose();
@@ -317,6 +477,29 @@ impl Settings {
             (
                 "cache.write_back.max_backlog",
                 self.cache.write_back.max_backlog as u64,
+            ),
+            ("queue.max_depth", self.queue.max_depth),
+            ("queue.max_body_bytes", self.queue.max_body_bytes as u64),
+            (
+                "queue.max_message_bytes",
+                self.queue.max_message_bytes as u64,
+            ),
+            ("queue.partitions", u64::from(self.queue.partitions)),
+            ("queue.batch", self.queue.batch as u64),
+            (
+                "queue.workers_per_group",
+                self.queue.workers_per_group as u64,
+            ),
+            ("queue.lease_ms", self.queue.lease_ms),
+            ("queue.max_attempts", u64::from(self.queue.max_attempts)),
+            ("queue.backoff_base_ms", self.queue.backoff_base_ms),
+            ("queue.backoff_max_ms", self.queue.backoff_max_ms),
+            ("queue.relay_batch", u64::from(self.queue.relay_batch)),
+            ("queue.max_outbox", self.queue.max_outbox),
+            ("hospital.max_patients", self.hospital.max_patients),
+            (
+                "hospital.digest_interval_secs",
+                self.hospital.digest_interval_secs,
             ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {

@@ -5,21 +5,26 @@
 //! - [`repo`]: the [`UserRepo`] port every relational backend implements, and [`StoreError`].
 //! - [`queue`]: the [`Broker`] port every message queue backend implements.
 //! - [`caching`]: [`CacheStrategy`], the seed's four caching techniques.
+//! - [`events`]: user events (outbox), jobs and subscriber effects: the [`EventStore`] port.
+//! - [`trace`]: the request's trace context, carried into message headers.
 //! - [`hospital`]: the [`Hospital`] port, where messages whose handling failed for good wait.
 //!
 //! **Invariant:** this crate does no I/O and knows no HTTP status codes.
 
 pub mod caching;
+pub mod events;
 pub mod hospital;
 pub mod queue;
 pub mod repo;
+pub mod trace;
 pub mod user;
 
 pub use caching::CacheStrategy;
+pub use events::{AuditEntry, EventStore, Job, JobState, Notification, OutboxRecord};
 pub use hospital::{
-    AdmissionReason, AttemptRecord, AuditEntry, CauseCount, Edit, Hospital, HospitalError,
-    NoticeClaim, Patient, PatientFilter, PatientPage, PatientQuery, PatientState, ReplayClaim,
-    Settlement, Transition,
+    AdmissionReason, AttemptRecord, CauseCount, Edit, Hospital, HospitalError, NoticeClaim,
+    Patient, PatientFilter, PatientPage, PatientQuery, PatientState, ReplayClaim, Settlement,
+    Transition,
 };
 pub use queue::{
     Broker, BrokerError, Capabilities, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth,

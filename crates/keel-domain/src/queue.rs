@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 /// A message id: UUIDv7, made by the publisher, stable across redeliveries. Consumers record it
 /// with their effect to absorb duplicates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct MessageId(pub Uuid);
 
 impl MessageId {

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keel_domain::hospital::{check_actor, check_reason, trace_id};
+use keel_domain::hospital::{AuditEntry, check_actor, check_reason, trace_id};
 use keel_domain::{
-    AdmissionReason, AuditEntry, CauseCount, Delivery, Hospital, HospitalError, NoticeClaim,
-    Patient, PatientFilter, PatientPage, PatientQuery, ReplayClaim, Transition,
+    AdmissionReason, CauseCount, Delivery, Hospital, HospitalError, NoticeClaim, Patient,
+    PatientFilter, PatientPage, PatientQuery, ReplayClaim, Transition,
 };
 use std::str::FromStr;
 

@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use chrono::Utc;
-use keel_domain::hospital::{Edit, Settlement};
+use keel_domain::hospital::{AuditEntry, Edit, Settlement};
 use keel_domain::{
-    AdmissionReason, AttemptRecord, AuditEntry, CauseCount, HospitalError, MessageId, Patient,
-    PatientFilter, PatientState,
+    AdmissionReason, AttemptRecord, CauseCount, HospitalError, MessageId, Patient, PatientFilter,
+    PatientState,
 };
 use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
 use uuid::Uuid;

@@ -18,6 +18,7 @@ mod hospital;
 mod hospital_my;
 mod hospital_pg;
 mod hospital_sql;
+pub mod offload;
 mod postgres;
 mod sqlite;
 pub mod worker;

@@ -1,6 +1,7 @@
 //! The MariaDB / MySQL backend.
 //!
-//! [`MariaDbStore`] implements [`keel_domain::UserRepo`]; [`MariaDbStore::migrate`] applies the
+//! [`MariaDbStore`] implements [`keel_domain::UserRepo`] and [`keel_domain::EventStore`] (every
+//! user write enqueues its event in the outbox in the same transaction); [`MariaDbStore::migrate`] applies the
 //! migrations under `migrations/` (sqlx takes a named lock, so concurrent instances are safe).
 
 use std::str::FromStr;
@@ -11,11 +12,15 @@ use keel_domain::{Page, PageRequest, StoreError, User, UserEmail, UserId, UserNa
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{MySqlPool, Row};
 
+mod events;
+
 pub use keel_store_sql::PoolSettings;
 
 /// This backend's migrations, oldest first (see `migrations/`).
-const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] =
-    &[(1, "users", include_str!("../migrations/0001_users.sql"))];
+const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
+    (1, "users", include_str!("../migrations/0001_users.sql")),
+    (2, "events", include_str!("../migrations/0002_events.sql")),
+];
 
 /// Users on MariaDB or MySQL.
 #[derive(Debug, Clone)]
@@ -82,18 +87,41 @@ macro_rules! select {
 /// Inserts `user`, or replaces the stored row if it is older. MariaDB's `ON DUPLICATE KEY UPDATE`
 /// would fire on the email key too and overwrite *another* user's row, so this is an update
 /// guarded by version, then an insert only when no row has this id.
-async fn upsert(conn: &mut sqlx::MySqlConnection, user: &User) -> Result<(), sqlx::Error> {
+/// Returns whether a row changed, and if so whether it was created.
+async fn upsert(
+    conn: &mut sqlx::MySqlConnection,
+    user: &User,
+) -> Result<Option<bool>, sqlx::Error> {
     if update_row(&mut *conn, user).await? == 1 {
-        return Ok(());
+        return Ok(Some(false));
     }
     let present = sqlx::query("SELECT 1 FROM users WHERE id = ?")
         .bind(user.id.to_string())
         .fetch_optional(&mut *conn)
         .await?;
-    if present.is_none() {
-        insert_row(&mut *conn, user).await?;
+    if present.is_some() {
+        return Ok(None);
     }
-    Ok(())
+    insert_row(&mut *conn, user).await?;
+    Ok(Some(true))
+}
+
+/// Deletes a user and, if it existed, enqueues its `user.deleted` event, in `tx`.
+async fn delete(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    id: UserId,
+) -> Result<bool, StoreError> {
+    let res = sqlx::query("DELETE FROM users WHERE id = ?")
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    if res.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let (topic, event) = keel_domain::events::user_deleted(id);
+    events::enqueue(&mut **tx, topic, &event).await?;
+    Ok(true)
 }
 
 async fn insert_row<'c, E: sqlx::MySqlExecutor<'c>>(
@@ -136,7 +164,11 @@ async fn update_row<'c, E: sqlx::MySqlExecutor<'c>>(
 #[async_trait]
 impl UserRepo for MariaDbStore {
     async fn insert(&self, user: &User) -> Result<(), StoreError> {
-        insert_row(&self.pool, user).await.map_err(map_err)
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        insert_row(&mut *tx, user).await.map_err(map_err)?;
+        let (topic, event) = keel_domain::events::user_written(user, true);
+        events::enqueue(&mut *tx, topic, &event).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
@@ -158,12 +190,16 @@ impl UserRepo for MariaDbStore {
     }
 
     async fn update(&self, user: &User) -> Result<bool, StoreError> {
-        if update_row(&self.pool, user).await.map_err(map_err)? == 1 {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        if update_row(&mut *tx, user).await.map_err(map_err)? == 1 {
+            let (topic, event) = keel_domain::events::user_written(user, false);
+            events::enqueue(&mut *tx, topic, &event).await?;
+            tx.commit().await.map_err(map_err)?;
             return Ok(true);
         }
         let present = sqlx::query("SELECT 1 FROM users WHERE id = ?")
             .bind(user.id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?;
         if present.is_some() {
@@ -174,12 +210,10 @@ impl UserRepo for MariaDbStore {
     }
 
     async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
-        let res = sqlx::query("DELETE FROM users WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        Ok(res.rows_affected() == 1)
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let deleted = delete(&mut tx, id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted)
     }
 
     async fn list(&self, page: PageRequest) -> Result<Page<User>, StoreError> {
@@ -205,14 +239,14 @@ impl UserRepo for MariaDbStore {
     async fn apply_batch(&self, upserts: &[User], deletes: &[UserId]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         for id in deletes {
-            sqlx::query("DELETE FROM users WHERE id = ?")
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
+            delete(&mut tx, *id).await?;
         }
         for user in upserts {
-            upsert(&mut tx, user).await.map_err(map_err)?;
+            // A replayed journal entry changes nothing and so announces nothing.
+            if let Some(created) = upsert(&mut tx, user).await.map_err(map_err)? {
+                let (topic, event) = keel_domain::events::user_written(user, created);
+                events::enqueue(&mut *tx, topic, &event).await?;
+            }
         }
         tx.commit().await.map_err(map_err)
     }

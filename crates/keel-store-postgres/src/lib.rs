@@ -1,6 +1,7 @@
 //! The PostgreSQL backend.
 //!
-//! [`PostgresStore`] implements [`keel_domain::UserRepo`]; [`PostgresStore::migrate`] applies the
+//! [`PostgresStore`] implements [`keel_domain::UserRepo`] and [`keel_domain::EventStore`] (every
+//! user write enqueues its event in the outbox in the same transaction); [`PostgresStore::migrate`] applies the
 //! migrations under `migrations/` (sqlx takes an advisory lock, so concurrent instances are safe).
 
 use std::str::FromStr;
@@ -10,11 +11,15 @@ use keel_domain::{Page, PageRequest, StoreError, User, UserEmail, UserId, UserNa
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
+mod events;
+
 pub use keel_store_sql::PoolSettings;
 
 /// This backend's migrations, oldest first (see `migrations/`).
-const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] =
-    &[(1, "users", include_str!("../migrations/0001_users.sql"))];
+const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
+    (1, "users", include_str!("../migrations/0001_users.sql")),
+    (2, "events", include_str!("../migrations/0002_events.sql")),
+];
 
 /// Users on PostgreSQL.
 #[derive(Debug, Clone)]
@@ -67,6 +72,24 @@ fn row_to_user(row: &PgRow) -> Result<User, StoreError> {
     })
 }
 
+/// Deletes a user and, if it existed, enqueues its `user.deleted` event, in `tx`.
+async fn delete(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: UserId,
+) -> Result<bool, StoreError> {
+    let res = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id.as_uuid())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    if res.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let (topic, event) = keel_domain::events::user_deleted(id);
+    events::enqueue(&mut **tx, topic, &event).await?;
+    Ok(true)
+}
+
 /// A `SELECT` of every users column followed by `$tail`, as one static string.
 macro_rules! select {
     ($tail:literal) => {
@@ -80,6 +103,7 @@ macro_rules! select {
 #[async_trait]
 impl UserRepo for PostgresStore {
     async fn insert(&self, user: &User) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO users (id, name, email, created_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -89,10 +113,12 @@ impl UserRepo for PostgresStore {
         .bind(user.created_at)
         .bind(user.updated_at)
         .bind(user.version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        Ok(())
+        let (topic, event) = keel_domain::events::user_written(user, true);
+        events::enqueue(&mut *tx, topic, &event).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
@@ -115,6 +141,7 @@ impl UserRepo for PostgresStore {
 
     async fn update(&self, user: &User) -> Result<bool, StoreError> {
         // One statement tells all three outcomes: updated, stale (row exists), or missing.
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         let row = sqlx::query(
             "WITH upd AS (UPDATE users SET name = $1, email = $2, updated_at = $3, version = $4 \
              WHERE id = $5 AND version < $4 RETURNING 1) \
@@ -125,25 +152,28 @@ impl UserRepo for PostgresStore {
         .bind(user.updated_at)
         .bind(user.version)
         .bind(user.id.as_uuid())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
         let updated: i64 = row.try_get("updated").map_err(map_err)?;
         let present: bool = row.try_get("present").map_err(map_err)?;
         match (updated, present) {
-            (1, _) => Ok(true),
+            (1, _) => {
+                let (topic, event) = keel_domain::events::user_written(user, false);
+                events::enqueue(&mut *tx, topic, &event).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(true)
+            }
             (_, true) => Err(StoreError::StaleVersion),
             _ => Ok(false),
         }
     }
 
     async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
-        let res = sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(id.as_uuid())
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        Ok(res.rows_affected() == 1)
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let deleted = delete(&mut tx, id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted)
     }
 
     async fn list(&self, page: PageRequest) -> Result<Page<User>, StoreError> {
@@ -166,18 +196,16 @@ impl UserRepo for PostgresStore {
     async fn apply_batch(&self, upserts: &[User], deletes: &[UserId]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         for id in deletes {
-            sqlx::query("DELETE FROM users WHERE id = $1")
-                .bind(id.as_uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
+            delete(&mut tx, *id).await?;
         }
         for user in upserts {
-            sqlx::query(
+            // `xmax = 0` only on a freshly inserted row; no row back when the stored version was
+            // not older (a replayed journal entry), which then announces nothing.
+            let changed: Option<bool> = sqlx::query_scalar(
                 "INSERT INTO users (id, name, email, created_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email, \
                  updated_at = excluded.updated_at, version = excluded.version \
-                 WHERE users.version < excluded.version",
+                 WHERE users.version < excluded.version RETURNING (xmax = 0)",
             )
             .bind(user.id.as_uuid())
             .bind(user.name.as_str())
@@ -185,9 +213,13 @@ impl UserRepo for PostgresStore {
             .bind(user.created_at)
             .bind(user.updated_at)
             .bind(user.version)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?;
+            if let Some(created) = changed {
+                let (topic, event) = keel_domain::events::user_written(user, created);
+                events::enqueue(&mut *tx, topic, &event).await?;
+            }
         }
         tx.commit().await.map_err(map_err)
     }

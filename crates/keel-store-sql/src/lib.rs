@@ -48,7 +48,7 @@ pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError
 
 /// A row the domain refuses: a bug or a hand edit, never the caller's fault.
 pub fn corrupt(what: &str) -> StoreError {
-    StoreError::Internal(format!("corrupt users row: {what}").into())
+    StoreError::Internal(format!("corrupt row: {what}").into())
 }
 
 /// Classifies a driver error. `is_email_key` tells whether a unique violation is on the users'
@@ -68,4 +68,27 @@ pub fn classify(e: sqlx::Error, is_email_key: impl Fn(&dyn DatabaseError) -> boo
         }
         other => StoreError::Internal(Box::new(other)),
     }
+}
+
+/// Times in the event tables are unix microseconds (a BIGINT on every engine: no dialect's
+/// timestamp type to convert).
+pub fn micros(t: &chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+pub fn from_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+pub fn duration_micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Message headers as the stores keep them: a JSON object of strings.
+pub fn headers_json(headers: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(headers).expect("string maps serialize")
 }

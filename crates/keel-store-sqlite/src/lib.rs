@@ -1,6 +1,7 @@
 //! The SQLite backend: keel's embedded default database, a single file in WAL mode.
 //!
-//! [`SqliteStore`] implements [`keel_domain::UserRepo`]; [`SqliteStore::migrate`] applies the
+//! [`SqliteStore`] implements [`keel_domain::UserRepo`] and [`keel_domain::EventStore`] (every user
+//! write enqueues its event in the outbox in the same transaction); [`SqliteStore::migrate`] applies the
 //! migrations under `migrations/`.
 
 use std::str::FromStr;
@@ -12,11 +13,15 @@ use keel_domain::{Page, PageRequest, StoreError, User, UserEmail, UserId, UserNa
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+mod events;
+
 pub use keel_store_sql::PoolSettings;
 
 /// This backend's migrations, oldest first (see `migrations/`).
-const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] =
-    &[(1, "users", include_str!("../migrations/0001_users.sql"))];
+const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
+    (1, "users", include_str!("../migrations/0001_users.sql")),
+    (2, "events", include_str!("../migrations/0002_events.sql")),
+];
 
 /// Users on SQLite.
 #[derive(Debug, Clone)]
@@ -100,7 +105,29 @@ macro_rules! select {
     };
 }
 
-async fn upsert<'c, E: sqlx::SqliteExecutor<'c>>(exec: E, user: &User) -> Result<(), sqlx::Error> {
+/// Deletes a user and, if it existed, enqueues its `user.deleted` event, in `tx`.
+async fn delete(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: UserId,
+) -> Result<bool, StoreError> {
+    let res = sqlx::query("DELETE FROM users WHERE id = ?")
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    if res.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let (topic, event) = keel_domain::events::user_deleted(id);
+    events::enqueue(&mut **tx, topic, &event).await?;
+    Ok(true)
+}
+
+/// Inserts or replaces over an older version; whether a row changed.
+async fn upsert<'c, E: sqlx::SqliteExecutor<'c>>(
+    exec: E,
+    user: &User,
+) -> Result<bool, sqlx::Error> {
     sqlx::query(
         "INSERT INTO users (id, name, email, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?) \
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email, \
@@ -115,12 +142,13 @@ async fn upsert<'c, E: sqlx::SqliteExecutor<'c>>(exec: E, user: &User) -> Result
     .bind(user.version)
     .execute(exec)
     .await
-    .map(drop)
+    .map(|res| res.rows_affected() == 1)
 }
 
 #[async_trait]
 impl UserRepo for SqliteStore {
     async fn insert(&self, user: &User) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         sqlx::query(
             "INSERT INTO users (id, name, email, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -130,10 +158,12 @@ impl UserRepo for SqliteStore {
         .bind(ts(&user.created_at))
         .bind(ts(&user.updated_at))
         .bind(user.version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        Ok(())
+        let (topic, event) = keel_domain::events::user_written(user, true);
+        events::enqueue(&mut *tx, topic, &event).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
@@ -155,6 +185,7 @@ impl UserRepo for SqliteStore {
     }
 
     async fn update(&self, user: &User) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         let res = sqlx::query(
             "UPDATE users SET name = ?, email = ?, updated_at = ?, version = ? WHERE id = ? AND version < ?",
         )
@@ -164,15 +195,18 @@ impl UserRepo for SqliteStore {
         .bind(user.version)
         .bind(user.id.to_string())
         .bind(user.version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
         if res.rows_affected() == 1 {
+            let (topic, event) = keel_domain::events::user_written(user, false);
+            events::enqueue(&mut *tx, topic, &event).await?;
+            tx.commit().await.map_err(map_err)?;
             return Ok(true);
         }
         let exists = sqlx::query("SELECT 1 FROM users WHERE id = ?")
             .bind(user.id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(map_err)?;
         if exists.is_some() {
@@ -183,12 +217,10 @@ impl UserRepo for SqliteStore {
     }
 
     async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
-        let res = sqlx::query("DELETE FROM users WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        Ok(res.rows_affected() == 1)
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let deleted = delete(&mut tx, id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(deleted)
     }
 
     async fn list(&self, page: PageRequest) -> Result<Page<User>, StoreError> {
@@ -220,14 +252,21 @@ impl UserRepo for SqliteStore {
     async fn apply_batch(&self, upserts: &[User], deletes: &[UserId]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         for id in deletes {
-            sqlx::query("DELETE FROM users WHERE id = ?")
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
+            delete(&mut tx, *id).await?;
         }
         for user in upserts {
-            upsert(&mut *tx, user).await.map_err(map_err)?;
+            // Only a row that changed announces itself: replaying a flushed journal entry
+            // (idempotent) publishes no second event.
+            let existed = sqlx::query("SELECT 1 FROM users WHERE id = ?")
+                .bind(user.id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .is_some();
+            if upsert(&mut *tx, user).await.map_err(map_err)? {
+                let (topic, event) = keel_domain::events::user_written(user, !existed);
+                events::enqueue(&mut *tx, topic, &event).await?;
+            }
         }
         tx.commit().await.map_err(map_err)
     }

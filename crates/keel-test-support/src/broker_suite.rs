@@ -31,6 +31,7 @@ pub async fn run_all(broker: Arc<dyn Broker>) {
     a_redelivery_reaches_only_its_group(&*broker).await;
     bad_names_and_oversized_bodies_are_refused(&*broker).await;
     competing_workers_share_the_messages_without_duplicates(broker.clone()).await;
+    competing_workers_keep_each_keys_order_and_run_keys_in_parallel(broker.clone()).await;
     a_full_group_pushes_back_on_the_producer(&*broker).await;
 }
 
@@ -289,6 +290,82 @@ async fn competing_workers_share_the_messages_without_duplicates(broker: Arc<dyn
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), total, "every message handled exactly once");
     assert_eq!(unique.len(), total);
+}
+
+async fn competing_workers_keep_each_keys_order_and_run_keys_in_parallel(broker: Arc<dyn Broker>) {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    broker.bind("keyed", "suite.keyed").await.unwrap();
+    let (keys, per_key) = (6, 15);
+    for n in 0..per_key {
+        for k in 0..keys {
+            broker
+                .publish(
+                    "suite.keyed",
+                    body(&format!("{k}:{n}")).with_key(format!("k{k}")),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let handled = Arc::new(Mutex::new(Vec::<(usize, usize)>::new()));
+    let (busy, most_busy) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let workers = (0..4).map(|_| {
+        let (broker, handled) = (broker.clone(), handled.clone());
+        let (busy, most_busy) = (busy.clone(), most_busy.clone());
+        tokio::spawn(async move {
+            let mut idle_rounds = 0;
+            while idle_rounds < 20 {
+                let batch = broker.fetch("keyed", 2, LEASE).await.unwrap();
+                if batch.is_empty() {
+                    idle_rounds += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                idle_rounds = 0;
+                for d in batch {
+                    let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
+                    most_busy.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(fastrand_ms())).await;
+                    let text = String::from_utf8(d.body.clone()).unwrap();
+                    let (k, n) = text.split_once(':').unwrap();
+                    handled
+                        .lock()
+                        .unwrap()
+                        .push((k.parse().unwrap(), n.parse().unwrap()));
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    broker.ack(d.tag).await.unwrap();
+                }
+            }
+        })
+    });
+    for worker in workers.collect::<Vec<_>>() {
+        worker.await.unwrap();
+    }
+    let handled = handled.lock().unwrap();
+    assert_eq!(handled.len(), keys * per_key, "every message handled once");
+    for k in 0..keys {
+        let order: Vec<usize> = handled
+            .iter()
+            .filter(|(kk, _)| *kk == k)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(
+            order,
+            (0..per_key).collect::<Vec<_>>(),
+            "key k{k} handled in publish order"
+        );
+    }
+    assert!(
+        most_busy.load(Ordering::SeqCst) > 1,
+        "different keys were handled at the same time"
+    );
+}
+
+/// A small, varying handling time, so that workers interleave.
+fn fastrand_ms() -> u64 {
+    u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 4)
 }
 
 async fn a_full_group_pushes_back_on_the_producer(broker: &dyn Broker) {

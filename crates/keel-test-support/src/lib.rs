@@ -1,6 +1,8 @@
 //! keel's shared test harness.
 //!
 //! - [`broker_suite`]: the behavioural suite of the [`keel_domain::Broker`] port.
+//! - [`event_suite`]: the behavioural suite of the [`keel_domain::EventStore`] port (outbox, jobs,
+//!   subscriber effects) and of the events every user write enqueues.
 //! - [`hospital_suite`]: the behavioural suite of the [`keel_domain::Hospital`] port.
 //! - [`repo_suite`]: the behavioural suite of the [`keel_domain::UserRepo`] port; each store
 //!   crate runs it against its real engine, so every backend is held to the same behaviour.
@@ -8,6 +10,7 @@
 //!   give each test its own database so tests can run in parallel.
 
 pub mod broker_suite;
+pub mod event_suite;
 pub mod hospital_suite;
 pub mod repo_suite;
 pub mod services;

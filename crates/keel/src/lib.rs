@@ -2,10 +2,14 @@
 //! tiers and the API into one server, so that tests can start the real thing in process.
 //!
 //! - [`database`]: opening the configured engine and migrating it.
+//! - [`queue`]: opening the configured broker and its hospital.
+//! - [`workers`]: the worker role (outbox relay, subscriber groups, queue metrics).
 //! - [`Application`]: build (binds the listener, port 0 allowed), then run until a shutdown
 //!   signal, draining as DESIGN.md C1 requires.
 
 pub mod database;
+pub mod queue;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +17,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use keel_api::jobs::JobsState;
 use keel_api::{AppState, HttpSettings, Probe, Readiness};
 use keel_cache::{CachePolicy, CachedUsers, RedisTier, ResourceCache, WriteBackOptions};
 use keel_config::Settings;
-use keel_domain::UserRepo;
+use keel_domain::{EventStore, UserRepo};
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
+use workers::Workers;
 
 /// How long a Redis command may take before the cache gives up on it and uses the database.
 const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_millis(250);
@@ -32,6 +39,13 @@ pub struct Application {
     users: Arc<CachedUsers>,
     readiness: Arc<Readiness>,
     settings: Settings,
+    repo: Arc<dyn UserRepo>,
+    events: Arc<dyn EventStore>,
+    /// The outbox backlog the API refuses writes over; kept fresh by the relay when this process
+    /// runs the worker role, by a poller otherwise.
+    backlog: Arc<AtomicU64>,
+    workers: Option<Workers>,
+    poller: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -55,6 +69,7 @@ impl Application {
                 .context("cannot apply database migrations")?;
         }
         let repo = database.repo();
+        let events = database.events();
 
         let l2 = match &settings.cache.redis_url {
             Some(url) => Some(
@@ -66,11 +81,12 @@ impl Application {
         };
         let users = build_users(&settings, repo.clone(), l2.clone()).await?;
 
-        let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(DatabaseProbe(repo))];
+        let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(DatabaseProbe(repo.clone()))];
         if let Some(l2) = l2 {
             probes.push(Arc::new(RedisProbe(l2)));
         }
         let readiness = Arc::new(Readiness::new(probes));
+        let backlog = Arc::new(AtomicU64::new(0));
         let state = AppState {
             users: users.clone(),
             readiness: readiness.clone(),
@@ -81,18 +97,59 @@ impl Application {
                 max_in_flight: settings.server.max_in_flight,
                 access_log: settings.telemetry.access_log,
             },
+            jobs: JobsState {
+                events: events.clone(),
+                outbox_backlog: backlog.clone(),
+                max_outbox: settings.queue.max_outbox,
+                job_ttl: (settings.queue.job_ttl_secs > 0)
+                    .then(|| Duration::from_secs(settings.queue.job_ttl_secs)),
+            },
         };
         let router = keel_api::router(state);
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+        let poller = tokio::spawn(poll_backlog(events.clone(), backlog.clone()));
         Ok(Self {
             listener,
             router,
             users,
             readiness,
             settings,
+            repo,
+            events,
+            backlog,
+            workers: None,
+            poller: Some(poller),
         })
+    }
+
+    /// Also runs the worker role in this process (`keel up`): the relay, the subscriber groups'
+    /// workers and the queue metrics, on the configured broker.
+    pub async fn with_workers(mut self) -> anyhow::Result<Self> {
+        let queue = queue::Queue::open(&self.settings).await?;
+        let workers = Workers::start(
+            &self.settings,
+            queue.broker,
+            queue.hospital,
+            self.events.clone(),
+            self.repo.clone(),
+        )
+        .await?;
+        // The relay sees the backlog at every round: the poller is no longer needed.
+        if let Some(poller) = self.poller.take() {
+            poller.abort();
+        }
+        let relay_backlog = workers.backlog();
+        let shared = self.backlog.clone();
+        self.poller = Some(tokio::spawn(async move {
+            loop {
+                shared.store(relay_backlog.load(Ordering::Relaxed), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+        self.workers = Some(workers);
+        Ok(self)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -118,6 +175,9 @@ impl Application {
             users,
             readiness,
             settings,
+            workers,
+            poller,
+            ..
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -129,6 +189,9 @@ impl Application {
             res = &mut server => {
                 // The server stopped on its own: that is a failure, but the backlog still flushes.
                 users.shutdown(FLUSH_ON_SHUTDOWN).await;
+                if let Some(workers) = workers {
+                    workers.shutdown(FLUSH_ON_SHUTDOWN).await;
+                }
                 return res.context("server task failed")?.context("server failed");
             }
             () = shutdown => {}
@@ -153,6 +216,14 @@ impl Application {
             }
         }
         users.shutdown(FLUSH_ON_SHUTDOWN).await;
+        if let Some(poller) = poller {
+            poller.abort();
+        }
+        // After the flush, so the relay may still publish what the flush wrote; what remains in
+        // the outbox is published by the next relay.
+        if let Some(workers) = workers {
+            workers.shutdown(FLUSH_ON_SHUTDOWN).await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -182,6 +253,17 @@ async fn build_users(
     CachedUsers::new(repo, cache, resource.strategy, Some(write_back))
         .await
         .context("cannot start the users cache (write-back journal replay)")
+}
+
+/// Keeps the API's view of the outbox backlog fresh when no relay runs in this process.
+async fn poll_backlog(events: Arc<dyn EventStore>, backlog: Arc<AtomicU64>) {
+    loop {
+        match events.outbox_backlog().await {
+            Ok(n) => backlog.store(n, Ordering::Relaxed),
+            Err(e) => tracing::debug!(error = %e, "outbox backlog unavailable"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 struct DatabaseProbe(Arc<dyn UserRepo>);

@@ -28,10 +28,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole system in one process with embedded defaults (today: API, cache, SQLite).
+    /// Run the whole system in one process with embedded defaults: the API, the cache, the
+    /// SQLite database, the embedded queue and its workers.
     Up,
     /// Run the API role alone (for several instances behind a load balancer).
     Serve,
+    /// Run the worker role alone: the outbox relay and the subscriber groups' workers. Run as many
+    /// as needed; they compete for the same queues.
+    Worker,
     /// Apply database migrations and exit.
     Migrate,
     /// Print the effective configuration (secrets redacted) and exit.
@@ -57,6 +61,7 @@ fn main() -> std::process::ExitCode {
         // Show the database actually used, also when it is the default SQLite file.
         let mut shown = settings.clone();
         shown.database.url = Some(settings.database_url());
+        shown.queue.url = Some(settings.queue_url());
         print!(
             "{}",
             toml::to_string_pretty(&shown).expect("settings serialize")
@@ -126,7 +131,10 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
             } else {
                 "serve"
             };
-            let app = Application::build(settings.clone(), Some(metrics)).await?;
+            let mut app = Application::build(settings.clone(), Some(metrics)).await?;
+            if matches!(command, Command::Up) {
+                app = app.with_workers().await?;
+            }
             let addr = app.local_addr();
             tracing::info!(
                 role,
@@ -141,12 +149,54 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
             );
             app.run_until_stopped(shutdown_signal()).await
         }
+        Command::Worker => {
+            keel_telemetry::init_metrics()?;
+            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                format!(
+                    "cannot create data directory {}",
+                    settings.data_dir.display()
+                )
+            })?;
+            let db = keel::database::Database::open(&settings).await?;
+            if settings.database.migrate_on_start {
+                db.migrate()
+                    .await
+                    .context("cannot apply database migrations")?;
+            }
+            let queue = keel::queue::Queue::open(&settings).await?;
+            let workers = keel::workers::Workers::start(
+                &settings,
+                queue.broker,
+                queue.hospital,
+                db.events(),
+                db.repo(),
+            )
+            .await?;
+            tracing::info!(
+                role = "worker",
+                database = %settings.database_url().redacted(),
+                queue = %settings.queue_url().redacted(),
+                startup_ms = started.elapsed().as_millis() as u64,
+                "keel is ready"
+            );
+            println!(
+                "keel worker: handling {} (Ctrl-C to stop)",
+                settings.queue_url().redacted()
+            );
+            shutdown_signal().await;
+            workers
+                .shutdown(std::time::Duration::from_millis(
+                    settings.shutdown.drain_deadline_ms,
+                ))
+                .await;
+            Ok(())
+        }
         Command::Config => unreachable!("handled before the runtime starts"),
         Command::Hospital { .. } => unreachable!("handled above"),
     }
 }
 
-/// `keel hospital …` on the embedded queue and hospital under the data directory.
+/// `keel hospital …` on the configured queue and its hospital.
 async fn hospital(
     command: keel_hospital::HospitalCommand,
     settings: &Settings,
@@ -157,15 +207,8 @@ async fn hospital(
             settings.data_dir.display()
         )
     })?;
-    let url = format!("sqlite://{}", settings.data_dir.join("queue.db").display());
-    let queue = std::sync::Arc::new(
-        keel_queue::SqliteQueue::open(&url, keel_queue::QueueLimits::default())
-            .await
-            .with_context(|| format!("cannot open the queue at {url}"))?,
-    );
-    // The command never admits, so the hospital's capacity does not matter here.
-    let hospital = std::sync::Arc::new(keel_queue::SqliteHospital::beside(&queue, u64::MAX));
-    let service = keel_hospital::HospitalService::new(hospital, queue);
+    let queue = keel::queue::Queue::open(settings).await?;
+    let service = keel_hospital::HospitalService::new(queue.hospital, queue.broker);
     keel_hospital::cli(command, &service, &mut std::io::stdout()).await?;
     Ok(())
 }

@@ -26,9 +26,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, NaiveDateTime, Utc};
+use keel_domain::hospital::AuditEntry;
 use keel_domain::{
-    AdmissionReason, AuditEntry, HospitalError, Patient, PatientFilter, PatientQuery, PatientState,
-    Transition,
+    AdmissionReason, HospitalError, Patient, PatientFilter, PatientQuery, PatientState, Transition,
 };
 use serde::Deserialize;
 

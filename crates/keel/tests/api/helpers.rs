@@ -127,11 +127,28 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
     spawn_with_settings(settings, dir).await
 }
 
+/// Like `keel up`: the API and the worker role (relay, workers) in one process, with the
+/// embedded queue under the test's directory.
+pub async fn spawn_up_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, dir.path()).await;
+    let mut settings = base_settings(dir.path(), url);
+    configure(&mut settings);
+    spawn(settings, dir, true).await
+}
+
 pub async fn spawn_with_settings(settings: Settings, dir: tempfile::TempDir) -> TestApp {
+    spawn(settings, dir, false).await
+}
+
+async fn spawn(settings: Settings, dir: tempfile::TempDir, workers: bool) -> TestApp {
     settings.validate().expect("test settings are valid");
-    let app = Application::build(settings.clone(), Some(metrics()))
+    let mut app = Application::build(settings.clone(), Some(metrics()))
         .await
         .expect("app builds");
+    if workers {
+        app = app.with_workers().await.expect("workers start");
+    }
     let address = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {

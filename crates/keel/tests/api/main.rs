@@ -1,5 +1,6 @@
 //! API tests: the real application on a real port, against every database backend.
 
 mod helpers;
+mod jobs;
 mod ops;
 mod users;

@@ -97,10 +97,13 @@ impl Worker {
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            let handled = tokio::select! {
-                res = self.run_once() => res,
+            // Shutdown is looked at between rounds only: a round is never cut short.
+            tokio::select! {
+                biased;
                 () = &mut shutdown => return,
-            };
+                () = std::future::ready(()) => {}
+            }
+            let handled = self.run_once().await;
             let pause = match handled {
                 Ok(outcomes) if !outcomes.is_empty() => continue,
                 Ok(_) => self.idle,

@@ -6,9 +6,14 @@
 //!   pinned to core 1, drives it with wrk pinned to core 0 on the cache-hit and cache-miss paths,
 //!   measures idle RSS and cold start, prints a table with ratios against the targets and writes
 //!   `bench/out/results.json`. `bash bench/run.sh` installs what it needs and calls this.
+//! * `keel-bench queue` — the queue benchmark: end-to-end messages/s and publish-to-handle
+//!   latency of keel's `Broker` and `Worker` on each backend beside the broker's raw client;
+//!   prints the table and the keel/raw ratios against the targets and writes
+//!   `bench/out/queue.json`. `bash bench/queue.sh` builds it and calls this.
 
 mod bare;
 mod http;
+mod queue;
 mod report;
 mod run;
 mod seed;
@@ -19,7 +24,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "keel-bench",
-    about = "keel's benchmark: keel vs a bare axum ceiling vs the seed's Flask example"
+    about = "keel's benchmarks: HTTP (keel vs a bare axum ceiling vs the seed's Flask example) and queue (keel vs each broker's raw client)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +40,8 @@ enum Cmd {
     },
     /// Run the whole benchmark and print the results table.
     Run(Box<run::RunArgs>),
+    /// Run the queue benchmark (keel's broker and worker vs each broker's raw client).
+    Queue(Box<queue::QueueArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +49,6 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Bare { listen } => bare::serve(&listen),
         Cmd::Run(args) => run::run(*args),
+        Cmd::Queue(args) => queue::run(*args),
     }
 }

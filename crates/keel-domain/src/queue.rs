@@ -135,6 +135,19 @@ pub trait Broker: Send + Sync + 'static {
     /// Stores the message for every bound group; durable when it returns `Ok`. Returns whether
     /// any group received it (`false`: nothing is bound to the topic, the message went nowhere).
     async fn publish(&self, topic: &str, message: Outgoing) -> Result<bool, BrokerError>;
+    /// Publishes a batch of `(topic, message)`, each as [`Broker::publish`] would, and returns
+    /// whether each was routed; durable when it returns `Ok`. Backends override it to store a
+    /// batch in one round trip (the SQL queue: one transaction). On error, some of the batch may
+    /// have been stored (none on the SQL queue, which stores all or nothing; any subset on a
+    /// broker that pipelines): retrying the whole batch is safe, as ids make the copies harmless
+    /// (stored once where `dedupes_publish`, absorbed by consumers otherwise).
+    async fn publish_many(&self, batch: &[(String, Outgoing)]) -> Result<Vec<bool>, BrokerError> {
+        let mut routed = Vec::with_capacity(batch.len());
+        for (topic, message) in batch {
+            routed.push(self.publish(topic, message.clone()).await?);
+        }
+        Ok(routed)
+    }
     /// Stores the message for `group` alone, whatever is bound: a hospital replay goes back to
     /// the group that failed it, not to every subscriber of its topic.
     async fn redeliver(
@@ -153,6 +166,16 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>, BrokerError>;
     /// The message was handled: it is removed.
     async fn ack(&self, tag: DeliveryTag) -> Result<(), BrokerError>;
+    /// Acknowledges each delivery as [`Broker::ack`] would, returning one result per tag in order
+    /// (a stale tag is `LeaseLost` without affecting the others). Backends override it to settle
+    /// a batch in one round trip (the SQL queue: one transaction).
+    async fn ack_many(&self, tags: &[DeliveryTag]) -> Vec<Result<(), BrokerError>> {
+        let mut results = Vec::with_capacity(tags.len());
+        for tag in tags {
+            results.push(self.ack(*tag).await);
+        }
+        results
+    }
     /// Handling failed: deliver it again no earlier than `delay` from now (its key stays blocked).
     async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError>;
     async fn depth(&self, group: &str) -> Result<QueueDepth, BrokerError>;

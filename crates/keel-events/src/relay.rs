@@ -107,35 +107,35 @@ impl Relay {
         }
         round.leading = true;
         let pending = self.events.outbox_pending(self.settings.batch).await?;
-        let mut done = Vec::with_capacity(pending.len());
+        // One batch, in outbox order: the SQL queue stores it in one transaction, other brokers
+        // pipeline it. On failure nothing is removed and the whole batch is published again
+        // later (the message ids make the copies harmless), so no row overtakes another.
         let mut failure = None;
-        for record in pending {
-            match self
-                .broker
-                .publish(&record.topic, record.message.clone())
-                .await
-            {
-                Ok(true) => {
-                    round.published += 1;
-                    metrics::counter!("keel_queue_published_total", "topic" => record.topic.clone())
-                        .increment(1);
+        if !pending.is_empty() {
+            let batch: Vec<(String, keel_domain::Outgoing)> = pending
+                .iter()
+                .map(|r| (r.topic.clone(), r.message.clone()))
+                .collect();
+            match self.broker.publish_many(&batch).await {
+                Ok(routed) => {
+                    for (record, routed) in pending.iter().zip(routed) {
+                        let topic = record.topic.clone();
+                        if routed {
+                            round.published += 1;
+                            metrics::counter!("keel_queue_published_total", "topic" => topic)
+                                .increment(1);
+                        } else {
+                            round.unrouted += 1;
+                            metrics::counter!("keel_queue_unrouted_total", "topic" => topic)
+                                .increment(1);
+                            tracing::warn!(topic = %record.topic, message_id = %record.message.id, "no group is bound to this topic; the message went nowhere");
+                        }
+                    }
+                    let done: Vec<i64> = pending.iter().map(|r| r.seq).collect();
+                    self.events.outbox_remove(&done).await?;
                 }
-                Ok(false) => {
-                    round.unrouted += 1;
-                    metrics::counter!("keel_queue_unrouted_total", "topic" => record.topic.clone())
-                        .increment(1);
-                    tracing::warn!(topic = %record.topic, message_id = %record.message.id, "no group is bound to this topic; the message went nowhere");
-                }
-                Err(e) => {
-                    // Stop here: later rows must not overtake this one (per-key order).
-                    failure = Some(e);
-                    break;
-                }
+                Err(e) => failure = Some(e),
             }
-            done.push(record.seq);
-        }
-        if !done.is_empty() {
-            self.events.outbox_remove(&done).await?;
         }
         self.backlog
             .store(self.events.outbox_backlog().await?, Ordering::Relaxed);

@@ -138,6 +138,36 @@ fn classify(e: sqlx::Error) -> BrokerError {
     }
 }
 
+/// The error every write of a failed group commit receives (the one `sqlx::Error` cannot be
+/// handed to each of them), classified as [`classify`] would.
+fn group_fault(e: &sqlx::Error) -> BrokerError {
+    let source = e.to_string().into();
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            BrokerError::Unavailable(source)
+        }
+        _ => BrokerError::Internal(source),
+    }
+}
+
+/// A copy of `e` for each of several callers (a batch's results), same variant, its source as
+/// text.
+fn replicate(e: &BrokerError) -> BrokerError {
+    let text = |source: &(dyn std::error::Error + Send + Sync)| -> Box<dyn std::error::Error + Send + Sync> {
+        source.to_string().into()
+    };
+    match e {
+        BrokerError::LeaseLost => BrokerError::LeaseLost,
+        BrokerError::Full => BrokerError::Full,
+        BrokerError::Invalid { what, why } => BrokerError::Invalid {
+            what,
+            why: why.clone(),
+        },
+        BrokerError::Unavailable(source) => BrokerError::Unavailable(text(source.as_ref())),
+        BrokerError::Internal(source) => BrokerError::Internal(text(source.as_ref())),
+    }
+}
+
 fn check_publish(topic: &str, body: &[u8], limits: &QueueLimits) -> Result<(), BrokerError> {
     keel_domain::queue::check_name("topic", topic, false)?;
     if body.len() > limits.max_body_bytes {

@@ -119,6 +119,21 @@ impl Offloading {
     }
 }
 
+impl Offloading {
+    /// After an acknowledgement: removes this group's link to an offloaded body, if any.
+    async fn forget(&self, tag: DeliveryTag) {
+        let held = self.held.lock().expect("held map").remove(&tag);
+        if let Some((group, id, _)) = held {
+            let path = self.path(&group, id);
+            if let Err(e) = tokio::fs::remove_file(&path).await
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "offloaded body not removed");
+            }
+        }
+    }
+}
+
 /// Writes `body` to `staging` (fsynced), hard-links it at every path of `links`, then removes the
 /// staging name: the data exists once, however many groups receive it.
 fn write_linked(staging: &Path, body: &[u8], links: &[PathBuf]) -> std::io::Result<()> {
@@ -154,6 +169,15 @@ impl Broker for Offloading {
         self.inner.publish(topic, message).await
     }
 
+    async fn publish_many(&self, batch: &[(String, Outgoing)]) -> Result<Vec<bool>, BrokerError> {
+        let mut slim = Vec::with_capacity(batch.len());
+        for (topic, message) in batch {
+            let groups = crate::matching_groups(&self.bindings, topic);
+            slim.push((topic.clone(), self.offload(&groups, message.clone()).await?));
+        }
+        self.inner.publish_many(&slim).await
+    }
+
     async fn redeliver(
         &self,
         group: &str,
@@ -187,16 +211,18 @@ impl Broker for Offloading {
 
     async fn ack(&self, tag: DeliveryTag) -> Result<(), BrokerError> {
         self.inner.ack(tag).await?;
-        let held = self.held.lock().expect("held map").remove(&tag);
-        if let Some((group, id, _)) = held {
-            let path = self.path(&group, id);
-            if let Err(e) = tokio::fs::remove_file(&path).await
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %path.display(), error = %e, "offloaded body not removed");
+        self.forget(tag).await;
+        Ok(())
+    }
+
+    async fn ack_many(&self, tags: &[DeliveryTag]) -> Vec<Result<(), BrokerError>> {
+        let results = self.inner.ack_many(tags).await;
+        for (tag, result) in tags.iter().zip(&results) {
+            if result.is_ok() {
+                self.forget(*tag).await;
             }
         }
-        Ok(())
+        results
     }
 
     async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError> {

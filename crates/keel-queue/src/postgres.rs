@@ -1,6 +1,13 @@
 //! The queue on PostgreSQL: the SQLite model, with `FOR UPDATE SKIP LOCKED` so that competing
 //! workers in many processes never claim the same row.
+//!
+//! A batch is one statement: `publish_many` inserts every copy from arrays (`UNNEST … WITH
+//! ORDINALITY`, in batch order so that `seq` follows publish order) and `ack_many` deletes every
+//! tag from arrays, each in one transaction with one depth update per group. PostgreSQL commits
+//! concurrent transactions with shared WAL flushes by itself, so unlike SQLite no writer task is
+//! needed.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     DeliveryRow, QueueLimits, check_publish, classify, delivery, depth, duration_micros,
-    encode_headers, matching_groups, micros,
+    encode_headers, matching_groups, micros, replicate,
 };
 
 const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
@@ -26,6 +33,11 @@ const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
         "hospital",
         include_str!("../migrations/postgres/0002_hospital.sql"),
     ),
+    (
+        4,
+        "queue claim order",
+        include_str!("../migrations/postgres/0004_queue_claim_order.sql"),
+    ),
 ];
 
 /// The queue in PostgreSQL tables.
@@ -34,6 +46,8 @@ pub struct PostgresQueue {
     pool: PgPool,
     limits: QueueLimits,
 }
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
 
 impl PostgresQueue {
     pub(crate) fn pool(&self) -> &PgPool {
@@ -55,47 +69,65 @@ impl PostgresQueue {
         Ok(Self { pool, limits })
     }
 
-    /// Stores one copy of `message` per group in `tx`; a group already holding the message id
-    /// keeps its copy (a republish), a full group fails the whole transaction.
+    /// Stores each `(group, topic, message)` copy in `tx` with one statement; a group already
+    /// holding the message id keeps its copy (a republish), and a group without room fails the
+    /// whole transaction with `Full`.
     async fn store(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        groups: &[&str],
-        topic: &str,
-        message: &Outgoing,
+        tx: &mut Tx<'_>,
+        copies: &[(&str, &str, &Outgoing)],
     ) -> Result<(), BrokerError> {
+        if copies.is_empty() {
+            return Ok(());
+        }
         let now = micros(Utc::now());
-        let headers = encode_headers(&message.headers);
-        for group in groups {
-            let inserted = sqlx::query(
-                "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (grp, id) DO NOTHING",
-            )
-            .bind(group)
-            .bind(message.id.0)
-            .bind(topic)
-            .bind(&message.key)
-            .bind(&headers)
-            .bind(&message.body)
-            .bind(now)
-            .bind(message.expires_at.map(micros))
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            if inserted.rows_affected() == 0 {
-                continue; // a republished message: stored once
-            }
+        let groups: Vec<&str> = copies.iter().map(|c| c.0).collect();
+        let ids: Vec<Uuid> = copies.iter().map(|c| c.2.id.0).collect();
+        let topics: Vec<&str> = copies.iter().map(|c| c.1).collect();
+        let keys: Vec<Option<&str>> = copies.iter().map(|c| c.2.key.as_deref()).collect();
+        let headers: Vec<String> = copies
+            .iter()
+            .map(|c| encode_headers(&c.2.headers))
+            .collect();
+        let bodies: Vec<&[u8]> = copies.iter().map(|c| c.2.body.as_slice()).collect();
+        let expires: Vec<Option<i64>> = copies.iter().map(|c| c.2.expires_at.map(micros)).collect();
+        let stored: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
+             SELECT grp, id, topic, msg_key, headers, body, $8, expires_at, $8 \
+             FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[]) \
+               WITH ORDINALITY AS c (grp, id, topic, msg_key, headers, body, expires_at, ord) \
+             ORDER BY ord \
+             ON CONFLICT (grp, id) DO NOTHING RETURNING grp",
+        )
+        .bind(groups)
+        .bind(ids)
+        .bind(topics)
+        .bind(keys)
+        .bind(headers)
+        .bind(bodies)
+        .bind(expires)
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(classify)?;
+        let mut per_group: BTreeMap<String, i64> = BTreeMap::new();
+        for group in stored {
+            *per_group.entry(group).or_default() += 1;
+        }
+        // Groups in name order, in publishes and acks alike, so two transactions never wait on
+        // each other's depth rows in opposite orders.
+        for (group, n) in per_group {
             let counted = sqlx::query(
-                "UPDATE queue_groups SET depth = depth + 1 WHERE grp = $1 AND depth < $2",
+                "UPDATE queue_groups SET depth = depth + $2 WHERE grp = $1 AND depth + $2 <= $3",
             )
             .bind(group)
+            .bind(n)
             .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX))
             .execute(&mut **tx)
             .await
             .map_err(classify)?;
             if counted.rows_affected() == 0 {
-                return Err(BrokerError::Full); // the transaction rolls back: no group gets it
+                return Err(BrokerError::Full); // the transaction rolls back: nothing is stored
             }
         }
         Ok(())
@@ -125,17 +157,33 @@ impl Broker for PostgresQueue {
     }
 
     async fn publish(&self, topic: &str, message: Outgoing) -> Result<bool, BrokerError> {
-        check_publish(topic, &message.body, &self.limits)?;
+        let routed = self.publish_many(&[(topic.to_owned(), message)]).await?;
+        Ok(routed.first().copied().unwrap_or(false))
+    }
+
+    async fn publish_many(&self, batch: &[(String, Outgoing)]) -> Result<Vec<bool>, BrokerError> {
+        for (topic, message) in batch {
+            check_publish(topic, &message.body, &self.limits)?;
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let bindings: Vec<(String, String)> =
             sqlx::query_as("SELECT grp, pattern FROM queue_bindings")
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(classify)?;
-        let groups = matching_groups(&bindings, topic);
-        self.store(&mut tx, &groups, topic, &message).await?;
+        let mut routed = Vec::with_capacity(batch.len());
+        let mut copies = Vec::with_capacity(batch.len());
+        for (topic, message) in batch {
+            let groups = matching_groups(&bindings, topic);
+            routed.push(!groups.is_empty());
+            copies.extend(groups.into_iter().map(|g| (g, topic.as_str(), message)));
+        }
+        self.store(&mut tx, &copies).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(!groups.is_empty())
+        Ok(routed)
     }
 
     async fn redeliver(
@@ -152,7 +200,7 @@ impl Broker for PostgresQueue {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-        self.store(&mut tx, &[group], topic, &message).await?;
+        self.store(&mut tx, &[(group, topic, &message)]).await?;
         tx.commit().await.map_err(classify)
     }
 
@@ -162,6 +210,8 @@ impl Broker for PostgresQueue {
         }
     }
 
+    /// Claims follow `queue_messages_order (grp, seq)`, stopping after the batch; each key check
+    /// is one probe of `queue_messages_keys (grp, msg_key, seq)`.
     async fn fetch(
         &self,
         group: &str,
@@ -198,24 +248,32 @@ impl Broker for PostgresQueue {
     }
 
     async fn ack(&self, tag: DeliveryTag) -> Result<(), BrokerError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let group: Option<String> = sqlx::query_scalar(
-            "DELETE FROM queue_messages WHERE seq = $1 AND lease = $2 RETURNING grp",
-        )
-        .bind(tag.seq)
-        .bind(tag.lease.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let Some(group) = group else {
-            return Err(BrokerError::LeaseLost);
-        };
-        sqlx::query("UPDATE queue_groups SET depth = depth - 1 WHERE grp = $1")
-            .bind(group)
-            .execute(&mut *tx)
+        self.ack_many(&[tag])
             .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)
+            .pop()
+            .unwrap_or(Err(BrokerError::LeaseLost))
+    }
+
+    async fn ack_many(&self, tags: &[DeliveryTag]) -> Vec<Result<(), BrokerError>> {
+        if tags.is_empty() {
+            return Vec::new();
+        }
+        match self.remove(tags).await {
+            Ok(removed) => {
+                let mut removed: HashSet<(i64, String)> = removed;
+                // In order: the first of repeated tags takes the removal, the rest lost it.
+                tags.iter()
+                    .map(|tag| {
+                        if removed.remove(&(tag.seq, tag.lease.to_string())) {
+                            Ok(())
+                        } else {
+                            Err(BrokerError::LeaseLost)
+                        }
+                    })
+                    .collect()
+            }
+            Err(e) => tags.iter().map(|_| Err(replicate(&e))).collect(),
+        }
     }
 
     async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError> {
@@ -248,5 +306,41 @@ impl Broker for PostgresQueue {
         .await
         .map_err(classify)?;
         Ok(depth(now, total, in_flight, oldest))
+    }
+}
+
+impl PostgresQueue {
+    /// Deletes every tagged message still under its lease, in one transaction, and returns the
+    /// `(seq, lease)` of those removed.
+    async fn remove(&self, tags: &[DeliveryTag]) -> Result<HashSet<(i64, String)>, BrokerError> {
+        let seqs: Vec<i64> = tags.iter().map(|t| t.seq).collect();
+        let leases: Vec<String> = tags.iter().map(|t| t.lease.to_string()).collect();
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "DELETE FROM queue_messages m USING UNNEST($1::bigint[], $2::text[]) AS t (seq, lease) \
+             WHERE m.seq = t.seq AND m.lease = t.lease RETURNING m.seq, m.lease, m.grp",
+        )
+        .bind(seqs)
+        .bind(leases)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let mut per_group: BTreeMap<&str, i64> = BTreeMap::new();
+        for (_, _, group) in &rows {
+            *per_group.entry(group.as_str()).or_default() += 1;
+        }
+        for (group, n) in per_group {
+            sqlx::query("UPDATE queue_groups SET depth = depth - $2 WHERE grp = $1")
+                .bind(group)
+                .bind(n)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, lease, _)| (seq, lease))
+            .collect())
     }
 }

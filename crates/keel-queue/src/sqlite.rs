@@ -1,18 +1,30 @@
 //! The queue on SQLite.
+//!
+//! SQLite has one writer at a time, and with `synchronous = FULL` every commit costs an fsync.
+//! So every write of the queue (bind, publish, redeliver, the claim of a fetch, ack, retry) goes
+//! to one task that owns the write connection and commits whatever callers queued meanwhile in
+//! one transaction (group commit): many concurrent publishes and acks share one fsync, and no
+//! caller is answered before the commit that holds its write, so durability is unchanged.
+//! Connections competing for the write lock instead would sleep in SQLite's busy handler.
+//! Reads (`depth`) and the hospital use the pool.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
     DeliveryRow, QueueLimits, check_publish, classify, delivery, depth, duration_micros,
-    encode_headers, matching_groups, micros,
+    encode_headers, group_fault, matching_groups, micros, replicate,
 };
 
 const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
@@ -26,12 +38,23 @@ const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
         "hospital",
         include_str!("../migrations/sqlite/0002_hospital.sql"),
     ),
+    (
+        4,
+        "queue claim order",
+        include_str!("../migrations/sqlite/0004_queue_claim_order.sql"),
+    ),
 ];
+
+/// Writes waiting for the writer; a caller beyond it waits to enqueue (bounded memory).
+const QUEUED_WRITES: usize = 1024;
+/// Writes committed together at most: bounds one transaction's length.
+const GROUP_WRITES: usize = 256;
 
 /// The embedded queue: tables in an SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteQueue {
     pool: SqlitePool,
+    writer: mpsc::Sender<Write>,
     limits: QueueLimits,
 }
 
@@ -40,7 +63,8 @@ impl SqliteQueue {
         &self.pool
     }
 
-    /// Opens (creating if missing) the queue database at `url` and applies its migrations.
+    /// Opens (creating if missing) the queue database at `url`, applies its migrations and
+    /// starts the writer task (it ends when the last clone of the queue is dropped).
     ///
     /// `synchronous = FULL`: a publish acknowledged to a producer survives power loss, not only a
     /// process crash, since the producer forgets the message once it is acknowledged.
@@ -53,61 +77,400 @@ impl SqliteQueue {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(classify)?;
         keel_store_sql::migrator(MIGRATIONS)
             .run(&pool)
             .await
             .map_err(|e| BrokerError::Internal(Box::new(e)))?;
-        Ok(Self { pool, limits })
+        let conn = options.connect().await.map_err(classify)?;
+        let (writer, writes) = mpsc::channel(QUEUED_WRITES);
+        tokio::spawn(write_loop(conn, writes, limits));
+        Ok(Self {
+            pool,
+            writer,
+            limits,
+        })
     }
 
-    /// Stores one copy of `message` per group in `tx`; a group already holding the message id
-    /// keeps its copy (a republish), a full group fails the whole transaction.
-    async fn store(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        groups: &[&str],
-        topic: &str,
-        message: &Outgoing,
-    ) -> Result<(), BrokerError> {
-        let now = micros(Utc::now());
-        let headers = encode_headers(&message.headers);
-        for group in groups {
-            let inserted = sqlx::query(
-                "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grp, id) DO NOTHING",
-            )
-            .bind(group)
-            .bind(message.id.to_string())
-            .bind(topic)
-            .bind(&message.key)
-            .bind(&headers)
-            .bind(&message.body)
-            .bind(now)
-            .bind(message.expires_at.map(micros))
-            .bind(now)
-            .execute(&mut **tx)
+    /// Hands `op` to the writer and waits for the commit that holds it.
+    async fn write(&self, op: Op) -> Result<Done, BrokerError> {
+        let (reply, done) = oneshot::channel();
+        self.writer
+            .send(Write { op, reply })
             .await
-            .map_err(classify)?;
-            if inserted.rows_affected() == 0 {
-                continue; // a republished message: stored once
+            .map_err(|_| writer_gone())?;
+        done.await.map_err(|_| writer_gone())
+    }
+}
+
+fn writer_gone() -> BrokerError {
+    BrokerError::Unavailable("the queue's writer task stopped".into())
+}
+
+fn unexpected() -> BrokerError {
+    BrokerError::Internal("the queue's writer answered another kind of write".into())
+}
+
+/// One caller's write, answered once the transaction holding it has committed (or failed).
+struct Write {
+    op: Op,
+    reply: oneshot::Sender<Done>,
+}
+
+enum Op {
+    Bind {
+        group: String,
+        pattern: String,
+    },
+    /// Stored all or nothing; a single publish is a batch of one.
+    Publish(Vec<(String, Outgoing)>),
+    Redeliver {
+        group: String,
+        topic: String,
+        message: Outgoing,
+    },
+    Fetch {
+        group: String,
+        max: usize,
+        lease: Duration,
+    },
+    Ack(Vec<DeliveryTag>),
+    Retry {
+        tag: DeliveryTag,
+        delay: Duration,
+    },
+}
+
+enum Done {
+    Unit(Result<(), BrokerError>),
+    Routed(Result<Vec<bool>, BrokerError>),
+    Fetched(Result<Vec<Delivery>, BrokerError>),
+    Acked(Vec<Result<(), BrokerError>>),
+}
+
+impl Op {
+    /// The answer when the transaction holding this write failed: nothing of it was stored.
+    fn failed(&self, e: &sqlx::Error) -> Done {
+        match self {
+            Op::Bind { .. } | Op::Redeliver { .. } | Op::Retry { .. } => {
+                Done::Unit(Err(group_fault(e)))
             }
-            let counted = sqlx::query(
-                "UPDATE queue_groups SET depth = depth + 1 WHERE grp = ? AND depth < ?",
-            )
-            .bind(group)
-            .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX))
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            if counted.rows_affected() == 0 {
-                return Err(BrokerError::Full); // the transaction rolls back: no group gets it
+            Op::Publish(_) => Done::Routed(Err(group_fault(e))),
+            Op::Fetch { .. } => Done::Fetched(Err(group_fault(e))),
+            Op::Ack(tags) => Done::Acked(tags.iter().map(|_| Err(group_fault(e))).collect()),
+        }
+    }
+}
+
+async fn write_loop(
+    mut conn: SqliteConnection,
+    mut writes: mpsc::Receiver<Write>,
+    limits: QueueLimits,
+) {
+    let mut group = Vec::with_capacity(GROUP_WRITES);
+    while writes.recv_many(&mut group, GROUP_WRITES).await > 0 {
+        let done = match commit(&mut conn, &group, &limits).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(error = %e, writes = group.len(), "queue transaction failed; its writes are refused");
+                group.iter().map(|w| w.op.failed(&e)).collect()
+            }
+        };
+        for (write, done) in group.drain(..).zip(done) {
+            // A caller that stopped waiting is not an error: its write stands (or not) as done.
+            let _ = write.reply.send(done);
+        }
+    }
+}
+
+/// Applies a group of writes in one transaction and commits it. A write that fails for its own
+/// reason (a full group, a lost lease) has left nothing behind and does not fail the others; a
+/// database error fails the whole transaction.
+async fn commit(
+    conn: &mut SqliteConnection,
+    group: &[Write],
+    limits: &QueueLimits,
+) -> Result<Vec<Done>, sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut state = TxState::default();
+    let mut done = Vec::with_capacity(group.len());
+    for write in group {
+        done.push(apply(&mut tx, &mut state, &write.op, limits).await?);
+    }
+    state.flush_depths(&mut tx).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
+
+/// What one transaction keeps in memory while it holds the write lock: the bindings (read
+/// once), and each touched group's depth, written back once before the commit.
+#[derive(Default)]
+struct TxState {
+    bindings: Option<Vec<(String, String)>>,
+    depths: HashMap<String, GroupDepth>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct GroupDepth {
+    /// The stored depth, read when a publish first needs it.
+    stored: Option<i64>,
+    /// Change made by this transaction.
+    delta: i64,
+}
+
+impl TxState {
+    async fn bindings(&mut self, tx: &mut Tx<'_>) -> Result<&[(String, String)], sqlx::Error> {
+        if self.bindings.is_none() {
+            self.bindings = Some(
+                sqlx::query_as("SELECT grp, pattern FROM queue_bindings")
+                    .fetch_all(&mut **tx)
+                    .await?,
+            );
+        }
+        Ok(self.bindings.as_deref().unwrap_or_default())
+    }
+
+    /// Takes room for one message in `group`; false when the group is at its bound.
+    async fn take_room(
+        &mut self,
+        tx: &mut Tx<'_>,
+        group: &str,
+        max_depth: u64,
+    ) -> Result<bool, sqlx::Error> {
+        let entry = self.depths.entry(group.to_owned()).or_default();
+        if entry.stored.is_none() {
+            let stored: Option<i64> =
+                sqlx::query_scalar("SELECT depth FROM queue_groups WHERE grp = ?")
+                    .bind(group)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            entry.stored = Some(stored.unwrap_or(0));
+        }
+        let now = entry.stored.unwrap_or(0) + entry.delta;
+        if now >= i64::try_from(max_depth).unwrap_or(i64::MAX) {
+            return Ok(false);
+        }
+        entry.delta += 1;
+        Ok(true)
+    }
+
+    fn released(&mut self, group: &str, n: i64) {
+        self.depths.entry(group.to_owned()).or_default().delta -= n;
+    }
+
+    async fn flush_depths(&mut self, tx: &mut Tx<'_>) -> Result<(), sqlx::Error> {
+        for (group, d) in &self.depths {
+            if d.delta != 0 {
+                sqlx::query("UPDATE queue_groups SET depth = depth + ? WHERE grp = ?")
+                    .bind(d.delta)
+                    .bind(group)
+                    .execute(&mut **tx)
+                    .await?;
             }
         }
         Ok(())
     }
+}
+
+async fn apply(
+    tx: &mut Tx<'_>,
+    state: &mut TxState,
+    op: &Op,
+    limits: &QueueLimits,
+) -> Result<Done, sqlx::Error> {
+    Ok(match op {
+        Op::Bind { group, pattern } => {
+            ensure_group(tx, group).await?;
+            sqlx::query(
+                "INSERT INTO queue_bindings (grp, pattern) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(group)
+            .bind(pattern)
+            .execute(&mut **tx)
+            .await?;
+            state.bindings = None;
+            Done::Unit(Ok(()))
+        }
+        Op::Publish(batch) => {
+            let bindings = state.bindings(tx).await?.to_vec();
+            let copies: Vec<Vec<&str>> = batch
+                .iter()
+                .map(|(topic, _)| matching_groups(&bindings, topic))
+                .collect();
+            let routed = copies.iter().map(|groups| !groups.is_empty()).collect();
+            let mut flat = Vec::with_capacity(batch.len());
+            for ((topic, message), groups) in batch.iter().zip(&copies) {
+                flat.extend(groups.iter().map(|g| (*g, topic.as_str(), message)));
+            }
+            Done::Routed(store(tx, state, &flat, limits).await?.map(|()| routed))
+        }
+        Op::Redeliver {
+            group,
+            topic,
+            message,
+        } => {
+            ensure_group(tx, group).await?;
+            let copies = [(group.as_str(), topic.as_str(), message)];
+            Done::Unit(store(tx, state, &copies, limits).await?)
+        }
+        Op::Fetch { group, max, lease } => Done::Fetched(claim(tx, group, *max, *lease).await?),
+        Op::Ack(tags) => Done::Acked(ack(tx, state, tags).await?),
+        Op::Retry { tag, delay } => {
+            let at = micros(Utc::now()).saturating_add(duration_micros(*delay));
+            let res = sqlx::query(
+                "UPDATE queue_messages SET lease = NULL, lease_until = NULL, available_at = ? WHERE seq = ? AND lease = ?",
+            )
+            .bind(at)
+            .bind(tag.seq)
+            .bind(tag.lease.to_string())
+            .execute(&mut **tx)
+            .await?;
+            Done::Unit(if res.rows_affected() == 0 {
+                Err(BrokerError::LeaseLost)
+            } else {
+                Ok(())
+            })
+        }
+    })
+}
+
+async fn ensure_group(tx: &mut Tx<'_>, group: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO queue_groups (grp) VALUES (?) ON CONFLICT (grp) DO NOTHING")
+        .bind(group)
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+}
+
+/// Stores each `(group, topic, message)` copy, all or nothing: a group already holding the
+/// message id keeps its copy (a republish), and a full group undoes every copy this write stored.
+async fn store(
+    tx: &mut Tx<'_>,
+    state: &mut TxState,
+    copies: &[(&str, &str, &Outgoing)],
+    limits: &QueueLimits,
+) -> Result<Result<(), BrokerError>, sqlx::Error> {
+    let now = micros(Utc::now());
+    let before = state.depths.clone();
+    let mut stored: Vec<i64> = Vec::new();
+    for &(group, topic, message) in copies {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grp, id) DO NOTHING RETURNING seq",
+        )
+        .bind(group)
+        .bind(message.id.to_string())
+        .bind(topic)
+        .bind(&message.key)
+        .bind(encode_headers(&message.headers))
+        .bind(&message.body)
+        .bind(now)
+        .bind(message.expires_at.map(micros))
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(seq) = seq else {
+            continue; // a republished message: stored once
+        };
+        stored.push(seq);
+        if !state.take_room(tx, group, limits.max_depth).await? {
+            // Backpressure: this write leaves nothing behind; the group's other writes commit.
+            sqlx::query("DELETE FROM queue_messages WHERE seq IN (SELECT value FROM json_each(?))")
+                .bind(seq_list(&stored))
+                .execute(&mut **tx)
+                .await?;
+            state.depths = before;
+            return Ok(Err(BrokerError::Full));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn seq_list(seqs: &[i64]) -> String {
+    serde_json::to_string(seqs).expect("integers serialize")
+}
+
+/// Leases up to `max` of the oldest ready messages of `group` whose key has no older message
+/// still stored. The scan follows `queue_messages_order (grp, seq)`, so it stops after the batch
+/// instead of sorting every ready message; each key check is one probe of
+/// `queue_messages_keys (grp, msg_key, seq)`.
+async fn claim(
+    tx: &mut Tx<'_>,
+    group: &str,
+    max: usize,
+    lease: Duration,
+) -> Result<Result<Vec<Delivery>, BrokerError>, sqlx::Error> {
+    let now = micros(Utc::now());
+    let token = Uuid::new_v4();
+    let rows: Vec<DeliveryRow> = sqlx::query_as(
+        "UPDATE queue_messages SET lease = ?, lease_until = ?, attempts = attempts + 1 \
+         WHERE seq IN ( \
+           SELECT m.seq FROM queue_messages m INDEXED BY queue_messages_order \
+           WHERE m.grp = ? AND m.available_at <= ? AND (m.lease_until IS NULL OR m.lease_until < ?) \
+             AND (m.msg_key IS NULL OR NOT EXISTS ( \
+               SELECT 1 FROM queue_messages o WHERE o.grp = m.grp AND o.msg_key = m.msg_key AND o.seq < m.seq)) \
+           ORDER BY m.seq LIMIT ?) \
+         RETURNING seq, id, topic, msg_key, headers, body, published_at, expires_at, attempts",
+    )
+    .bind(token.to_string())
+    .bind(now.saturating_add(duration_micros(lease)))
+    .bind(group)
+    .bind(now)
+    .bind(now)
+    .bind(i64::try_from(max).unwrap_or(i64::MAX))
+    .fetch_all(&mut **tx)
+    .await?;
+    let deliveries = rows
+        .into_iter()
+        .map(|row| delivery(row, group, token))
+        .collect::<Result<Vec<_>, _>>()
+        .map(|mut d| {
+            d.sort_by_key(|d| d.tag.seq);
+            d
+        });
+    Ok(deliveries)
+}
+
+/// Removes every message whose tag still holds its lease (one statement per lease token, and a
+/// worker's batch shares one); a stale or repeated tag is `LeaseLost`.
+async fn ack(
+    tx: &mut Tx<'_>,
+    state: &mut TxState,
+    tags: &[DeliveryTag],
+) -> Result<Vec<Result<(), BrokerError>>, sqlx::Error> {
+    let mut by_lease: BTreeMap<Uuid, Vec<i64>> = BTreeMap::new();
+    for tag in tags {
+        by_lease.entry(tag.lease).or_default().push(tag.seq);
+    }
+    let mut removed: HashSet<(i64, Uuid)> = HashSet::new();
+    for (lease, seqs) in by_lease {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "DELETE FROM queue_messages WHERE lease = ? AND seq IN (SELECT value FROM json_each(?)) RETURNING seq, grp",
+        )
+        .bind(lease.to_string())
+        .bind(seq_list(&seqs))
+        .fetch_all(&mut **tx)
+        .await?;
+        for (seq, group) in rows {
+            state.released(&group, 1);
+            removed.insert((seq, lease));
+        }
+    }
+    // In order: the first of repeated tags takes the removal, the rest lost it.
+    Ok(tags
+        .iter()
+        .map(|tag| {
+            if removed.remove(&(tag.seq, tag.lease)) {
+                Ok(())
+            } else {
+                Err(BrokerError::LeaseLost)
+            }
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -115,39 +478,38 @@ impl Broker for SqliteQueue {
     async fn bind(&self, group: &str, pattern: &str) -> Result<(), BrokerError> {
         keel_domain::queue::check_name("group", group, false)?;
         keel_domain::queue::check_name("pattern", pattern, true)?;
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query("INSERT INTO queue_groups (grp) VALUES (?) ON CONFLICT (grp) DO NOTHING")
-            .bind(group)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        sqlx::query(
-            "INSERT INTO queue_bindings (grp, pattern) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(group)
-        .bind(pattern)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        tx.commit().await.map_err(classify)
+        let op = Op::Bind {
+            group: group.to_owned(),
+            pattern: pattern.to_owned(),
+        };
+        match self.write(op).await? {
+            Done::Unit(res) => res,
+            _ => Err(unexpected()),
+        }
     }
 
     async fn publish(&self, topic: &str, message: Outgoing) -> Result<bool, BrokerError> {
         check_publish(topic, &message.body, &self.limits)?;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)?;
-        let bindings: Vec<(String, String)> =
-            sqlx::query_as("SELECT grp, pattern FROM queue_bindings")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-        let groups = matching_groups(&bindings, topic);
-        self.store(&mut tx, &groups, topic, &message).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(!groups.is_empty())
+        match self
+            .write(Op::Publish(vec![(topic.to_owned(), message)]))
+            .await?
+        {
+            Done::Routed(res) => res.map(|routed| routed.first().copied().unwrap_or(false)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn publish_many(&self, batch: &[(String, Outgoing)]) -> Result<Vec<bool>, BrokerError> {
+        for (topic, message) in batch {
+            check_publish(topic, &message.body, &self.limits)?;
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.write(Op::Publish(batch.to_vec())).await? {
+            Done::Routed(res) => res,
+            _ => Err(unexpected()),
+        }
     }
 
     async fn redeliver(
@@ -158,18 +520,15 @@ impl Broker for SqliteQueue {
     ) -> Result<(), BrokerError> {
         keel_domain::queue::check_name("group", group, false)?;
         check_publish(topic, &message.body, &self.limits)?;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)?;
-        sqlx::query("INSERT INTO queue_groups (grp) VALUES (?) ON CONFLICT (grp) DO NOTHING")
-            .bind(group)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        self.store(&mut tx, &[group], topic, &message).await?;
-        tx.commit().await.map_err(classify)
+        let op = Op::Redeliver {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            message,
+        };
+        match self.write(op).await? {
+            Done::Unit(res) => res,
+            _ => Err(unexpected()),
+        }
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -184,75 +543,42 @@ impl Broker for SqliteQueue {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        let now = micros(Utc::now());
-        let token = Uuid::new_v4();
-        let rows: Vec<DeliveryRow> = sqlx::query_as(
-            "UPDATE queue_messages SET lease = ?, lease_until = ?, attempts = attempts + 1 \
-             WHERE seq IN ( \
-               SELECT m.seq FROM queue_messages m \
-               WHERE m.grp = ? AND m.available_at <= ? AND (m.lease_until IS NULL OR m.lease_until < ?) \
-                 AND (m.msg_key IS NULL OR NOT EXISTS ( \
-                   SELECT 1 FROM queue_messages o WHERE o.grp = m.grp AND o.msg_key = m.msg_key AND o.seq < m.seq)) \
-               ORDER BY m.seq LIMIT ?) \
-             RETURNING seq, id, topic, msg_key, headers, body, published_at, expires_at, attempts",
-        )
-        .bind(token.to_string())
-        .bind(now.saturating_add(duration_micros(lease)))
-        .bind(group)
-        .bind(now)
-        .bind(now)
-        .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
-        let mut deliveries = rows
-            .into_iter()
-            .map(|row| delivery(row, group, token))
-            .collect::<Result<Vec<_>, _>>()?;
-        deliveries.sort_by_key(|d| d.tag.seq);
-        Ok(deliveries)
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let op = Op::Fetch {
+            group: group.to_owned(),
+            max,
+            lease,
+        };
+        match self.write(op).await? {
+            Done::Fetched(res) => res,
+            _ => Err(unexpected()),
+        }
     }
 
     async fn ack(&self, tag: DeliveryTag) -> Result<(), BrokerError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        self.ack_many(&[tag])
             .await
-            .map_err(classify)?;
-        let group: Option<String> = sqlx::query_scalar(
-            "DELETE FROM queue_messages WHERE seq = ? AND lease = ? RETURNING grp",
-        )
-        .bind(tag.seq)
-        .bind(tag.lease.to_string())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let Some(group) = group else {
-            return Err(BrokerError::LeaseLost);
-        };
-        sqlx::query("UPDATE queue_groups SET depth = depth - 1 WHERE grp = ?")
-            .bind(group)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)
+            .pop()
+            .unwrap_or(Err(BrokerError::LeaseLost))
+    }
+
+    async fn ack_many(&self, tags: &[DeliveryTag]) -> Vec<Result<(), BrokerError>> {
+        if tags.is_empty() {
+            return Vec::new();
+        }
+        match self.write(Op::Ack(tags.to_vec())).await {
+            Ok(Done::Acked(results)) => results,
+            Ok(_) => tags.iter().map(|_| Err(unexpected())).collect(),
+            Err(e) => tags.iter().map(|_| Err(replicate(&e))).collect(),
+        }
     }
 
     async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError> {
-        let at = micros(Utc::now()).saturating_add(duration_micros(delay));
-        let res = sqlx::query(
-            "UPDATE queue_messages SET lease = NULL, lease_until = NULL, available_at = ? WHERE seq = ? AND lease = ?",
-        )
-        .bind(at)
-        .bind(tag.seq)
-        .bind(tag.lease.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(classify)?;
-        if res.rows_affected() == 0 {
-            Err(BrokerError::LeaseLost)
-        } else {
-            Ok(())
+        match self.write(Op::Retry { tag, delay }).await? {
+            Done::Unit(res) => res,
+            _ => Err(unexpected()),
         }
     }
 

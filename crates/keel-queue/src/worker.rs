@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use keel_domain::{AdmissionReason, Broker, BrokerError, Delivery, Hospital};
+use keel_domain::{AdmissionReason, Broker, BrokerError, Delivery, DeliveryTag, Hospital};
 
 /// How a handler failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,10 +97,13 @@ impl Worker {
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            let handled = tokio::select! {
-                res = self.run_once() => res,
+            // Shutdown is looked at between rounds only: a round is never cut short.
+            tokio::select! {
+                biased;
                 () = &mut shutdown => return,
-            };
+                () = std::future::ready(()) => {}
+            }
+            let handled = self.run_once().await;
             let pause = match handled {
                 Ok(outcomes) if !outcomes.is_empty() => continue,
                 Ok(_) => self.idle,
@@ -116,7 +119,8 @@ impl Worker {
         }
     }
 
-    /// One round: fetch a batch and settle every delivery in it.
+    /// One round: fetch a batch, handle every delivery in it, and settle them; the
+    /// acknowledgements of the round go to the broker in one `ack_many`.
     pub async fn run_once(&self) -> Result<Vec<Outcome>, BrokerError> {
         let deliveries = self
             .broker
@@ -124,10 +128,73 @@ impl Worker {
             .await?;
         // The broker hands out at most one message per key, so handling a batch concurrently
         // keeps the order of every key.
-        Ok(futures_util::future::join_all(deliveries.iter().map(|d| self.settle(d))).await)
+        let settled =
+            futures_util::future::join_all(deliveries.iter().map(|d| self.settle(d))).await;
+        let tags: Vec<DeliveryTag> = deliveries
+            .iter()
+            .zip(&settled)
+            .filter(|(_, s)| matches!(s, Settle::Ack(_)))
+            .map(|(d, _)| d.tag)
+            .collect();
+        let mut acked = if tags.is_empty() {
+            Vec::new()
+        } else {
+            self.broker.ack_many(&tags).await
+        }
+        .into_iter();
+        let outcomes: Vec<Outcome> = deliveries
+            .iter()
+            .zip(settled)
+            .map(|(delivery, settle)| match settle {
+                Settle::Done(outcome) => outcome,
+                Settle::Ack(outcome) => match acked.next() {
+                    Some(Ok(())) => outcome,
+                    Some(Err(BrokerError::LeaseLost)) => Outcome::LeaseLost,
+                    Some(Err(e)) => {
+                        tracing::warn!(group = %self.group, message_id = %delivery.id, error = %e, "ack failed; the message will come back");
+                        Outcome::Kept
+                    }
+                    None => Outcome::Kept,
+                },
+            })
+            .collect();
+        self.count(&outcomes, &deliveries);
+        Ok(outcomes)
     }
 
-    async fn settle(&self, delivery: &Delivery) -> Outcome {
+    /// Per-group counters of what rounds came to, and the publish-to-handle latency.
+    fn count(&self, outcomes: &[Outcome], deliveries: &[Delivery]) {
+        let now = Utc::now();
+        for (outcome, delivery) in outcomes.iter().zip(deliveries) {
+            let group = self.group.clone();
+            match outcome {
+                Outcome::Acked => {
+                    metrics::counter!("keel_queue_acked_total", "group" => group.clone())
+                        .increment(1);
+                    let waited = (now - delivery.published_at).to_std().unwrap_or_default();
+                    metrics::histogram!("keel_queue_publish_to_handle_seconds", "group" => group)
+                        .record(waited.as_secs_f64());
+                }
+                Outcome::Retried => {
+                    metrics::counter!("keel_queue_retried_total", "group" => group).increment(1)
+                }
+                Outcome::Admitted(reason) => metrics::counter!(
+                    "keel_queue_admitted_total", "group" => group, "reason" => reason.as_str()
+                )
+                .increment(1),
+                Outcome::Kept => {
+                    metrics::counter!("keel_queue_kept_total", "group" => group).increment(1)
+                }
+                Outcome::LeaseLost => {
+                    metrics::counter!("keel_queue_lease_lost_total", "group" => group).increment(1)
+                }
+            }
+        }
+    }
+
+    /// Decides a delivery's fate: handled (or admitted) deliveries are left to the round's
+    /// acknowledgement; the others are settled here.
+    async fn settle(&self, delivery: &Delivery) -> Settle {
         if delivery.is_expired(Utc::now()) {
             return self
                 .admit(
@@ -138,7 +205,7 @@ impl Worker {
                 .await;
         }
         match self.handler.handle(delivery).await {
-            Ok(()) => self.ack(delivery).await,
+            Ok(()) => Settle::Ack(Outcome::Acked),
             Err(HandlerError::Permanent(error)) => {
                 self.record(delivery, &error).await;
                 self.admit(delivery, AdmissionReason::Permanent, &error)
@@ -151,19 +218,21 @@ impl Worker {
                         .admit(delivery, AdmissionReason::Exhausted, &error)
                         .await;
                 }
-                match self
-                    .broker
-                    .retry(delivery.tag, self.policy.delay(delivery.attempt))
-                    .await
-                {
-                    Ok(()) => Outcome::Retried,
-                    Err(BrokerError::LeaseLost) => Outcome::LeaseLost,
-                    Err(e) => {
-                        // The lease will expire and the message come back: nothing is lost.
-                        tracing::warn!(group = %self.group, message_id = %delivery.id, error = %e, "retry not recorded");
-                        Outcome::Kept
-                    }
-                }
+                Settle::Done(
+                    match self
+                        .broker
+                        .retry(delivery.tag, self.policy.delay(delivery.attempt))
+                        .await
+                    {
+                        Ok(()) => Outcome::Retried,
+                        Err(BrokerError::LeaseLost) => Outcome::LeaseLost,
+                        Err(e) => {
+                            // The lease will expire and the message come back: nothing is lost.
+                            tracing::warn!(group = %self.group, message_id = %delivery.id, error = %e, "retry not recorded");
+                            Outcome::Kept
+                        }
+                    },
+                )
             }
         }
     }
@@ -174,7 +243,10 @@ impl Worker {
         }
     }
 
-    async fn admit(&self, delivery: &Delivery, reason: AdmissionReason, error: &str) -> Outcome {
+    /// Admits the delivery to the hospital; acknowledged with the round once admitted. If the
+    /// hospital refuses, the message is kept: it stays queued and comes back after the longest
+    /// backoff.
+    async fn admit(&self, delivery: &Delivery, reason: AdmissionReason, error: &str) -> Settle {
         match self.hospital.admit(delivery, reason).await {
             Ok(patient) => {
                 tracing::warn!(
@@ -185,10 +257,7 @@ impl Worker {
                     error,
                     "message admitted to the hospital"
                 );
-                match self.ack(delivery).await {
-                    Outcome::Acked => Outcome::Admitted(reason),
-                    other => other,
-                }
+                Settle::Ack(Outcome::Admitted(reason))
             }
             Err(e) => {
                 // Alert, keep the message: a full or failing hospital never makes us drop one.
@@ -199,21 +268,18 @@ impl Worker {
                     "ALERT: the hospital refused a message; it stays in its queue"
                 );
                 let _ = self.broker.retry(delivery.tag, self.policy.max).await;
-                Outcome::Kept
+                Settle::Done(Outcome::Kept)
             }
         }
     }
+}
 
-    async fn ack(&self, delivery: &Delivery) -> Outcome {
-        match self.broker.ack(delivery.tag).await {
-            Ok(()) => Outcome::Acked,
-            Err(BrokerError::LeaseLost) => Outcome::LeaseLost,
-            Err(e) => {
-                tracing::warn!(group = %self.group, message_id = %delivery.id, error = %e, "ack failed; the message will come back");
-                Outcome::Kept
-            }
-        }
-    }
+/// A delivery's fate before the round's acknowledgement.
+enum Settle {
+    /// To acknowledge; the outcome once acknowledged.
+    Ack(Outcome),
+    /// Settled already (retried, kept, or its lease lost).
+    Done(Outcome),
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
-//! The `Broker` behavioural suite on the embedded queue: SQLite, and the real PostgreSQL server.
+//! The `Broker` behavioural suite on the embedded queue: SQLite, and the real PostgreSQL server;
+//! then what the SQL queue promises beyond the suite: a batch is stored all or nothing, and a
+//! write refused in a group commit leaves the others of its transaction alone.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use keel_domain::{Broker, BrokerError, Outgoing};
 use keel_queue::{PostgresQueue, QueueLimits, SqliteQueue};
 use keel_test_support::broker_suite::{self, SUITE_MAX_BODY, SUITE_MAX_DEPTH};
 
@@ -12,17 +16,157 @@ fn limits() -> QueueLimits {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_queue_passes_the_broker_suite() {
+async fn sqlite(limits: QueueLimits) -> (tempfile::TempDir, Arc<dyn Broker>) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("queue.db").display());
-    let queue = SqliteQueue::open(&url, limits()).await.unwrap();
-    broker_suite::run_all(Arc::new(queue)).await;
+    let queue = SqliteQueue::open(&url, limits).await.unwrap();
+    (dir, Arc::new(queue))
+}
+
+async fn postgres(limits: QueueLimits) -> Arc<dyn Broker> {
+    let url = keel_test_support::services::create_postgres_database().await;
+    Arc::new(PostgresQueue::open(&url, limits).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queue_passes_the_broker_suite() {
+    let (_dir, queue) = sqlite(limits()).await;
+    broker_suite::run_all(queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_queue_passes_the_broker_suite() {
-    let url = keel_test_support::services::create_postgres_database().await;
-    let queue = PostgresQueue::open(&url, limits()).await.unwrap();
-    broker_suite::run_all(Arc::new(queue)).await;
+    broker_suite::run_all(postgres(limits()).await).await;
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn batch(n: usize, tag: &str) -> Vec<(String, Outgoing)> {
+    (0..n)
+        .map(|i| {
+            (
+                "job.batch".to_owned(),
+                Outgoing::new(format!("{tag}{i}").into_bytes()),
+            )
+        })
+        .collect()
+}
+
+async fn a_batch_is_stored_all_or_nothing(broker: Arc<dyn Broker>) {
+    broker.bind("all", "job.#").await.unwrap();
+    broker.publish_many(&batch(3, "first")).await.unwrap();
+    assert!(matches!(
+        broker.publish_many(&batch(3, "over")).await,
+        Err(BrokerError::Full)
+    ));
+    assert_eq!(
+        broker.depth("all").await.unwrap().ready,
+        3,
+        "no message of the refused batch was stored"
+    );
+    let mut invalid = batch(2, "bad");
+    invalid[1].1.body = vec![0; SUITE_MAX_BODY + 1];
+    assert!(matches!(
+        broker.publish_many(&invalid).await,
+        Err(BrokerError::Invalid { what: "body", .. })
+    ));
+    assert_eq!(broker.depth("all").await.unwrap().ready, 3);
+    broker.publish_many(&batch(2, "fits")).await.unwrap();
+    let got = broker.fetch("all", 10, LEASE).await.unwrap();
+    let bodies: Vec<_> = got
+        .iter()
+        .map(|d| String::from_utf8(d.body.clone()).unwrap())
+        .collect();
+    assert_eq!(bodies, ["first0", "first1", "first2", "fits0", "fits1"]);
+}
+
+#[tokio::test]
+async fn sqlite_stores_a_batch_all_or_nothing() {
+    let limits = QueueLimits {
+        max_depth: 5,
+        ..limits()
+    };
+    let (_dir, queue) = sqlite(limits).await;
+    a_batch_is_stored_all_or_nothing(queue).await;
+}
+
+#[tokio::test]
+async fn postgres_stores_a_batch_all_or_nothing() {
+    let limits = QueueLimits {
+        max_depth: 5,
+        ..limits()
+    };
+    a_batch_is_stored_all_or_nothing(postgres(limits).await).await;
+}
+
+/// Concurrent writes share transactions on SQLite; a batch refused for want of room must leave
+/// the writes committed beside it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_leaves_the_writes_committed_beside_it() {
+    for _round in 0..10 {
+        let limits = QueueLimits {
+            max_depth: 10,
+            ..limits()
+        };
+        let (_dir, queue) = sqlite(limits).await;
+        queue.bind("side", "job.#").await.unwrap();
+        queue.publish_many(&batch(8, "fill")).await.unwrap();
+        let over = batch(3, "over");
+        let (over, one, two) = tokio::join!(
+            queue.publish_many(&over),
+            queue.publish("job.one", Outgoing::new(b"one".to_vec())),
+            queue.publish("job.two", Outgoing::new(b"two".to_vec())),
+        );
+        assert!(matches!(over, Err(BrokerError::Full)), "{over:?}");
+        assert!(one.unwrap() && two.unwrap());
+        let got = queue.fetch("side", 20, LEASE).await.unwrap();
+        assert_eq!(got.len(), 10, "8 + the two singles, none of the batch");
+        assert!(got.iter().all(|d| !d.body.starts_with(b"over")));
+        let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+        assert!(queue.ack_many(&tags).await.iter().all(Result::is_ok));
+        assert_eq!(queue.depth("side").await.unwrap().ready, 0);
+        // The depth counter agrees: the bound admits exactly ten again.
+        queue.publish_many(&batch(10, "again")).await.unwrap();
+        assert!(matches!(
+            queue
+                .publish("job.more", Outgoing::new(b"more".to_vec()))
+                .await,
+            Err(BrokerError::Full)
+        ));
+    }
+}
+
+/// Many publishers and acknowledgers at once on one SQLite file: every publish that returned is
+/// stored once, and the writes of many callers are committed together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_are_each_stored_once() {
+    let (_dir, queue) = sqlite(QueueLimits::default()).await;
+    queue.bind("many", "job.#").await.unwrap();
+    let publishers = (0..50).map(|p| {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            for i in 0..10 {
+                queue
+                    .publish("job.x", Outgoing::new(format!("{p}-{i}").into_bytes()))
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for p in publishers.collect::<Vec<_>>() {
+        p.await.unwrap();
+    }
+    let mut bodies = std::collections::HashSet::new();
+    loop {
+        let got = queue.fetch("many", 64, LEASE).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+        for d in got {
+            assert!(bodies.insert(d.body), "stored once");
+        }
+        assert!(queue.ack_many(&tags).await.iter().all(Result::is_ok));
+    }
+    assert_eq!(bodies.len(), 500);
 }

@@ -33,6 +33,9 @@ pub async fn run_all(broker: Arc<dyn Broker>) {
     competing_workers_share_the_messages_without_duplicates(broker.clone()).await;
     competing_workers_keep_each_keys_order_and_run_keys_in_parallel(broker.clone()).await;
     a_full_group_pushes_back_on_the_producer(&*broker).await;
+    a_published_batch_arrives_in_order_and_says_what_was_routed(&*broker).await;
+    a_batch_of_acks_settles_each_tag_and_refuses_stale_ones(&*broker).await;
+    a_batch_that_does_not_fit_is_refused_with_full(&*broker).await;
 }
 
 async fn a_publish_reaches_every_bound_group_once(broker: &dyn Broker) {
@@ -391,4 +394,106 @@ async fn a_full_group_pushes_back_on_the_producer(broker: &dyn Broker) {
         .publish("suite.flood", body("room again"))
         .await
         .unwrap();
+}
+
+async fn a_published_batch_arrives_in_order_and_says_what_was_routed(broker: &dyn Broker) {
+    broker.bind("batch", "suite.batch.*").await.unwrap();
+    assert!(broker.publish_many(&[]).await.unwrap().is_empty());
+    let batch: Vec<(String, Outgoing)> = vec![
+        ("suite.batch.a".into(), body("b1").with_key("bk")),
+        ("suite.nobody".into(), body("lost")),
+        ("suite.batch.b".into(), body("b2").with_key("bk")),
+        ("suite.batch.a".into(), body("b3")),
+    ];
+    assert_eq!(
+        broker.publish_many(&batch).await.unwrap(),
+        vec![true, false, true, true],
+        "each message says whether a group received it"
+    );
+    let mut seen = Vec::new();
+    loop {
+        let got = broker.fetch("batch", 10, LEASE).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for d in got {
+            let sent = batch
+                .iter()
+                .find(|(_, m)| m.id == d.id)
+                .expect("a message of the batch");
+            assert_eq!((d.topic.as_str(), &d.body), (sent.0.as_str(), &sent.1.body));
+            seen.push(String::from_utf8(d.body.clone()).unwrap());
+            broker.ack(d.tag).await.unwrap();
+        }
+    }
+    let keyed: Vec<_> = seen.iter().filter(|b| *b != "b3").cloned().collect();
+    assert_eq!(keyed, ["b1", "b2"], "a key keeps its order within a batch");
+    assert!(seen.contains(&"b3".to_owned()));
+}
+
+async fn a_batch_of_acks_settles_each_tag_and_refuses_stale_ones(broker: &dyn Broker) {
+    broker.bind("acks", "suite.acks").await.unwrap();
+    assert!(broker.ack_many(&[]).await.is_empty());
+    let batch: Vec<(String, Outgoing)> = (0..4)
+        .map(|n| ("suite.acks".to_owned(), body(&format!("a{n}"))))
+        .collect();
+    broker.publish_many(&batch).await.unwrap();
+    // One delivery's lease runs out and another worker takes it: the first holder's tag is stale.
+    let slow = broker
+        .fetch("acks", 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    let held = broker.fetch("acks", 2, LEASE).await.unwrap();
+    assert_eq!((slow.len(), held.len()), (1, 2));
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let taken_over = broker.fetch("acks", 10, LEASE).await.unwrap();
+    assert_eq!(taken_over.len(), 2, "the expired one and the last one");
+    assert!(taken_over.iter().any(|d| d.id == slow[0].id));
+    // Settled already, stale, fresh, repeated in one batch.
+    broker.ack(held[0].tag).await.unwrap();
+    let results = broker
+        .ack_many(&[held[0].tag, slow[0].tag, held[1].tag, held[1].tag])
+        .await;
+    assert!(
+        matches!(
+            results.as_slice(),
+            [
+                Err(BrokerError::LeaseLost),
+                Err(BrokerError::LeaseLost),
+                Ok(()),
+                Err(BrokerError::LeaseLost)
+            ]
+        ),
+        "one result per tag, in order: {results:?}"
+    );
+    let tags: Vec<_> = taken_over.iter().map(|d| d.tag).collect();
+    assert!(broker.ack_many(&tags).await.iter().all(Result::is_ok));
+    let depth = broker.depth("acks").await.unwrap();
+    assert_eq!((depth.ready, depth.in_flight), (0, 0));
+    assert!(broker.fetch("acks", 10, LEASE).await.unwrap().is_empty());
+}
+
+async fn a_batch_that_does_not_fit_is_refused_with_full(broker: &dyn Broker) {
+    broker
+        .bind("flood-batch", "suite.flood-batch")
+        .await
+        .unwrap();
+    let batch = |n: u64, tag: &str| -> Vec<(String, Outgoing)> {
+        (0..n)
+            .map(|i| ("suite.flood-batch".to_owned(), body(&format!("{tag}{i}"))))
+            .collect()
+    };
+    broker
+        .publish_many(&batch(SUITE_MAX_DEPTH - 2, "fill"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        broker.publish_many(&batch(5, "over")).await,
+        Err(BrokerError::Full)
+    ));
+    let depth = broker.depth("flood-batch").await.unwrap();
+    assert!(
+        depth.ready <= SUITE_MAX_DEPTH,
+        "never more than the bound: {depth:?}"
+    );
 }

@@ -1,0 +1,426 @@
+//! `keel-bench queue`: end-to-end messages/s and publish-to-handle latency of keel's queue on
+//! each backend, beside the same broker driven by its client library with no keel code.
+//!
+//! For each backend the raw row runs first, then the keel row, each on fresh names (an SQLite
+//! file in a fresh directory, a fresh PostgreSQL database, a fresh RabbitMQ queue, a fresh NATS
+//! stream) removed afterwards whatever the outcome. Every row sends the same messages
+//! ([`load::Plan`]): publishers send batches concurrently with the workers consuming, and the
+//! clock stops when the last message has been handled and its acknowledgement sent.
+
+mod keel;
+mod load;
+mod raw_nats;
+mod raw_rabbit;
+mod raw_sql;
+mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use keel_queue::{PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue};
+use sqlx::Connection;
+
+use load::{Figures, Plan};
+use raw_rabbit::QueueType;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct QueueArgs {
+    /// Backends to run, comma-separated, from: sqlite, postgres, rabbitmq, nats [default: all].
+    #[arg(long, env = "KEEL_BENCH_QUEUE_BACKENDS", value_delimiter = ',')]
+    pub backends: Vec<String>,
+    /// Rows to run per backend, comma-separated, from: raw, keel [default: both].
+    #[arg(long, env = "KEEL_BENCH_QUEUE_ROWS", value_delimiter = ',')]
+    pub rows: Vec<String>,
+    /// Messages per row.
+    #[arg(long, env = "KEEL_BENCH_QUEUE_MESSAGES", default_value_t = 100_000)]
+    pub messages: u64,
+    /// Body size in bytes.
+    #[arg(long, env = "KEEL_BENCH_QUEUE_BODY", default_value_t = 1024)]
+    pub body_bytes: usize,
+    /// Consumers (keel `Worker`s, or raw consumer loops).
+    #[arg(long, env = "KEEL_BENCH_QUEUE_WORKERS", default_value_t = 4)]
+    pub workers: usize,
+    /// Publisher tasks sending concurrently with the consumers.
+    #[arg(long, env = "KEEL_BENCH_QUEUE_PUBLISHERS", default_value_t = 2)]
+    pub publishers: usize,
+    /// Messages per publish batch (keel: one `publish_many`).
+    #[arg(long, env = "KEEL_BENCH_QUEUE_PUBLISH_BATCH", default_value_t = 100)]
+    pub publish_batch: usize,
+    /// Messages a consumer takes at once (keel: the worker's fetch; RabbitMQ: the prefetch;
+    /// NATS: the pull batch; raw SQL: the claim's LIMIT).
+    #[arg(long, env = "KEEL_BENCH_QUEUE_FETCH_BATCH", default_value_t = 100)]
+    pub fetch_batch: usize,
+    /// Distinct message keys; keel hands out one message per key at a time, in publish order.
+    /// 0 sends no keys.
+    #[arg(long, env = "KEEL_BENCH_QUEUE_KEYS", default_value_t = 1000)]
+    pub keys: u64,
+    /// Offered load in messages/s across all publishers; 0 publishes as fast as it can (the
+    /// latency then includes the time messages wait in the queue).
+    #[arg(long, env = "KEEL_BENCH_QUEUE_RATE", default_value_t = 0)]
+    pub rate: u64,
+    /// Seconds before a row is abandoned as failed.
+    #[arg(long, env = "KEEL_BENCH_QUEUE_TIMEOUT", default_value_t = 300)]
+    pub timeout: u64,
+    /// RabbitMQ queue type for both RabbitMQ rows: quorum or classic.
+    #[arg(long, env = "KEEL_BENCH_RABBITMQ_QUEUE", default_value = "quorum")]
+    pub rabbitmq_queue: String,
+    #[arg(
+        long,
+        env = "KEEL_BENCH_PG_SERVER",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub pg_server: String,
+    #[arg(
+        long,
+        env = "KEEL_BENCH_RABBITMQ_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub rabbitmq_url: String,
+    #[arg(
+        long,
+        env = "KEEL_BENCH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Results (queue.txt, queue.json) and the SQLite files of the run (removed after each row).
+    #[arg(long, default_value = "bench/out")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+    Rabbitmq,
+    Nats,
+}
+
+impl BackendKind {
+    const ALL: [BackendKind; 4] = [Self::Sqlite, Self::Postgres, Self::Rabbitmq, Self::Nats];
+
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+            Self::Rabbitmq => "rabbitmq",
+            Self::Nats => "nats",
+        }
+    }
+}
+
+/// One row's outcome.
+#[derive(Debug)]
+pub enum Outcome {
+    Measured(Figures),
+    Failed(String),
+    /// The keel adapter for this backend is not part of this build.
+    NotBuilt,
+}
+
+#[derive(Debug)]
+pub struct Row {
+    pub backend: BackendKind,
+    /// "raw" or "keel".
+    pub system: &'static str,
+    pub label: String,
+    pub outcome: Outcome,
+}
+
+pub struct Ctx {
+    pub args: QueueArgs,
+    pub plan: Plan,
+    pub rabbitmq_queue: QueueType,
+    /// Where the SQLite files of each row live (on the project's disk, not a tmpfs, so fsync
+    /// costs what it costs in production).
+    pub data_dir: PathBuf,
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[keel-bench queue] {}", msg.as_ref());
+}
+
+/// A name no earlier run used, for a database, queue or stream.
+fn fresh_name() -> String {
+    format!("keel_bench_q_{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn run(args: QueueArgs) -> anyhow::Result<()> {
+    let backends: Vec<BackendKind> = if args.backends.is_empty() {
+        BackendKind::ALL.to_vec()
+    } else {
+        args.backends
+            .iter()
+            .map(|b| {
+                BackendKind::ALL
+                    .into_iter()
+                    .find(|k| k.key() == b.trim())
+                    .with_context(|| {
+                        format!("unknown backend {b:?}; known: sqlite, postgres, rabbitmq, nats")
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let rows: Vec<&'static str> = if args.rows.is_empty() {
+        vec!["raw", "keel"]
+    } else {
+        args.rows
+            .iter()
+            .map(|r| match r.trim() {
+                "raw" => Ok("raw"),
+                "keel" => Ok("keel"),
+                other => bail!("unknown row {other:?}; known: raw, keel"),
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    anyhow::ensure!(
+        args.workers > 0 && args.publishers > 0 && args.publish_batch > 0 && args.fetch_batch > 0,
+        "workers, publishers and batch sizes must be at least 1"
+    );
+    anyhow::ensure!(
+        args.keys == 0 || args.keys >= args.publishers as u64,
+        "--keys must be 0 or at least --publishers (a key belongs to one publisher)"
+    );
+    anyhow::ensure!(args.body_bytes >= 24, "--body-bytes must be at least 24");
+    let plan = Plan {
+        messages: args.messages,
+        body_bytes: args.body_bytes,
+        keys: args.keys,
+        workers: args.workers,
+        publishers: args.publishers,
+        publish_batch: args.publish_batch,
+        fetch_batch: args.fetch_batch,
+        rate: args.rate,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let out = args.out.canonicalize()?;
+    let data_dir = out.join("queue-data");
+    // Files of an interrupted run.
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir)?;
+    let ctx = Ctx {
+        rabbitmq_queue: QueueType::parse(&args.rabbitmq_queue)?,
+        args,
+        plan,
+        data_dir: data_dir.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let started = chrono::Utc::now();
+    let load_start = crate::report::loadavg();
+    let results = runtime.block_on(async {
+        drop_leftovers(&ctx).await;
+        let mut results = Vec::new();
+        for backend in &backends {
+            for system in &rows {
+                log(format!("=== {} {system} ===", backend.key()));
+                let row = run_row(&ctx, *backend, system).await;
+                match &row.outcome {
+                    Outcome::Measured(f) => log(format!(
+                        "{:.0} msg/s, p50 {:?}, p99 {:?}",
+                        f.rate(),
+                        f.tally.p50,
+                        f.tally.p99
+                    )),
+                    Outcome::Failed(e) => log(format!("FAILED: {e}")),
+                    Outcome::NotBuilt => log("keel adapter not built in"),
+                }
+                results.push(row);
+            }
+        }
+        results
+    });
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let text = report::render(&ctx, &results, &load_start);
+    print!("{text}");
+    std::fs::write(out.join("queue.txt"), &text)?;
+    let json = report::to_json(&ctx, &results, started, &load_start);
+    std::fs::write(out.join("queue.json"), serde_json::to_string_pretty(&json)?)?;
+    log(format!(
+        "wrote {} and queue.json",
+        out.join("queue.txt").display()
+    ));
+    Ok(())
+}
+
+async fn run_row(ctx: &Ctx, backend: BackendKind, system: &'static str) -> Row {
+    let plan = ctx.plan;
+    let label = match (backend, system) {
+        (BackendKind::Sqlite, "raw") => "sqlx, WAL + synchronous=FULL, batched SQL queue".into(),
+        (BackendKind::Postgres, "raw") => "sqlx, batched SQL queue, FOR UPDATE SKIP LOCKED".into(),
+        (BackendKind::Rabbitmq, "raw") => format!(
+            "lapin, {} queue, persistent, confirms, manual acks",
+            ctx.rabbitmq_queue.as_str()
+        ),
+        (BackendKind::Nats, "raw") => {
+            "async-nats, JetStream file stream, durable pull consumer, explicit acks".into()
+        }
+        (BackendKind::Sqlite, _) => "SqliteQueue + SqliteHospital, Worker".into(),
+        (BackendKind::Postgres, _) => "PostgresQueue + PostgresHospital, Worker".into(),
+        (_, _) => "keel adapter + Worker".into(),
+    };
+    let outcome = if system == "raw" {
+        match raw(ctx, backend, plan).await {
+            Ok(f) => Outcome::Measured(f),
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    } else {
+        match keel_backend(ctx, backend).await {
+            Ok(None) => Outcome::NotBuilt,
+            Err(e) => Outcome::Failed(format!("setting up: {e:#}")),
+            Ok(Some(setup)) => {
+                let figures = keel::run(plan, &setup).await;
+                let keel::Backend {
+                    broker,
+                    hospital,
+                    cleanup,
+                    ..
+                } = setup;
+                drop((broker, hospital));
+                let cleaned = cleanup.await;
+                match (figures, cleaned) {
+                    (Ok(f), Ok(())) => Outcome::Measured(f),
+                    (Err(e), _) => Outcome::Failed(format!("{e:#}")),
+                    (Ok(_), Err(e)) => Outcome::Failed(format!("cleaning up: {e:#}")),
+                }
+            }
+        }
+    };
+    Row {
+        backend,
+        system,
+        label,
+        outcome,
+    }
+}
+
+async fn raw(ctx: &Ctx, backend: BackendKind, plan: Plan) -> anyhow::Result<Figures> {
+    match backend {
+        BackendKind::Sqlite => {
+            let dir = tempfile::tempdir_in(&ctx.data_dir)?;
+            raw_sql::sqlite(plan, &dir.path().join("raw.db")).await
+        }
+        BackendKind::Postgres => {
+            let (url, name) = create_database(ctx).await?;
+            let figures = raw_sql::postgres(plan, &url).await;
+            drop_database(ctx, &name).await?;
+            figures
+        }
+        BackendKind::Rabbitmq => {
+            raw_rabbit::run(
+                plan,
+                &ctx.args.rabbitmq_url,
+                &fresh_name(),
+                ctx.rabbitmq_queue,
+            )
+            .await
+        }
+        BackendKind::Nats => raw_nats::run(plan, &ctx.args.nats_url, &fresh_name()).await,
+    }
+}
+
+/// keel's broker for `backend` on fresh names, with its hospital and what removes them, or `None`
+/// when this build has no adapter for it. Adding an adapter is one arm: open the broker on names
+/// made from [`fresh_name`], pick a hospital (for a broker with no SQL database of its own, an
+/// SQLite hospital from [`sqlite_hospital`]), and say how to remove the names.
+async fn keel_backend(ctx: &Ctx, backend: BackendKind) -> anyhow::Result<Option<keel::Backend>> {
+    match backend {
+        BackendKind::Sqlite => {
+            let dir = tempfile::tempdir_in(&ctx.data_dir)?;
+            let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+            let queue = SqliteQueue::open(&url, QueueLimits::default()).await?;
+            let hospital = SqliteHospital::beside(&queue, 100_000);
+            Ok(Some(keel::Backend::new(
+                Arc::new(queue),
+                Arc::new(hospital),
+                async move {
+                    dir.close()?;
+                    Ok(())
+                },
+            )))
+        }
+        BackendKind::Postgres => {
+            let (url, name) = create_database(ctx).await?;
+            let queue = PostgresQueue::open(&url, QueueLimits::default()).await?;
+            let hospital = PostgresHospital::beside(&queue, 100_000);
+            let pg_server = ctx.args.pg_server.clone();
+            Ok(Some(keel::Backend::new(
+                Arc::new(queue),
+                Arc::new(hospital),
+                async move { drop_database_at(&pg_server, &name).await },
+            )))
+        }
+        BackendKind::Rabbitmq | BackendKind::Nats => Ok(None),
+    }
+}
+
+/// An SQLite hospital in a fresh directory under the run's data directory, for brokers that have
+/// no SQL database of their own; the directory goes when the returned guard is dropped.
+#[allow(dead_code)] // used once the RabbitMQ and NATS adapters are built in
+async fn sqlite_hospital(ctx: &Ctx) -> anyhow::Result<(SqliteHospital, tempfile::TempDir)> {
+    let dir = tempfile::tempdir_in(&ctx.data_dir)?;
+    let url = format!("sqlite://{}", dir.path().join("hospital.db").display());
+    let queue = SqliteQueue::open(&url, QueueLimits::default()).await?;
+    Ok((SqliteHospital::beside(&queue, 100_000), dir))
+}
+
+async fn create_database(ctx: &Ctx) -> anyhow::Result<(String, String)> {
+    let name = fresh_name();
+    let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", ctx.args.pg_server))
+        .await
+        .context("connect to PostgreSQL")?;
+    // The name is generated, never input: it may go into the SQL text.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    Ok((format!("{}/{name}", ctx.args.pg_server), name))
+}
+
+async fn drop_database(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    drop_database_at(&ctx.args.pg_server, name).await
+}
+
+async fn drop_database_at(server: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
+    // FORCE: pools being dropped may still hold connections.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    Ok(())
+}
+
+/// Databases and streams left by an interrupted run (RabbitMQ expires its queues itself).
+async fn drop_leftovers(ctx: &Ctx) {
+    if let Ok(mut admin) =
+        sqlx::PgConnection::connect(&format!("{}/postgres", ctx.args.pg_server)).await
+    {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'keel\\_bench\\_q\\_%'",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap_or_default();
+        for name in names {
+            log(format!("dropping leftover database {name}"));
+            let _ = drop_database(ctx, &name).await;
+        }
+    }
+    if let Ok(client) = async_nats::connect(&ctx.args.nats_url).await {
+        use futures_util::StreamExt;
+        let js = async_nats::jetstream::new(client);
+        let names: Vec<String> = js
+            .stream_names()
+            .filter_map(|n| async move { n.ok() })
+            .collect()
+            .await;
+        for name in names.into_iter().filter(|n| n.starts_with("keel_bench_q_")) {
+            log(format!("deleting leftover stream {name}"));
+            let _ = js.delete_stream(&name).await;
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The queue benchmark's table, the keel/raw ratios against the issue's targets, and
+//! queue.json.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{BackendKind, Ctx, Outcome, Row};
+
+/// The issue's targets per backend.
+enum Target {
+    /// keel's rate over the raw client's, at least.
+    Ratio(f64),
+    /// keel's rate, at least (msg/s).
+    Rate(f64),
+}
+
+fn target(backend: BackendKind) -> Target {
+    match backend {
+        BackendKind::Sqlite => Target::Rate(20_000.0),
+        BackendKind::Postgres => Target::Ratio(0.5),
+        BackendKind::Rabbitmq | BackendKind::Nats => Target::Ratio(0.7),
+    }
+}
+
+/// The raw figures the issue measured on this kind of machine (100k messages), for comparison.
+fn reference(backend: BackendKind, ctx: &Ctx) -> &'static str {
+    match backend {
+        BackendKind::Sqlite => "55-80k",
+        BackendKind::Postgres => "30-40k",
+        BackendKind::Rabbitmq if ctx.rabbitmq_queue.as_str() == "classic" => "~11k",
+        BackendKind::Rabbitmq => "~14k",
+        BackendKind::Nats => "~50k",
+    }
+}
+
+fn rate(rows: &[Row], backend: BackendKind, system: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.backend == backend && r.system == system)
+        .and_then(|r| match &r.outcome {
+            Outcome::Measured(f) => Some(f.rate()),
+            _ => None,
+        })
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 100.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
+    let p = &ctx.plan;
+    let mut o = String::new();
+    o.push_str(&format!(
+        "\nkeel queue benchmark — {} messages of {} B per row, {} publisher(s) x batches of {}, {} consumer(s) x batches of {}, {} keys, offered rate {}\n",
+        p.messages,
+        p.body_bytes,
+        p.publishers,
+        p.publish_batch,
+        p.workers,
+        p.fetch_batch,
+        p.keys,
+        if p.rate == 0 { "unlimited".to_string() } else { format!("{} msg/s", p.rate) },
+    ));
+    o.push_str(&format!(
+        "load average at start {load_start} / at end {} (other work on the machine skews the figures)\n\n",
+        crate::report::loadavg()
+    ));
+    let header = [
+        "backend",
+        "row",
+        "msg/s",
+        "publish msg/s",
+        "p50",
+        "p99",
+        "max",
+        "what",
+    ];
+    let mut cells: Vec<[String; 8]> = Vec::new();
+    for r in rows {
+        let (rate, publish, p50, p99, max) = match &r.outcome {
+            Outcome::Measured(f) => (
+                format!("{:.0}", f.rate()),
+                format!("{:.0}", f.publish_rate()),
+                ms(f.tally.p50),
+                ms(f.tally.p99),
+                ms(f.tally.max),
+            ),
+            Outcome::Failed(_) => (
+                "FAILED".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ),
+            Outcome::NotBuilt => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let what = match &r.outcome {
+            Outcome::NotBuilt => "keel adapter not built in".to_string(),
+            _ => r.label.clone(),
+        };
+        cells.push([
+            r.backend.key().into(),
+            r.system.into(),
+            rate,
+            publish,
+            p50,
+            p99,
+            max,
+            what,
+        ]);
+    }
+    let mut width = header.map(str::len);
+    for row in &cells {
+        for (i, c) in row.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |row: &[String]| {
+        let mut s = String::from("|");
+        for (i, c) in row.iter().enumerate() {
+            if i < 2 || i == row.len() - 1 {
+                s.push_str(&format!(" {:<w$} |", c, w = width[i]));
+            } else {
+                s.push_str(&format!(" {:>w$} |", c, w = width[i]));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    o.push_str(&line(&header.map(String::from)));
+    let sep: Vec<String> = width
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i < 2 || i == width.len() - 1 {
+                format!(":{}", "-".repeat(w - 1))
+            } else {
+                format!("{}:", "-".repeat(w - 1))
+            }
+        })
+        .collect();
+    o.push_str(&line(&sep));
+    for row in &cells {
+        o.push_str(&line(row));
+    }
+
+    let mut problems = String::new();
+    for r in rows {
+        match &r.outcome {
+            Outcome::Failed(e) => {
+                problems.push_str(&format!("  FAILED {} {}: {e}\n", r.backend.key(), r.system))
+            }
+            Outcome::Measured(f) => {
+                for n in &f.notes {
+                    problems.push_str(&format!("  note {} {}: {n}\n", r.backend.key(), r.system));
+                }
+            }
+            Outcome::NotBuilt => {}
+        }
+    }
+    if !problems.is_empty() {
+        o.push_str("\nnotes and failures:\n");
+        o.push_str(&problems);
+    }
+
+    o.push_str("\nkeel against the raw client, and the targets:\n");
+    let backends: Vec<BackendKind> = {
+        let mut v: Vec<BackendKind> = rows.iter().map(|r| r.backend).collect();
+        v.dedup();
+        v
+    };
+    for b in backends {
+        let (keel, raw) = (rate(rows, b, "keel"), rate(rows, b, "raw"));
+        let ratio = keel.zip(raw).map(|(k, r)| k / r);
+        let ratio_text = ratio.map_or("n/a".into(), |v| format!("{v:.2}x"));
+        let (target_text, verdict) = match target(b) {
+            Target::Ratio(t) => (
+                format!("keel/raw >= {t}x"),
+                ratio.map_or("(not measured)", |v| if v >= t { "MET" } else { "MISSED" }),
+            ),
+            Target::Rate(t) => (
+                format!("keel >= {t:.0} msg/s"),
+                keel.map_or("(not measured)", |v| if v >= t { "MET" } else { "MISSED" }),
+            ),
+        };
+        o.push_str(&format!(
+            "  {:<9} keel/raw {:>7}   target {:<22} {:<15} (raw reference on this machine: {} msg/s)\n",
+            b.key(),
+            ratio_text,
+            target_text,
+            verdict,
+            reference(b, ctx)
+        ));
+    }
+    o
+}
+
+pub fn to_json(
+    ctx: &Ctx,
+    rows: &[Row],
+    started: chrono::DateTime<chrono::Utc>,
+    load_start: &str,
+) -> Value {
+    let p = &ctx.plan;
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let base = json!({
+                "backend": r.backend.key(),
+                "row": r.system,
+                "what": r.label,
+            });
+            let extra = match &r.outcome {
+                Outcome::Measured(f) => json!({
+                    "status": "ok",
+                    "msgs_per_s": f.rate().round(),
+                    "publish_msgs_per_s": f.publish_rate().round(),
+                    "elapsed_s": f.elapsed.as_secs_f64(),
+                    "latency_p50_ms": f.tally.p50.as_secs_f64() * 1000.0,
+                    "latency_p99_ms": f.tally.p99.as_secs_f64() * 1000.0,
+                    "latency_max_ms": f.tally.max.as_secs_f64() * 1000.0,
+                    "duplicates_absorbed": f.tally.duplicates,
+                    "notes": f.notes,
+                }),
+                Outcome::Failed(e) => json!({"status": "failed", "error": e}),
+                Outcome::NotBuilt => json!({"status": "keel adapter not built in"}),
+            };
+            let mut v = base;
+            if let (Some(a), Value::Object(b)) = (v.as_object_mut(), extra) {
+                a.extend(b);
+            }
+            v
+        })
+        .collect();
+    json!({
+        "started_at": started.to_rfc3339(),
+        "finished_at": chrono::Utc::now().to_rfc3339(),
+        "loadavg_start": load_start,
+        "loadavg_end": crate::report::loadavg(),
+        "params": {
+            "messages": p.messages,
+            "body_bytes": p.body_bytes,
+            "keys": p.keys,
+            "workers": p.workers,
+            "publishers": p.publishers,
+            "publish_batch": p.publish_batch,
+            "fetch_batch": p.fetch_batch,
+            "rate": p.rate,
+            "rabbitmq_queue": ctx.rabbitmq_queue.as_str(),
+        },
+        "rows": rows,
+    })
+}

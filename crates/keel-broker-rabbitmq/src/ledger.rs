@@ -13,6 +13,12 @@ use uuid::Uuid;
 
 use crate::codec::{Incoming, Slot};
 
+/// `now + by`, saturating far in the future instead of overflowing.
+pub(crate) fn later(now: Instant, by: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(by.min(CENTURY)).unwrap_or(now)
+}
+
 /// Where a held message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -138,7 +144,7 @@ impl<A: Clone> Ledger<A> {
             entry.handed += 1;
             entry.state = State::Leased {
                 lease: lease_token,
-                until: now + lease,
+                until: later(now, lease),
             };
             let m = &entry.message;
             out.push(Delivery {

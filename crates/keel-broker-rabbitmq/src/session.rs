@@ -44,12 +44,18 @@ pub(crate) fn unavailable(what: &'static str) -> BrokerError {
 /// Bounds one round trip to the server: a hung connection must not hang the caller.
 pub(crate) async fn within<T>(
     limit: Duration,
+    what: &'static str,
     call: impl Future<Output = Result<T, lapin::Error>>,
 ) -> Result<T, BrokerError> {
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result.map_err(classify),
-        Err(_) => Err(unavailable("rabbitmq did not answer in time")),
+        Err(_) => Err(too_slow(what, limit)),
     }
+}
+
+/// The server did not answer `what` within `limit`.
+pub(crate) fn too_slow(what: &'static str, limit: Duration) -> BrokerError {
+    BrokerError::Unavailable(format!("rabbitmq did not answer {what} within {limit:?}").into())
 }
 
 pub(crate) struct Session {
@@ -78,20 +84,21 @@ impl Session {
         let connect = |role: &str| {
             let properties = ConnectionProperties::default()
                 .with_connection_name(format!("keel {} {role}", shape.namespace).into());
-            within(timeout, Connection::connect(url, properties))
+            within(timeout, "connect", Connection::connect(url, properties))
         };
         let publishing = connect("publishing").await?;
         let consuming = connect("consuming").await?;
-        let publisher = within(timeout, publishing.create_channel()).await?;
+        let publisher = within(timeout, "channel.open", publishing.create_channel()).await?;
         within(
             timeout,
+            "confirm.select",
             publisher.confirm_select(ConfirmSelectOptions::default()),
         )
         .await?;
-        let admin = within(timeout, consuming.create_channel()).await?;
+        let admin = within(timeout, "channel.open", consuming.create_channel()).await?;
         tokio::time::timeout(timeout, shape.declare_namespace(&admin))
             .await
-            .map_err(|_| unavailable("rabbitmq did not answer in time"))??;
+            .map_err(|_| too_slow("the namespace's declarations", timeout))??;
         Ok(Self {
             publishing,
             publisher,
@@ -120,7 +127,7 @@ impl Session {
     /// A fresh channel for declarations and passive declares: the server closes a channel on
     /// a refused declaration, which must not take the publishing channel with it.
     pub(crate) async fn scratch_channel(&self, timeout: Duration) -> Result<Channel, BrokerError> {
-        within(timeout, self.consuming.create_channel()).await
+        within(timeout, "channel.open", self.consuming.create_channel()).await
     }
 
     pub(crate) fn is_declared(&self, group: &str) -> bool {
@@ -181,6 +188,7 @@ impl Link {
         // Per consumer (RabbitMQ's reading of `global: false`): each queue gets its own window.
         within(
             timeout,
+            "basic.qos",
             channel.basic_qos(prefetch, BasicQosOptions { global: false }),
         )
         .await?;
@@ -189,6 +197,7 @@ impl Link {
         for slot in Slot::all(shape.partitions) {
             let consumer = within(
                 timeout,
+                "basic.consume",
                 channel.basic_consume(
                     shape.queue(group, slot),
                     "".into(),
@@ -233,6 +242,7 @@ impl Link {
         for (slot, _) in &self.consumers {
             let queue = within(
                 timeout,
+                "a passive queue.declare",
                 self.channel.queue_declare(
                     shape.queue(group, *slot),
                     passive(),
@@ -244,6 +254,7 @@ impl Link {
         }
         within(
             timeout,
+            "basic.qos",
             self.channel
                 .basic_qos(self.prefetch, BasicQosOptions { global: false }),
         )

@@ -156,12 +156,19 @@ impl Shape {
         group: &str,
     ) -> Result<(), BrokerError> {
         let exchange = self.group_exchange(group);
+        // What the group's exchange cannot route (a publisher configured with more partitions,
+        // a queue deleted by hand) goes to the dead letters instead of vanishing.
+        let mut alternate = FieldTable::default();
+        alternate.insert(
+            "alternate-exchange".into(),
+            AMQPValue::LongString(self.dead_letters().as_str().into()),
+        );
         channel
             .exchange_declare(
                 exchange.clone(),
                 ExchangeKind::Headers,
                 self.exchange_options(),
-                FieldTable::default(),
+                alternate,
             )
             .await
             .map_err(classify)?;

@@ -9,7 +9,9 @@ use keel_broker_rabbitmq::{RabbitBroker, RabbitOptions};
 use keel_domain::{Broker, BrokerError, Delivery, Outgoing};
 use keel_test_support::broker_suite::{self, SUITE_MAX_BODY, SUITE_MAX_DEPTH};
 use keel_test_support::services::{fresh_namespace, rabbitmq_url};
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
@@ -28,12 +30,91 @@ fn options(namespace: &str, quorum: bool) -> RabbitOptions {
         } else {
             RabbitOptions::default().partitions
         },
-        // The namespace goes away by itself after the test, even a failed one.
-        expire_unused_after: Some(Duration::from_secs(120)),
+        // Classic queues left behind by a crashed test run go away by themselves; quorum
+        // queues cannot expire (see `RabbitOptions`), `Namespace` deletes them.
+        expire_unused_after: (!quorum).then_some(Duration::from_secs(120)),
         // Creating quorum queues on a loaded machine can take seconds.
         timeout: Duration::from_secs(30),
         ..RabbitOptions::default()
     }
+}
+
+/// A fresh namespace whose queues and exchanges are deleted when it is dropped, even by a
+/// failing test.
+struct Namespace(String);
+
+impl Namespace {
+    fn new() -> Self {
+        Self(fresh_namespace())
+    }
+}
+
+impl std::ops::Deref for Namespace {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let namespace = self.0.clone();
+        // A runtime of its own on a thread of its own: drop may run inside the test's runtime.
+        let cleanup = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(delete_namespace(&namespace));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Deletes every queue and exchange named `namespace` or `namespace/...`.
+async fn delete_namespace(namespace: &str) {
+    let connection = Connection::connect(&rabbitmq_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let ours = |name: &&str| *name == namespace || name.starts_with(&format!("{namespace}/"));
+    for name in rabbitmqctl_names("list_queues")
+        .iter()
+        .map(String::as_str)
+        .filter(ours)
+    {
+        channel
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    for name in rabbitmqctl_names("list_exchanges")
+        .iter()
+        .map(String::as_str)
+        .filter(ours)
+    {
+        channel
+            .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+}
+
+fn rabbitmqctl_names(listing: &str) -> Vec<String> {
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["-q", listing, "--no-table-headers", "name"])
+        .output()
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 async fn broker(namespace: &str, quorum: bool) -> RabbitBroker {
@@ -80,7 +161,8 @@ async fn queue_length(queue: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_queues_pass_the_broker_suite() {
-    let broker = broker(&fresh_namespace(), false).await;
+    let namespace = Namespace::new();
+    let broker = broker(&namespace, false).await;
     broker_suite::run_all(Arc::new(broker)).await;
 }
 
@@ -88,7 +170,8 @@ async fn classic_queues_pass_the_broker_suite() {
 /// `quorum_queues_push_back_with_hysteresis`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queues_pass_the_broker_suite_but_its_exact_depth_bound() {
-    let broker: Arc<dyn Broker> = Arc::new(broker(&fresh_namespace(), true).await);
+    let namespace = Namespace::new();
+    let broker: Arc<dyn Broker> = Arc::new(broker(&namespace, true).await);
     assert!(!broker.capabilities().dedupes_publish);
     broker_suite::a_publish_reaches_every_bound_group_once(&*broker).await;
     broker_suite::a_leased_message_is_not_delivered_twice_and_ack_removes_it(&*broker).await;
@@ -103,11 +186,12 @@ async fn quorum_queues_pass_the_broker_suite_but_its_exact_depth_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queues_push_back_with_hysteresis() {
     let max_depth = 10;
+    let namespace = Namespace::new();
     let broker = RabbitBroker::connect(
         &rabbitmq_url(),
         RabbitOptions {
             max_depth,
-            ..options(&fresh_namespace(), true)
+            ..options(&namespace, true)
         },
     )
     .await
@@ -142,7 +226,7 @@ async fn quorum_queues_push_back_with_hysteresis() {
 
 /// Two brokers on two connections pairs, like two processes, fetching one group.
 async fn two_instances_share_a_group_without_duplicates(quorum: bool) {
-    let namespace = fresh_namespace();
+    let namespace = Namespace::new();
     let one = Arc::new(broker(&namespace, quorum).await);
     let two = Arc::new(broker(&namespace, quorum).await);
     one.bind("shared", "work.#").await.unwrap();
@@ -210,7 +294,7 @@ async fn two_instances_share_a_quorum_group_without_duplicates() {
 
 /// A process dies holding a keyed and an unkeyed message: the other gets both, attempt 2.
 async fn messages_held_by_a_dropped_instance_go_to_the_other(quorum: bool) {
-    let namespace = fresh_namespace();
+    let namespace = Namespace::new();
     let doomed = broker(&namespace, quorum).await;
     let survivor = broker(&namespace, quorum).await;
     doomed.bind("orders", "order.*").await.unwrap();
@@ -264,7 +348,7 @@ async fn quorum_messages_held_by_a_dropped_instance_go_to_the_other_with_attempt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_message_that_keeps_killing_its_consumers_is_dead_lettered() {
-    let namespace = fresh_namespace();
+    let namespace = Namespace::new();
     let limited = || RabbitOptions {
         delivery_limit: Some(1),
         ..options(&namespace, true)
@@ -301,7 +385,7 @@ async fn a_quorum_message_that_keeps_killing_its_consumers_is_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_message_is_dead_lettered_not_handed_out() {
-    let namespace = fresh_namespace();
+    let namespace = Namespace::new();
     let broker = broker(&namespace, false).await;
     broker.bind("mixed", "mixed").await.unwrap();
     // A message some other client put in the group's queue, with no keel message id.
@@ -397,7 +481,7 @@ fn close_connections(namespace: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_is_replaced_and_its_deliveries_come_back() {
-    let namespace = fresh_namespace();
+    let namespace = Namespace::new();
     let broker = broker(&namespace, false).await;
     broker.bind("cut", "cut").await.unwrap();
     let sent = Outgoing::new(b"in flight".to_vec()).with_key("k");
@@ -421,4 +505,34 @@ async fn a_lost_connection_is_replaced_and_its_deliveries_come_back() {
             .await
             .unwrap()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_for_a_partition_the_group_lacks_is_dead_lettered_not_lost() {
+    let namespace = Namespace::new();
+    let consumer = RabbitBroker::connect(
+        &rabbitmq_url(),
+        RabbitOptions {
+            partitions: 1,
+            ..options(&namespace, false)
+        },
+    )
+    .await
+    .unwrap();
+    consumer.bind("narrow", "narrow").await.unwrap();
+    // A misconfigured publisher spreads keys over more partitions than the group has.
+    let publisher = broker(&namespace, false).await;
+    let keys: Vec<String> = (0..20).map(|n| format!("key-{n}")).collect();
+    for key in &keys {
+        let message = Outgoing::new(b"x".to_vec()).with_key(key.as_str());
+        assert!(publisher.publish("narrow", message).await.unwrap());
+    }
+    let mut delivered = 0;
+    while let Some(d) = fetch_one(&consumer, "narrow", Duration::from_millis(200)).await {
+        consumer.ack(d.tag).await.unwrap();
+        delivered += 1;
+    }
+    let dead = queue_length(&format!("{namespace}/~dead")).await;
+    assert!(dead > 0, "some keys hash beyond partition 0");
+    assert_eq!(delivered + dead as usize, keys.len(), "none lost");
 }

@@ -25,12 +25,15 @@
 //! Within the process, [`Broker::fetch`] hands out at most one message per key, oldest first, and
 //! holds back a key's later messages while one is in flight or waiting for its retry.
 //! The trade-off: keyed work of a group runs in one process at a time (the first to consume
-//! holds every partition until it leaves); unkeyed work spreads over all of them.
+//! holds every partition until it leaves); unkeyed work spreads over all of them. Within a
+//! partition, a key with many messages waiting can fill the prefetch window and hold back the
+//! partition's other keys until its messages are acknowledged.
 //!
 //! # Deliveries and leases
 //! Each group a process fetches from gets a consumer channel with a prefetch window of
-//! `prefetch` messages per queue. Deliveries wait in the process, unacknowledged, until `fetch`
-//! hands them out. The lease is kept in the process: a delivery not settled before its lease ends
+//! `prefetch` messages per queue, kept until the broker is dropped or its connection fails (a
+//! process that fetched a group once goes on receiving its messages). Deliveries wait in the
+//! process, unacknowledged, until `fetch` hands them out. The lease is kept in the process: a delivery not settled before its lease ends
 //! is handed out again (attempt + 1) and its old tag's `ack` returns
 //! [`BrokerError::LeaseLost`]; `retry` keeps the message unacknowledged and hands it out again
 //! after the delay (attempt + 1), its key blocked meanwhile. **Across processes the lease is the
@@ -42,10 +45,11 @@
 //! `consumer_timeout` (30 minutes by default), so leases and retry delays must stay below it;
 //! such a channel's deliveries are returned and their tags settle nothing.
 //!
-//! A `fetch` that finds nothing held asks the server what is ready (passive declares, then a
-//! `basic.qos` round trip so every delivery already sent has arrived) and waits, up to half a
-//! second, only while a queue it receives from still has ready messages on their way: an empty
-//! result means nothing is ready for this process now.
+//! `fetch` returns at once what the process holds that is ready (possibly fewer than `max`). If
+//! that is nothing, it asks the server what is ready (passive declares, then a `basic.qos` round
+//! trip so every delivery already sent has arrived) and waits, up to half a second, only while a
+//! queue it receives from still has ready messages on their way: an empty result means nothing
+//! is ready for this process now.
 //!
 //! # Publishing and backpressure
 //! `publish` sends a persistent message with the `mandatory` flag on a channel in confirm mode and
@@ -67,7 +71,11 @@
 //! dead-lettering covers what never reaches a worker: every queue dead-letters to the namespace's
 //! `ns/~dead` queue a message that is no keel message (rejected when it arrives), and on quorum
 //! queues with `delivery_limit` a message delivered more often than that, which happens only when
-//! processes holding it keep dying (a poison message that crashes its worker).
+//! processes holding it keep dying (a poison message that crashes its worker). The dead-letter
+//! exchange is also each group exchange's alternate exchange: a message the group's exchange
+//! cannot route (a publisher configured with more partitions) is kept there, not lost. Quorum
+//! queues dead-letter at least once (the source keeps the message until the dead-letter queue
+//! confirms it); classic queues at most once. keel does not read `ns/~dead`: an operator does.
 //!
 //! # Depth
 //! `depth(group)`: `ready` is the sum of the ready counts RabbitMQ reports for the group's queues
@@ -433,10 +441,14 @@ impl RabbitBroker {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        let deadline = Instant::now() + FETCH_WAIT;
+        // Leases and retry delays are judged at the call's start: a message whose delay ends
+        // while this fetch talks to the server waits for the next fetch, as it would have had
+        // the server answered at once.
+        let now = Instant::now();
+        let deadline = now + FETCH_WAIT;
         loop {
             self.drain(link, group)?;
-            let out = self.ledger().take(group, max, lease, Instant::now());
+            let out = self.ledger().take(group, max, lease, now);
             if !out.is_empty() {
                 return Ok(out);
             }
@@ -449,7 +461,7 @@ impl RabbitBroker {
                 }
             };
             self.drain(link, group)?;
-            let out = self.ledger().take(group, max, lease, Instant::now());
+            let out = self.ledger().take(group, max, lease, now);
             if !out.is_empty() {
                 return Ok(out);
             }

@@ -228,10 +228,11 @@ impl Link {
         !self.dead && self.channel.status().connected()
     }
 
-    /// The ready count of each of the link's queues, read so that every delivery the server
-    /// sent before answering has reached this client: a passive declare makes each queue
-    /// answer after the deliveries it already dispatched to this channel, and the `basic.qos`
-    /// that follows is answered only after the channel wrote those deliveries out.
+    /// The ready count of each of the link's queues (but those another process consumes), read
+    /// so that every delivery the server sent before answering has reached this client: a
+    /// passive declare makes each queue answer after the deliveries it already dispatched to
+    /// this channel, and the `basic.qos` that follows is answered only after the channel wrote
+    /// those deliveries out.
     pub(crate) async fn probe(
         &self,
         shape: &Shape,
@@ -240,6 +241,9 @@ impl Link {
     ) -> Result<HashMap<Slot, u32>, BrokerError> {
         let mut ready = HashMap::new();
         for (slot, _) in &self.consumers {
+            if self.activity.get(slot) == Some(&Activity::Passive) {
+                continue; // another process consumes it: nothing of it is on its way here
+            }
             let queue = within(
                 timeout,
                 "a passive queue.declare",

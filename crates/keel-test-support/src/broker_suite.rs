@@ -1,5 +1,7 @@
 //! The behavioural suite of the `Broker` port. Each backend calls [`run_all`] on a fresh broker
-//! built with [`SUITE_LIMITS`]; a failure names the behaviour that broke.
+//! built with [`SUITE_LIMITS`]; a failure names the behaviour that broke. Each behaviour is
+//! public too, so a backend with a documented difference (RabbitMQ quorum queues bound depth with
+//! hysteresis) runs all the others.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ pub async fn run_all(broker: Arc<dyn Broker>) {
     a_batch_that_does_not_fit_is_refused_with_full(&*broker).await;
 }
 
-async fn a_publish_reaches_every_bound_group_once(broker: &dyn Broker) {
+pub async fn a_publish_reaches_every_bound_group_once(broker: &dyn Broker) {
     assert!(
         !broker.publish("fan.out", body("nobody")).await.unwrap(),
         "no binding, no copy"
@@ -69,7 +71,7 @@ async fn a_publish_reaches_every_bound_group_once(broker: &dyn Broker) {
     );
 }
 
-async fn a_leased_message_is_not_delivered_twice_and_ack_removes_it(broker: &dyn Broker) {
+pub async fn a_leased_message_is_not_delivered_twice_and_ack_removes_it(broker: &dyn Broker) {
     broker.bind("lease", "suite.lease").await.unwrap();
     let mut sent = body("leased");
     sent.headers
@@ -93,7 +95,7 @@ async fn a_leased_message_is_not_delivered_twice_and_ack_removes_it(broker: &dyn
     assert!(broker.fetch("lease", 10, LEASE).await.unwrap().is_empty());
 }
 
-async fn an_expired_lease_redelivers_and_the_old_holder_cannot_ack(broker: &dyn Broker) {
+pub async fn an_expired_lease_redelivers_and_the_old_holder_cannot_ack(broker: &dyn Broker) {
     broker.bind("expiry", "suite.expiry").await.unwrap();
     broker
         .publish("suite.expiry", body("slow worker"))
@@ -120,7 +122,7 @@ async fn an_expired_lease_redelivers_and_the_old_holder_cannot_ack(broker: &dyn 
     broker.ack(second[0].tag).await.unwrap();
 }
 
-async fn messages_of_one_key_come_in_order_while_other_keys_pass(broker: &dyn Broker) {
+pub async fn messages_of_one_key_come_in_order_while_other_keys_pass(broker: &dyn Broker) {
     broker.bind("order", "suite.order").await.unwrap();
     for (key, text) in [
         ("a", "a1"),
@@ -168,7 +170,7 @@ async fn messages_of_one_key_come_in_order_while_other_keys_pass(broker: &dyn Br
     assert!(seen.contains(&"unkeyed".to_owned()));
 }
 
-async fn a_retry_waits_its_delay_and_keeps_its_key_blocked(broker: &dyn Broker) {
+pub async fn a_retry_waits_its_delay_and_keeps_its_key_blocked(broker: &dyn Broker) {
     broker.bind("retry", "suite.retry").await.unwrap();
     broker
         .publish("suite.retry", body("first").with_key("r"))
@@ -201,7 +203,7 @@ async fn a_retry_waits_its_delay_and_keeps_its_key_blocked(broker: &dyn Broker) 
     broker.ack(next[0].tag).await.unwrap();
 }
 
-async fn a_republished_message_is_stored_once(broker: &dyn Broker) {
+pub async fn a_republished_message_is_stored_once(broker: &dyn Broker) {
     broker.bind("dedupe", "suite.dedupe").await.unwrap();
     let sent = body("once");
     broker.publish("suite.dedupe", sent.clone()).await.unwrap();
@@ -212,7 +214,7 @@ async fn a_republished_message_is_stored_once(broker: &dyn Broker) {
     assert_eq!(broker.depth("dedupe").await.unwrap().ready, 0);
 }
 
-async fn a_redelivery_reaches_only_its_group(broker: &dyn Broker) {
+pub async fn a_redelivery_reaches_only_its_group(broker: &dyn Broker) {
     broker.bind("replay-a", "suite.replay").await.unwrap();
     broker.bind("replay-b", "suite.replay").await.unwrap();
     let sent = body("again").with_key("rk");
@@ -245,7 +247,7 @@ async fn a_redelivery_reaches_only_its_group(broker: &dyn Broker) {
     broker.ack(got[0].tag).await.unwrap();
 }
 
-async fn bad_names_and_oversized_bodies_are_refused(broker: &dyn Broker) {
+pub async fn bad_names_and_oversized_bodies_are_refused(broker: &dyn Broker) {
     assert!(matches!(
         broker.publish("bad topic", body("x")).await,
         Err(BrokerError::Invalid { what: "topic", .. })
@@ -261,7 +263,7 @@ async fn bad_names_and_oversized_bodies_are_refused(broker: &dyn Broker) {
     ));
 }
 
-async fn competing_workers_share_the_messages_without_duplicates(broker: Arc<dyn Broker>) {
+pub async fn competing_workers_share_the_messages_without_duplicates(broker: Arc<dyn Broker>) {
     broker.bind("compete", "suite.compete").await.unwrap();
     let total = 200;
     for n in 0..total {
@@ -295,7 +297,9 @@ async fn competing_workers_share_the_messages_without_duplicates(broker: Arc<dyn
     assert_eq!(unique.len(), total);
 }
 
-async fn competing_workers_keep_each_keys_order_and_run_keys_in_parallel(broker: Arc<dyn Broker>) {
+pub async fn competing_workers_keep_each_keys_order_and_run_keys_in_parallel(
+    broker: Arc<dyn Broker>,
+) {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -371,7 +375,7 @@ fn fastrand_ms() -> u64 {
     u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 4)
 }
 
-async fn a_full_group_pushes_back_on_the_producer(broker: &dyn Broker) {
+pub async fn a_full_group_pushes_back_on_the_producer(broker: &dyn Broker) {
     broker.bind("flood", "suite.flood").await.unwrap();
     for n in 0..SUITE_MAX_DEPTH {
         broker
@@ -396,7 +400,7 @@ async fn a_full_group_pushes_back_on_the_producer(broker: &dyn Broker) {
         .unwrap();
 }
 
-async fn a_published_batch_arrives_in_order_and_says_what_was_routed(broker: &dyn Broker) {
+pub async fn a_published_batch_arrives_in_order_and_says_what_was_routed(broker: &dyn Broker) {
     broker.bind("batch", "suite.batch.*").await.unwrap();
     assert!(broker.publish_many(&[]).await.unwrap().is_empty());
     let batch: Vec<(String, Outgoing)> = vec![
@@ -431,7 +435,7 @@ async fn a_published_batch_arrives_in_order_and_says_what_was_routed(broker: &dy
     assert!(seen.contains(&"b3".to_owned()));
 }
 
-async fn a_batch_of_acks_settles_each_tag_and_refuses_stale_ones(broker: &dyn Broker) {
+pub async fn a_batch_of_acks_settles_each_tag_and_refuses_stale_ones(broker: &dyn Broker) {
     broker.bind("acks", "suite.acks").await.unwrap();
     assert!(broker.ack_many(&[]).await.is_empty());
     let batch: Vec<(String, Outgoing)> = (0..4)
@@ -473,7 +477,7 @@ async fn a_batch_of_acks_settles_each_tag_and_refuses_stale_ones(broker: &dyn Br
     assert!(broker.fetch("acks", 10, LEASE).await.unwrap().is_empty());
 }
 
-async fn a_batch_that_does_not_fit_is_refused_with_full(broker: &dyn Broker) {
+pub async fn a_batch_that_does_not_fit_is_refused_with_full(broker: &dyn Broker) {
     broker
         .bind("flood-batch", "suite.flood-batch")
         .await

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use keel_broker_nats::{NatsBroker, NatsOptions};
+use keel_broker_rabbitmq::{RabbitBroker, RabbitOptions};
 use keel_config::{BrokerKind, Settings};
 use keel_domain::{Broker, Hospital};
 use keel_queue::offload::Offloading;
@@ -65,7 +66,20 @@ impl Queue {
                 }
             }
             BrokerKind::RabbitMq => {
-                anyhow::bail!("queue.url {shown}: this build has no {kind:?} adapter yet")
+                let options = RabbitOptions {
+                    namespace: settings.queue.namespace.clone(),
+                    partitions: u16::try_from(settings.queue.partitions).unwrap_or(u16::MAX),
+                    max_depth: settings.queue.max_depth,
+                    max_body_bytes: settings.queue.max_body_bytes,
+                    ..RabbitOptions::default()
+                };
+                let broker = RabbitBroker::connect(url.expose(), options)
+                    .await
+                    .with_context(|| format!("cannot reach RabbitMQ at {shown}"))?;
+                Self {
+                    broker: Arc::new(broker),
+                    hospital: database_hospital(settings).await?,
+                }
             }
         };
         // Large bodies go to the file store whatever the broker (the seed's message-size concern).

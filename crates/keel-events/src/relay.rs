@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel_domain::{Broker, BrokerError, EventStore};
@@ -41,8 +40,6 @@ pub struct Relay {
     broker: Arc<dyn Broker>,
     settings: RelaySettings,
     holder: Uuid,
-    /// Rows waiting at the last look, for the API's backpressure (a full outbox refuses writes).
-    backlog: Arc<AtomicU64>,
 }
 
 /// What one round did.
@@ -66,13 +63,7 @@ impl Relay {
             broker,
             settings,
             holder: Uuid::new_v4(),
-            backlog: Arc::new(AtomicU64::new(0)),
         }
-    }
-
-    /// The outbox backlog the relay last saw, shared with whoever applies backpressure.
-    pub fn backlog(&self) -> Arc<AtomicU64> {
-        self.backlog.clone()
     }
 
     /// Runs rounds until `shutdown` resolves; the round in progress completes first, so its
@@ -137,8 +128,6 @@ impl Relay {
                 Err(e) => failure = Some(e),
             }
         }
-        self.backlog
-            .store(self.events.outbox_backlog().await?, Ordering::Relaxed);
         match failure {
             // A full queue is backpressure, not a fault: the rows wait in the outbox.
             Some(BrokerError::Full) => {

@@ -41,11 +41,9 @@ pub struct Application {
     settings: Settings,
     repo: Arc<dyn UserRepo>,
     events: Arc<dyn EventStore>,
-    /// The outbox backlog the API refuses writes over; kept fresh by the relay when this process
-    /// runs the worker role, by a poller otherwise.
-    backlog: Arc<AtomicU64>,
+    /// Keeps the API's view of the outbox backlog fresh (whichever process relays).
+    poller: tokio::task::JoinHandle<()>,
     workers: Option<Workers>,
-    poller: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -118,9 +116,8 @@ impl Application {
             settings,
             repo,
             events,
-            backlog,
+            poller,
             workers: None,
-            poller: Some(poller),
         })
     }
 
@@ -136,18 +133,6 @@ impl Application {
             self.repo.clone(),
         )
         .await?;
-        // The relay sees the backlog at every round: the poller is no longer needed.
-        if let Some(poller) = self.poller.take() {
-            poller.abort();
-        }
-        let relay_backlog = workers.backlog();
-        let shared = self.backlog.clone();
-        self.poller = Some(tokio::spawn(async move {
-            loop {
-                shared.store(relay_backlog.load(Ordering::Relaxed), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }));
         self.workers = Some(workers);
         Ok(self)
     }
@@ -188,6 +173,7 @@ impl Application {
         tokio::select! {
             res = &mut server => {
                 // The server stopped on its own: that is a failure, but the backlog still flushes.
+                poller.abort();
                 users.shutdown(FLUSH_ON_SHUTDOWN).await;
                 if let Some(workers) = workers {
                     workers.shutdown(FLUSH_ON_SHUTDOWN).await;
@@ -216,9 +202,7 @@ impl Application {
             }
         }
         users.shutdown(FLUSH_ON_SHUTDOWN).await;
-        if let Some(poller) = poller {
-            poller.abort();
-        }
+        poller.abort();
         // After the flush, so the relay may still publish what the flush wrote; what remains in
         // the outbox is published by the next relay.
         if let Some(workers) = workers {
@@ -255,7 +239,8 @@ async fn build_users(
         .context("cannot start the users cache (write-back journal replay)")
 }
 
-/// Keeps the API's view of the outbox backlog fresh when no relay runs in this process.
+/// Keeps the API's view of the outbox backlog fresh: one count a second, in every process that
+/// serves the API, whichever process leads the relay.
 async fn poll_backlog(events: Arc<dyn EventStore>, backlog: Arc<AtomicU64>) {
     loop {
         match events.outbox_backlog().await {

@@ -3,7 +3,6 @@
 //! processes may run it at once: workers compete for each group's messages, and one relay leads.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use keel_config::Settings;
@@ -18,7 +17,6 @@ use tokio::task::JoinSet;
 pub struct Workers {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    backlog: Arc<AtomicU64>,
 }
 
 impl Workers {
@@ -47,7 +45,6 @@ impl Workers {
                 ..RelaySettings::default()
             },
         );
-        let backlog = relay.backlog();
         let shutdown = signal(stopped.clone());
         tasks.spawn(async move { relay.run(shutdown).await });
 
@@ -81,16 +78,7 @@ impl Workers {
             workers_per_group = q.workers_per_group,
             "workers started"
         );
-        Ok(Self {
-            stop,
-            tasks,
-            backlog,
-        })
-    }
-
-    /// The outbox backlog the relay last saw (for the API's backpressure).
-    pub fn backlog(&self) -> Arc<AtomicU64> {
-        self.backlog.clone()
+        Ok(Self { stop, tasks })
     }
 
     /// Stops taking work and waits for the rounds in progress to settle their deliveries.

@@ -49,8 +49,14 @@ pub struct AppState {
 
 /// The complete API router.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The API router with `extra` routes (the hospital console) behind the same middleware.
+pub fn router_with(state: AppState, extra: Router) -> Router {
     let limiter = middleware::Limiter::new(&state.http);
     Router::new()
+        .merge(extra.with_state(()))
         .merge(users::router())
         .merge(jobs::router())
         .merge(ops::router())

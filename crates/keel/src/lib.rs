@@ -44,6 +44,8 @@ pub struct Application {
     /// Keeps the API's view of the outbox backlog fresh (whichever process relays).
     poller: tokio::task::JoinHandle<()>,
     workers: Option<Workers>,
+    /// The broker and hospital, when opened for the console before the worker role starts.
+    queue: Option<queue::Queue>,
 }
 
 impl Application {
@@ -103,7 +105,28 @@ impl Application {
                     .then(|| Duration::from_secs(settings.queue.job_ttl_secs)),
             },
         };
-        let router = keel_api::router(state);
+        // The hospital console needs the queue; it is opened here only when the console is on,
+        // and shared with the worker role if this process runs it too.
+        let queue = match &settings.hospital.admin_password {
+            Some(_) => Some(queue::Queue::open(&settings).await?),
+            None => None,
+        };
+        let console = match (&queue, &settings.hospital.admin_password) {
+            (Some(queue), Some(password)) => {
+                let auth = keel_hospital::AdminAuth::new(
+                    "admin",
+                    secrecy::SecretString::from(password.expose().to_owned()),
+                )
+                .map_err(|e| anyhow::anyhow!("hospital.admin_password: {e}"))?;
+                let service = keel_hospital::HospitalService::new(
+                    queue.hospital.clone(),
+                    queue.broker.clone(),
+                );
+                keel_hospital::console(service, auth)
+            }
+            _ => axum::Router::new(),
+        };
+        let router = keel_api::router_with(state, console);
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
@@ -118,13 +141,17 @@ impl Application {
             events,
             poller,
             workers: None,
+            queue,
         })
     }
 
     /// Also runs the worker role in this process (`keel up`): the relay, the subscriber groups'
     /// workers and the queue metrics, on the configured broker.
     pub async fn with_workers(mut self) -> anyhow::Result<Self> {
-        let queue = queue::Queue::open(&self.settings).await?;
+        let queue = match self.queue.take() {
+            Some(queue) => queue,
+            None => queue::Queue::open(&self.settings).await?,
+        };
         let workers = Workers::start(
             &self.settings,
             queue.broker,

@@ -12,6 +12,7 @@ use keel_queue::offload::Offloading;
 use keel_queue::{PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue};
 
 /// The configured broker and its hospital.
+#[derive(Clone)]
 pub struct Queue {
     pub broker: Arc<dyn Broker>,
     pub hospital: Arc<dyn Hospital>,

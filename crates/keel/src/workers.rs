@@ -9,6 +9,7 @@ use keel_config::Settings;
 use keel_domain::{Broker, EventStore, Hospital, UserRepo};
 use keel_events::topology::{self, Subscription};
 use keel_events::{Relay, RelaySettings};
+use keel_hospital::{Notifier, NotifierConfig};
 use keel_queue::worker::{RetryPolicy, Worker};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -69,6 +70,15 @@ impl Workers {
                 let shutdown = signal(stopped.clone());
                 tasks.spawn(async move { worker.run(shutdown).await });
             }
+        }
+
+        if let Some(url) = &settings.hospital.webhook_url {
+            let mut config = NotifierConfig::new(url.expose());
+            config.digest_interval = Duration::from_secs(settings.hospital.digest_interval_secs);
+            let notifier = Notifier::new(hospital.clone(), config)
+                .map_err(|e| anyhow::anyhow!("hospital.webhook_url: {e}"))?;
+            let shutdown = signal(stopped.clone());
+            tasks.spawn(async move { notifier.run(shutdown).await });
         }
 
         let groups: Vec<&'static str> = subscriptions.iter().map(|s| s.group).collect();

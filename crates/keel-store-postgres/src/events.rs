@@ -3,13 +3,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keel_domain::events::headers_from_json;
 use keel_domain::{
-    AuditEntry, EventStore, Job, JobState, MessageId, Notification, OutboxRecord, Outgoing,
-    StoreError, UserId,
+    AuditEntry, EventStore, Job, JobState, Notification, OutboxRecord, Outgoing, StoreError, UserId,
 };
-use keel_store_sql::{from_micros, micros, now_micros};
-use sqlx::Row;
+use keel_store_sql::events as rows;
+use keel_store_sql::{micros, now_micros};
 use uuid::Uuid;
 
 use crate::{PostgresStore, map_err};
@@ -35,25 +33,6 @@ pub(crate) async fn enqueue<'c, E: sqlx::PgExecutor<'c>>(
     .map(drop)
 }
 
-fn parse_uuid(raw: &str, what: &'static str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(raw).map_err(|_| keel_store_sql::corrupt(what))
-}
-
-fn row_to_job(row: &sqlx::postgres::PgRow) -> Result<Job, StoreError> {
-    let id: String = row.try_get("id").map_err(map_err)?;
-    let state: String = row.try_get("state").map_err(map_err)?;
-    Ok(Job {
-        id: parse_uuid(&id, "job id")?,
-        kind: row.try_get("kind").map_err(map_err)?,
-        subject: row.try_get("subject").map_err(map_err)?,
-        state: JobState::parse(&state).ok_or_else(|| keel_store_sql::corrupt("job state"))?,
-        result: row.try_get("result").map_err(map_err)?,
-        error: row.try_get("error").map_err(map_err)?,
-        created_at: from_micros(row.try_get("created_at").map_err(map_err)?),
-        updated_at: from_micros(row.try_get("updated_at").map_err(map_err)?),
-    })
-}
-
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn lead_relay(&self, holder: Uuid, lease: Duration) -> Result<bool, StoreError> {
@@ -73,32 +52,14 @@ impl EventStore for PostgresStore {
     }
 
     async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxRecord>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<rows::OutboxRow> = sqlx::query_as(
             "SELECT seq, id, topic, msg_key, headers, body, expires_at FROM outbox ORDER BY seq LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("id").map_err(map_err)?;
-                let headers: String = row.try_get("headers").map_err(map_err)?;
-                let expires_at: Option<i64> = row.try_get("expires_at").map_err(map_err)?;
-                Ok(OutboxRecord {
-                    seq: row.try_get("seq").map_err(map_err)?,
-                    topic: row.try_get("topic").map_err(map_err)?,
-                    message: Outgoing {
-                        id: MessageId(parse_uuid(&id, "message id")?),
-                        key: row.try_get("msg_key").map_err(map_err)?,
-                        headers: headers_from_json(&headers)
-                            .ok_or_else(|| keel_store_sql::corrupt("headers"))?,
-                        body: row.try_get("body").map_err(map_err)?,
-                        expires_at: expires_at.map(from_micros),
-                    },
-                })
-            })
-            .collect()
+        rows.into_iter().map(rows::outbox_record).collect()
     }
 
     async fn outbox_remove(&self, seqs: &[i64]) -> Result<(), StoreError> {
@@ -143,14 +104,14 @@ impl EventStore for PostgresStore {
     }
 
     async fn job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
-        let row = sqlx::query(
+        let row: Option<rows::JobRow> = sqlx::query_as(
             "SELECT id, kind, subject, state, result, error, created_at, updated_at FROM jobs WHERE id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
-        row.as_ref().map(row_to_job).transpose()
+        row.map(rows::job).transpose()
     }
 
     async fn set_job_state(
@@ -193,26 +154,16 @@ impl EventStore for PostgresStore {
     }
 
     async fn audit_of(&self, user: UserId) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT message_id, topic, user_id, version, occurred_at, recorded_at FROM user_audit \
+        let rows: Vec<rows::AuditRow> = sqlx::query_as(
+            "SELECT message_id, topic, version, occurred_at, recorded_at FROM user_audit \
              WHERE user_id = $1 ORDER BY occurred_at, message_id",
         )
         .bind(user.to_string())
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        rows.iter()
-            .map(|row| {
-                let message_id: String = row.try_get("message_id").map_err(map_err)?;
-                Ok(AuditEntry {
-                    message_id: MessageId(parse_uuid(&message_id, "message id")?),
-                    topic: row.try_get("topic").map_err(map_err)?,
-                    user_id: user,
-                    version: row.try_get("version").map_err(map_err)?,
-                    occurred_at: from_micros(row.try_get("occurred_at").map_err(map_err)?),
-                    recorded_at: from_micros(row.try_get("recorded_at").map_err(map_err)?),
-                })
-            })
+        rows.into_iter()
+            .map(|row| rows::audit_entry(user, row))
             .collect()
     }
 
@@ -233,24 +184,15 @@ impl EventStore for PostgresStore {
     }
 
     async fn notifications_of(&self, user: UserId) -> Result<Vec<Notification>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<rows::NotificationRow> = sqlx::query_as(
             "SELECT message_id, recipient, text, sent_at FROM notifications WHERE user_id = $1 ORDER BY sent_at",
         )
         .bind(user.to_string())
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        rows.iter()
-            .map(|row| {
-                let message_id: String = row.try_get("message_id").map_err(map_err)?;
-                Ok(Notification {
-                    message_id: MessageId(parse_uuid(&message_id, "message id")?),
-                    user_id: user,
-                    recipient: row.try_get("recipient").map_err(map_err)?,
-                    text: row.try_get("text").map_err(map_err)?,
-                    sent_at: from_micros(row.try_get("sent_at").map_err(map_err)?),
-                })
-            })
+        rows.into_iter()
+            .map(|row| rows::notification(user, row))
             .collect()
     }
 }

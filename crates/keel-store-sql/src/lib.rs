@@ -2,6 +2,8 @@
 //! embedded migrations run by sqlx's `Migrator`, and the classification of driver errors into
 //! the domain's [`StoreError`].
 
+pub mod events;
+
 use std::borrow::Cow;
 use std::time::Duration;
 

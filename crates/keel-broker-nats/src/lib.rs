@@ -5,7 +5,7 @@
 //! - [`NatsBroker::connect`] with [`NatsOptions`]: the only entry point.
 //! - `names`: how groups and patterns become stream, consumer and subject names.
 //! - `codec`: how a message's topic, key, headers and times travel in NATS headers.
-//! - `plan`: which consumers one `fetch` pulls, and how long each pull may wait.
+//! - `own`: which process consumes a partition, by a lease kept in the server.
 //! - `error`: async-nats errors as [`BrokerError`]s.
 //!
 //! # The model on JetStream
@@ -47,49 +47,47 @@
 //!   `Nats-Msg-Id`: a hospital replay must never be swallowed by the duplicate window of the
 //!   original; a replay sent twice is absorbed by the consumer's record of message ids.
 //!
-//! # Ordering per key, parallelism across keys
+//! # Ordering per key: partitions owned by one process at a time
 //!
 //! A group's stream has `K` = [`NatsOptions::partitions`] keyed subjects `….p<i>`, `i` =
 //! FNV-1a(key) mod `K` (a fixed hash: every process and build agrees), each read by its own
-//! durable pull consumer `p<i>` with `max_ack_pending = 1`, and one unkeyed subject `….u` read by
-//! consumer `u` with `max_ack_pending = max_depth` (it can never be reached, so pulls never stall
-//! on it). A partition hands out its next message only when the previous one is acked; a
-//! retry (NAK with delay) and an expired lease keep the message pending, and JetStream redelivers
-//! pending messages before newer ones, so a key's order survives retries, crashes and other
-//! processes. Keys sharing a partition wait for each other: `K` bounds the keyed parallelism of a
-//! group (16 by default). `K` must be the same in every process of a namespace.
+//! durable pull consumer `p<i>` with `max_ack_pending` = [`NatsOptions::window`], and one unkeyed
+//! subject `….u` read by consumer `u`, shared by every process. `K` must be the same in every
+//! process of a namespace.
 //!
-//! `fetch(group, max, lease)` reads the group's consumers' counts (one `CONSUMER.LIST`) and
-//! plans its pulls (module `plan`): a consumer with a deliverable message (a partition with
-//! nothing outstanding and something pending; the unkeyed consumer with something pending), or
-//! one whose delivery this process released, is pulled at once; a partition this process holds
-//! or retried (delay not yet passed) is skipped; any other consumer with deliveries outstanding
-//! (held elsewhere, or released by another process or by the server after a crash) is probed at
-//! most every 200 ms. The pulls run concurrently, one message per partition and a batch from the
-//! unkeyed consumer; the budget is split so that neither keyed nor unkeyed messages starve the
-//! other, and at most one message per key is returned because each partition yields at most
-//! one. Every pull is `no_wait` with an expiry (200 ms for a deliverable consumer: the answer
-//! comes as soon as the message is sent, the expiry only bounds a race lost to another process
-//! or a loaded server; 20 ms for a probe): on 2.9 a `no_wait` pull without expiry that finds only
-//! held messages stays queued and would later take a message to an inbox nobody reads. An
-//! expiry of a few milliseconds proved too short on a loaded machine: the server expired pulls
-//! before serving messages it had.
+//! A partition is consumed by **one process at a time**, its owner (module `own`): ownership is
+//! a record in the stream `<ns>_owners`, written by compare-and-set and renewed every third of
+//! [`NatsOptions::owner_ttl`]; a process that fetches from a group claims every partition that
+//! has no owner, and takes over one whose record has not changed for `owner_ttl` (its owner
+//! died), pulling only after the old owner's deliveries have come back to the server. Within the
+//! process, the deliveries wait in the domain's `ledger`, which hands out at most one message
+//! per key, oldest first, and holds back a key's later messages while one is in flight or
+//! waiting for its retry (the RabbitMQ adapter's model; JetStream itself knows none of this). So
+//! a key's order holds across retries, lapsed leases, crashes and other processes, while many
+//! deliveries per partition travel at once (one round trip per batch, not per message).
+//! The trade-off: the first process to fetch from a group owns all its partitions until it
+//! leaves; others take unkeyed messages, and keyed ones only when an owner dies.
+//!
+//! Each owned partition (and the unkeyed consumer) has a **feed**: a task that pulls with a
+//! window of outstanding deliveries into the ledger. It first drains what the server can hand
+//! over at once, sorted by stream sequence (after a takeover that is every redelivery: the 2.9
+//! server redelivers before newer messages but not in order among them), then keeps a
+//! continuous pull open (2 s expiry, heartbeats). `fetch` takes from the ledger; when nothing is
+//! ready but the group stores more than this process holds, it waits up to half a second for a
+//! feed to bring something.
 //!
 //! # Leases
 //!
-//! The consumers' `ack_wait` ([`NatsOptions::ack_wait`], 30 s by default) is the lease between
-//! processes: a delivery not acked in time (its process died) is redelivered by the server.
-//! `fetch`'s own, usually shorter, `lease` is enforced in this process: its deadline is counted
-//! from before the pull request (so it ends before the server's), capped at `ack_wait`; a delivery
-//! still unsettled at its deadline is NAKed (by the next `fetch`, or a sweeper task every
-//! 100 ms), so it comes back at once with `attempt + 1` (= JetStream's delivery count), and its
-//! old tag is forgotten: `ack` or `retry` with it returns [`BrokerError::LeaseLost`], as does a
-//! tag already settled or unknown to this process. `ack` is a double ack (it waits for the
-//! server's confirmation), so when it returns the message is deleted; `retry(tag, delay)` is a
-//! NAK with that delay, also confirmed. Because local leases end before the server's, a stale
-//! ack never settles a delivery another worker holds. Another process finds a delivery released
-//! here (or by the server after `ack_wait`) by its next probe of that consumer, within about
-//! 200 ms; this process pulls it again at once.
+//! `fetch`'s lease is kept in the process: a delivery not settled before it ends is handed out
+//! again (attempt + 1) and its old tag's `ack` returns [`BrokerError::LeaseLost`]; `retry` keeps
+//! the message held and hands it out again after the delay (attempt + 1), its key blocked
+//! meanwhile. The server sees every held delivery as outstanding; the sweeper (every 100 ms)
+//! tells it "in progress" for deliveries held longer than a third of
+//! [`NatsOptions::ack_wait`], so its redelivery timer runs only for a process that died. **Across
+//! processes the lease is `ack_wait`**: a dead process's deliveries come back after it (attempt
+//! = JetStream's delivery count; a message prefetched but never handed out counts as attempted).
+//! `ack` is a double ack (confirmed by the server). A lost connection restarts every feed after
+//! `ack_wait` (what was on its way is redelivered first) and forgets what they held.
 //!
 //! # Maximum deliveries
 //!
@@ -102,9 +100,9 @@
 //!
 //! # Depth
 //!
-//! `in_flight` is the sum of the consumers' `num_ack_pending` (this includes messages waiting
-//! for a retry delay: JetStream keeps them pending); `ready` is the stream's message count minus
-//! that; `oldest` is the age of the stream's first message.
+//! `in_flight` is this process's leased deliveries; `ready` is the stream's message count minus
+//! that (messages held by other processes, or waiting here, count as ready); `oldest` is the age
+//! of the stream's first message.
 //!
 //! # Errors
 //!
@@ -116,15 +114,16 @@
 mod codec;
 mod error;
 mod names;
-mod plan;
+mod own;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{
     Config as StreamConfig, DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType,
@@ -134,7 +133,8 @@ use async_nats::jetstream::{self, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
+use keel_domain::ledger::{self, Incoming, Ledger};
 use keel_domain::queue::check_name;
 use keel_domain::queue::topic_matches;
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
@@ -143,10 +143,24 @@ use uuid::Uuid;
 
 use crate::error::{classify, classify_publish, internal};
 use crate::names::{GroupNames, Slot};
-use crate::plan::{Hints, Observed, Pull};
+use crate::own::{Own, Step, Verdict};
 
-/// How often expired local leases are NAKed when no `fetch` does it first.
+/// How often ownerships are tended and held deliveries kept alive.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Added to `ack_wait` before a new owner pulls: the server's redelivery timer is checked
+/// periodically, not at the exact instant, and the old owner's last keep-alive may still be on
+/// its way.
+const TAKEOVER_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long a feed's pull request lives on the server. A process that dies leaves its pull
+/// requests behind until they expire, and the server may hand them redeliveries meanwhile
+/// (lost again, for another `ack_wait`): a new owner waits this out too.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// How long a `fetch` that finds nothing ready waits for a feed to bring something, when the
+/// group stores messages this process does not hold.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// Settings of a [`NatsBroker`]. Processes sharing a namespace must agree on `partitions`;
 /// the other limits are fixed when a group's stream and consumers are first created.
@@ -170,6 +184,12 @@ pub struct NatsOptions {
     pub duplicate_window: Duration,
     /// Bound on every request to the server; past it the call fails with `Unavailable`.
     pub request_timeout: Duration,
+    /// Deliveries of one consumer (a partition, or the unkeyed messages) this process may hold
+    /// ahead of `fetch`: the partition consumers' `max_ack_pending` and the pull batch.
+    pub window: u32,
+    /// How long a partition's ownership lasts without renewal (renewed every third of it). A
+    /// process that dies holding partitions delays their messages by `owner_ttl + ack_wait`.
+    pub owner_ttl: Duration,
 }
 
 impl Default for NatsOptions {
@@ -183,6 +203,8 @@ impl Default for NatsOptions {
             max_deliver: 20,
             duplicate_window: Duration::from_secs(120),
             request_timeout: Duration::from_secs(5),
+            window: 256,
+            owner_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -204,13 +226,26 @@ impl std::fmt::Debug for NatsBroker {
 impl Drop for NatsBroker {
     fn drop(&mut self) {
         self.sweeper.abort();
+        // The feeds hold no reference to the broker: stop them, or they would go on taking
+        // messages for a process that hands none out.
+        for group in lock(&self.inner.groups).values() {
+            group.stop_feeds();
+        }
     }
 }
+
+/// The held deliveries of this process: keyed ones from the partitions it owns, unkeyed ones
+/// from the group's shared consumer; the acker is the JetStream message itself.
+type Held = Ledger<Slot, jetstream::Message>;
 
 struct Inner {
     js: jetstream::Context,
     options: NatsOptions,
     bindings_stream: Stream,
+    /// Partition ownership records (see `own`).
+    owners_stream: Stream,
+    /// This broker instance, as named in the ownership records it writes.
+    process: Uuid,
     /// What this process knows of the bindings stream.
     bindings: RwLock<Bindings>,
     /// Held while reading the bindings stream, so concurrent publishes share one refresh.
@@ -221,10 +256,15 @@ struct Inner {
     covered: AtomicU64,
     /// Groups whose stream and consumers this process has opened.
     groups: Mutex<HashMap<String, Arc<Group>>>,
-    /// Deliveries this process holds, by lease token.
-    leases: Mutex<HashMap<Uuid, Lease>>,
-    /// Rotates the first partition tried, so partitions take turns when `max` is small.
-    turn: AtomicUsize,
+    /// Deliveries this process holds, unacknowledged on the server.
+    ledger: Arc<Mutex<Held>>,
+    /// Woken when a feed brings messages.
+    arrived: Arc<tokio::sync::Notify>,
+    /// Numbers the feeds: a feed's deliveries are held under its number and forgotten with it.
+    links: AtomicU64,
+    /// How often the connection was lost, and the count the feeds were last restarted at.
+    disconnections: Arc<AtomicU64>,
+    disconnections_seen: AtomicU64,
 }
 
 #[derive(Default)]
@@ -241,41 +281,58 @@ struct Binding {
     pattern: String,
 }
 
+/// The body of an ownership record (for people reading the stream; keel reads only sequences).
+#[derive(Serialize)]
+struct OwnerRecord<'a> {
+    owner: Uuid,
+    group: &'a str,
+    partition: u16,
+}
+
 struct Group {
     name: String,
     names: GroupNames,
     stream: Stream,
-    partitions: Vec<Puller>,
-    unkeyed: Puller,
-    /// What this process knows of each consumer beyond the server's counts (see `plan`).
-    hints: Mutex<HashMap<Slot, Hints>>,
+    partitions: Vec<Partition>,
+    unkeyed: PullConsumer,
+    unkeyed_feed: Mutex<Option<Feed>>,
+    /// Set by the first `fetch`: from then on this process consumes the group (claims its
+    /// partitions, feeds its unkeyed messages).
+    consuming: AtomicBool,
+    /// One tending of the ownerships at a time.
+    tending: tokio::sync::Mutex<()>,
+}
+
+struct Partition {
+    index: u16,
+    consumer: PullConsumer,
+    own: Mutex<Own>,
+    feed: Mutex<Option<Feed>>,
+}
+
+/// A task pulling one consumer's messages into the ledger, under its link number.
+struct Feed {
+    link: u64,
+    task: tokio::task::AbortHandle,
 }
 
 impl Group {
-    fn with_hint<R>(&self, slot: Slot, change: impl FnOnce(&mut Hints) -> R) -> R {
-        change(lock(&self.hints).entry(slot).or_default())
+    /// Stops every feed; returns their links, whose deliveries the caller forgets.
+    fn stop_feeds(&self) -> Vec<u64> {
+        let feeds: Vec<Feed> = self
+            .partitions
+            .iter()
+            .filter_map(|p| lock(&p.feed).take())
+            .chain(lock(&self.unkeyed_feed).take())
+            .collect();
+        feeds
+            .into_iter()
+            .map(|feed| {
+                feed.task.abort();
+                feed.link
+            })
+            .collect()
     }
-
-    fn puller(&self, slot: Slot) -> &Puller {
-        match slot {
-            Slot::Partition(i) => &self.partitions[usize::from(i)],
-            Slot::Unkeyed => &self.unkeyed,
-        }
-    }
-}
-
-struct Puller {
-    consumer: PullConsumer,
-    /// One pull at a time per consumer in this process: concurrent no-wait pulls on one consumer
-    /// make the server answer "requests pending" instead of messages.
-    lock: tokio::sync::Mutex<()>,
-}
-
-struct Lease {
-    group: Arc<Group>,
-    slot: Slot,
-    message: jetstream::Message,
-    deadline: Instant,
 }
 
 /// Locks a std mutex, ignoring poisoning: every critical section leaves the data consistent.
@@ -288,7 +345,17 @@ impl NatsBroker {
     /// bindings stream (creating it if needed).
     pub async fn connect(url: &str, options: NatsOptions) -> Result<NatsBroker, BrokerError> {
         check_options(&options)?;
+        let disconnections = Arc::new(AtomicU64::new(0));
+        let counter = disconnections.clone();
         let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let counter = counter.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Disconnected) {
+                        counter.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            })
             .connection_timeout(options.request_timeout)
             .request_timeout(Some(options.request_timeout))
             .connect(url)
@@ -321,17 +388,34 @@ impl NatsBroker {
             },
         )
         .await?;
+        let owners_stream = open_stream(
+            &js,
+            StreamConfig {
+                name: names::owners_stream(&options.namespace),
+                subjects: vec![names::owners_filter(&options.namespace)],
+                description: Some("keel partition ownership: one record per partition".into()),
+                max_messages_per_subject: 1,
+                storage: StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
         let inner = Arc::new(Inner {
             js,
             options,
             bindings_stream,
+            owners_stream,
+            process: Uuid::new_v4(),
             bindings: RwLock::default(),
             refresh: tokio::sync::Mutex::new(()),
             tickets: AtomicU64::new(0),
             covered: AtomicU64::new(0),
             groups: Mutex::default(),
-            leases: Mutex::default(),
-            turn: AtomicUsize::new(0),
+            ledger: Arc::default(),
+            arrived: Arc::default(),
+            links: AtomicU64::new(0),
+            disconnections,
+            disconnections_seen: AtomicU64::new(0),
         });
         let sweeper = tokio::spawn(sweep_until_dropped(Arc::downgrade(&inner))).abort_handle();
         Ok(NatsBroker { inner, sweeper })
@@ -399,6 +483,31 @@ fn check_publish(topic: &str, body: &[u8], max_body: usize) -> Result<(), Broker
     Ok(())
 }
 
+/// The worst of several outcomes: `Full` first (the producer must slow down), then the first
+/// other error.
+fn worst(results: impl IntoIterator<Item = Result<(), BrokerError>>) -> Result<(), BrokerError> {
+    let mut worst = None;
+    for result in results {
+        match (result, &worst) {
+            (Ok(()), _) => {}
+            (Err(BrokerError::Full), _) => worst = Some(BrokerError::Full),
+            (Err(err), None) => worst = Some(err),
+            (Err(_), Some(_)) => {}
+        }
+    }
+    worst.map_or(Ok(()), Err)
+}
+
+/// A message of a batch, encoded once for all its copies.
+struct Prepared {
+    topic: String,
+    key: Option<String>,
+    slot: Slot,
+    id: String,
+    headers: async_nats::HeaderMap,
+    body: Bytes,
+}
+
 async fn sweep_until_dropped(inner: Weak<Inner>) {
     let mut every = tokio::time::interval(SWEEP_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -420,7 +529,12 @@ impl Inner {
         }
         let options = &self.options;
         let names = GroupNames::new(&options.namespace, name);
-        let description = format!("keel group {name}; partitions {}", options.partitions);
+        // "layout 2": partitions owned by one process at a time, many deliveries outstanding per
+        // partition (layout 1 had one outstanding delivery per partition and no owners).
+        let description = format!(
+            "keel group {name}; partitions {}; layout 2",
+            options.partitions
+        );
         let stream = if create {
             open_stream(
                 &self.js,
@@ -463,7 +577,7 @@ impl Inner {
                 ack_wait: options.ack_wait,
                 max_deliver: options.max_deliver,
                 max_ack_pending: match slot {
-                    Slot::Partition(_) => 1,
+                    Slot::Partition(_) => i64::from(options.window),
                     Slot::Unkeyed => options.max_depth as i64,
                 },
                 deliver_policy: DeliverPolicy::All,
@@ -474,23 +588,30 @@ impl Inner {
         }))
         .await
         .map_err(classify)?;
-        let mut pullers: Vec<Puller> = consumers
-            .into_iter()
-            .map(|consumer| Puller {
-                consumer,
-                lock: tokio::sync::Mutex::new(()),
-            })
-            .collect();
-        let unkeyed = pullers
+        let mut consumers = consumers;
+        let unkeyed = consumers
             .pop()
             .ok_or_else(|| internal("no consumers".into()))?;
+        let now = Instant::now();
+        let partitions = consumers
+            .into_iter()
+            .zip(0..)
+            .map(|(consumer, index)| Partition {
+                index,
+                consumer,
+                own: Mutex::new(Own::new(now)),
+                feed: Mutex::default(),
+            })
+            .collect();
         let group = Arc::new(Group {
             name: name.to_owned(),
             names,
             stream,
-            partitions: pullers,
+            partitions,
             unkeyed,
-            hints: Mutex::default(),
+            unkeyed_feed: Mutex::default(),
+            consuming: AtomicBool::new(false),
+            tending: tokio::sync::Mutex::new(()),
         });
         Ok(Some(
             lock(&self.groups)
@@ -536,7 +657,10 @@ impl Inner {
                         && err.kind() == jetstream::context::PublishErrorKind::StreamNotFound =>
                 {
                     tracing::warn!(group, "group stream missing; creating it again");
-                    lock(&self.groups).remove(group);
+                    let gone = lock(&self.groups).remove(group);
+                    if let Some(gone) = gone {
+                        self.retire(&gone);
+                    }
                 }
                 Err(err) => return Err(classify_publish(err)),
             }
@@ -560,16 +684,58 @@ impl Inner {
                 .map(|group| self.store(group, slot, headers, body, dedupe_id)),
         )
         .await;
-        let mut worst = None;
-        for result in results {
-            match (result, &worst) {
-                (Ok(()), _) => {}
-                (Err(BrokerError::Full), _) => worst = Some(BrokerError::Full),
-                (Err(err), None) => worst = Some(err),
-                (Err(_), Some(_)) => {}
+        worst(results)
+    }
+
+    /// Stores a batch: `copies[i]` lists the groups message `i` goes to. Copies of one key bound
+    /// for one group are sent one after another, each after the previous one's publish ack, so
+    /// that a refusal (`Full`) can never let a later message of a key be stored before an
+    /// earlier one; other keys, groups and unkeyed copies go concurrently. Every chain is run to
+    /// its end or its first error; the worst error is returned, as in `store_all`.
+    async fn store_batch(
+        &self,
+        batch: &[Prepared],
+        copies: &[Vec<String>],
+    ) -> Result<(), BrokerError> {
+        let mut chains: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        let mut singles = Vec::new();
+        for (i, groups) in copies.iter().enumerate() {
+            for group in groups {
+                match &batch[i].key {
+                    None => singles.push((group.as_str(), i)),
+                    Some(key) => chains.entry((group.as_str(), key)).or_default().push(i),
+                }
             }
         }
-        worst.map_or(Ok(()), Err)
+        let keyed = chains.into_iter().map(|((group, _), indices)| async move {
+            for i in indices {
+                let message = &batch[i];
+                self.store(
+                    group,
+                    message.slot,
+                    &message.headers,
+                    &message.body,
+                    Some(&message.id),
+                )
+                .await?;
+            }
+            Ok(())
+        });
+        let unkeyed = singles.into_iter().map(|(group, i)| {
+            let message = &batch[i];
+            self.store(
+                group,
+                message.slot,
+                &message.headers,
+                &message.body,
+                Some(&message.id),
+            )
+        });
+        let (keyed, unkeyed) = tokio::join!(
+            futures_util::future::join_all(keyed),
+            futures_util::future::join_all(unkeyed)
+        );
+        worst(keyed.into_iter().chain(unkeyed))
     }
 
     /// The groups bound to `topic`, as this process knows them.
@@ -642,224 +808,405 @@ impl Inner {
         Ok(())
     }
 
-    /// NAKs every delivery whose local lease has ended, so it comes back at once.
+    /// Forgets an opened group (its stream is gone): stops its feeds and forgets what they
+    /// brought; the next call opens it afresh.
+    fn retire(&self, group: &Group) {
+        let links = group.stop_feeds();
+        let mut ledger = lock(&self.ledger);
+        for link in links {
+            ledger.forget_link(link);
+        }
+    }
+
+    /// Keeps every consumed group's ownerships (claims, renewals, hand-overs), restarts the
+    /// feeds after a lost connection, and tells the server that deliveries held here for long
+    /// are still being worked on.
     async fn sweep(&self) {
-        let now = Instant::now();
-        let expired: Vec<Lease> = {
-            let mut leases = lock(&self.leases);
-            let ids: Vec<Uuid> = leases
-                .iter()
-                .filter(|(_, lease)| lease.deadline <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.iter().filter_map(|id| leases.remove(id)).collect()
-        };
-        if expired.is_empty() {
-            return;
-        }
-        let naks = expired
-            .iter()
-            .map(|lease| lease.message.double_ack_with(AckKind::Nak(None)));
-        for (lease, result) in expired
-            .iter()
-            .zip(futures_util::future::join_all(naks).await)
+        let disconnections = self.disconnections.load(Ordering::Acquire);
+        if self
+            .disconnections_seen
+            .swap(disconnections, Ordering::AcqRel)
+            != disconnections
         {
-            if let Err(err) = result {
-                // The server redelivers it after ack_wait anyway.
-                tracing::warn!(group = lease.group.name, %err, "could not release an expired lease");
-            }
-            lease
-                .group
-                .with_hint(lease.slot, |hint| hint.released = true);
+            self.restart_feeds();
         }
-    }
-
-    /// Removes a lease to settle it; `LeaseLost` if it is unknown or its deadline has passed
-    /// (then it is released at once).
-    async fn take_lease(&self, tag: DeliveryTag) -> Result<Lease, BrokerError> {
-        let lease = lock(&self.leases)
-            .remove(&tag.lease)
-            .ok_or(BrokerError::LeaseLost)?;
-        if lease.deadline <= Instant::now() {
-            if let Err(err) = lease.message.double_ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(group = lease.group.name, %err, "could not release an expired lease");
-            }
-            lease
-                .group
-                .with_hint(lease.slot, |hint| hint.released = true);
-            return Err(BrokerError::LeaseLost);
-        }
-        Ok(lease)
-    }
-
-    /// Forgets an opened group whose stream is gone (if the cache still holds that one).
-    fn forget(&self, group: &Group) {
-        let mut groups = lock(&self.groups);
-        if groups
-            .get(&group.name)
-            .is_some_and(|cached| std::ptr::eq(&**cached, group))
-        {
-            groups.remove(&group.name);
-        }
-    }
-
-    /// Partitions of `group` this process holds a delivery of.
-    fn held(&self, group: &Group) -> HashSet<u16> {
-        lock(&self.leases)
+        let groups: Vec<Arc<Group>> = lock(&self.groups)
             .values()
-            .filter(|lease| lease.group.name == group.name)
-            .filter_map(|lease| match lease.slot {
-                Slot::Partition(i) => Some(i),
-                Slot::Unkeyed => None,
-            })
-            .collect()
-    }
-
-    /// The server's counts for each of the group's consumers (one `CONSUMER.LIST`).
-    /// `None` when the stream is gone (deleted behind keel's back): the group is forgotten, so
-    /// the next call opens it afresh.
-    async fn observe(&self, group: &Group) -> Result<Option<HashMap<Slot, Observed>>, BrokerError> {
-        let infos: Vec<_> = match group.stream.consumers().try_collect().await {
-            Ok(infos) => infos,
-            Err(err) if error::code(&err) == Some(error::STREAM_NOT_FOUND) => {
-                self.forget(group);
-                return Ok(None);
-            }
-            Err(err) => return Err(classify(err)),
-        };
-        let slots: HashMap<String, Slot> = (0..self.options.partitions)
-            .map(Slot::Partition)
-            .chain([Slot::Unkeyed])
-            .map(|slot| (slot.name(), slot))
+            .filter(|g| g.consuming.load(Ordering::Acquire))
+            .cloned()
             .collect();
-        Ok(Some(
-            infos
-                .iter()
-                .filter_map(|info| {
-                    let slot = *slots.get(&info.name)?;
-                    Some((
-                        slot,
-                        Observed {
-                            pending: info.num_pending,
-                            outstanding: info.num_ack_pending as u64,
-                        },
-                    ))
-                })
-                .collect(),
-        ))
+        for group in groups {
+            self.tend(&group).await;
+        }
+        let now = Instant::now();
+        let stale = lock(&self.ledger).stale(now - self.options.ack_wait / 3, now);
+        let alive = stale
+            .iter()
+            .map(|message| message.ack_with(AckKind::Progress));
+        for result in futures_util::future::join_all(alive).await {
+            if let Err(err) = result {
+                tracing::debug!(%err, "keep-alive of a held delivery not sent");
+            }
+        }
     }
 
-    /// Runs one planned pull. A partition another task of this process is pulling is skipped:
-    /// that task gets its message.
-    async fn pull_slot(
+    /// After a lost connection, messages on their way to this process may have been lost with
+    /// it, and the server will deliver them again only after `ack_wait`: a feed that went on
+    /// pulling could hand out a key's later message before them. So every feed starts again,
+    /// after `ack_wait`, and what it held is forgotten (the server delivers it again).
+    fn restart_feeds(&self) {
+        let groups: Vec<Arc<Group>> = lock(&self.groups).values().cloned().collect();
+        let start = Instant::now() + takeover_wait(self.options.ack_wait);
+        for group in groups {
+            tracing::warn!(
+                group = group.name,
+                "connection to NATS lost: feeds start again after ack_wait"
+            );
+            for partition in &group.partitions {
+                let owned = matches!(*lock(&partition.own), Own::Owned { .. });
+                if owned {
+                    self.start_feed(&group, Slot::Partition(partition.index), start);
+                }
+            }
+            if lock(&group.unkeyed_feed).is_some() {
+                self.start_feed(&group, Slot::Unkeyed, start);
+            }
+        }
+    }
+
+    /// Tends the ownership of each of `group`'s partitions (one tending at a time per group).
+    async fn tend(&self, group: &Arc<Group>) {
+        let Ok(_one) = group.tending.try_lock() else {
+            return;
+        };
+        futures_util::future::join_all(
+            group
+                .partitions
+                .iter()
+                .map(|partition| self.tend_partition(group, partition)),
+        )
+        .await;
+    }
+
+    async fn tend_partition(&self, group: &Arc<Group>, partition: &Partition) {
+        let ttl = self.options.owner_ttl;
+        let now = Instant::now();
+        let step = own::step(&lock(&partition.own), now, ttl);
+        match step {
+            Step::Wait => {}
+            Step::GiveUp => self.lose(
+                group,
+                partition,
+                "its ownership could not be renewed in time",
+            ),
+            Step::Renew { seq } => {
+                let sent = Instant::now();
+                match self.write_owner(group, partition, seq).await {
+                    Ok(new_seq) => {
+                        if let Own::Owned { seq, renewed, .. } = &mut *lock(&partition.own) {
+                            *seq = new_seq;
+                            *renewed = sent;
+                        }
+                    }
+                    Err(None) => self.lose(group, partition, "another process took it over"),
+                    Err(Some(err)) => {
+                        tracing::warn!(group = group.name, partition = partition.index, %err, "ownership not renewed; trying again");
+                    }
+                }
+            }
+            Step::Read => {
+                let subject =
+                    names::owner_subject(&self.options.namespace, &group.names, partition.index);
+                let record = match self
+                    .owners_stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                {
+                    Ok(message) => Some(message.sequence),
+                    Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+                    Err(err) => {
+                        tracing::warn!(group = group.name, partition = partition.index, %err, "ownership record not read");
+                        return;
+                    }
+                };
+                let verdict = own::judge(&lock(&partition.own), record, now, ttl);
+                match verdict {
+                    Verdict::Watch { seen, since } => {
+                        *lock(&partition.own) = Own::Watching {
+                            seen: Some(seen),
+                            since,
+                            checked: Some(now),
+                        };
+                    }
+                    Verdict::Claim { expected, wait } => {
+                        let sent = Instant::now();
+                        match self.write_owner(group, partition, expected).await {
+                            Ok(seq) => {
+                                let pull_after = if wait {
+                                    sent + takeover_wait(self.options.ack_wait)
+                                } else {
+                                    sent
+                                };
+                                *lock(&partition.own) = Own::Owned { seq, renewed: sent };
+                                self.start_feed(
+                                    group,
+                                    Slot::Partition(partition.index),
+                                    pull_after,
+                                );
+                                tracing::info!(
+                                    group = group.name,
+                                    partition = partition.index,
+                                    "partition owned"
+                                );
+                            }
+                            // Another process was faster, or the server did not answer: read
+                            // the record again next time.
+                            Err(_) => {
+                                *lock(&partition.own) = Own::Watching {
+                                    seen: None,
+                                    since: now,
+                                    checked: Some(now),
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes this process's ownership record, if the subject's last record is still
+    /// `expected` (0: none). `Err(None)`: it is not (another process wrote one).
+    async fn write_owner(
         &self,
         group: &Group,
-        pull: Pull,
-    ) -> Result<Vec<jetstream::Message>, BrokerError> {
-        let puller = group.puller(pull.slot);
-        let _pulling = match pull.slot {
-            Slot::Partition(_) => match puller.lock.try_lock() {
-                Ok(guard) => guard,
-                Err(_) => return Ok(Vec::new()),
-            },
-            Slot::Unkeyed => puller.lock.lock().await,
+        partition: &Partition,
+        expected: u64,
+    ) -> Result<u64, Option<BrokerError>> {
+        let subject = names::owner_subject(&self.options.namespace, &group.names, partition.index);
+        let body = serde_json::to_vec(&OwnerRecord {
+            owner: self.process,
+            group: &group.name,
+            partition: partition.index,
+        })
+        .map_err(|err| Some(BrokerError::Internal(Box::new(err))))?;
+        let message = PublishMessage::build()
+            .payload(body.into())
+            .expected_stream(self.owners_stream.cached_info().config.name.as_str())
+            .expected_last_subject_sequence(expected);
+        let sent = self.js.send_publish(subject, message).await;
+        let acked = match sent {
+            Ok(ack) => ack.await,
+            Err(err) => Err(err),
         };
-        self.pull(puller, pull.batch, pull.wait.duration()).await
+        match acked {
+            Ok(ack) => Ok(ack.sequence),
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Err(None),
+            Err(err) => Err(Some(classify_publish(err))),
+        }
     }
 
-    /// Pulls up to `batch` messages, waiting at most `wait` on the server for them.
-    async fn pull(
-        &self,
-        puller: &Puller,
-        batch: usize,
-        wait: Duration,
-    ) -> Result<Vec<jetstream::Message>, BrokerError> {
-        let request = puller.consumer.fetch().max_messages(batch).expires(wait);
-        let collect = async {
-            let mut messages = request.messages().await.map_err(classify)?;
-            let mut out = Vec::with_capacity(batch);
+    /// Stops owning `partition`: its feed stops, and what it held is forgotten (its tags settle
+    /// nothing; the server delivers the messages again to the next owner).
+    fn lose(&self, group: &Group, partition: &Partition, why: &str) {
+        tracing::warn!(
+            group = group.name,
+            partition = partition.index,
+            why,
+            "partition ownership lost"
+        );
+        *lock(&partition.own) = Own::new(Instant::now());
+        if let Some(feed) = lock(&partition.feed).take() {
+            feed.task.abort();
+            lock(&self.ledger).forget_link(feed.link);
+        }
+    }
+
+    /// Starts (or restarts) the feed of one consumer of `group`, pulling from `start` on. A feed
+    /// it replaces is stopped and its deliveries forgotten.
+    fn start_feed(&self, group: &Group, slot: Slot, start: Instant) {
+        let link = self.links.fetch_add(1, Ordering::AcqRel) + 1;
+        let (consumer, place) = match slot {
+            Slot::Partition(i) => {
+                let partition = &group.partitions[usize::from(i)];
+                (&partition.consumer, &partition.feed)
+            }
+            Slot::Unkeyed => (&group.unkeyed, &group.unkeyed_feed),
+        };
+        let task = tokio::spawn(feed(
+            consumer.clone(),
+            group.name.clone(),
+            slot,
+            link,
+            self.ledger.clone(),
+            self.arrived.clone(),
+            usize::try_from(self.options.window).unwrap_or(usize::MAX),
+            self.options.ack_wait,
+            start,
+        ))
+        .abort_handle();
+        let old = lock(place).replace(Feed { link, task });
+        if let Some(old) = old {
+            old.task.abort();
+            lock(&self.ledger).forget_link(old.link);
+        }
+    }
+}
+
+/// How long after taking a consumer over (from a dead owner, or from a feed that lost its
+/// connection) pulling waits: until every delivery the old feed held, or that was on its way to
+/// it, or that the server handed to one of its pull requests still open, is back on the server.
+fn takeover_wait(ack_wait: Duration) -> Duration {
+    PULL_EXPIRES + ack_wait + TAKEOVER_MARGIN
+}
+
+/// Pulls one consumer's messages into the ledger from `start` on, `window` at most outstanding,
+/// until aborted. A message keel did not write is terminated (it could never be handled).
+///
+/// Each round first drains what the server can hand over at once, sorted by stream sequence:
+/// after a takeover (or a lost connection) that is every delivery the server took back, and
+/// JetStream 2.9 redelivers those before newer messages but not necessarily in order among
+/// themselves. Only then does a continuous pull start. If the pull stream ends (a deleted
+/// consumer, a connection given up), what this feed held is forgotten and the next round starts
+/// after `ack_wait`, when the server has taken back whatever was on its way here.
+#[allow(clippy::too_many_arguments)]
+async fn feed(
+    consumer: PullConsumer,
+    group: String,
+    slot: Slot,
+    link: u64,
+    ledger: Arc<Mutex<Held>>,
+    arrived: Arc<tokio::sync::Notify>,
+    window: usize,
+    ack_wait: Duration,
+    start: Instant,
+) {
+    let mut start = start;
+    loop {
+        tokio::time::sleep_until(start.into()).await;
+        drain(&consumer, &group, slot, link, &ledger, window).await;
+        arrived.notify_waiters();
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(window)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_EXPIRES / 2)
+            .messages()
+            .await;
+        match stream {
+            Ok(mut messages) => {
+                while let Some(next) = messages.next().await {
+                    match next {
+                        Ok(message) => {
+                            if accept(&group, slot, link, &ledger, message).await {
+                                arrived.notify_waiters();
+                            }
+                        }
+                        Err(err) => tracing::debug!(group, %err, "pull stream"),
+                    }
+                }
+                tracing::warn!(group, "pull stream ended; starting again after ack_wait");
+            }
+            Err(err) => {
+                tracing::warn!(group, %err, "pull stream not opened; trying again after ack_wait")
+            }
+        }
+        lock(&ledger).forget_link(link);
+        start = Instant::now() + takeover_wait(ack_wait);
+    }
+}
+
+/// Takes what the consumer can hand over at once (no waiting on the server), in batches of
+/// `window`, each sorted by stream sequence before it enters the ledger.
+async fn drain(
+    consumer: &PullConsumer,
+    group: &str,
+    slot: Slot,
+    link: u64,
+    ledger: &Mutex<Held>,
+    window: usize,
+) {
+    loop {
+        let pulled = async {
+            // With an expiry: on a 2.9 server a `no_wait` pull without one that finds nothing
+            // deliverable stays queued, and would later take a message to an inbox nobody reads.
+            let mut messages = consumer
+                .fetch()
+                .max_messages(window)
+                .expires(Duration::from_millis(200))
+                .messages()
+                .await?;
+            let mut out = Vec::with_capacity(window);
             while let Some(next) = messages.next().await {
                 match next {
                     Ok(message) => out.push(message),
-                    // A status other than "no messages" or "timeout" (e.g. 409 when the server
-                    // has too many waiting pulls): nothing more from this pull.
                     Err(err) => {
-                        tracing::debug!(%err, "pull ended");
+                        tracing::debug!(%err, "drain ended");
                         break;
                     }
                 }
             }
-            Ok(out)
+            Ok::<_, async_nats::Error>(out)
         };
-        // The server answers within `wait`; past the request timeout it is not answering at all.
-        tokio::time::timeout(self.options.request_timeout, collect)
-            .await
-            .map_err(|elapsed| {
-                tracing::warn!(
-                    consumer = puller.consumer.cached_info().name,
-                    "pull unanswered"
-                );
-                BrokerError::Unavailable(Box::new(elapsed))
-            })?
-    }
-
-    /// Turns pulled messages into leased deliveries.
-    async fn lease(
-        &self,
-        group: &Arc<Group>,
-        pulled: Vec<(Slot, jetstream::Message)>,
-        deadline: Instant,
-    ) -> Vec<Delivery> {
-        let mut deliveries = Vec::with_capacity(pulled.len());
-        for (slot, message) in pulled {
-            let (seq, attempt) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.delivered),
-                Err(err) => {
-                    tracing::error!(group = group.name, %err, "pulled a message without JetStream metadata");
-                    continue;
-                }
-            };
-            let decoded = match codec::decode(message.headers.as_ref()) {
-                Ok(decoded) => decoded,
-                Err(why) => {
-                    // Not written by keel: it can never be handled, so it is terminated rather
-                    // than redelivered forever.
-                    tracing::error!(group = group.name, seq, why, "foreign message terminated");
-                    if let Err(err) = message.double_ack_with(AckKind::Term).await {
-                        tracing::warn!(%err, "could not terminate a foreign message");
-                    }
-                    continue;
-                }
-            };
-            let tag = DeliveryTag {
-                seq: i64::try_from(seq).unwrap_or(i64::MAX),
-                lease: Uuid::new_v4(),
-            };
-            deliveries.push(Delivery {
-                tag,
-                id: decoded.id,
-                group: group.name.clone(),
-                topic: decoded.topic,
-                key: decoded.key,
-                headers: decoded.headers,
-                body: message.payload.to_vec(),
-                published_at: decoded.published_at,
-                expires_at: decoded.expires_at,
-                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-            });
-            lock(&self.leases).insert(
-                tag.lease,
-                Lease {
-                    group: group.clone(),
-                    slot,
-                    message,
-                    deadline,
-                },
-            );
+        let mut batch = match tokio::time::timeout(Duration::from_secs(10), pulled).await {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(err)) => {
+                tracing::warn!(group, %err, "drain failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(group, "drain unanswered");
+                return;
+            }
+        };
+        let full = batch.len() >= window;
+        batch.sort_by_key(|m| m.info().map_or(u64::MAX, |info| info.stream_sequence));
+        for message in batch {
+            accept(group, slot, link, ledger, message).await;
         }
-        deliveries.sort_by_key(|d| d.tag.seq);
-        deliveries
+        if !full {
+            return;
+        }
     }
+}
+
+/// Puts a pulled message in the ledger; `false` if it is no keel message (then terminated).
+async fn accept(
+    group: &str,
+    slot: Slot,
+    link: u64,
+    ledger: &Mutex<Held>,
+    message: jetstream::Message,
+) -> bool {
+    let (seq, delivered) = match message.info() {
+        Ok(info) => (info.stream_sequence, info.delivered),
+        Err(err) => {
+            tracing::error!(group, %err, "pulled a message without JetStream metadata");
+            return false;
+        }
+    };
+    let decoded = match codec::decode(message.headers.as_ref()) {
+        Ok(decoded) => decoded,
+        Err(why) => {
+            tracing::error!(group, seq, why, "foreign message terminated");
+            if let Err(err) = message.double_ack_with(AckKind::Term).await {
+                tracing::warn!(%err, "could not terminate a foreign message");
+            }
+            return false;
+        }
+    };
+    let incoming = Incoming {
+        id: decoded.id,
+        topic: decoded.topic,
+        key: decoded.key,
+        headers: decoded.headers,
+        body: message.payload.to_vec(),
+        published_at: decoded.published_at,
+        expires_at: decoded.expires_at,
+        first_attempt: u32::try_from(delivered).unwrap_or(u32::MAX),
+    };
+    lock(ledger).insert(group, link, slot, incoming, message, Instant::now());
+    true
 }
 
 #[async_trait]
@@ -936,6 +1283,44 @@ impl Broker for NatsBroker {
         Ok(!all.is_empty())
     }
 
+    async fn publish_many(&self, batch: &[(String, Outgoing)]) -> Result<Vec<bool>, BrokerError> {
+        let inner = &self.inner;
+        for (topic, message) in batch {
+            check_publish(topic, &message.body, inner.options.max_body_bytes)?;
+        }
+        let ticket = inner.tickets.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = Utc::now();
+        let prepared: Vec<Prepared> = batch
+            .iter()
+            .map(|(topic, message)| Prepared {
+                topic: topic.clone(),
+                key: message.key.clone(),
+                slot: Slot::of(message.key.as_deref(), inner.options.partitions),
+                id: message.id.to_string(),
+                headers: codec::encode(topic, message, now),
+                body: Bytes::from(message.body.clone()),
+            })
+            .collect();
+        let known: Vec<Vec<String>> = prepared.iter().map(|m| inner.matching(&m.topic)).collect();
+        // As in `publish`: the refresh runs beside the stores to the groups already known.
+        let (stored, refreshed) = tokio::join!(
+            inner.store_batch(&prepared, &known),
+            inner.refresh_bindings(ticket),
+        );
+        refreshed?;
+        stored?;
+        let all: Vec<Vec<String>> = prepared.iter().map(|m| inner.matching(&m.topic)).collect();
+        let late: Vec<Vec<String>> = all
+            .iter()
+            .zip(&known)
+            .map(|(all, known)| all.iter().filter(|g| !known.contains(g)).cloned().collect())
+            .collect();
+        if late.iter().any(|groups| !groups.is_empty()) {
+            inner.store_batch(&prepared, &late).await?;
+        }
+        Ok(all.iter().map(|groups| !groups.is_empty()).collect())
+    }
+
     async fn redeliver(
         &self,
         group: &str,
@@ -960,104 +1345,70 @@ impl Broker for NatsBroker {
     ) -> Result<Vec<Delivery>, BrokerError> {
         let inner = &self.inner;
         check_name("group", group, false)?;
-        inner.sweep().await;
         if max == 0 {
             return Ok(Vec::new());
+        }
+        // What is held here could be handed out, but its acks could not be sent: say so.
+        if inner.js.client().connection_state() != async_nats::connection::State::Connected {
+            return Err(BrokerError::Unavailable("not connected to NATS".into()));
         }
         let Some(opened) = inner.group(group, false).await? else {
             return Ok(Vec::new());
         };
-        // Counted from before the pull: the server's ack_wait starts later, so ours ends first.
-        // A real clock (not tokio's, which tests may pause): the server's runs regardless.
-        let deadline = Instant::now() + lease.min(inner.options.ack_wait);
-        let Some(observed) = inner.observe(&opened).await? else {
-            return Ok(Vec::new());
-        };
-        let held = inner.held(&opened);
-        let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
-        let pulls = plan::plan(
-            max,
-            inner.options.partitions,
-            &observed,
-            &mut lock(&opened.hints),
-            &held,
-            Instant::now(),
-            turn,
-        );
-        let results = futures_util::future::join_all(
-            pulls.iter().map(|pull| inner.pull_slot(&opened, *pull)),
-        )
-        .await;
-        let mut pulled = Vec::new();
-        let mut failure = None;
-        for (pull, result) in pulls.iter().zip(results) {
-            match result {
-                Ok(messages) => {
-                    if messages.len() < pull.batch {
-                        // Drained: whatever this process released has been taken again.
-                        opened.with_hint(pull.slot, |hint| hint.released = false);
-                    }
-                    pulled.extend(messages.into_iter().map(|m| (pull.slot, m)));
+        if !opened.consuming.swap(true, Ordering::AcqRel) {
+            // The first fetch: feed the unkeyed messages, claim what partitions are free.
+            inner.start_feed(&opened, Slot::Unkeyed, Instant::now());
+            inner.tend(&opened).await;
+        }
+        // Made before looking, so that an arrival between the look and the wait is not missed.
+        let arrived = inner.arrived.notified();
+        let out = lock(&inner.ledger).take(group, max, lease, Instant::now());
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        // Nothing held here is ready. If the group stores more than this process holds, some
+        // may be on their way here (published a moment ago, or being drained): wait for them a
+        // little. (They may as well be held by another process, or in partitions it owns: then
+        // the wait is an idle worker's pause.)
+        let stored = match opened.stream.get_info().await {
+            Ok(info) => info.state.messages,
+            Err(err) if error::code(&err) == Some(error::STREAM_NOT_FOUND) => {
+                // Deleted behind keel's back: forgotten, made again by the next publish.
+                let gone = lock(&inner.groups).remove(group);
+                if let Some(gone) = gone {
+                    inner.retire(&gone);
                 }
-                Err(err) => failure = Some(err),
+                return Ok(Vec::new());
             }
+            Err(err) => return Err(classify(err)),
+        };
+        let held = lock(&inner.ledger).held(group, Instant::now());
+        if stored > held.waiting + held.in_flight {
+            let _ = tokio::time::timeout(FETCH_WAIT, arrived).await;
         }
-        // Partitions that turned out blocked elsewhere leave budget the unkeyed consumer may use.
-        let room = max - pulled.len();
-        let unkeyed_full = pulls.iter().any(|pull| {
-            pull.slot == Slot::Unkeyed
-                && pulled.iter().filter(|(s, _)| *s == Slot::Unkeyed).count() == pull.batch
-        });
-        if room > 0 && unkeyed_full {
-            let more = Pull {
-                slot: Slot::Unkeyed,
-                batch: room,
-                wait: plan::Wait::Ready,
-            };
-            match inner.pull_slot(&opened, more).await {
-                Ok(messages) => pulled.extend(messages.into_iter().map(|m| (Slot::Unkeyed, m))),
-                Err(err) => failure = Some(err),
-            }
-        }
-        // Messages already pulled are leased and returned even if another pull failed: dropping
-        // them would delay them by a whole ack_wait.
-        if pulled.is_empty()
-            && let Some(err) = failure
-        {
-            return Err(err);
-        }
-        Ok(inner.lease(&opened, pulled, deadline).await)
+        Ok(lock(&inner.ledger).take(group, max, lease, Instant::now()))
     }
 
     async fn ack(&self, tag: DeliveryTag) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        let lease = inner.take_lease(tag).await?;
-        if let Err(err) = lease.message.double_ack().await {
-            // Unconfirmed: keep the lease so the caller may try again.
-            lock(&inner.leases).insert(tag.lease, lease);
-            return Err(BrokerError::Unavailable(err));
-        }
-        Ok(())
+        let message = lock(&self.inner.ledger)
+            .ack(tag)
+            .map_err(|_| BrokerError::LeaseLost)?;
+        // Confirmed by the server. If the confirmation does not come, the message may be
+        // delivered again after ack_wait; its handler's effect is recorded with its id.
+        message.double_ack().await.map_err(BrokerError::Unavailable)
+    }
+
+    async fn ack_many(&self, tags: &[DeliveryTag]) -> Vec<Result<(), BrokerError>> {
+        // Each ack is confirmed by the server; sent together, they share the round trip.
+        futures_util::future::join_all(tags.iter().map(|tag| self.ack(*tag))).await
     }
 
     async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        let lease = inner.take_lease(tag).await?;
-        // The server's delay starts when it reads the NAK, after this instant: the local block
-        // never outlasts the server's.
-        let until = Instant::now() + delay;
-        if let Err(err) = lease
-            .message
-            .double_ack_with(AckKind::Nak(Some(delay)))
-            .await
-        {
-            lock(&inner.leases).insert(tag.lease, lease);
-            return Err(BrokerError::Unavailable(err));
-        }
-        lease
-            .group
-            .with_hint(lease.slot, |hint| hint.retries.push(until));
-        Ok(())
+        // Kept here, unacknowledged (kept alive by the sweeper), and handed out again after the
+        // delay: the key's later messages, held here too, wait behind it.
+        lock(&self.inner.ledger)
+            .retry(tag, ledger::later(Instant::now(), delay))
+            .map_err(|_| BrokerError::LeaseLost)
     }
 
     async fn depth(&self, group: &str) -> Result<QueueDepth, BrokerError> {
@@ -1065,12 +1416,17 @@ impl Broker for NatsBroker {
         let Some(opened) = self.inner.group(group, false).await? else {
             return Ok(QueueDepth::default());
         };
-        let (info, observed) = tokio::join!(opened.stream.get_info(), self.inner.observe(&opened));
-        let Some(observed) = observed? else {
-            return Ok(QueueDepth::default());
+        let info = match opened.stream.get_info().await {
+            Ok(info) => info,
+            Err(err) if error::code(&err) == Some(error::STREAM_NOT_FOUND) => {
+                return Ok(QueueDepth::default());
+            }
+            Err(err) => return Err(classify(err)),
         };
-        let state = info.map_err(classify)?.state;
-        let in_flight: u64 = observed.values().map(|o| o.outstanding).sum();
+        let state = info.state;
+        let in_flight = lock(&self.inner.ledger)
+            .held(group, Instant::now())
+            .in_flight;
         let oldest = (state.messages > 0)
             .then(|| {
                 let first = DateTime::from_timestamp_nanos(

@@ -77,6 +77,8 @@ pub(crate) struct GroupNames {
     pub(crate) stream: String,
     /// `<ns>.q.<token>`; the stream holds `<prefix>.*`, one subject per slot.
     pub(crate) subject_prefix: String,
+    /// The group's name as one subject token.
+    pub(crate) token: String,
 }
 
 impl GroupNames {
@@ -85,6 +87,7 @@ impl GroupNames {
         Self {
             stream: format!("{namespace}_q_{token}"),
             subject_prefix: format!("{namespace}.q.{token}"),
+            token,
         }
     }
 
@@ -107,6 +110,20 @@ pub(crate) fn bindings_filter(namespace: &str) -> String {
 /// subject is kept, so binding twice leaves one copy.
 pub(crate) fn binding_subject(namespace: &str, group: &str, pattern: &str) -> String {
     format!("{namespace}.bindings.{}.{}", token(group), token(pattern))
+}
+
+/// The stream of partition ownership records (see `own`).
+pub(crate) fn owners_stream(namespace: &str) -> String {
+    format!("{namespace}_owners")
+}
+
+pub(crate) fn owners_filter(namespace: &str) -> String {
+    format!("{namespace}.own.>")
+}
+
+/// The subject of one partition's ownership record.
+pub(crate) fn owner_subject(namespace: &str, group: &GroupNames, partition: u16) -> String {
+    format!("{namespace}.own.{}.p{partition}", group.token)
 }
 
 #[cfg(test)]

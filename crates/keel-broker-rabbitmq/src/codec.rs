@@ -101,21 +101,7 @@ pub(crate) fn properties(
         .with_headers(headers))
 }
 
-/// A message as it arrived from a queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Incoming {
-    pub id: MessageId,
-    pub topic: String,
-    pub key: Option<String>,
-    pub headers: BTreeMap<String, String>,
-    pub body: Vec<u8>,
-    pub published_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    /// The attempt of its first hand-out in this process: 1 on a first delivery; after a
-    /// redelivery, the quorum queue's count of earlier deliveries plus one, or 2 when only the
-    /// redelivered flag says so (classic queues).
-    pub first_attempt: u32,
-}
+pub(crate) use keel_domain::ledger::Incoming;
 
 /// Reads a delivery; `Err` names what makes it no keel message.
 pub(crate) fn decode(

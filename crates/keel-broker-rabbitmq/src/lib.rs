@@ -4,7 +4,8 @@
 //! The public surface is [`RabbitBroker`], built by [`RabbitBroker::connect`] from
 //! [`RabbitOptions`]. Inside: `topology` (names and declarations), `codec` (a message in AMQP
 //! properties, the partition of a key), `session` (the connections, channels and consumers),
-//! `ledger` (the deliveries this process holds and the rules that hand them out).
+//! and the domain's `ledger` (the deliveries this process holds and the rules that hand them
+//! out, shared with the NATS adapter).
 //!
 //! # Topology
 //! Everything is named under a namespace `ns` (`keel` by default; tests take a fresh one each).
@@ -92,7 +93,6 @@
 //! `timeout`.
 
 mod codec;
-mod ledger;
 mod session;
 mod topology;
 
@@ -109,7 +109,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, BasicProperties, Confirmation};
 
 use codec::Slot;
-use ledger::Ledger;
+use keel_domain::ledger::{self, Ledger};
 use session::{Activity, Link, Session, classify, too_slow, unavailable, within};
 use topology::{Shape, passive};
 
@@ -177,7 +177,7 @@ pub struct RabbitBroker {
     /// The current connections; replaced when they fail.
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     /// Deliveries held from the current session's consumers.
-    ledger: Mutex<Ledger<Acker>>,
+    ledger: Mutex<Ledger<Slot, Acker>>,
 }
 
 impl std::fmt::Debug for RabbitBroker {
@@ -236,7 +236,7 @@ impl RabbitBroker {
         Ok(broker)
     }
 
-    fn ledger(&self) -> MutexGuard<'_, Ledger<Acker>> {
+    fn ledger(&self) -> MutexGuard<'_, Ledger<Slot, Acker>> {
         // The ledger's invariants hold between statements, so a panic elsewhere leaves it sound.
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -421,7 +421,10 @@ impl RabbitBroker {
             ..
         } = delivery;
         match codec::decode(routing_key.as_str(), &properties, data, redelivered) {
-            Ok(message) => self.ledger().insert(group, link.id, slot, message, acker),
+            Ok(message) => {
+                self.ledger()
+                    .insert(group, link.id, slot, message, acker, Instant::now())
+            }
             Err(why) => {
                 // Not a keel message: handing it out would need an id it has not got. It goes
                 // to the namespace's dead-letter queue rather than vanish.

@@ -8,12 +8,15 @@
 //! - [`events`]: user events (outbox), jobs and subscriber effects: the [`EventStore`] port.
 //! - [`trace`]: the request's trace context, carried into message headers.
 //! - [`hospital`]: the [`Hospital`] port, where messages whose handling failed for good wait.
+//! - [`ledger`]: the deliveries a broker adapter holds in its process and the rules that hand
+//!   them out (per-key order, leases, retry delays), for brokers that do not keep them.
 //!
 //! **Invariant:** this crate does no I/O and knows no HTTP status codes.
 
 pub mod caching;
 pub mod events;
 pub mod hospital;
+pub mod ledger;
 pub mod queue;
 pub mod repo;
 pub mod trace;

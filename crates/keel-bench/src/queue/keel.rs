@@ -38,7 +38,7 @@ use super::load::{self, Effects, Figures, Pace, Plan};
 
 /// Where the run's messages go: topic `bench.<n % 16>` (so a pattern does the routing), bound to
 /// the group with `bench.#`.
-const GROUP: &str = "bench";
+pub const GROUP: &str = "bench";
 const PATTERN: &str = "bench.#";
 
 type Cleanup = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;

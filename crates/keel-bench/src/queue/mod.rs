@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use keel_broker_nats::{NatsBroker, NatsOptions};
+use keel_broker_rabbitmq::{RabbitBroker, RabbitOptions};
 use keel_queue::{PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue};
 use sqlx::Connection;
 
@@ -260,7 +262,11 @@ async fn run_row(ctx: &Ctx, backend: BackendKind, system: &'static str) -> Row {
         }
         (BackendKind::Sqlite, _) => "SqliteQueue + SqliteHospital, Worker".into(),
         (BackendKind::Postgres, _) => "PostgresQueue + PostgresHospital, Worker".into(),
-        (_, _) => "keel adapter + Worker".into(),
+        (BackendKind::Rabbitmq, _) => format!(
+            "RabbitBroker ({} queues) + SqliteHospital, Worker",
+            ctx.rabbitmq_queue.as_str()
+        ),
+        (BackendKind::Nats, _) => "NatsBroker + SqliteHospital, Worker".into(),
     };
     let outcome = if system == "raw" {
         match raw(ctx, backend, plan).await {
@@ -353,13 +359,98 @@ async fn keel_backend(ctx: &Ctx, backend: BackendKind) -> anyhow::Result<Option<
                 async move { drop_database_at(&pg_server, &name).await },
             )))
         }
-        BackendKind::Rabbitmq | BackendKind::Nats => Ok(None),
+        BackendKind::Nats => {
+            let namespace = fresh_name();
+            let broker = NatsBroker::connect(
+                &ctx.args.nats_url,
+                NatsOptions {
+                    namespace: namespace.clone(),
+                    ..NatsOptions::default()
+                },
+            )
+            .await?;
+            let (hospital, dir) = sqlite_hospital(ctx).await?;
+            let nats_url = ctx.args.nats_url.clone();
+            Ok(Some(keel::Backend::new(
+                Arc::new(broker),
+                Arc::new(hospital),
+                async move {
+                    delete_nats_streams(&nats_url, &namespace).await?;
+                    dir.close()?;
+                    Ok(())
+                },
+            )))
+        }
+        BackendKind::Rabbitmq => {
+            let namespace = fresh_name();
+            let options = RabbitOptions {
+                namespace: namespace.clone(),
+                quorum: ctx.rabbitmq_queue == QueueType::Quorum,
+                ..RabbitOptions::default()
+            };
+            let partitions = options.partitions;
+            let broker = RabbitBroker::connect(&ctx.args.rabbitmq_url, options).await?;
+            let (hospital, dir) = sqlite_hospital(ctx).await?;
+            let rabbitmq_url = ctx.args.rabbitmq_url.clone();
+            Ok(Some(keel::Backend::new(
+                Arc::new(broker),
+                Arc::new(hospital),
+                async move {
+                    delete_rabbit_namespace(&rabbitmq_url, &namespace, partitions).await?;
+                    dir.close()?;
+                    Ok(())
+                },
+            )))
+        }
     }
+}
+
+/// Deletes the streams of a keel NATS namespace (its group streams and its bindings stream).
+async fn delete_nats_streams(url: &str, namespace: &str) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    for name in names.into_iter().filter(|n| n.starts_with(namespace)) {
+        js.delete_stream(&name).await?;
+    }
+    Ok(())
+}
+
+/// Deletes what keel's RabbitMQ adapter declared for the bench group under `namespace`: the
+/// group's partition and unkeyed queues, the dead-letter queue and the exchanges.
+async fn delete_rabbit_namespace(
+    url: &str,
+    namespace: &str,
+    partitions: u16,
+) -> anyhow::Result<()> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let connection =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let group = format!("{namespace}/{}", keel::GROUP);
+    let queues = (0..partitions)
+        .map(|i| format!("{group}/{i}"))
+        .chain([format!("{group}/u"), format!("{namespace}/~dead")]);
+    for queue in queues {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in [group, namespace.to_owned()] {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    connection.close(200, "bench done".into()).await?;
+    Ok(())
 }
 
 /// An SQLite hospital in a fresh directory under the run's data directory, for brokers that have
 /// no SQL database of their own; the directory goes when the returned guard is dropped.
-#[allow(dead_code)] // used once the RabbitMQ and NATS adapters are built in
 async fn sqlite_hospital(ctx: &Ctx) -> anyhow::Result<(SqliteHospital, tempfile::TempDir)> {
     let dir = tempfile::tempdir_in(&ctx.data_dir)?;
     let url = format!("sqlite://{}", dir.path().join("hospital.db").display());

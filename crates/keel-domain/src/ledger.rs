@@ -1,20 +1,40 @@
-//! The deliveries this process holds from RabbitMQ, unacknowledged, and the rules that hand them
-//! to workers: oldest first, at most one in flight per key, leases and retry delays kept here.
+//! The deliveries a process holds from a broker, unacknowledged there, and the rules that hand
+//! them to workers: oldest first, at most one in flight per key, leases and retry delays kept in
+//! the process. Brokers that know none of these rules (RabbitMQ, NATS JetStream with many
+//! messages outstanding per consumer) keep each delivery here until it is acknowledged: to the
+//! server each message is simply delivered and not yet acknowledged, so a crash of the process
+//! returns every one of them.
 //!
-//! RabbitMQ knows none of these rules: to it each message here is simply delivered and not yet
-//! acknowledged, so a crash of this process returns every one of them to its queue.
+//! Pure bookkeeping, no I/O: `S` names where a message came from (a partition), `A` is what
+//! settles it on the server (an acker), and every call takes the time it runs at.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use keel_domain::{Delivery, DeliveryTag};
 use uuid::Uuid;
 
-use crate::codec::{Incoming, Slot};
+use crate::queue::{Delivery, DeliveryTag, MessageId};
+
+/// A message as it arrived from a broker, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub id: MessageId,
+    pub topic: String,
+    pub key: Option<String>,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    pub published_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The attempt of its first hand-out in this process: 1 on a first delivery; after a
+    /// redelivery by the server, the server's count of earlier deliveries plus one (or 2 when
+    /// the server only flags a redelivery).
+    pub first_attempt: u32,
+}
 
 /// `now + by`, saturating far in the future instead of overflowing.
-pub(crate) fn later(now: Instant, by: Duration) -> Instant {
+pub fn later(now: Instant, by: Duration) -> Instant {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     now.checked_add(by.min(CENTURY)).unwrap_or(now)
 }
@@ -32,18 +52,21 @@ enum State {
 
 /// A message held from a queue, with what settles it there (`A`: the channel's acker).
 #[derive(Debug)]
-struct Entry<A> {
-    /// The consumer channel it came on: it dies with that channel.
+struct Entry<S, A> {
+    /// What it came through (a consumer channel, an ownership of a partition): it is
+    /// forgotten with it.
     link: u64,
-    slot: Slot,
+    slot: S,
     message: Incoming,
     acker: A,
     /// Hand-outs so far in this process.
     handed: u32,
     state: State,
+    /// When the server last heard about it (arrival, or a keep-alive).
+    touched: Instant,
 }
 
-impl<A> Entry<A> {
+impl<S, A> Entry<S, A> {
     /// Whether it blocks its key and cannot be handed out now.
     fn busy(&self, now: Instant) -> bool {
         match self.state {
@@ -55,14 +78,14 @@ impl<A> Entry<A> {
 
 /// The held deliveries of every group, in arrival order per group.
 #[derive(Debug)]
-pub(crate) struct Ledger<A> {
+pub struct Ledger<S, A> {
     next_seq: i64,
-    groups: HashMap<String, BTreeMap<i64, Entry<A>>>,
+    groups: HashMap<String, BTreeMap<i64, Entry<S, A>>>,
     /// Which group a sequence number belongs to, for `ack` and `retry`.
     group_of: HashMap<i64, String>,
 }
 
-impl<A> Default for Ledger<A> {
+impl<S, A> Default for Ledger<S, A> {
     fn default() -> Self {
         Self {
             next_seq: 1,
@@ -74,25 +97,26 @@ impl<A> Default for Ledger<A> {
 
 /// Why a tag cannot be settled: it is unknown, settled, or its lease was handed to another.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct LeaseLost;
+pub struct LeaseLost;
 
 /// Counts of one group's held messages.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Held {
+pub struct Held {
     pub waiting: u64,
     pub in_flight: u64,
     pub oldest: Option<DateTime<Utc>>,
 }
 
-impl<A: Clone> Ledger<A> {
-    /// Takes a message that arrived on `link` from `slot` of `group`.
-    pub(crate) fn insert(
+impl<S: Copy + Eq + Hash, A: Clone> Ledger<S, A> {
+    /// Takes a message that arrived on `link` from `slot` of `group` at `now`.
+    pub fn insert(
         &mut self,
         group: &str,
         link: u64,
-        slot: Slot,
+        slot: S,
         message: Incoming,
         acker: A,
+        now: Instant,
     ) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -106,13 +130,14 @@ impl<A: Clone> Ledger<A> {
                 acker,
                 handed: 0,
                 state: State::Ready,
+                touched: now,
             },
         );
     }
 
     /// Hands out up to `max` messages of `group`, oldest first, skipping every key that has a
     /// message in flight or waiting for its retry (so a key's later messages wait behind it).
-    pub(crate) fn take(
+    pub fn take(
         &mut self,
         group: &str,
         max: usize,
@@ -167,7 +192,7 @@ impl<A: Clone> Ledger<A> {
     }
 
     /// Settles `tag` for good: returns the acker that removes the message from its queue.
-    pub(crate) fn ack(&mut self, tag: DeliveryTag) -> Result<A, LeaseLost> {
+    pub fn ack(&mut self, tag: DeliveryTag) -> Result<A, LeaseLost> {
         let entries = self.holding(tag)?;
         let entry = entries.remove(&tag.seq).ok_or(LeaseLost)?;
         self.group_of.remove(&tag.seq);
@@ -175,7 +200,7 @@ impl<A: Clone> Ledger<A> {
     }
 
     /// Keeps the message held and hands it out again at `until`.
-    pub(crate) fn retry(&mut self, tag: DeliveryTag, until: Instant) -> Result<(), LeaseLost> {
+    pub fn retry(&mut self, tag: DeliveryTag, until: Instant) -> Result<(), LeaseLost> {
         let entry = self.holding(tag)?.get_mut(&tag.seq).ok_or(LeaseLost)?;
         entry.state = State::Delayed { until };
         Ok(())
@@ -183,7 +208,7 @@ impl<A: Clone> Ledger<A> {
 
     /// The group's entries, if `tag` is the lease of a message in it. A lease that ran out but
     /// was not handed to anyone else yet still settles, as with the SQL queue.
-    fn holding(&mut self, tag: DeliveryTag) -> Result<&mut BTreeMap<i64, Entry<A>>, LeaseLost> {
+    fn holding(&mut self, tag: DeliveryTag) -> Result<&mut BTreeMap<i64, Entry<S, A>>, LeaseLost> {
         let group = self.group_of.get(&tag.seq).ok_or(LeaseLost)?;
         let entries = self.groups.get_mut(group).ok_or(LeaseLost)?;
         match entries.get(&tag.seq).map(|e| e.state) {
@@ -194,7 +219,7 @@ impl<A: Clone> Ledger<A> {
 
     /// Forgets every message that came on `link`: its channel is gone, so RabbitMQ has
     /// returned them to their queues and their tags can settle nothing.
-    pub(crate) fn forget_link(&mut self, link: u64) {
+    pub fn forget_link(&mut self, link: u64) {
         for entries in self.groups.values_mut() {
             entries.retain(|_, e| e.link != link);
         }
@@ -204,14 +229,14 @@ impl<A: Clone> Ledger<A> {
     }
 
     /// Forgets everything (the connection is gone).
-    pub(crate) fn forget_all(&mut self) {
+    pub fn forget_all(&mut self) {
         self.groups.clear();
         self.group_of.clear();
     }
 
     /// How many messages of `group` this process holds from each slot on `link`: the share
     /// of RabbitMQ's prefetch window they use.
-    pub(crate) fn held_from(&self, group: &str, link: u64) -> HashMap<Slot, usize> {
+    pub fn held_from(&self, group: &str, link: u64) -> HashMap<S, usize> {
         let mut counts = HashMap::new();
         for entry in self.groups.get(group).into_iter().flat_map(|e| e.values()) {
             if entry.link == link {
@@ -221,9 +246,24 @@ impl<A: Clone> Ledger<A> {
         counts
     }
 
+    /// The ackers of every message the server last heard about before `before`, marked as
+    /// heard about at `now`: the caller tells the server they are still being worked on, so that
+    /// its redelivery timer does not run out under a message held here (a long retry delay, a
+    /// key waiting behind a slow one).
+    pub fn stale(&mut self, before: Instant, now: Instant) -> Vec<A> {
+        let mut out = Vec::new();
+        for entry in self.groups.values_mut().flat_map(|e| e.values_mut()) {
+            if entry.touched < before {
+                entry.touched = now;
+                out.push(entry.acker.clone());
+            }
+        }
+        out
+    }
+
     /// What this process holds of `group`: waiting (ready, delayed, or with a lapsed lease),
     /// in flight, and the oldest publish time.
-    pub(crate) fn held(&self, group: &str, now: Instant) -> Held {
+    pub fn held(&self, group: &str, now: Instant) -> Held {
         let mut held = Held::default();
         for entry in self.groups.get(group).into_iter().flat_map(|e| e.values()) {
             match entry.state {
@@ -240,7 +280,6 @@ impl<A: Clone> Ledger<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_domain::MessageId;
 
     fn message(key: Option<&str>, body: &str) -> Incoming {
         Incoming {
@@ -255,11 +294,15 @@ mod tests {
         }
     }
 
-    fn ledger(messages: &[(Option<&str>, &str)]) -> Ledger<()> {
+    /// A slot per key's first letter; unkeyed messages in slot 0.
+    fn slot(key: Option<&str>) -> u8 {
+        key.map_or(0, |k| k.as_bytes()[0])
+    }
+
+    fn ledger(messages: &[(Option<&str>, &str)]) -> Ledger<u8, ()> {
         let mut ledger = Ledger::default();
         for (key, body) in messages {
-            let slot = Slot::of(*key, 4);
-            ledger.insert("g", 1, slot, message(*key, body), ());
+            ledger.insert("g", 1, slot(*key), message(*key, body), (), Instant::now());
         }
         ledger
     }
@@ -330,11 +373,28 @@ mod tests {
     #[test]
     fn a_dead_link_takes_its_messages_and_their_tags_with_it() {
         let mut ledger = ledger(&[(None, "x")]);
-        ledger.insert("g", 2, Slot::Unkeyed, message(None, "y"), ());
+        ledger.insert("g", 2, 0, message(None, "y"), (), Instant::now());
         let out = ledger.take("g", 10, LEASE, Instant::now());
-        assert_eq!(ledger.held_from("g", 1).get(&Slot::Unkeyed), Some(&1));
+        assert_eq!(ledger.held_from("g", 1).get(&0), Some(&1));
         ledger.forget_link(1);
         assert_eq!(ledger.ack(out[0].tag), Err(LeaseLost));
         ledger.ack(out[1].tag).unwrap();
+    }
+
+    #[test]
+    fn stale_entries_are_returned_once_per_keep_alive() {
+        let start = Instant::now();
+        let mut ledger = ledger(&[(Some("a"), "a1"), (None, "u1")]);
+        assert!(
+            ledger
+                .stale(start - Duration::from_secs(1), start)
+                .is_empty()
+        );
+        let later = start + Duration::from_secs(10);
+        assert_eq!(ledger.stale(later, later).len(), 2);
+        assert!(
+            ledger.stale(later, later).is_empty(),
+            "touched by the keep-alive"
+        );
     }
 }

@@ -537,6 +537,81 @@ impl Broker for RabbitBroker {
         .await
     }
 
+    /// Publishes concurrently on the confirm channel, except that the messages of one key go
+    /// one after another, each after the previous one's confirm: a queue at its bound refuses
+    /// a message (`Full`), and a later message of that key must not be stored before it.
+    async fn publish_many(
+        &self,
+        batch: &[(String, keel_domain::Outgoing)],
+    ) -> Result<Vec<bool>, BrokerError> {
+        for (topic, message) in batch {
+            self.check_publish(topic, &message.body)?;
+        }
+        let session = self.session().await?;
+        let now = Utc::now();
+        let mut chains: Vec<Vec<usize>> = Vec::new();
+        let mut by_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, (_, message)) in batch.iter().enumerate() {
+            match message.key.as_deref() {
+                None => chains.push(vec![i]),
+                Some(key) => {
+                    let chain = *by_key.entry(key).or_insert_with(|| {
+                        chains.push(Vec::new());
+                        chains.len() - 1
+                    });
+                    chains[chain].push(i);
+                }
+            }
+        }
+        let session = &session;
+        let sent = futures_util::future::join_all(chains.into_iter().map(|chain| async move {
+            let mut out = Vec::with_capacity(chain.len());
+            for i in chain {
+                let (topic, message) = &batch[i];
+                let slot = Slot::of(message.key.as_deref(), self.shape.partitions);
+                let result = match codec::properties(message, slot, now) {
+                    Ok(properties) => {
+                        self.send(
+                            session,
+                            self.shape.topic_exchange(),
+                            topic,
+                            &message.body,
+                            properties,
+                        )
+                        .await
+                    }
+                    Err(err) => Err(err),
+                };
+                let failed = result.is_err();
+                out.push((i, result));
+                if failed {
+                    break;
+                }
+            }
+            out
+        }))
+        .await;
+        let mut routed = vec![false; batch.len()];
+        let mut worst = None;
+        for (i, result) in sent.into_iter().flatten() {
+            match result {
+                Ok(r) => routed[i] = r,
+                // `Full` first: the producer must slow down, and retrying the batch is safe.
+                Err(BrokerError::Full) => worst = Some(BrokerError::Full),
+                Err(err) => {
+                    if worst.is_none() {
+                        worst = Some(err);
+                    }
+                }
+            }
+        }
+        worst.map_or(Ok(routed), Err)
+    }
+
+    async fn ack_many(&self, tags: &[DeliveryTag]) -> Vec<Result<(), BrokerError>> {
+        futures_util::future::join_all(tags.iter().map(|tag| self.ack(*tag))).await
+    }
+
     async fn redeliver(
         &self,
         group: &str,

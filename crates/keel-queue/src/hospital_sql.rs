@@ -1,6 +1,6 @@
-//! What the three SQL hospitals (SQLite, PostgreSQL, MariaDB) share: the statements (written with
-//! `?` placeholders; PostgreSQL's are numbered by [`numbered`]), the filter builder, row decoding
-//! and the audit details. Each engine's file holds only its transactions and dialect.
+//! The SQL hospital's statements (written with `?` placeholders; PostgreSQL's are numbered by
+//! [`numbered`]), filter builder, row decoding and audit details, shared by every engine;
+//! `hospital` runs them in its transactions, each engine's dialect file says what differs.
 
 use std::fmt::Write as _;
 use std::time::Duration;

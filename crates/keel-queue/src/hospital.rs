@@ -16,11 +16,13 @@ use keel_domain::{
 use sqlx::migrate::Migrate;
 use sqlx::query::Query;
 use sqlx::{
-    AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row,
-    Transaction, Type,
+    AssertSqlSafe, ColumnIndex, Database, Encode, Executor, IntoArguments, Pool, Row, Transaction,
+    Type,
 };
 use tokio::sync::OnceCell;
 use uuid::Uuid;
+
+use keel_store_sql::Column;
 
 use crate::hospital_sql::{
     self as shared, Arg, PATIENT_COLUMNS, bind_args, fault, lease_end, now_micros,
@@ -82,26 +84,27 @@ pub trait HospitalDialect: Send + Sync + 'static {
     }
 }
 
-/// A type the hospital both binds and reads on engine `DB`.
-pub trait Column<DB: Database>:
-    for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send
-{
-}
-
-impl<DB: Database, T> Column<DB> for T where
-    T: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send
-{
-}
-
 /// The error hospital in an SQL database; [`crate::SqliteHospital`],
 /// [`crate::PostgresHospital`] and [`crate::MariaDbHospital`] name it on each engine.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SqlHospital<D: HospitalDialect> {
     pool: Pool<D::Db>,
     max_patients: u64,
     /// Set once the hospital's migrations ran in this process: every call waits for it, so that
     /// the synchronous constructors need no separate migration step.
     ready: Arc<OnceCell<()>>,
+}
+
+// By hand: a derived `Clone` would ask the driver type (`D::Db`) to be `Clone`, which it is not
+// and need not be (the pool is a handle, the readiness cell is shared).
+impl<D: HospitalDialect> Clone for SqlHospital<D> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            max_patients: self.max_patients,
+            ready: Arc::clone(&self.ready),
+        }
+    }
 }
 
 type Db<D> = <D as HospitalDialect>::Db;

@@ -4,7 +4,7 @@ use sqlx::Postgres;
 use sqlx::postgres::PgQueryResult;
 
 use crate::hospital::{HospitalDialect, SqlHospital};
-use crate::hospital_sql::numbered;
+use keel_store_sql::numbered;
 
 /// The hospital in the PostgreSQL database of the queue.
 pub type PostgresHospital = SqlHospital<PostgresDialect>;

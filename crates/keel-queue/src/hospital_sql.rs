@@ -1,8 +1,7 @@
-//! What the three SQL hospitals (SQLite, PostgreSQL, MariaDB) share: the statements (written with
-//! `?` placeholders; PostgreSQL's are numbered by [`numbered`]), the filter builder, row decoding
-//! and the audit details. Each engine's file holds only its transactions and dialect.
+//! The SQL hospital's statements (written with `?` placeholders; PostgreSQL's are numbered by
+//! `keel_store_sql::numbered`), filter builder, row decoding and audit details, shared by every engine;
+//! `hospital` runs them in its transactions, each engine's dialect file says what differs.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -82,22 +81,6 @@ where
         };
     }
     query
-}
-
-/// `?` placeholders numbered `$1, $2, …` for PostgreSQL. The statements here contain no other
-/// `?` (no literal, no JSON operator), so every one is a placeholder.
-pub(crate) fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            let _ = write!(out, "${n}");
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The patient columns every read selects, in the order [`decode_patient`] reads them.
@@ -479,14 +462,6 @@ pub(crate) fn refused_claim(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn postgres_placeholders_are_numbered_in_order() {
-        assert_eq!(
-            numbered("a = ? AND b IN (?, ?)"),
-            "a = $1 AND b IN ($2, $3)"
-        );
-    }
 
     #[test]
     fn like_patterns_match_their_text_literally() {

@@ -5,7 +5,8 @@
 //!   `FOR UPDATE SKIP LOCKED`.
 //!
 //! - [`SqliteHospital`], [`PostgresHospital`]: the error hospital beside each SQL queue, and
-//!   [`MariaDbHospital`] for a keel whose database is MariaDB or MySQL (statements shared in
+//!   [`MariaDbHospital`] for a keel whose database is MariaDB or MySQL: one implementation,
+//!   [`SqlHospital`], over each engine's [`HospitalDialect`] (statements shared in
 //!   `hospital_sql`).
 //! - [`worker`]: the worker runtime: fetch, handle, ack; retries with backoff; admission.
 //!
@@ -18,6 +19,7 @@ mod hospital;
 mod hospital_my;
 mod hospital_pg;
 mod hospital_sql;
+mod hospital_sqlite;
 pub mod offload;
 mod postgres;
 mod sqlite;
@@ -30,9 +32,10 @@ use chrono::{DateTime, Utc};
 use keel_domain::{BrokerError, Delivery, DeliveryTag, MessageId, QueueDepth};
 use uuid::Uuid;
 
-pub use hospital::SqliteHospital;
-pub use hospital_my::MariaDbHospital;
-pub use hospital_pg::PostgresHospital;
+pub use hospital::{HospitalDialect, SqlHospital};
+pub use hospital_my::{MariaDbDialect, MariaDbHospital};
+pub use hospital_pg::{PostgresDialect, PostgresHospital};
+pub use hospital_sqlite::{SqliteDialect, SqliteHospital};
 pub use keel_store_sql::PoolSettings;
 pub use postgres::PostgresQueue;
 pub use sqlite::SqliteQueue;

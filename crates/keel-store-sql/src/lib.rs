@@ -1,16 +1,22 @@
-//! What the SQL stores share, so that each store crate holds only its dialect: pool settings,
-//! embedded migrations run by sqlx's `Migrator`, and the classification of driver errors into
-//! the domain's [`StoreError`].
+//! What the SQL stores share, so that each store crate holds only its dialect:
+//!
+//! - [`store`]: [`store::SqlStore`], the `UserRepo` and `EventStore` ports once over any sqlx
+//!   database, and the [`store::StoreDialect`] each store crate implements.
+//! - [`events`]: the event tables' rows and their decoding.
+//! - pool settings, embedded migrations run by sqlx's `Migrator`, placeholders, and the
+//!   classification of driver errors into the domain's [`StoreError`].
 
 pub mod events;
+pub mod store;
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use keel_domain::StoreError;
-use sqlx::SqlSafeStr;
 use sqlx::error::DatabaseError;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Database, Decode, Encode, SqlSafeStr, Type};
 
 /// Pool settings the binary passes from configuration.
 #[derive(Debug, Clone)]
@@ -93,4 +99,45 @@ pub fn duration_micros(d: Duration) -> i64 {
 /// Message headers as the stores keep them: a JSON object of strings.
 pub fn headers_json(headers: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(headers).expect("string maps serialize")
+}
+
+/// A type bound and read on engine `DB`: what the generic SQL code needs of its column types.
+pub trait Column<DB: Database>:
+    for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send
+{
+}
+
+impl<DB: Database, T> Column<DB> for T where
+    T: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send
+{
+}
+
+/// `?` placeholders numbered `$1, $2, …` for PostgreSQL, so that one statement text serves every
+/// engine. The statements it is given contain no other `?` (no literal, no JSON operator), so
+/// every one is a placeholder.
+pub fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            let _ = write!(out, "${n}");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered_in_order() {
+        assert_eq!(
+            numbered("a = ? AND b IN (?, ?)"),
+            "a = $1 AND b IN ($2, $3)"
+        );
+    }
 }

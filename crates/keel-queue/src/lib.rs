@@ -7,6 +7,8 @@
 //! - [`SqliteHospital`], [`PostgresHospital`]: the error hospital beside each SQL queue, and
 //!   [`MariaDbHospital`] for a keel whose database is MariaDB or MySQL (statements shared in
 //!   `hospital_sql`).
+//! - `migrations`: the queues record their migrations in `_keel_queue_migrations`, so a queue
+//!   may share keel's database with the stores.
 //! - [`worker`]: the worker runtime: fetch, handle, ack; retries with backoff; admission.
 //!
 //! Both queues implement [`keel_domain::Broker`]. A claim is one `UPDATE … RETURNING` statement that
@@ -18,6 +20,7 @@ mod hospital;
 mod hospital_my;
 mod hospital_pg;
 mod hospital_sql;
+mod migrations;
 pub mod offload;
 mod postgres;
 mod sqlite;

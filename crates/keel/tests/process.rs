@@ -501,17 +501,16 @@ async fn killed_workers_and_relays_lose_no_event_and_apply_none_twice() {
     kill_workers_mid_stream(dir, &[], &database, &hospital, None).await;
 }
 
-/// The same with keel's database and its queue (and so the hospital) on PostgreSQL.
+/// The same with keel's database on PostgreSQL and the queue (and so the hospital) in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_killed_workers_and_relays_lose_no_event_and_apply_none_twice() {
     let dir = tempfile::tempdir().unwrap();
     let database = keel_test_support::services::create_postgres_database().await;
-    let queue = keel_test_support::services::create_postgres_database().await;
     let env = [
         ("KEEL_DATABASE__URL", database.as_str()),
-        ("KEEL_QUEUE__URL", queue.as_str()),
+        ("KEEL_QUEUE__URL", database.as_str()),
     ];
-    kill_workers_mid_stream(dir, &env, &database, &queue, None).await;
+    kill_workers_mid_stream(dir, &env, &database, &database, None).await;
 }
 
 /// The same on NATS JetStream — a private server, also killed with SIGKILL and restarted on its

@@ -8,6 +8,8 @@
 //!   [`MariaDbHospital`] for a keel whose database is MariaDB or MySQL: one implementation,
 //!   [`SqlHospital`], over each engine's [`HospitalDialect`] (statements shared in
 //!   `hospital_sql`).
+//! - `migrations`: the queues record their migrations in `_keel_queue_migrations`, so a queue
+//!   may share keel's database with the stores.
 //! - [`worker`]: the worker runtime: fetch, handle, ack; retries with backoff; admission.
 //!
 //! Both queues implement [`keel_domain::Broker`]. A claim is one `UPDATE … RETURNING` statement that
@@ -20,6 +22,7 @@ mod hospital_my;
 mod hospital_pg;
 mod hospital_sql;
 mod hospital_sqlite;
+mod migrations;
 pub mod offload;
 mod postgres;
 mod sqlite;

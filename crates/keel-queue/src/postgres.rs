@@ -62,8 +62,7 @@ impl PostgresQueue {
             .connect(url)
             .await
             .map_err(classify)?;
-        keel_store_sql::migrator(MIGRATIONS)
-            .run(&pool)
+        crate::migrations::run_postgres(&pool, MIGRATIONS)
             .await
             .map_err(|e| BrokerError::Internal(Box::new(e)))?;
         Ok(Self { pool, limits })

@@ -80,8 +80,7 @@ impl SqliteQueue {
             .connect_with(options.clone())
             .await
             .map_err(classify)?;
-        keel_store_sql::migrator(MIGRATIONS)
-            .run(&pool)
+        crate::migrations::run_sqlite(&pool, MIGRATIONS)
             .await
             .map_err(|e| BrokerError::Internal(Box::new(e)))?;
         let conn = options.connect().await.map_err(classify)?;

@@ -1,5 +1,6 @@
-//! The `keel` binary as an operator runs it: killed with SIGKILL under write load, stopped with
-//! SIGTERM with requests in flight, and misconfigured.
+//! The `keel` binary as an operator runs it: killed with SIGKILL under write load, its workers
+//! killed mid-stream on every broker (private NATS and RabbitMQ servers crashed with them),
+//! stopped with SIGTERM with requests in flight, and misconfigured.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -459,17 +460,34 @@ fn start_worker(data_dir: &Path, env: &[(&str, &str)]) -> Child {
     cmd.spawn().expect("keel worker starts")
 }
 
-/// Per user id, the rows of `table` (the effects of the audit and notifier groups).
+/// Per user id, the rows of `table` (the effects of the audit and notifier groups) in keel's
+/// database at `url`.
 async fn effects_per_user(url: &str, table: &str) -> std::collections::HashMap<String, i64> {
     use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-    let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let sql = sqlx::AssertSqlSafe(format!(
         "SELECT user_id, count(*) FROM {table} GROUP BY user_id"
-    )))
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
+    ));
+    let rows: Vec<(String, i64)> = if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap()
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap()
+    };
     rows.into_iter().collect()
+}
+
+/// Patients ever admitted to the hospital in the database at `url`.
+async fn patients(url: &str) -> i64 {
+    use sqlx::Connection;
+    let sql = "SELECT count(*) FROM hospital_patients";
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+    }
 }
 
 /// Worker processes — each also a relay of the outbox — killed with SIGKILL in the middle of a
@@ -478,8 +496,21 @@ async fn effects_per_user(url: &str, table: &str) -> std::collections::HashMap<S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_workers_and_relays_lose_no_event_and_apply_none_twice() {
     let dir = tempfile::tempdir().unwrap();
+    let database = sqlite_url(dir.path());
     let hospital = format!("sqlite://{}", dir.path().join("queue.db").display());
-    kill_workers_mid_stream(dir, &[], &hospital, None).await;
+    kill_workers_mid_stream(dir, &[], &database, &hospital, None).await;
+}
+
+/// The same with keel's database on PostgreSQL and the queue (and so the hospital) in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_killed_workers_and_relays_lose_no_event_and_apply_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = keel_test_support::services::create_postgres_database().await;
+    let env = [
+        ("KEEL_DATABASE__URL", database.as_str()),
+        ("KEEL_QUEUE__URL", database.as_str()),
+    ];
+    kill_workers_mid_stream(dir, &env, &database, &database, None).await;
 }
 
 /// The same on NATS JetStream — a private server, also killed with SIGKILL and restarted on its
@@ -489,9 +520,29 @@ async fn on_nats_killed_workers_and_a_restarted_server_lose_no_event_and_apply_n
     let dir = tempfile::tempdir().unwrap();
     let nats = PrivateNats::start(dir.path());
     let url = nats.url();
+    let database = sqlite_url(dir.path());
     let hospital = format!("sqlite://{}", dir.path().join("hospital.db").display());
     let env = [("KEEL_QUEUE__URL", url.as_str())];
-    kill_workers_mid_stream(dir, &env, &hospital, Some(nats)).await;
+    kill_workers_mid_stream(dir, &env, &database, &hospital, Some(Box::new(nats))).await;
+}
+
+/// The same on RabbitMQ — a private node, also killed with SIGKILL and restarted on its store
+/// mid-stream (the machine's shared node serves other tests and is left alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_killed_workers_and_a_restarted_node_lose_no_event_and_apply_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let rabbit = PrivateRabbit::start();
+    let url = rabbit.url();
+    let database = sqlite_url(dir.path());
+    let hospital = format!("sqlite://{}", dir.path().join("hospital.db").display());
+    let env = [("KEEL_QUEUE__URL", url.as_str())];
+    kill_workers_mid_stream(dir, &env, &database, &hospital, Some(Box::new(rabbit))).await;
+}
+
+/// A broker server of the test's own, which the test may crash.
+trait PrivateBroker {
+    /// SIGKILL, then a restart on the same store; returns once it serves again.
+    fn crash_and_restart(&mut self);
 }
 
 /// A NATS server of this test's own (JetStream on, its store in the test's directory).
@@ -528,7 +579,9 @@ impl PrivateNats {
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+}
 
+impl PrivateBroker for PrivateNats {
     /// SIGKILL, a pause, and a restart on the same store.
     fn crash_and_restart(&mut self) {
         self.child.kill().unwrap();
@@ -545,11 +598,169 @@ impl Drop for PrivateNats {
     }
 }
 
+/// The installed RabbitMQ's own scripts: `/usr/sbin`'s wrappers would switch to the `rabbitmq`
+/// user and its home (and so to the shared node's cookie and files).
+const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+
+/// A RabbitMQ node of this test's own, running.
+struct PrivateRabbit {
+    /// The node's Erlang VM itself (the start script `exec`s it), so SIGKILL crashes the node.
+    child: Child,
+    node: RabbitNode,
+}
+
+/// What makes a RabbitMQ node this test's own: its node name, AMQP and distribution ports, and
+/// every file (configuration, database, logs, Erlang cookie) in its own directory.
+struct RabbitNode {
+    name: String,
+    port: u16,
+    dist_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRabbit {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        // Empty: the machine's rabbitmq-env.conf names the shared node.
+        std::fs::write(dir.path().join("rabbitmq-env.conf"), "").unwrap();
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
+        let node = RabbitNode {
+            name: format!("keeltest-{}@localhost", uuid::Uuid::new_v4().simple()),
+            port,
+            dist_port: free_port(),
+            dir,
+        };
+        Self {
+            child: node.spawn(),
+            node,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.node.port)
+    }
+}
+
+impl RabbitNode {
+    /// Starts the node on its directory and waits until it has booted.
+    fn spawn(&self) -> Child {
+        let dir = self.dir.path();
+        let mut child = self
+            .command("rabbitmq-server")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", dir.join("plugins"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_PID_FILE", dir.join("rabbitmq.pid"))
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            // Makes the script `exec` the VM instead of running it as a child of a shell that
+            // traps signals: the child's pid is then the node's.
+            .env("RUNNING_UNDER_SYSTEMD", "true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rabbitmq-server is installed");
+        // RabbitMQ 3.10 takes about 10 s to boot here, more after a crash and on a busy machine.
+        let within = Duration::from_secs(90);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "the private RabbitMQ node {} exited with {status} while booting; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            // Fails at once while the VM has not registered the node's name yet, then waits.
+            let booted = self
+                .command("rabbitmqctl")
+                .args(["-n", &self.name, "await_startup", "--timeout", "30"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("rabbitmqctl is installed");
+            if booted.success() {
+                return child;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the private RabbitMQ node {} did not boot within {within:?}; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A command of the installed RabbitMQ aimed at this node. HOME is the node's directory, so
+    /// the node and `rabbitmqctl` share the Erlang cookie the first start writes there.
+    fn command(&self, script: &str) -> Command {
+        let mut cmd = Command::new(Path::new(RABBITMQ_BIN).join(script));
+        cmd.env("HOME", self.dir.path())
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env(
+                "RABBITMQ_CONF_ENV_FILE",
+                self.dir.path().join("rabbitmq-env.conf"),
+            )
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// The last lines of the node's log, for a failure message.
+    fn log(&self) -> String {
+        let path = self
+            .dir
+            .path()
+            .join("log")
+            .join(format!("{}.log", self.name));
+        let log = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({e})"));
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl PrivateBroker for PrivateRabbit {
+    /// SIGKILL and a restart on the same database: what was confirmed must still be there.
+    fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = self.node.spawn();
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        // SIGKILL is enough: the node's files go with its directory, and its helper processes
+        // (erl_child_setup, inet_gethost) exit when the VM does.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn kill_workers_mid_stream(
     dir: tempfile::TempDir,
     extra_env: &[(&str, &str)],
+    database_url: &str,
     hospital_url: &str,
-    mut broker: Option<PrivateNats>,
+    mut broker: Option<Box<dyn PrivateBroker>>,
 ) {
     const USERS: usize = 300;
     // Short leases, so what a killed worker held comes back quickly.
@@ -579,21 +790,23 @@ async fn kill_workers_mid_stream(
         let victim = &mut workers[round % 2];
         victim.kill().unwrap(); // SIGKILL, mid-stream
         victim.wait().unwrap();
-        *victim = start_worker(dir.path(), &env);
+        // The broker crashes while the surviving worker runs; the replacement starts after the
+        // restart, since `keel worker` exits when it cannot reach the broker at start.
         if round == 2
             && let Some(broker) = broker.as_mut()
         {
             broker.crash_and_restart();
         }
+        *victim = start_worker(dir.path(), &env);
     }
     let ids = writer.join().unwrap();
 
     // The survivors drain the rest (a killed relay's lead lapses after its lease).
-    let url = sqlite_url(dir.path());
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let within = Duration::from_secs(90);
+    let deadline = Instant::now() + within;
     let (audit, sent) = loop {
-        let audit = effects_per_user(&url, "user_audit").await;
-        let sent = effects_per_user(&url, "notifications").await;
+        let audit = effects_per_user(database_url, "user_audit").await;
+        let sent = effects_per_user(database_url, "notifications").await;
         if (audit.len() == USERS && sent.len() == USERS) || Instant::now() > deadline {
             break (audit, sent);
         }
@@ -607,6 +820,13 @@ async fn kill_workers_mid_stream(
     let _ = api.kill();
     let _ = api.wait();
 
+    assert_eq!(
+        (audit.len(), sent.len()),
+        (USERS, USERS),
+        "within {within:?} of the last kill, (users audited, users notified) must reach \
+         ({USERS}, {USERS}): events lost or stuck"
+    );
+
     for id in &ids {
         assert_eq!(audit.get(id), Some(&1), "user {id}: one audit entry");
         assert_eq!(
@@ -616,17 +836,8 @@ async fn kill_workers_mid_stream(
         );
     }
     assert_eq!(
-        (audit.len(), sent.len()),
-        (USERS, USERS),
-        "no stray effects"
+        patients(hospital_url).await,
+        0,
+        "no message was given up on"
     );
-    let patients: i64 = {
-        use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect(hospital_url).await.unwrap();
-        sqlx::query_scalar("SELECT count(*) FROM hospital_patients")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-    };
-    assert_eq!(patients, 0, "no message was given up on");
 }

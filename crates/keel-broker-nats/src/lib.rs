@@ -158,8 +158,15 @@ const TAKEOVER_MARGIN: Duration = Duration::from_millis(500);
 /// (lost again, for another `ack_wait`): a new owner waits this out too.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
+/// How long a `fetch` waits at most for messages on their way to its feeds.
+const ON_THE_WAY_WAIT: Duration = Duration::from_millis(200);
+
+/// How long a `fetch` that finds nothing ready, while this process holds deliveries of the
+/// group, waits for a change (an ack, a retry, an arrival) before answering.
+const BUSY_WAIT: Duration = Duration::from_millis(20);
+
 /// How long a `fetch` that finds nothing ready waits for a feed to bring something, when the
-/// group stores messages this process does not hold.
+/// group stores messages and this process holds none.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// Settings of a [`NatsBroker`]. Processes sharing a namespace must agree on `partitions`;
@@ -314,6 +321,8 @@ struct Partition {
 struct Feed {
     link: u64,
     task: tokio::task::AbortHandle,
+    /// Messages the server had for this consumer after the last one it sent here.
+    pending: Arc<AtomicU64>,
 }
 
 impl Group {
@@ -874,6 +883,34 @@ impl Inner {
         }
     }
 
+    /// Whether one of `group`'s feeds was told that the server has more for it and its window
+    /// has room for them (so they are on their way).
+    fn on_the_way(&self, group: &Group) -> bool {
+        let window = usize::try_from(self.options.window).unwrap_or(usize::MAX);
+        let feeds: Vec<(u64, u64)> = group
+            .partitions
+            .iter()
+            .filter_map(|p| {
+                lock(&p.feed)
+                    .as_ref()
+                    .map(|f| (f.link, f.pending.load(Ordering::Acquire)))
+            })
+            .chain(
+                lock(&group.unkeyed_feed)
+                    .as_ref()
+                    .map(|f| (f.link, f.pending.load(Ordering::Acquire))),
+            )
+            .filter(|(_, pending)| *pending > 0)
+            .collect();
+        if feeds.is_empty() {
+            return false;
+        }
+        let held = lock(&self.ledger).held_by_link(&group.name);
+        feeds
+            .iter()
+            .any(|(link, _)| held.get(link).copied().unwrap_or(0) < window)
+    }
+
     /// Tends the ownership of each of `group`'s partitions (one tending at a time per group).
     async fn tend(&self, group: &Arc<Group>) {
         let Ok(_one) = group.tending.try_lock() else {
@@ -1033,11 +1070,13 @@ impl Inner {
             }
             Slot::Unkeyed => (&group.unkeyed, &group.unkeyed_feed),
         };
+        let pending = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(feed(
             consumer.clone(),
             group.name.clone(),
             slot,
             link,
+            pending.clone(),
             self.ledger.clone(),
             self.arrived.clone(),
             usize::try_from(self.options.window).unwrap_or(usize::MAX),
@@ -1045,7 +1084,11 @@ impl Inner {
             start,
         ))
         .abort_handle();
-        let old = lock(place).replace(Feed { link, task });
+        let old = lock(place).replace(Feed {
+            link,
+            task,
+            pending,
+        });
         if let Some(old) = old {
             old.task.abort();
             lock(&self.ledger).forget_link(old.link);
@@ -1075,6 +1118,7 @@ async fn feed(
     group: String,
     slot: Slot,
     link: u64,
+    pending: Arc<AtomicU64>,
     ledger: Arc<Mutex<Held>>,
     arrived: Arc<tokio::sync::Notify>,
     window: usize,
@@ -1084,7 +1128,7 @@ async fn feed(
     let mut start = start;
     loop {
         tokio::time::sleep_until(start.into()).await;
-        drain(&consumer, &group, slot, link, &ledger, window).await;
+        drain(&consumer, &group, slot, link, &ledger, &pending, window).await;
         arrived.notify_waiters();
         let stream = consumer
             .stream()
@@ -1098,7 +1142,7 @@ async fn feed(
                 while let Some(next) = messages.next().await {
                     match next {
                         Ok(message) => {
-                            if accept(&group, slot, link, &ledger, message).await {
+                            if accept(&group, slot, link, &ledger, &pending, message).await {
                                 arrived.notify_waiters();
                             }
                         }
@@ -1124,6 +1168,7 @@ async fn drain(
     slot: Slot,
     link: u64,
     ledger: &Mutex<Held>,
+    pending: &AtomicU64,
     window: usize,
 ) {
     loop {
@@ -1162,7 +1207,7 @@ async fn drain(
         let full = batch.len() >= window;
         batch.sort_by_key(|m| m.info().map_or(u64::MAX, |info| info.stream_sequence));
         for message in batch {
-            accept(group, slot, link, ledger, message).await;
+            accept(group, slot, link, ledger, pending, message).await;
         }
         if !full {
             return;
@@ -1176,10 +1221,14 @@ async fn accept(
     slot: Slot,
     link: u64,
     ledger: &Mutex<Held>,
+    pending: &AtomicU64,
     message: jetstream::Message,
 ) -> bool {
     let (seq, delivered) = match message.info() {
-        Ok(info) => (info.stream_sequence, info.delivered),
+        Ok(info) => {
+            pending.store(info.pending, Ordering::Release);
+            (info.stream_sequence, info.delivered)
+        }
         Err(err) => {
             tracing::error!(group, %err, "pulled a message without JetStream metadata");
             return false;
@@ -1360,16 +1409,35 @@ impl Broker for NatsBroker {
             inner.start_feed(&opened, Slot::Unkeyed, Instant::now());
             inner.tend(&opened).await;
         }
-        // Made before looking, so that an arrival between the look and the wait is not missed.
-        let arrived = inner.arrived.notified();
-        let out = lock(&inner.ledger).take(group, max, lease, Instant::now());
+        // Messages the server has for the feeds arrive one by one: while some are on their way
+        // (a feed's last message said more are pending, and its window has room), wait for
+        // them a little rather than answer with part of what is there.
+        let deadline = Instant::now() + ON_THE_WAY_WAIT;
+        let mut out = Vec::new();
+        loop {
+            // Made before looking, so that an arrival between the look and the wait is not missed.
+            let arrived = inner.arrived.notified();
+            out.extend(lock(&inner.ledger).take(group, max - out.len(), lease, Instant::now()));
+            if out.len() >= max || Instant::now() >= deadline || !inner.on_the_way(&opened) {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), arrived).await;
+        }
         if !out.is_empty() {
             return Ok(out);
         }
-        // Nothing held here is ready. If the group stores more than this process holds, some
-        // may be on their way here (published a moment ago, or being drained): wait for them a
-        // little. (They may as well be held by another process, or in partitions it owns: then
-        // the wait is an idle worker's pause.)
+        let arrived = inner.arrived.notified();
+        // Nothing held here is ready. While this process holds deliveries of the group, one
+        // will be ready soon (an ack frees its key's next message, a feed brings more): wait a
+        // moment for a change, without asking the server anything.
+        let held = lock(&inner.ledger).held(group, Instant::now());
+        if held.waiting + held.in_flight > 0 {
+            let _ = tokio::time::timeout(BUSY_WAIT, arrived).await;
+            return Ok(lock(&inner.ledger).take(group, max, lease, Instant::now()));
+        }
+        // Holding none: if the group stores messages, some may be on their way here (published a
+        // moment ago, or being drained): wait for them a little. (They may as well be held by
+        // another process, or in partitions it owns: then the wait is an idle worker's pause.)
         let stored = match opened.stream.get_info().await {
             Ok(info) => info.state.messages,
             Err(err) if error::code(&err) == Some(error::STREAM_NOT_FOUND) => {
@@ -1382,8 +1450,7 @@ impl Broker for NatsBroker {
             }
             Err(err) => return Err(classify(err)),
         };
-        let held = lock(&inner.ledger).held(group, Instant::now());
-        if stored > held.waiting + held.in_flight {
+        if stored > 0 {
             let _ = tokio::time::timeout(FETCH_WAIT, arrived).await;
         }
         Ok(lock(&inner.ledger).take(group, max, lease, Instant::now()))
@@ -1393,14 +1460,31 @@ impl Broker for NatsBroker {
         let message = lock(&self.inner.ledger)
             .ack(tag)
             .map_err(|_| BrokerError::LeaseLost)?;
+        // The key's next message, held here, may be ready now.
+        self.inner.arrived.notify_waiters();
         // Confirmed by the server. If the confirmation does not come, the message may be
         // delivered again after ack_wait; its handler's effect is recorded with its id.
         message.double_ack().await.map_err(BrokerError::Unavailable)
     }
 
+    /// Takes the batch out of the ledger at once (one wake-up for waiting fetches), then sends
+    /// the confirmed acks together: they share the round trip.
     async fn ack_many(&self, tags: &[DeliveryTag]) -> Vec<Result<(), BrokerError>> {
-        // Each ack is confirmed by the server; sent together, they share the round trip.
-        futures_util::future::join_all(tags.iter().map(|tag| self.ack(*tag))).await
+        let inner = &self.inner;
+        let taken: Vec<Result<jetstream::Message, BrokerError>> = {
+            let mut ledger = lock(&inner.ledger);
+            tags.iter()
+                .map(|tag| ledger.ack(*tag).map_err(|_| BrokerError::LeaseLost))
+                .collect()
+        };
+        inner.arrived.notify_waiters();
+        futures_util::future::join_all(taken.into_iter().map(|message| async move {
+            message?
+                .double_ack()
+                .await
+                .map_err(BrokerError::Unavailable)
+        }))
+        .await
     }
 
     async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError> {

@@ -147,24 +147,30 @@ impl<S: Copy + Eq + Hash, A: Clone> Ledger<S, A> {
         let Some(entries) = self.groups.get_mut(group) else {
             return Vec::new();
         };
-        let mut blocked: HashSet<String> = entries
-            .values()
-            .filter(|e| e.busy(now))
-            .filter_map(|e| e.message.key.clone())
-            .collect();
-        let mut out = Vec::new();
-        for (&seq, entry) in entries.iter_mut() {
-            if out.len() >= max {
-                break;
+        // One pass in arrival order picks what to hand out: a key seen once (busy, or picked
+        // now) blocks its later messages. A busy entry never follows a ready one of its key,
+        // since a key's later message is handed out only when no earlier one is held.
+        let mut picked: Vec<i64> = Vec::new();
+        {
+            let mut blocked: HashSet<&str> = HashSet::new();
+            for (&seq, entry) in entries.iter() {
+                if picked.len() >= max {
+                    break;
+                }
+                let fresh = match entry.message.key.as_deref() {
+                    Some(key) => blocked.insert(key),
+                    None => true,
+                };
+                if fresh && !entry.busy(now) {
+                    picked.push(seq);
+                }
             }
-            if entry.busy(now) {
+        }
+        let mut out = Vec::with_capacity(picked.len());
+        for seq in picked {
+            let Some(entry) = entries.get_mut(&seq) else {
                 continue;
-            }
-            if let Some(key) = &entry.message.key
-                && !blocked.insert(key.clone())
-            {
-                continue; // an earlier message of this key is in flight or handed out now
-            }
+            };
             let lease_token = Uuid::new_v4();
             entry.handed += 1;
             entry.state = State::Leased {
@@ -259,6 +265,15 @@ impl<S: Copy + Eq + Hash, A: Clone> Ledger<S, A> {
             }
         }
         out
+    }
+
+    /// How many messages of `group` each link holds.
+    pub fn held_by_link(&self, group: &str) -> HashMap<u64, usize> {
+        let mut counts = HashMap::new();
+        for entry in self.groups.get(group).into_iter().flat_map(|e| e.values()) {
+            *counts.entry(entry.link).or_default() += 1;
+        }
+        counts
     }
 
     /// What this process holds of `group`: waiting (ready, delayed, or with a lapsed lease),

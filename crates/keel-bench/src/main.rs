@@ -21,6 +21,10 @@ mod wrk;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: fewer cycles per allocation than the system allocator on the per-message paths.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "keel-bench",

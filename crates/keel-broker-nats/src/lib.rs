@@ -158,6 +158,9 @@ const TAKEOVER_MARGIN: Duration = Duration::from_millis(500);
 /// (lost again, for another `ack_wait`): a new owner waits this out too.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
+/// How long a `fetch` that has found something lingers for more, to hand out a fuller batch.
+const LINGER: Duration = Duration::from_millis(1);
+
 /// How long a `fetch` waits at most for messages on their way to its feeds.
 const ON_THE_WAY_WAIT: Duration = Duration::from_millis(200);
 
@@ -1409,32 +1412,40 @@ impl Broker for NatsBroker {
             inner.start_feed(&opened, Slot::Unkeyed, Instant::now());
             inner.tend(&opened).await;
         }
-        // Messages the server has for the feeds arrive one by one: while some are on their way
-        // (a feed's last message said more are pending, and its window has room), wait for
-        // them a little rather than answer with part of what is there.
-        let deadline = Instant::now() + ON_THE_WAY_WAIT;
+        // Messages reach the feeds one by one, and each round of a worker costs a round trip
+        // (its acks): so once something is ready, linger a moment to hand out a fuller batch;
+        // with nothing ready, wait while messages are on their way (a feed's last message said
+        // the server has more for it, and its window has room) or while this process holds
+        // deliveries of the group (an ack frees a key's next message). No server call here.
+        let start = Instant::now();
         let mut out = Vec::new();
-        loop {
-            // Made before looking, so that an arrival between the look and the wait is not missed.
+        let mut linger_until = None;
+        let holding = loop {
+            // Made before looking, so that a change between the look and the wait is not missed.
             let arrived = inner.arrived.notified();
             out.extend(lock(&inner.ledger).take(group, max - out.len(), lease, Instant::now()));
-            if out.len() >= max || Instant::now() >= deadline || !inner.on_the_way(&opened) {
-                break;
+            if out.len() >= max {
+                break true;
             }
-            let _ = tokio::time::timeout_at(deadline.into(), arrived).await;
-        }
-        if !out.is_empty() {
+            let now = Instant::now();
+            let until = if !out.is_empty() {
+                *linger_until.get_or_insert(now + LINGER)
+            } else if inner.on_the_way(&opened) {
+                start + ON_THE_WAY_WAIT
+            } else if lock(&inner.ledger).holds(group) {
+                start + BUSY_WAIT
+            } else {
+                break false;
+            };
+            if now >= until {
+                break true;
+            }
+            let _ = tokio::time::timeout_at(until.into(), arrived).await;
+        };
+        if holding || !out.is_empty() {
             return Ok(out);
         }
         let arrived = inner.arrived.notified();
-        // Nothing held here is ready. While this process holds deliveries of the group, one
-        // will be ready soon (an ack frees its key's next message, a feed brings more): wait a
-        // moment for a change, without asking the server anything.
-        let held = lock(&inner.ledger).held(group, Instant::now());
-        if held.waiting + held.in_flight > 0 {
-            let _ = tokio::time::timeout(BUSY_WAIT, arrived).await;
-            return Ok(lock(&inner.ledger).take(group, max, lease, Instant::now()));
-        }
         // Holding none: if the group stores messages, some may be on their way here (published a
         // moment ago, or being drained): wait for them a little. (They may as well be held by
         // another process, or in partitions it owns: then the wait is an idle worker's pause.)
@@ -1467,8 +1478,10 @@ impl Broker for NatsBroker {
         message.double_ack().await.map_err(BrokerError::Unavailable)
     }
 
-    /// Takes the batch out of the ledger at once (one wake-up for waiting fetches), then sends
-    /// the confirmed acks together: they share the round trip.
+    /// Takes the batch out of the ledger at once (one wake-up for waiting fetches), then, per
+    /// consumer, sends plain acks and a confirmed ack last: a consumer applies the acks it gets
+    /// from one connection in order, so the last one's confirmation confirms them all, and the
+    /// server sends one reply per consumer instead of one per message.
     async fn ack_many(&self, tags: &[DeliveryTag]) -> Vec<Result<(), BrokerError>> {
         let inner = &self.inner;
         let taken: Vec<Result<jetstream::Message, BrokerError>> = {
@@ -1478,13 +1491,50 @@ impl Broker for NatsBroker {
                 .collect()
         };
         inner.arrived.notify_waiters();
-        futures_util::future::join_all(taken.into_iter().map(|message| async move {
-            message?
-                .double_ack()
+        let mut by_consumer: HashMap<String, Vec<(usize, &jetstream::Message)>> = HashMap::new();
+        for (i, message) in taken.iter().enumerate() {
+            if let Ok(message) = message {
+                let consumer = message
+                    .info()
+                    .map(|info| info.consumer.to_owned())
+                    .unwrap_or_default();
+                by_consumer.entry(consumer).or_default().push((i, message));
+            }
+        }
+        let settled =
+            futures_util::future::join_all(by_consumer.into_values().map(|batch| async move {
+                let outcome = async {
+                    let Some(((_, last), rest)) = batch.split_last() else {
+                        return Ok(());
+                    };
+                    for (_, message) in rest {
+                        message.ack().await?;
+                    }
+                    last.double_ack().await
+                }
                 .await
-                .map_err(BrokerError::Unavailable)
-        }))
-        .await
+                .map_err(|err| err.to_string());
+                (
+                    batch.into_iter().map(|(i, _)| i).collect::<Vec<_>>(),
+                    outcome,
+                )
+            }))
+            .await;
+        let mut results: Vec<Result<(), BrokerError>> = taken
+            .iter()
+            .map(|m| match m {
+                Ok(_) => Ok(()),
+                Err(_) => Err(BrokerError::LeaseLost),
+            })
+            .collect();
+        for (indices, outcome) in settled {
+            if let Err(err) = outcome {
+                for i in indices {
+                    results[i] = Err(BrokerError::Unavailable(err.clone().into()));
+                }
+            }
+        }
+        results
     }
 
     async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError> {

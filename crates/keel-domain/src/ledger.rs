@@ -267,6 +267,11 @@ impl<S: Copy + Eq + Hash, A: Clone> Ledger<S, A> {
         out
     }
 
+    /// Whether this process holds any message of `group`.
+    pub fn holds(&self, group: &str) -> bool {
+        self.groups.get(group).is_some_and(|e| !e.is_empty())
+    }
+
     /// How many messages of `group` each link holds.
     pub fn held_by_link(&self, group: &str) -> HashMap<u64, usize> {
         let mut counts = HashMap::new();

@@ -86,6 +86,9 @@ pub struct QueueArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
+    /// Keyed partitions per group of the keel NATS row (keel's default: 16).
+    #[arg(long, env = "KEEL_BENCH_NATS_PARTITIONS", default_value_t = 16)]
+    pub nats_partitions: u16,
     /// Results (queue.txt, queue.json) and the SQLite files of the run (removed after each row).
     #[arg(long, default_value = "bench/out")]
     pub out: PathBuf,
@@ -258,7 +261,8 @@ async fn run_row(ctx: &Ctx, backend: BackendKind, system: &'static str) -> Row {
             ctx.rabbitmq_queue.as_str()
         ),
         (BackendKind::Nats, "raw") => {
-            "async-nats, JetStream file stream, durable pull consumer, explicit acks".into()
+            "async-nats, JetStream work-queue file stream, durable pull consumer, explicit acks"
+                .into()
         }
         (BackendKind::Sqlite, _) => "SqliteQueue + SqliteHospital, Worker".into(),
         (BackendKind::Postgres, _) => "PostgresQueue + PostgresHospital, Worker".into(),
@@ -365,6 +369,7 @@ async fn keel_backend(ctx: &Ctx, backend: BackendKind) -> anyhow::Result<Option<
                 &ctx.args.nats_url,
                 NatsOptions {
                     namespace: namespace.clone(),
+                    partitions: ctx.args.nats_partitions,
                     ..NatsOptions::default()
                 },
             )

@@ -21,7 +21,7 @@ mod wrk;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc: fewer cycles per allocation than the system allocator on the per-message paths.
+/// mimalloc for every row alike (see the workspace Cargo.toml for why not in `keel`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

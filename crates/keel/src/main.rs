@@ -8,9 +8,6 @@ use clap::{Parser, Subcommand};
 use keel::Application;
 use keel_config::Settings;
 
-/// mimalloc: fewer cycles per allocation than the system allocator on the per-message paths.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// keel: a complete backend architecture (API, cache, database, and more) in one binary.
 #[derive(Debug, Parser)]

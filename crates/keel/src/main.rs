@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use keel::Application;
 use keel_config::Settings;
 
-
 /// keel: a complete backend architecture (API, cache, database, and more) in one binary.
 #[derive(Debug, Parser)]
 #[command(version)]

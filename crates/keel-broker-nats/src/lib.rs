@@ -72,9 +72,11 @@
 //! window of outstanding deliveries into the ledger. It first drains what the server can hand
 //! over at once, sorted by stream sequence (after a takeover that is every redelivery: the 2.9
 //! server redelivers before newer messages but not in order among them), then keeps a
-//! continuous pull open (2 s expiry, heartbeats). `fetch` takes from the ledger; when nothing is
-//! ready but the group stores more than this process holds, it waits up to half a second for a
-//! feed to bring something.
+//! continuous pull open (2 s expiry, heartbeats). `fetch` takes from the ledger without asking
+//! the server anything: once something is ready it lingers 1 ms for a fuller batch; with nothing
+//! ready it waits a moment while messages are on their way (a feed's last message said the server
+//! has more) or while this process holds deliveries of the group; holding none, it asks whether
+//! the group stores any, and if so waits up to two seconds for a feed to bring something.
 //!
 //! # Leases
 //!
@@ -169,8 +171,9 @@ const ON_THE_WAY_WAIT: Duration = Duration::from_millis(200);
 const BUSY_WAIT: Duration = Duration::from_millis(20);
 
 /// How long a `fetch` that finds nothing ready waits for a feed to bring something, when the
-/// group stores messages and this process holds none.
-const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// group stores messages and this process holds none (a first fetch waits for its feeds'
+/// first drain; a loaded machine may take a while to serve it).
+const FETCH_WAIT: Duration = Duration::from_secs(2);
 
 /// Settings of a [`NatsBroker`]. Processes sharing a namespace must agree on `partitions`;
 /// the other limits are fixed when a group's stream and consumers are first created.
@@ -647,10 +650,12 @@ impl Inner {
                 .group(group, true)
                 .await?
                 .ok_or_else(|| internal(format!("group {group:?} has no stream")))?;
+            // No `Nats-Expected-Stream`: the group's subjects belong to its stream alone (names
+            // are made per namespace and group), and a missing stream answers "no responders",
+            // which is `StreamNotFound` all the same; one header less on every message.
             let mut message = PublishMessage::build()
                 .payload(body.clone())
-                .headers(headers.clone())
-                .expected_stream(&opened.names.stream);
+                .headers(headers.clone());
             if let Some(id) = dedupe_id {
                 message = message.message_id(id);
             }
@@ -1445,7 +1450,6 @@ impl Broker for NatsBroker {
         if holding || !out.is_empty() {
             return Ok(out);
         }
-        let arrived = inner.arrived.notified();
         // Holding none: if the group stores messages, some may be on their way here (published a
         // moment ago, or being drained): wait for them a little. (They may as well be held by
         // another process, or in partitions it owns: then the wait is an idle worker's pause.)
@@ -1461,10 +1465,18 @@ impl Broker for NatsBroker {
             }
             Err(err) => return Err(classify(err)),
         };
-        if stored > 0 {
-            let _ = tokio::time::timeout(FETCH_WAIT, arrived).await;
+        if stored == 0 {
+            return Ok(Vec::new());
         }
-        Ok(lock(&inner.ledger).take(group, max, lease, Instant::now()))
+        let deadline = Instant::now() + FETCH_WAIT;
+        loop {
+            let arrived = inner.arrived.notified();
+            let out = lock(&inner.ledger).take(group, max, lease, Instant::now());
+            if !out.is_empty() || Instant::now() >= deadline {
+                return Ok(out);
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), arrived).await;
+        }
     }
 
     async fn ack(&self, tag: DeliveryTag) -> Result<(), BrokerError> {

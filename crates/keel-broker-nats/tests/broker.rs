@@ -160,19 +160,21 @@ async fn a_delivery_of_a_dropped_instance_comes_back_to_the_other_after_ack_wait
         assert_eq!(ids, HashSet::from([keyed.id, unkeyed.id]));
         // The process dies holding both (and the key's next message, prefetched): no ack.
     }
+    // Nothing comes back before ack_wait: the server counts both as held by the dead process,
+    // which also still owns the partition until owner_ttl has passed without renewal. Then the
+    // partition changes owner, and the new owner pulls once the server has taken back what the
+    // dead one held (ack_wait, after its last pull request expired).
     let started = tokio::time::Instant::now();
-    assert!(
-        survivor.fetch("crash", 10, LEASE).await.unwrap().is_empty(),
-        "the server still counts them as held, and the dead process still owns the partition"
-    );
-    // The partition changes owner after owner_ttl, and the new owner pulls once the server has
-    // taken back what the dead one held (ack_wait, after its last pull request expired).
-    let back = fetch_until(&survivor, "crash", 2, Duration::from_secs(12)).await;
-    assert!(
-        started.elapsed() >= ack_wait,
-        "not before ack_wait: {:?}",
-        started.elapsed()
-    );
+    let mut back = Vec::new();
+    while back.len() < 2 && started.elapsed() < Duration::from_secs(12) {
+        let got = survivor.fetch("crash", 10, LEASE).await.unwrap();
+        assert!(
+            // Counted from the dead process's pull, a moment before `started`.
+            got.is_empty() || started.elapsed() >= ack_wait - Duration::from_millis(300),
+            "back before ack_wait: {got:?}"
+        );
+        back.extend(got);
+    }
     let ids: HashSet<_> = back.iter().map(|d| d.id).collect();
     assert_eq!(ids, HashSet::from([keyed.id, unkeyed.id]), "{back:?}");
     assert!(back.iter().all(|d| d.attempt == 2), "{back:?}");

@@ -391,28 +391,18 @@ impl NatsBroker {
             .timeout(options.request_timeout)
             .ack_timeout(options.request_timeout)
             .build(client);
-        let bindings_stream = open_stream(
+        let bindings_stream = open_register(
             &js,
-            StreamConfig {
-                name: names::bindings_stream(&options.namespace),
-                subjects: vec![names::bindings_filter(&options.namespace)],
-                description: Some("keel bindings: group -> topic pattern".into()),
-                max_messages_per_subject: 1,
-                storage: StorageType::File,
-                ..Default::default()
-            },
+            names::bindings_stream(&options.namespace),
+            names::bindings_filter(&options.namespace),
+            "keel bindings: group -> topic pattern",
         )
         .await?;
-        let owners_stream = open_stream(
+        let owners_stream = open_register(
             &js,
-            StreamConfig {
-                name: names::owners_stream(&options.namespace),
-                subjects: vec![names::owners_filter(&options.namespace)],
-                description: Some("keel partition ownership: one record per partition".into()),
-                max_messages_per_subject: 1,
-                storage: StorageType::File,
-                ..Default::default()
-            },
+            names::owners_stream(&options.namespace),
+            names::owners_filter(&options.namespace),
+            "keel partition ownership: one record per partition",
         )
         .await?;
         let inner = Arc::new(Inner {
@@ -435,6 +425,27 @@ impl NatsBroker {
         let sweeper = tokio::spawn(sweep_until_dropped(Arc::downgrade(&inner))).abort_handle();
         Ok(NatsBroker { inner, sweeper })
     }
+}
+
+/// A stream that keeps the last message of each subject (bindings, ownership records).
+async fn open_register(
+    js: &jetstream::Context,
+    name: String,
+    filter: String,
+    description: &str,
+) -> Result<Stream, BrokerError> {
+    open_stream(
+        js,
+        StreamConfig {
+            name,
+            subjects: vec![filter],
+            description: Some(description.to_owned()),
+            max_messages_per_subject: 1,
+            storage: StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Gets a stream, creating it if missing. A create that fails with "error creating store" is

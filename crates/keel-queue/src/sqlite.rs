@@ -1,10 +1,12 @@
 //! The queue on SQLite.
 //!
-//! SQLite has one writer at a time, and with `synchronous = FULL` every commit costs an fsync.
-//! So every write of the queue (bind, publish, redeliver, the claim of a fetch, ack, retry) goes
+//! SQLite has one writer at a time, and every commit costs a WAL append (and, with
+//! `synchronous = FULL`, an fsync). So every write of the queue (bind, publish, redeliver, the claim of a fetch, ack, retry) goes
 //! to one task that owns the write connection and commits whatever callers queued meanwhile in
 //! one transaction (group commit): many concurrent publishes and acks share one fsync, and no
 //! caller is answered before the commit that holds its write, so durability is unchanged.
+//!
+//! Durability is [`SqliteSync`]: `NORMAL` by default, like keel's SQLite stores.
 //! Connections competing for the write lock instead would sleep in SQLite's busy handler.
 //! Reads (`depth`) and the hospital use the pool.
 
@@ -45,6 +47,20 @@ const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
     ),
 ];
 
+/// When a commit of the queue is on disk (SQLite's `synchronous`, the queue runs in WAL mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SqliteSync {
+    /// Every commit is flushed (fsync) before the caller is answered: an acknowledged publish
+    /// survives an OS crash or power loss too. Costs an fsync per group commit.
+    Full,
+    /// The default, as for keel's SQLite stores: a commit is in the WAL file before the caller
+    /// is answered, so it survives a process crash (kill -9); the WAL is flushed at checkpoints,
+    /// so an OS crash or power loss can lose the last commits, the same exposure as the store
+    /// database whose outbox feeds the queue.
+    #[default]
+    Normal,
+}
+
 /// Writes waiting for the writer; a caller beyond it waits to enqueue (bounded memory).
 const QUEUED_WRITES: usize = 1024;
 /// Writes committed together at most: bounds one transaction's length.
@@ -63,17 +79,28 @@ impl SqliteQueue {
         &self.pool
     }
 
-    /// Opens (creating if missing) the queue database at `url`, applies its migrations and
-    /// starts the writer task (it ends when the last clone of the queue is dropped).
-    ///
-    /// `synchronous = FULL`: a publish acknowledged to a producer survives power loss, not only a
-    /// process crash, since the producer forgets the message once it is acknowledged.
+    /// Opens (creating if missing) the queue database at `url` with the default durability
+    /// ([`SqliteSync::Normal`]); see [`SqliteQueue::open_with`].
     pub async fn open(url: &str, limits: QueueLimits) -> Result<Self, BrokerError> {
+        Self::open_with(url, limits, SqliteSync::default()).await
+    }
+
+    /// Opens (creating if missing) the queue database at `url` with the durability `sync`,
+    /// applies its migrations and starts the writer task (it ends when the last clone of the
+    /// queue is dropped).
+    pub async fn open_with(
+        url: &str,
+        limits: QueueLimits,
+        sync: SqliteSync,
+    ) -> Result<Self, BrokerError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(classify)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match sync {
+                SqliteSync::Full => SqliteSynchronous::Full,
+                SqliteSync::Normal => SqliteSynchronous::Normal,
+            })
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

@@ -260,11 +260,12 @@ impl TxState {
         Ok(self.bindings.as_deref().unwrap_or_default())
     }
 
-    /// Takes room for one message in `group`; false when the group is at its bound.
+    /// Takes room for `n` messages in `group`; false when they would take it over its bound.
     async fn take_room(
         &mut self,
         tx: &mut Tx<'_>,
         group: &str,
+        n: i64,
         max_depth: u64,
     ) -> Result<bool, sqlx::Error> {
         let entry = self.depths.entry(group.to_owned()).or_default();
@@ -276,11 +277,11 @@ impl TxState {
                     .await?;
             entry.stored = Some(stored.unwrap_or(0));
         }
-        let now = entry.stored.unwrap_or(0) + entry.delta;
-        if now >= i64::try_from(max_depth).unwrap_or(i64::MAX) {
+        let after = entry.stored.unwrap_or(0) + entry.delta + n;
+        if after > i64::try_from(max_depth).unwrap_or(i64::MAX) {
             return Ok(false);
         }
-        entry.delta += 1;
+        entry.delta += n;
         Ok(true)
     }
 
@@ -372,8 +373,16 @@ async fn ensure_group(tx: &mut Tx<'_>, group: &str) -> Result<(), sqlx::Error> {
         .map(drop)
 }
 
+/// Copies stored by one `INSERT` statement at most: 7 parameters each (and one shared), well
+/// under SQLite's parameter limit.
+const ROWS_PER_INSERT: usize = 100;
+
 /// Stores each `(group, topic, message)` copy, all or nothing: a group already holding the
 /// message id keeps its copy (a republish), and a full group undoes every copy this write stored.
+///
+/// One multi-row `INSERT` per [`ROWS_PER_INSERT`] copies: every statement is a round trip to
+/// sqlx's SQLite worker thread, and a row per statement made a publish cost several times the
+/// rows' own work. The rows are listed in batch order, so `seq` follows publish order.
 async fn store(
     tx: &mut Tx<'_>,
     state: &mut TxState,
@@ -381,32 +390,35 @@ async fn store(
     limits: &QueueLimits,
 ) -> Result<Result<(), BrokerError>, sqlx::Error> {
     let now = micros(Utc::now());
+    let mut stored: Vec<(i64, String)> = Vec::with_capacity(copies.len());
+    for chunk in copies.chunks(ROWS_PER_INSERT) {
+        // Built from the row count only, never from input.
+        let sql = sqlx::AssertSqlSafe(insert_statement(chunk.len()));
+        let mut query = sqlx::query_as::<_, (i64, String)>(sql).bind(now);
+        for &(group, topic, message) in chunk {
+            query = query
+                .bind(group)
+                .bind(message.id.to_string())
+                .bind(topic)
+                .bind(message.key.as_deref())
+                .bind(encode_headers(&message.headers))
+                .bind(message.body.as_slice())
+                .bind(message.expires_at.map(micros));
+        }
+        // A republished message (its `(grp, id)` stored already) returns no row: stored once.
+        stored.extend(query.fetch_all(&mut **tx).await?);
+    }
+    let mut per_group: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, group) in &stored {
+        *per_group.entry(group.as_str()).or_default() += 1;
+    }
     let before = state.depths.clone();
-    let mut stored: Vec<i64> = Vec::new();
-    for &(group, topic, message) in copies {
-        let seq: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grp, id) DO NOTHING RETURNING seq",
-        )
-        .bind(group)
-        .bind(message.id.to_string())
-        .bind(topic)
-        .bind(&message.key)
-        .bind(encode_headers(&message.headers))
-        .bind(&message.body)
-        .bind(now)
-        .bind(message.expires_at.map(micros))
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let Some(seq) = seq else {
-            continue; // a republished message: stored once
-        };
-        stored.push(seq);
-        if !state.take_room(tx, group, limits.max_depth).await? {
+    for (group, n) in per_group {
+        if !state.take_room(tx, group, n, limits.max_depth).await? {
             // Backpressure: this write leaves nothing behind; the group's other writes commit.
+            let seqs: Vec<i64> = stored.iter().map(|(seq, _)| *seq).collect();
             sqlx::query("DELETE FROM queue_messages WHERE seq IN (SELECT value FROM json_each(?))")
-                .bind(seq_list(&stored))
+                .bind(seq_list(&seqs))
                 .execute(&mut **tx)
                 .await?;
             state.depths = before;
@@ -414,6 +426,32 @@ async fn store(
         }
     }
     Ok(Ok(()))
+}
+
+/// `INSERT … VALUES` for `rows` copies: `?1` is the publish time (`published_at` and
+/// `available_at`), then seven numbered parameters per row, bound in that order.
+fn insert_statement(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) VALUES ",
+    );
+    for row in 0..rows {
+        let p = 2 + row * 7;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?1, ?{}, ?1)",
+            p,
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6
+        ));
+    }
+    sql.push_str(" ON CONFLICT (grp, id) DO NOTHING RETURNING seq, grp");
+    sql
 }
 
 fn seq_list(seqs: &[i64]) -> String {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_domain::{Broker, BrokerError, Outgoing};
-use keel_queue::{PostgresQueue, QueueLimits, SqliteQueue};
+use keel_queue::{PostgresQueue, QueueLimits, SqliteQueue, SqliteSync};
 use keel_test_support::broker_suite::{self, SUITE_MAX_BODY, SUITE_MAX_DEPTH};
 
 fn limits() -> QueueLimits {
@@ -169,4 +169,80 @@ async fn concurrent_publishes_are_each_stored_once() {
         assert!(queue.ack_many(&tags).await.iter().all(Result::is_ok));
     }
     assert_eq!(bodies.len(), 500);
+}
+
+/// A batch larger than one insert statement, with ids already stored and an id repeated in the
+/// batch: every new message is stored once, in publish order, and the depth bound counts only
+/// what was stored.
+async fn a_large_batch_keeps_order_and_stores_republished_ids_once(broker: Arc<dyn Broker>) {
+    broker.bind("large", "job.#").await.unwrap();
+    let first = batch(30, "old");
+    broker.publish_many(&first).await.unwrap();
+    let mut big = batch(250, "new");
+    // Ids stored by the first batch, and one id twice in this batch.
+    big[7].1.id = first[3].1.id;
+    big[120].1.id = first[29].1.id;
+    big[200].1.id = big[199].1.id;
+    broker.publish_many(&big).await.unwrap();
+    let depth = broker.depth("large").await.unwrap();
+    assert_eq!(
+        depth.ready,
+        30 + 247,
+        "the three repeated ids were not stored again"
+    );
+    let mut bodies = Vec::new();
+    loop {
+        let got = broker.fetch("large", 100, LEASE).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+        bodies.extend(got.into_iter().map(|d| String::from_utf8(d.body).unwrap()));
+        assert!(broker.ack_many(&tags).await.iter().all(Result::is_ok));
+    }
+    let expected: Vec<String> = (0..30)
+        .map(|i| format!("old{i}"))
+        .chain(
+            (0..250)
+                .filter(|i| ![7, 120, 200].contains(i))
+                .map(|i| format!("new{i}")),
+        )
+        .collect();
+    assert_eq!(bodies, expected);
+    // The depth counter agrees with what was removed: the bound admits `max_depth` again.
+    broker.publish_many(&batch(300, "refill")).await.unwrap();
+    assert!(matches!(
+        broker.publish_many(&batch(201, "flood")).await,
+        Err(BrokerError::Full)
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_stores_a_large_batch_in_order_and_each_id_once() {
+    let limits = QueueLimits {
+        max_depth: 500,
+        ..limits()
+    };
+    let (_dir, queue) = sqlite(limits).await;
+    a_large_batch_keeps_order_and_stores_republished_ids_once(queue).await;
+}
+
+#[tokio::test]
+async fn postgres_stores_a_large_batch_in_order_and_each_id_once() {
+    let limits = QueueLimits {
+        max_depth: 500,
+        ..limits()
+    };
+    a_large_batch_keeps_order_and_stores_republished_ids_once(postgres(limits).await).await;
+}
+
+/// `synchronous = FULL` stays available (`queue.sqlite_synchronous = "full"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queue_with_full_synchronous_passes_the_broker_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+    let queue = SqliteQueue::open_with(&url, limits(), SqliteSync::Full)
+        .await
+        .unwrap();
+    broker_suite::run_all(Arc::new(queue)).await;
 }

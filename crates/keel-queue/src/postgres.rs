@@ -2,19 +2,21 @@
 //! workers in many processes never claim the same row.
 //!
 //! A batch is one statement: `publish_many` inserts every copy from arrays (`UNNEST … WITH
-//! ORDINALITY`, in batch order so that `seq` follows publish order) and `ack_many` deletes every
-//! tag from arrays, each in one transaction with one depth update per group. PostgreSQL commits
-//! concurrent transactions with shared WAL flushes by itself, so unlike SQLite no writer task is
-//! needed.
+//! ORDINALITY`, in batch order so that `seq` follows publish order) with its room check and depth
+//! update, and `ack_many` deletes every tag from arrays and counts the removals, each statement
+//! its own transaction. PostgreSQL commits concurrent transactions with shared WAL flushes by
+//! itself, so unlike SQLite no writer task is needed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::{
@@ -38,16 +40,29 @@ const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
         "queue claim order",
         include_str!("../migrations/postgres/0004_queue_claim_order.sql"),
     ),
+    (
+        5,
+        "queue ack counters",
+        include_str!("../migrations/postgres/0005_queue_ack_counters.sql"),
+    ),
 ];
+
+/// The SQLSTATE of `queue_refuse_full()` (migration 0005): a publish found a group without room.
+const GROUP_FULL: &str = "KQ001";
+
+/// Release counters per group (`queue_group_releases`): concurrent acks pick one at random, so
+/// they seldom wait on each other's row.
+const RELEASE_SLOTS: i16 = 16;
 
 /// The queue in PostgreSQL tables.
 #[derive(Debug, Clone)]
 pub struct PostgresQueue {
     pool: PgPool,
+    /// Connections for claims only, opened with planner settings that price out sorting (see
+    /// [`PostgresQueue::open`]); everything else, the hospital included, uses `pool`.
+    claims: PgPool,
     limits: QueueLimits,
 }
-
-type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
 
 impl PostgresQueue {
     pub(crate) fn pool(&self) -> &PgPool {
@@ -65,15 +80,33 @@ impl PostgresQueue {
         crate::migrations::run_postgres(&pool, MIGRATIONS)
             .await
             .map_err(|e| BrokerError::Internal(Box::new(e)))?;
-        Ok(Self { pool, limits })
+        // Planner safeguard: a claim must walk `queue_messages_order` and stop after the batch.
+        // Without statistics (a new or freshly filled table, before autovacuum's first ANALYZE)
+        // the planner guessed a few rows per group and read every row of the group and sorted
+        // them, on every claim: 50 ms at a depth of 20,000 instead of 1 ms. Sorting (and the
+        // bitmap scan that feeds it) is never the right plan for a claim, so the claims'
+        // connections price them out from the start, at no cost per claim; the hospital's
+        // queries keep the default planner on `pool`.
+        let claim_options = PgConnectOptions::from_str(url)
+            .map_err(classify)?
+            .options([("enable_sort", "off"), ("enable_bitmapscan", "off")]);
+        let claims = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(claim_options);
+        Ok(Self {
+            pool,
+            claims,
+            limits,
+        })
     }
 
-    /// Stores each `(group, topic, message)` copy in `tx` with one statement; a group already
-    /// holding the message id keeps its copy (a republish), and a group without room fails the
-    /// whole transaction with `Full`.
+    /// Stores each `(group, topic, message)` copy with one statement, all or nothing: a group
+    /// already holding the message id keeps its copy (a republish), and when a group has no room
+    /// for its new copies nothing is stored and the answer is `Full` (see [`store_statement`]).
     async fn store(
         &self,
-        tx: &mut Tx<'_>,
+        executor: impl PgExecutor<'_>,
         copies: &[(&str, &str, &Outgoing)],
     ) -> Result<(), BrokerError> {
         if copies.is_empty() {
@@ -90,47 +123,85 @@ impl PostgresQueue {
             .collect();
         let bodies: Vec<&[u8]> = copies.iter().map(|c| c.2.body.as_slice()).collect();
         let expires: Vec<Option<i64>> = copies.iter().map(|c| c.2.expires_at.map(micros)).collect();
-        let stored: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
-             SELECT grp, id, topic, msg_key, headers, body, $8, expires_at, $8 \
-             FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[]) \
-               WITH ORDINALITY AS c (grp, id, topic, msg_key, headers, body, expires_at, ord) \
-             ORDER BY ord \
-             ON CONFLICT (grp, id) DO NOTHING RETURNING grp",
-        )
-        .bind(groups)
-        .bind(ids)
-        .bind(topics)
-        .bind(keys)
-        .bind(headers)
-        .bind(bodies)
-        .bind(expires)
-        .bind(now)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(classify)?;
-        let mut per_group: BTreeMap<String, i64> = BTreeMap::new();
-        for group in stored {
-            *per_group.entry(group).or_default() += 1;
+        let mut touched: Vec<&str> = copies.iter().map(|c| c.0).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        // Built from the number of groups only, never from input.
+        let sql = sqlx::AssertSqlSafe(store_statement(touched.len()));
+        let mut query = sqlx::query_scalar::<_, i64>(sql)
+            .bind(groups)
+            .bind(ids)
+            .bind(topics)
+            .bind(keys)
+            .bind(headers)
+            .bind(bodies)
+            .bind(expires)
+            .bind(now)
+            .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX));
+        for group in touched {
+            query = query.bind(group);
         }
-        // Groups in name order, in publishes and acks alike, so two transactions never wait on
-        // each other's depth rows in opposite orders.
-        for (group, n) in per_group {
-            let counted = sqlx::query(
-                "UPDATE queue_groups SET depth = depth + $2 WHERE grp = $1 AND depth + $2 <= $3",
-            )
-            .bind(group)
-            .bind(n)
-            .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX))
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            if counted.rows_affected() == 0 {
-                return Err(BrokerError::Full); // the transaction rolls back: nothing is stored
+        let res = query.fetch_one(executor).await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(GROUP_FULL) => {
+                Err(BrokerError::Full)
             }
+            Err(e) => Err(classify(e)),
         }
-        Ok(())
     }
+}
+
+/// The statement of a publish touching `groups` groups (bound in name order as `$10`, `$11`, …,
+/// after the copies' arrays `$1`–`$7`, the publish time `$8` and the bound `$9`).
+///
+/// One statement, so a publish needs no transaction of its own and no row lock is held across a
+/// client round trip. The copies are inserted first (`ins`, republished ids skipped), concurrently
+/// with other publishes; then each group's depth row is updated by what was stored in it, one
+/// group after the other in name order (each `UPDATE` reads the one before), so two publishes
+/// never wait on each other in opposite orders; the rows stay locked only until the commit. A
+/// group's depth is its `depth` minus its releases (migration 0005); a release committed since
+/// the statement started is not seen, which only makes the group look fuller, so the bound is
+/// never passed. A group without room raises `queue_refuse_full()`, which aborts the statement
+/// and with it the insert. (Locking the rows first with `FOR NO KEY UPDATE` and updating them
+/// later in the same statement deadlocked two publishes of one group.)
+fn store_statement(groups: usize) -> String {
+    let mut sql = String::from(
+        "WITH c AS ( \
+           SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[]) \
+             WITH ORDINALITY AS c (grp, id, topic, msg_key, headers, body, expires_at, ord)), \
+         ins AS ( \
+           INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
+           SELECT grp, id, topic, msg_key, headers, body, $8, expires_at, $8 FROM c ORDER BY ord \
+           ON CONFLICT (grp, id) DO NOTHING RETURNING grp), \
+         added AS (SELECT grp, count(*) AS n FROM ins GROUP BY grp)",
+    );
+    for g in 0..groups {
+        let after = if g == 0 {
+            String::new()
+        } else {
+            format!(" AND (SELECT count(*) FROM u{}) >= 0", g - 1)
+        };
+        sql.push_str(&format!(
+            ", u{g} AS ( \
+               UPDATE queue_groups q SET depth = q.depth + a.n FROM added a \
+               WHERE q.grp = ${p} AND a.grp = ${p}{after} \
+               RETURNING q.depth - (SELECT COALESCE(sum(r.released), 0) FROM queue_group_releases r WHERE r.grp = q.grp) AS depth)",
+            p = 10 + g
+        ));
+    }
+    sql.push_str(" SELECT CASE WHEN COALESCE(bool_and(depth <= $9), true) THEN count(*) ELSE queue_refuse_full() END FROM (");
+    for g in 0..groups {
+        if g > 0 {
+            sql.push_str(" UNION ALL ");
+        }
+        sql.push_str(&format!("SELECT depth FROM u{g}"));
+    }
+    if groups == 0 {
+        sql.push_str("SELECT 0::bigint AS depth WHERE false");
+    }
+    sql.push_str(") AS counted");
+    sql
 }
 
 #[async_trait]
@@ -167,10 +238,9 @@ impl Broker for PostgresQueue {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.map_err(classify)?;
         let bindings: Vec<(String, String)> =
             sqlx::query_as("SELECT grp, pattern FROM queue_bindings")
-                .fetch_all(&mut *tx)
+                .fetch_all(&self.pool)
                 .await
                 .map_err(classify)?;
         let mut routed = Vec::with_capacity(batch.len());
@@ -180,8 +250,7 @@ impl Broker for PostgresQueue {
             routed.push(!groups.is_empty());
             copies.extend(groups.into_iter().map(|g| (g, topic.as_str(), message)));
         }
-        self.store(&mut tx, &copies).await?;
-        tx.commit().await.map_err(classify)?;
+        self.store(&self.pool, &copies).await?;
         Ok(routed)
     }
 
@@ -199,7 +268,7 @@ impl Broker for PostgresQueue {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-        self.store(&mut tx, &[(group, topic, &message)]).await?;
+        self.store(&mut *tx, &[(group, topic, &message)]).await?;
         tx.commit().await.map_err(classify)
     }
 
@@ -209,8 +278,9 @@ impl Broker for PostgresQueue {
         }
     }
 
-    /// Claims follow `queue_messages_order (grp, seq)`, stopping after the batch; each key check
-    /// is one probe of `queue_messages_keys (grp, msg_key, seq)`.
+    /// Claims follow `queue_messages_order (grp, seq)`, stopping after the batch (on the claims'
+    /// own connections, see [`PostgresQueue::open`]); each key check is one probe of
+    /// `queue_messages_keys (grp, msg_key, seq)`.
     async fn fetch(
         &self,
         group: &str,
@@ -235,7 +305,7 @@ impl Broker for PostgresQueue {
         .bind(now)
         .bind(now)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.claims)
         .await
         .map_err(classify)?;
         let mut deliveries = rows
@@ -309,37 +379,31 @@ impl Broker for PostgresQueue {
 }
 
 impl PostgresQueue {
-    /// Deletes every tagged message still under its lease, in one transaction, and returns the
-    /// `(seq, lease)` of those removed.
+    /// Deletes every tagged message still under its lease and counts the removals in its
+    /// groups' releases (migration 0005: not `queue_groups.depth`, the publishes' row), in one
+    /// statement, and returns the `(seq, lease)` of those removed. All of one ack's groups take
+    /// one release slot, picked at random, in name order, so two acks never wait on each other's
+    /// rows in opposite orders and seldom wait at all.
     async fn remove(&self, tags: &[DeliveryTag]) -> Result<HashSet<(i64, String)>, BrokerError> {
         let seqs: Vec<i64> = tags.iter().map(|t| t.seq).collect();
         let leases: Vec<String> = tags.iter().map(|t| t.lease.to_string()).collect();
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "DELETE FROM queue_messages m USING UNNEST($1::bigint[], $2::text[]) AS t (seq, lease) \
-             WHERE m.seq = t.seq AND m.lease = t.lease RETURNING m.seq, m.lease, m.grp",
+        let slot = fastrand::i16(0..RELEASE_SLOTS);
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "WITH del AS ( \
+               DELETE FROM queue_messages m USING UNNEST($1::bigint[], $2::text[]) AS t (seq, lease) \
+               WHERE m.seq = t.seq AND m.lease = t.lease RETURNING m.seq, m.lease, m.grp), \
+             released AS ( \
+               INSERT INTO queue_group_releases (grp, slot, released) \
+               SELECT grp, $3, count(*) FROM del GROUP BY grp ORDER BY grp \
+               ON CONFLICT (grp, slot) DO UPDATE SET released = queue_group_releases.released + EXCLUDED.released) \
+             SELECT seq, lease FROM del",
         )
         .bind(seqs)
         .bind(leases)
-        .fetch_all(&mut *tx)
+        .bind(slot)
+        .fetch_all(&self.pool)
         .await
         .map_err(classify)?;
-        let mut per_group: BTreeMap<&str, i64> = BTreeMap::new();
-        for (_, _, group) in &rows {
-            *per_group.entry(group.as_str()).or_default() += 1;
-        }
-        for (group, n) in per_group {
-            sqlx::query("UPDATE queue_groups SET depth = depth - $2 WHERE grp = $1")
-                .bind(group)
-                .bind(n)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, lease, _)| (seq, lease))
-            .collect())
+        Ok(rows.into_iter().collect())
     }
 }

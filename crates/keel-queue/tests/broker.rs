@@ -246,3 +246,86 @@ async fn sqlite_queue_with_full_synchronous_passes_the_broker_suite() {
         .unwrap();
     broker_suite::run_all(Arc::new(queue)).await;
 }
+
+/// On PostgreSQL, publishes and acks run concurrently in many transactions (acks count their
+/// removals apart from the publishes' depth row): the group never holds more than its bound, and
+/// once everything is acknowledged the bound admits exactly `max_depth` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_publishes_and_acks_keep_the_bound() {
+    const MAX: u64 = 40;
+    let queue = postgres(QueueLimits {
+        max_depth: MAX,
+        ..limits()
+    })
+    .await;
+    queue.bind("bound", "job.#").await.unwrap();
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut stored = 0;
+                for round in 0..30 {
+                    match queue
+                        .publish_many(&batch(5, &format!("p{p}r{round}-")))
+                        .await
+                    {
+                        Ok(_) => stored += 5,
+                        Err(BrokerError::Full) => {}
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                stored
+            })
+        })
+        .collect();
+    let ackers: Vec<_> = (0..2)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut acked = 0;
+                for _ in 0..60 {
+                    let depth = queue.depth("bound").await.unwrap();
+                    assert!(depth.ready + depth.in_flight <= MAX, "{depth:?}");
+                    let got = queue.fetch("bound", 7, LEASE).await.unwrap();
+                    let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+                    acked += queue
+                        .ack_many(&tags)
+                        .await
+                        .iter()
+                        .filter(|r| r.is_ok())
+                        .count();
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for p in publishers {
+        stored += p.await.unwrap();
+    }
+    let mut acked = 0;
+    for a in ackers {
+        acked += a.await.unwrap();
+    }
+    let depth = queue.depth("bound").await.unwrap();
+    assert_eq!(depth.ready + depth.in_flight, (stored - acked) as u64);
+    // Drain, then the counters agree with the table: exactly MAX fits again.
+    loop {
+        let got = queue.fetch("bound", 100, LEASE).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+        assert!(queue.ack_many(&tags).await.iter().all(Result::is_ok));
+    }
+    queue
+        .publish_many(&batch(MAX as usize, "refill"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        queue
+            .publish("job.more", Outgoing::new(b"more".to_vec()))
+            .await,
+        Err(BrokerError::Full)
+    ));
+}

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgExecutor, PgPool};
@@ -61,8 +62,15 @@ pub struct PostgresQueue {
     /// Connections for claims only, opened with planner settings that price out sorting (see
     /// [`PostgresQueue::open`]); everything else, the hospital included, uses `pool`.
     claims: PgPool,
+    /// The bindings as last read, sorted: publishes route with them and their statement checks
+    /// them against the table, so a publish costs one round trip, not two; a publish that finds
+    /// them changed stores nothing, and is routed again with the table's (see [`store_statement`]).
+    bindings: Arc<Mutex<Option<Arc<Bindings>>>>,
     limits: QueueLimits,
 }
+
+/// `(group, pattern)` pairs in byte order (the order of `COLLATE "C"`).
+type Bindings = Vec<(String, String)>;
 
 impl PostgresQueue {
     pub(crate) fn pool(&self) -> &PgPool {
@@ -97,20 +105,36 @@ impl PostgresQueue {
         Ok(Self {
             pool,
             claims,
+            bindings: Arc::default(),
             limits,
         })
+    }
+
+    /// Reads the bindings from the table and keeps them for the next publishes.
+    async fn load_bindings(&self) -> Result<Arc<Bindings>, BrokerError> {
+        let mut bindings: Bindings = sqlx::query_as("SELECT grp, pattern FROM queue_bindings")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        bindings.sort_unstable();
+        let bindings = Arc::new(bindings);
+        *self.bindings.lock().expect("bindings lock") = Some(bindings.clone());
+        Ok(bindings)
     }
 
     /// Stores each `(group, topic, message)` copy with one statement, all or nothing: a group
     /// already holding the message id keeps its copy (a republish), and when a group has no room
     /// for its new copies nothing is stored and the answer is `Full` (see [`store_statement`]).
+    /// With `routed_by`, the bindings the copies were routed with: if the table's differ,
+    /// nothing is stored and the answer is `Ok(false)`.
     async fn store(
         &self,
         executor: impl PgExecutor<'_>,
         copies: &[(&str, &str, &Outgoing)],
-    ) -> Result<(), BrokerError> {
+        routed_by: Option<&Bindings>,
+    ) -> Result<bool, BrokerError> {
         if copies.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let now = micros(Utc::now());
         let groups: Vec<&str> = copies.iter().map(|c| c.0).collect();
@@ -137,13 +161,15 @@ impl PostgresQueue {
             .bind(bodies)
             .bind(expires)
             .bind(now)
-            .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX));
+            .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX))
+            .bind(routed_by.map(|b| b.iter().map(|(g, _)| g.as_str()).collect::<Vec<_>>()))
+            .bind(routed_by.map(|b| b.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>()));
         for group in touched {
             query = query.bind(group);
         }
         let res = query.fetch_one(executor).await;
         match res {
-            Ok(_) => Ok(()),
+            Ok(stored) => Ok(stored >= 0),
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(GROUP_FULL) => {
                 Err(BrokerError::Full)
             }
@@ -152,8 +178,13 @@ impl PostgresQueue {
     }
 }
 
-/// The statement of a publish touching `groups` groups (bound in name order as `$10`, `$11`, …,
-/// after the copies' arrays `$1`–`$7`, the publish time `$8` and the bound `$9`).
+/// The statement of a publish touching `groups` groups (bound in name order as `$12`, `$13`, …,
+/// after the copies' arrays `$1`–`$7`, the publish time `$8`, the bound `$9`, and the groups and
+/// patterns of the bindings the copies were routed with, `$10` and `$11`, or nulls).
+///
+/// `bound` compares the routing bindings with the table's as this statement sees them (as fresh
+/// as the separate read it replaces); when they differ nothing is inserted and the statement
+/// returns -1, and the caller routes again.
 ///
 /// One statement, so a publish needs no transaction of its own and no row lock is held across a
 /// client round trip. The copies are inserted first (`ins`, republished ids skipped), concurrently
@@ -170,9 +201,15 @@ fn store_statement(groups: usize) -> String {
         "WITH c AS ( \
            SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[]) \
              WITH ORDINALITY AS c (grp, id, topic, msg_key, headers, body, expires_at, ord)), \
+         bound AS ( \
+           SELECT $10::text[] IS NULL OR ( \
+             COALESCE(array_agg(grp ORDER BY grp COLLATE \"C\", pattern COLLATE \"C\"), '{}') = $10::text[] \
+             AND COALESCE(array_agg(pattern ORDER BY grp COLLATE \"C\", pattern COLLATE \"C\"), '{}') = $11::text[]) AS same \
+           FROM queue_bindings), \
          ins AS ( \
            INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
-           SELECT grp, id, topic, msg_key, headers, body, $8, expires_at, $8 FROM c ORDER BY ord \
+           SELECT grp, id, topic, msg_key, headers, body, $8, expires_at, $8 FROM c \
+           WHERE (SELECT same FROM bound) ORDER BY ord \
            ON CONFLICT (grp, id) DO NOTHING RETURNING grp), \
          added AS (SELECT grp, count(*) AS n FROM ins GROUP BY grp)",
     );
@@ -187,10 +224,13 @@ fn store_statement(groups: usize) -> String {
                UPDATE queue_groups q SET depth = q.depth + a.n FROM added a \
                WHERE q.grp = ${p} AND a.grp = ${p}{after} \
                RETURNING q.depth - (SELECT COALESCE(sum(r.released), 0) FROM queue_group_releases r WHERE r.grp = q.grp) AS depth)",
-            p = 10 + g
+            p = 12 + g
         ));
     }
-    sql.push_str(" SELECT CASE WHEN COALESCE(bool_and(depth <= $9), true) THEN count(*) ELSE queue_refuse_full() END FROM (");
+    sql.push_str(
+        " SELECT CASE WHEN NOT (SELECT same FROM bound) THEN -1 \
+           WHEN COALESCE(bool_and(depth <= $9), true) THEN count(*) ELSE queue_refuse_full() END FROM (",
+    );
     for g in 0..groups {
         if g > 0 {
             sql.push_str(" UNION ALL ");
@@ -223,7 +263,11 @@ impl Broker for PostgresQueue {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
-        tx.commit().await.map_err(classify)
+        tx.commit().await.map_err(classify)?;
+        // The next publish reads the bindings again (another process's binds are caught by the
+        // publish statement's check).
+        *self.bindings.lock().expect("bindings lock") = None;
+        Ok(())
     }
 
     async fn publish(&self, topic: &str, message: Outgoing) -> Result<bool, BrokerError> {
@@ -238,20 +282,33 @@ impl Broker for PostgresQueue {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let bindings: Vec<(String, String)> =
-            sqlx::query_as("SELECT grp, pattern FROM queue_bindings")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(classify)?;
-        let mut routed = Vec::with_capacity(batch.len());
-        let mut copies = Vec::with_capacity(batch.len());
-        for (topic, message) in batch {
-            let groups = matching_groups(&bindings, topic);
-            routed.push(!groups.is_empty());
-            copies.extend(groups.into_iter().map(|g| (g, topic.as_str(), message)));
+        let cached = self.bindings.lock().expect("bindings lock").clone();
+        let (mut bindings, mut fresh) = match cached {
+            Some(b) => (b, false),
+            None => (self.load_bindings().await?, true),
+        };
+        loop {
+            let mut routed = Vec::with_capacity(batch.len());
+            let mut copies = Vec::with_capacity(batch.len());
+            for (topic, message) in batch {
+                let groups = matching_groups(&bindings, topic);
+                routed.push(!groups.is_empty());
+                copies.extend(groups.into_iter().map(|g| (g, topic.as_str(), message)));
+            }
+            // Nothing to store has nothing to check the bindings with: an unrouted answer is
+            // given only from bindings just read.
+            if copies.is_empty() && !fresh {
+                bindings = self.load_bindings().await?;
+                fresh = true;
+                continue;
+            }
+            if self.store(&self.pool, &copies, Some(&bindings)).await? {
+                return Ok(routed);
+            }
+            // The bindings changed since they were read: nothing was stored; route again.
+            bindings = self.load_bindings().await?;
+            fresh = true;
         }
-        self.store(&self.pool, &copies).await?;
-        Ok(routed)
     }
 
     async fn redeliver(
@@ -268,7 +325,9 @@ impl Broker for PostgresQueue {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-        self.store(&mut *tx, &[(group, topic, &message)]).await?;
+        // No routing: the group is named.
+        self.store(&mut *tx, &[(group, topic, &message)], None)
+            .await?;
         tx.commit().await.map_err(classify)
     }
 

@@ -329,3 +329,51 @@ async fn postgres_concurrent_publishes_and_acks_keep_the_bound() {
         Err(BrokerError::Full)
     ));
 }
+
+/// A PostgreSQL queue routes publishes with the bindings it read last: a group bound since,
+/// by another process, still receives every message published after its bind.
+#[tokio::test]
+async fn postgres_publishes_follow_bindings_made_by_another_process() {
+    let url = keel_test_support::services::create_postgres_database().await;
+    let one = PostgresQueue::open(&url, limits()).await.unwrap();
+    let other = PostgresQueue::open(&url, limits()).await.unwrap();
+    one.bind("first", "job.#").await.unwrap();
+    assert!(
+        one.publish("job.a", Outgoing::new(b"a".to_vec()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !one.publish("late.a", Outgoing::new(b"x".to_vec()))
+            .await
+            .unwrap(),
+        "nothing bound to late.#"
+    );
+    other.bind("second", "job.#").await.unwrap();
+    other.bind("late", "late.#").await.unwrap();
+    assert!(
+        one.publish("job.b", Outgoing::new(b"b".to_vec()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        one.publish("late.b", Outgoing::new(b"y".to_vec()))
+            .await
+            .unwrap()
+    );
+    let bodies = |got: Vec<keel_domain::Delivery>| -> Vec<Vec<u8>> {
+        got.into_iter().map(|d| d.body).collect()
+    };
+    assert_eq!(
+        bodies(one.fetch("second", 10, LEASE).await.unwrap()),
+        [b"b".to_vec()]
+    );
+    assert_eq!(
+        bodies(one.fetch("late", 10, LEASE).await.unwrap()),
+        [b"y".to_vec()]
+    );
+    assert_eq!(
+        bodies(one.fetch("first", 10, LEASE).await.unwrap()),
+        [b"a".to_vec(), b"b".to_vec()]
+    );
+}

@@ -51,6 +51,10 @@ const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
 /// The SQLSTATE of `queue_refuse_full()` (migration 0005): a publish found a group without room.
 const GROUP_FULL: &str = "KQ001";
 
+/// Longest a claim may run before PostgreSQL cancels it (see [`PostgresQueue::open`]); a claim
+/// normally takes a few milliseconds.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Release counters per group (`queue_group_releases`): concurrent acks pick one at random, so
 /// they seldom wait on each other's row.
 const RELEASE_SLOTS: i16 = 16;
@@ -95,13 +99,26 @@ impl PostgresQueue {
         // bitmap scan that feeds it) is never the right plan for a claim, so the claims'
         // connections price them out from the start, at no cost per claim; the hospital's
         // queries keep the default planner on `pool`.
-        let claim_options = PgConnectOptions::from_str(url)
-            .map_err(classify)?
-            .options([("enable_sort", "off"), ("enable_bitmapscan", "off")]);
+        //
+        // A second safeguard bounds a claim's time. A claim walks past the index entries of
+        // acknowledged rows until they are pruned, and a row can only be pruned once no snapshot
+        // can see it; a slow claim's own snapshot kept them all, every claim walked further, and
+        // the queue fell into a spiral of claims running for tens of seconds (observed in
+        // `keel-bench queue` on a loaded machine). A claim cancelled after `CLAIM_TIMEOUT`
+        // releases its snapshot and leases nothing; its worker simply fetches again.
+        let claim_options = PgConnectOptions::from_str(url).map_err(classify)?.options([
+            ("enable_sort", "off".to_owned()),
+            ("enable_bitmapscan", "off".to_owned()),
+            ("statement_timeout", CLAIM_TIMEOUT.as_millis().to_string()),
+        ]);
         let claims = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(claim_options);
+            // Connected now, not at the first claim: a claim's lease runs from before it gets
+            // its connection, and a short lease could pass while one is opened.
+            .connect_with(claim_options)
+            .await
+            .map_err(classify)?;
         Ok(Self {
             pool,
             claims,

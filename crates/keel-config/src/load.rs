@@ -141,6 +141,10 @@ mod tests {
             !settings.telemetry.access_log,
             "the access log is off by default"
         );
+        assert_eq!(
+            settings.queue.sqlite_synchronous,
+            crate::SqliteSynchronous::Normal
+        );
     }
 
     #[test]
@@ -155,6 +159,7 @@ mod tests {
                 ("KEEL_CACHE__USERS__TTL_SECS", "30"),
                 ("KEEL_TELEMETRY__LOG_FORMAT", "text"),
                 ("KEEL_TELEMETRY__ACCESS_LOG", "true"),
+                ("KEEL_QUEUE__SQLITE_SYNCHRONOUS", "full"),
                 ("KEEL_DATABASE__URL", "postgres://u:secret@db/app"),
                 ("HOME", "/root"),
             ]),
@@ -166,6 +171,10 @@ mod tests {
         assert_eq!(settings.cache.users.ttl_secs, 30);
         assert_eq!(settings.telemetry.log_format, LogFormat::Text);
         assert!(settings.telemetry.access_log);
+        assert_eq!(
+            settings.queue.sqlite_synchronous,
+            crate::SqliteSynchronous::Full
+        );
         assert_eq!(settings.database_kind(), Some(DatabaseKind::Postgres));
         let printed = toml::to_string(&settings).unwrap();
         assert!(printed.contains("postgres://u:***@db/app"), "{printed}");

@@ -211,6 +211,23 @@ pub struct QueueSettings {
     /// A job not started within this time expires (it goes to the hospital, marked expired)
     /// (seconds; 0: never).
     pub job_ttl_secs: u64,
+    /// Durability of the embedded SQLite queue (WAL mode): `normal` (default, like the SQLite
+    /// stores) or `full`. With `normal` an acknowledged publish survives a process crash, and an
+    /// OS crash or power loss can lose the last commits (as it can for the store database whose
+    /// outbox feeds the queue); `full` flushes every commit to disk first, at an fsync per
+    /// commit. Ignored by the other brokers.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// SQLite's `synchronous` setting for the embedded queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SqliteSynchronous {
+    /// A commit is flushed to disk before it is acknowledged: survives power loss.
+    Full,
+    /// A commit is in the WAL file before it is acknowledged: survives a process crash.
+    #[default]
+    Normal,
 }
 
 impl Default for QueueSettings {
@@ -231,6 +248,7 @@ impl Default for QueueSettings {
             relay_batch: 256,
             max_outbox: 100_000,
             job_ttl_secs: 3_600,
+            sqlite_synchronous: SqliteSynchronous::Normal,
         }
     }
 }

@@ -41,7 +41,7 @@ pub use hospital_pg::{PostgresDialect, PostgresHospital};
 pub use hospital_sqlite::{SqliteDialect, SqliteHospital};
 pub use keel_store_sql::PoolSettings;
 pub use postgres::PostgresQueue;
-pub use sqlite::SqliteQueue;
+pub use sqlite::{SqliteQueue, SqliteSync};
 
 /// Limits of a queue.
 #[derive(Debug, Clone, Copy)]

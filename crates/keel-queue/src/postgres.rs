@@ -2,19 +2,22 @@
 //! workers in many processes never claim the same row.
 //!
 //! A batch is one statement: `publish_many` inserts every copy from arrays (`UNNEST … WITH
-//! ORDINALITY`, in batch order so that `seq` follows publish order) and `ack_many` deletes every
-//! tag from arrays, each in one transaction with one depth update per group. PostgreSQL commits
-//! concurrent transactions with shared WAL flushes by itself, so unlike SQLite no writer task is
-//! needed.
+//! ORDINALITY`, in batch order so that `seq` follows publish order) with its room check and depth
+//! update, and `ack_many` deletes every tag from arrays and counts the removals, each statement
+//! its own transaction. PostgreSQL commits concurrent transactions with shared WAL flushes by
+//! itself, so unlike SQLite no writer task is needed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::{
@@ -38,16 +41,40 @@ const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
         "queue claim order",
         include_str!("../migrations/postgres/0004_queue_claim_order.sql"),
     ),
+    (
+        5,
+        "queue ack counters",
+        include_str!("../migrations/postgres/0005_queue_ack_counters.sql"),
+    ),
 ];
+
+/// The SQLSTATE of `queue_refuse_full()` (migration 0005): a publish found a group without room.
+const GROUP_FULL: &str = "KQ001";
+
+/// Longest a claim may run before PostgreSQL cancels it (see [`PostgresQueue::open`]); a claim
+/// normally takes a few milliseconds.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Release counters per group (`queue_group_releases`): concurrent acks pick one at random, so
+/// they seldom wait on each other's row.
+const RELEASE_SLOTS: i16 = 16;
 
 /// The queue in PostgreSQL tables.
 #[derive(Debug, Clone)]
 pub struct PostgresQueue {
     pool: PgPool,
+    /// Connections for claims only, opened with planner settings that price out sorting (see
+    /// [`PostgresQueue::open`]); everything else, the hospital included, uses `pool`.
+    claims: PgPool,
+    /// The bindings as last read, sorted: publishes route with them and their statement checks
+    /// them against the table, so a publish costs one round trip, not two; a publish that finds
+    /// them changed stores nothing, and is routed again with the table's (see [`store_statement`]).
+    bindings: Arc<Mutex<Option<Arc<Bindings>>>>,
     limits: QueueLimits,
 }
 
-type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
+/// `(group, pattern)` pairs in byte order (the order of `COLLATE "C"`).
+type Bindings = Vec<(String, String)>;
 
 impl PostgresQueue {
     pub(crate) fn pool(&self) -> &PgPool {
@@ -65,19 +92,66 @@ impl PostgresQueue {
         crate::migrations::run_postgres(&pool, MIGRATIONS)
             .await
             .map_err(|e| BrokerError::Internal(Box::new(e)))?;
-        Ok(Self { pool, limits })
+        // Planner safeguard: a claim must walk `queue_messages_order` and stop after the batch.
+        // Without statistics (a new or freshly filled table, before autovacuum's first ANALYZE)
+        // the planner guessed a few rows per group and read every row of the group and sorted
+        // them, on every claim: 50 ms at a depth of 20,000 instead of 1 ms. Sorting (and the
+        // bitmap scan that feeds it) is never the right plan for a claim, so the claims'
+        // connections price them out from the start, at no cost per claim; the hospital's
+        // queries keep the default planner on `pool`.
+        //
+        // A second safeguard bounds a claim's time. A claim walks past the index entries of
+        // acknowledged rows until they are pruned, and a row can only be pruned once no snapshot
+        // can see it; a slow claim's own snapshot kept them all, every claim walked further, and
+        // the queue fell into a spiral of claims running for tens of seconds (observed in
+        // `keel-bench queue` on a loaded machine). A claim cancelled after `CLAIM_TIMEOUT`
+        // releases its snapshot and leases nothing; its worker simply fetches again.
+        let claim_options = PgConnectOptions::from_str(url).map_err(classify)?.options([
+            ("enable_sort", "off".to_owned()),
+            ("enable_bitmapscan", "off".to_owned()),
+            ("statement_timeout", CLAIM_TIMEOUT.as_millis().to_string()),
+        ]);
+        let claims = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            // Connected now, not at the first claim: a claim's lease runs from before it gets
+            // its connection, and a short lease could pass while one is opened.
+            .connect_with(claim_options)
+            .await
+            .map_err(classify)?;
+        Ok(Self {
+            pool,
+            claims,
+            bindings: Arc::default(),
+            limits,
+        })
     }
 
-    /// Stores each `(group, topic, message)` copy in `tx` with one statement; a group already
-    /// holding the message id keeps its copy (a republish), and a group without room fails the
-    /// whole transaction with `Full`.
+    /// Reads the bindings from the table and keeps them for the next publishes.
+    async fn load_bindings(&self) -> Result<Arc<Bindings>, BrokerError> {
+        let mut bindings: Bindings = sqlx::query_as("SELECT grp, pattern FROM queue_bindings")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        bindings.sort_unstable();
+        let bindings = Arc::new(bindings);
+        *self.bindings.lock().expect("bindings lock") = Some(bindings.clone());
+        Ok(bindings)
+    }
+
+    /// Stores each `(group, topic, message)` copy with one statement, all or nothing: a group
+    /// already holding the message id keeps its copy (a republish), and when a group has no room
+    /// for its new copies nothing is stored and the answer is `Full` (see [`store_statement`]).
+    /// With `routed_by`, the bindings the copies were routed with: if the table's differ,
+    /// nothing is stored and the answer is `Ok(false)`.
     async fn store(
         &self,
-        tx: &mut Tx<'_>,
+        executor: impl PgExecutor<'_>,
         copies: &[(&str, &str, &Outgoing)],
-    ) -> Result<(), BrokerError> {
+        routed_by: Option<&Bindings>,
+    ) -> Result<bool, BrokerError> {
         if copies.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let now = micros(Utc::now());
         let groups: Vec<&str> = copies.iter().map(|c| c.0).collect();
@@ -90,47 +164,101 @@ impl PostgresQueue {
             .collect();
         let bodies: Vec<&[u8]> = copies.iter().map(|c| c.2.body.as_slice()).collect();
         let expires: Vec<Option<i64>> = copies.iter().map(|c| c.2.expires_at.map(micros)).collect();
-        let stored: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
-             SELECT grp, id, topic, msg_key, headers, body, $8, expires_at, $8 \
-             FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[]) \
-               WITH ORDINALITY AS c (grp, id, topic, msg_key, headers, body, expires_at, ord) \
-             ORDER BY ord \
-             ON CONFLICT (grp, id) DO NOTHING RETURNING grp",
-        )
-        .bind(groups)
-        .bind(ids)
-        .bind(topics)
-        .bind(keys)
-        .bind(headers)
-        .bind(bodies)
-        .bind(expires)
-        .bind(now)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(classify)?;
-        let mut per_group: BTreeMap<String, i64> = BTreeMap::new();
-        for group in stored {
-            *per_group.entry(group).or_default() += 1;
-        }
-        // Groups in name order, in publishes and acks alike, so two transactions never wait on
-        // each other's depth rows in opposite orders.
-        for (group, n) in per_group {
-            let counted = sqlx::query(
-                "UPDATE queue_groups SET depth = depth + $2 WHERE grp = $1 AND depth + $2 <= $3",
-            )
-            .bind(group)
-            .bind(n)
+        let mut touched: Vec<&str> = copies.iter().map(|c| c.0).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        // Built from the number of groups only, never from input.
+        let sql = sqlx::AssertSqlSafe(store_statement(touched.len()));
+        let mut query = sqlx::query_scalar::<_, i64>(sql)
+            .bind(groups)
+            .bind(ids)
+            .bind(topics)
+            .bind(keys)
+            .bind(headers)
+            .bind(bodies)
+            .bind(expires)
+            .bind(now)
             .bind(i64::try_from(self.limits.max_depth).unwrap_or(i64::MAX))
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            if counted.rows_affected() == 0 {
-                return Err(BrokerError::Full); // the transaction rolls back: nothing is stored
-            }
+            .bind(routed_by.map(|b| b.iter().map(|(g, _)| g.as_str()).collect::<Vec<_>>()))
+            .bind(routed_by.map(|b| b.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>()));
+        for group in touched {
+            query = query.bind(group);
         }
-        Ok(())
+        let res = query.fetch_one(executor).await;
+        match res {
+            Ok(stored) => Ok(stored >= 0),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(GROUP_FULL) => {
+                Err(BrokerError::Full)
+            }
+            Err(e) => Err(classify(e)),
+        }
     }
+}
+
+/// The statement of a publish touching `groups` groups (bound in name order as `$12`, `$13`, …,
+/// after the copies' arrays `$1`–`$7`, the publish time `$8`, the bound `$9`, and the groups and
+/// patterns of the bindings the copies were routed with, `$10` and `$11`, or nulls).
+///
+/// `bound` compares the routing bindings with the table's as this statement sees them (as fresh
+/// as the separate read it replaces); when they differ nothing is inserted and the statement
+/// returns -1, and the caller routes again.
+///
+/// One statement, so a publish needs no transaction of its own and no row lock is held across a
+/// client round trip. The copies are inserted first (`ins`, republished ids skipped), concurrently
+/// with other publishes; then each group's depth row is updated by what was stored in it, one
+/// group after the other in name order (each `UPDATE` reads the one before), so two publishes
+/// never wait on each other in opposite orders; the rows stay locked only until the commit. A
+/// group's depth is its `depth` minus its releases (migration 0005); a release committed since
+/// the statement started is not seen, which only makes the group look fuller, so the bound is
+/// never passed. A group without room raises `queue_refuse_full()`, which aborts the statement
+/// and with it the insert. (Locking the rows first with `FOR NO KEY UPDATE` and updating them
+/// later in the same statement deadlocked two publishes of one group.)
+fn store_statement(groups: usize) -> String {
+    let mut sql = String::from(
+        "WITH c AS ( \
+           SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[]) \
+             WITH ORDINALITY AS c (grp, id, topic, msg_key, headers, body, expires_at, ord)), \
+         bound AS ( \
+           SELECT $10::text[] IS NULL OR ( \
+             COALESCE(array_agg(grp ORDER BY grp COLLATE \"C\", pattern COLLATE \"C\"), '{}') = $10::text[] \
+             AND COALESCE(array_agg(pattern ORDER BY grp COLLATE \"C\", pattern COLLATE \"C\"), '{}') = $11::text[]) AS same \
+           FROM queue_bindings), \
+         ins AS ( \
+           INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
+           SELECT grp, id, topic, msg_key, headers, body, $8, expires_at, $8 FROM c \
+           WHERE (SELECT same FROM bound) ORDER BY ord \
+           ON CONFLICT (grp, id) DO NOTHING RETURNING grp), \
+         added AS (SELECT grp, count(*) AS n FROM ins GROUP BY grp)",
+    );
+    for g in 0..groups {
+        let after = if g == 0 {
+            String::new()
+        } else {
+            format!(" AND (SELECT count(*) FROM u{}) >= 0", g - 1)
+        };
+        sql.push_str(&format!(
+            ", u{g} AS ( \
+               UPDATE queue_groups q SET depth = q.depth + a.n FROM added a \
+               WHERE q.grp = ${p} AND a.grp = ${p}{after} \
+               RETURNING q.depth - (SELECT COALESCE(sum(r.released), 0) FROM queue_group_releases r WHERE r.grp = q.grp) AS depth)",
+            p = 12 + g
+        ));
+    }
+    sql.push_str(
+        " SELECT CASE WHEN NOT (SELECT same FROM bound) THEN -1 \
+           WHEN COALESCE(bool_and(depth <= $9), true) THEN count(*) ELSE queue_refuse_full() END FROM (",
+    );
+    for g in 0..groups {
+        if g > 0 {
+            sql.push_str(" UNION ALL ");
+        }
+        sql.push_str(&format!("SELECT depth FROM u{g}"));
+    }
+    if groups == 0 {
+        sql.push_str("SELECT 0::bigint AS depth WHERE false");
+    }
+    sql.push_str(") AS counted");
+    sql
 }
 
 #[async_trait]
@@ -152,7 +280,11 @@ impl Broker for PostgresQueue {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
-        tx.commit().await.map_err(classify)
+        tx.commit().await.map_err(classify)?;
+        // The next publish reads the bindings again (another process's binds are caught by the
+        // publish statement's check).
+        *self.bindings.lock().expect("bindings lock") = None;
+        Ok(())
     }
 
     async fn publish(&self, topic: &str, message: Outgoing) -> Result<bool, BrokerError> {
@@ -167,22 +299,33 @@ impl Broker for PostgresQueue {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let bindings: Vec<(String, String)> =
-            sqlx::query_as("SELECT grp, pattern FROM queue_bindings")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?;
-        let mut routed = Vec::with_capacity(batch.len());
-        let mut copies = Vec::with_capacity(batch.len());
-        for (topic, message) in batch {
-            let groups = matching_groups(&bindings, topic);
-            routed.push(!groups.is_empty());
-            copies.extend(groups.into_iter().map(|g| (g, topic.as_str(), message)));
+        let cached = self.bindings.lock().expect("bindings lock").clone();
+        let (mut bindings, mut fresh) = match cached {
+            Some(b) => (b, false),
+            None => (self.load_bindings().await?, true),
+        };
+        loop {
+            let mut routed = Vec::with_capacity(batch.len());
+            let mut copies = Vec::with_capacity(batch.len());
+            for (topic, message) in batch {
+                let groups = matching_groups(&bindings, topic);
+                routed.push(!groups.is_empty());
+                copies.extend(groups.into_iter().map(|g| (g, topic.as_str(), message)));
+            }
+            // Nothing to store has nothing to check the bindings with: an unrouted answer is
+            // given only from bindings just read.
+            if copies.is_empty() && !fresh {
+                bindings = self.load_bindings().await?;
+                fresh = true;
+                continue;
+            }
+            if self.store(&self.pool, &copies, Some(&bindings)).await? {
+                return Ok(routed);
+            }
+            // The bindings changed since they were read: nothing was stored; route again.
+            bindings = self.load_bindings().await?;
+            fresh = true;
         }
-        self.store(&mut tx, &copies).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(routed)
     }
 
     async fn redeliver(
@@ -199,7 +342,9 @@ impl Broker for PostgresQueue {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-        self.store(&mut tx, &[(group, topic, &message)]).await?;
+        // No routing: the group is named.
+        self.store(&mut *tx, &[(group, topic, &message)], None)
+            .await?;
         tx.commit().await.map_err(classify)
     }
 
@@ -209,8 +354,9 @@ impl Broker for PostgresQueue {
         }
     }
 
-    /// Claims follow `queue_messages_order (grp, seq)`, stopping after the batch; each key check
-    /// is one probe of `queue_messages_keys (grp, msg_key, seq)`.
+    /// Claims follow `queue_messages_order (grp, seq)`, stopping after the batch (on the claims'
+    /// own connections, see [`PostgresQueue::open`]); each key check is one probe of
+    /// `queue_messages_keys (grp, msg_key, seq)`.
     async fn fetch(
         &self,
         group: &str,
@@ -235,7 +381,7 @@ impl Broker for PostgresQueue {
         .bind(now)
         .bind(now)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.claims)
         .await
         .map_err(classify)?;
         let mut deliveries = rows
@@ -309,37 +455,31 @@ impl Broker for PostgresQueue {
 }
 
 impl PostgresQueue {
-    /// Deletes every tagged message still under its lease, in one transaction, and returns the
-    /// `(seq, lease)` of those removed.
+    /// Deletes every tagged message still under its lease and counts the removals in its
+    /// groups' releases (migration 0005: not `queue_groups.depth`, the publishes' row), in one
+    /// statement, and returns the `(seq, lease)` of those removed. All of one ack's groups take
+    /// one release slot, picked at random, in name order, so two acks never wait on each other's
+    /// rows in opposite orders and seldom wait at all.
     async fn remove(&self, tags: &[DeliveryTag]) -> Result<HashSet<(i64, String)>, BrokerError> {
         let seqs: Vec<i64> = tags.iter().map(|t| t.seq).collect();
         let leases: Vec<String> = tags.iter().map(|t| t.lease.to_string()).collect();
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "DELETE FROM queue_messages m USING UNNEST($1::bigint[], $2::text[]) AS t (seq, lease) \
-             WHERE m.seq = t.seq AND m.lease = t.lease RETURNING m.seq, m.lease, m.grp",
+        let slot = fastrand::i16(0..RELEASE_SLOTS);
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "WITH del AS ( \
+               DELETE FROM queue_messages m USING UNNEST($1::bigint[], $2::text[]) AS t (seq, lease) \
+               WHERE m.seq = t.seq AND m.lease = t.lease RETURNING m.seq, m.lease, m.grp), \
+             released AS ( \
+               INSERT INTO queue_group_releases (grp, slot, released) \
+               SELECT grp, $3, count(*) FROM del GROUP BY grp ORDER BY grp \
+               ON CONFLICT (grp, slot) DO UPDATE SET released = queue_group_releases.released + EXCLUDED.released) \
+             SELECT seq, lease FROM del",
         )
         .bind(seqs)
         .bind(leases)
-        .fetch_all(&mut *tx)
+        .bind(slot)
+        .fetch_all(&self.pool)
         .await
         .map_err(classify)?;
-        let mut per_group: BTreeMap<&str, i64> = BTreeMap::new();
-        for (_, _, group) in &rows {
-            *per_group.entry(group.as_str()).or_default() += 1;
-        }
-        for (group, n) in per_group {
-            sqlx::query("UPDATE queue_groups SET depth = depth - $2 WHERE grp = $1")
-                .bind(group)
-                .bind(n)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, lease, _)| (seq, lease))
-            .collect())
+        Ok(rows.into_iter().collect())
     }
 }

@@ -1,10 +1,12 @@
 //! The queue on SQLite.
 //!
-//! SQLite has one writer at a time, and with `synchronous = FULL` every commit costs an fsync.
-//! So every write of the queue (bind, publish, redeliver, the claim of a fetch, ack, retry) goes
+//! SQLite has one writer at a time, and every commit costs a WAL append (and, with
+//! `synchronous = FULL`, an fsync). So every write of the queue (bind, publish, redeliver, the claim of a fetch, ack, retry) goes
 //! to one task that owns the write connection and commits whatever callers queued meanwhile in
 //! one transaction (group commit): many concurrent publishes and acks share one fsync, and no
 //! caller is answered before the commit that holds its write, so durability is unchanged.
+//!
+//! Durability is [`SqliteSync`]: `NORMAL` by default, like keel's SQLite stores.
 //! Connections competing for the write lock instead would sleep in SQLite's busy handler.
 //! Reads (`depth`) and the hospital use the pool.
 
@@ -45,6 +47,20 @@ const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
     ),
 ];
 
+/// When a commit of the queue is on disk (SQLite's `synchronous`, the queue runs in WAL mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SqliteSync {
+    /// Every commit is flushed (fsync) before the caller is answered: an acknowledged publish
+    /// survives an OS crash or power loss too. Costs an fsync per group commit.
+    Full,
+    /// The default, as for keel's SQLite stores: a commit is in the WAL file before the caller
+    /// is answered, so it survives a process crash (kill -9); the WAL is flushed at checkpoints,
+    /// so an OS crash or power loss can lose the last commits, the same exposure as the store
+    /// database whose outbox feeds the queue.
+    #[default]
+    Normal,
+}
+
 /// Writes waiting for the writer; a caller beyond it waits to enqueue (bounded memory).
 const QUEUED_WRITES: usize = 1024;
 /// Writes committed together at most: bounds one transaction's length.
@@ -63,17 +79,28 @@ impl SqliteQueue {
         &self.pool
     }
 
-    /// Opens (creating if missing) the queue database at `url`, applies its migrations and
-    /// starts the writer task (it ends when the last clone of the queue is dropped).
-    ///
-    /// `synchronous = FULL`: a publish acknowledged to a producer survives power loss, not only a
-    /// process crash, since the producer forgets the message once it is acknowledged.
+    /// Opens (creating if missing) the queue database at `url` with the default durability
+    /// ([`SqliteSync::Normal`]); see [`SqliteQueue::open_with`].
     pub async fn open(url: &str, limits: QueueLimits) -> Result<Self, BrokerError> {
+        Self::open_with(url, limits, SqliteSync::default()).await
+    }
+
+    /// Opens (creating if missing) the queue database at `url` with the durability `sync`,
+    /// applies its migrations and starts the writer task (it ends when the last clone of the
+    /// queue is dropped).
+    pub async fn open_with(
+        url: &str,
+        limits: QueueLimits,
+        sync: SqliteSync,
+    ) -> Result<Self, BrokerError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(classify)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match sync {
+                SqliteSync::Full => SqliteSynchronous::Full,
+                SqliteSync::Normal => SqliteSynchronous::Normal,
+            })
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -233,11 +260,12 @@ impl TxState {
         Ok(self.bindings.as_deref().unwrap_or_default())
     }
 
-    /// Takes room for one message in `group`; false when the group is at its bound.
+    /// Takes room for `n` messages in `group`; false when they would take it over its bound.
     async fn take_room(
         &mut self,
         tx: &mut Tx<'_>,
         group: &str,
+        n: i64,
         max_depth: u64,
     ) -> Result<bool, sqlx::Error> {
         let entry = self.depths.entry(group.to_owned()).or_default();
@@ -249,11 +277,11 @@ impl TxState {
                     .await?;
             entry.stored = Some(stored.unwrap_or(0));
         }
-        let now = entry.stored.unwrap_or(0) + entry.delta;
-        if now >= i64::try_from(max_depth).unwrap_or(i64::MAX) {
+        let after = entry.stored.unwrap_or(0) + entry.delta + n;
+        if after > i64::try_from(max_depth).unwrap_or(i64::MAX) {
             return Ok(false);
         }
-        entry.delta += 1;
+        entry.delta += n;
         Ok(true)
     }
 
@@ -345,8 +373,16 @@ async fn ensure_group(tx: &mut Tx<'_>, group: &str) -> Result<(), sqlx::Error> {
         .map(drop)
 }
 
+/// Copies stored by one `INSERT` statement at most: 7 parameters each (and one shared), well
+/// under SQLite's parameter limit.
+const ROWS_PER_INSERT: usize = 100;
+
 /// Stores each `(group, topic, message)` copy, all or nothing: a group already holding the
 /// message id keeps its copy (a republish), and a full group undoes every copy this write stored.
+///
+/// One multi-row `INSERT` per [`ROWS_PER_INSERT`] copies: every statement is a round trip to
+/// sqlx's SQLite worker thread, and a row per statement made a publish cost several times the
+/// rows' own work. The rows are listed in batch order, so `seq` follows publish order.
 async fn store(
     tx: &mut Tx<'_>,
     state: &mut TxState,
@@ -354,32 +390,35 @@ async fn store(
     limits: &QueueLimits,
 ) -> Result<Result<(), BrokerError>, sqlx::Error> {
     let now = micros(Utc::now());
+    let mut stored: Vec<(i64, String)> = Vec::with_capacity(copies.len());
+    for chunk in copies.chunks(ROWS_PER_INSERT) {
+        // Built from the row count only, never from input.
+        let sql = sqlx::AssertSqlSafe(insert_statement(chunk.len()));
+        let mut query = sqlx::query_as::<_, (i64, String)>(sql).bind(now);
+        for &(group, topic, message) in chunk {
+            query = query
+                .bind(group)
+                .bind(message.id.to_string())
+                .bind(topic)
+                .bind(message.key.as_deref())
+                .bind(encode_headers(&message.headers))
+                .bind(message.body.as_slice())
+                .bind(message.expires_at.map(micros));
+        }
+        // A republished message (its `(grp, id)` stored already) returns no row: stored once.
+        stored.extend(query.fetch_all(&mut **tx).await?);
+    }
+    let mut per_group: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, group) in &stored {
+        *per_group.entry(group.as_str()).or_default() += 1;
+    }
     let before = state.depths.clone();
-    let mut stored: Vec<i64> = Vec::new();
-    for &(group, topic, message) in copies {
-        let seq: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grp, id) DO NOTHING RETURNING seq",
-        )
-        .bind(group)
-        .bind(message.id.to_string())
-        .bind(topic)
-        .bind(&message.key)
-        .bind(encode_headers(&message.headers))
-        .bind(&message.body)
-        .bind(now)
-        .bind(message.expires_at.map(micros))
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let Some(seq) = seq else {
-            continue; // a republished message: stored once
-        };
-        stored.push(seq);
-        if !state.take_room(tx, group, limits.max_depth).await? {
+    for (group, n) in per_group {
+        if !state.take_room(tx, group, n, limits.max_depth).await? {
             // Backpressure: this write leaves nothing behind; the group's other writes commit.
+            let seqs: Vec<i64> = stored.iter().map(|(seq, _)| *seq).collect();
             sqlx::query("DELETE FROM queue_messages WHERE seq IN (SELECT value FROM json_each(?))")
-                .bind(seq_list(&stored))
+                .bind(seq_list(&seqs))
                 .execute(&mut **tx)
                 .await?;
             state.depths = before;
@@ -387,6 +426,32 @@ async fn store(
         }
     }
     Ok(Ok(()))
+}
+
+/// `INSERT … VALUES` for `rows` copies: `?1` is the publish time (`published_at` and
+/// `available_at`), then seven numbered parameters per row, bound in that order.
+fn insert_statement(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO queue_messages (grp, id, topic, msg_key, headers, body, published_at, expires_at, available_at) VALUES ",
+    );
+    for row in 0..rows {
+        let p = 2 + row * 7;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?1, ?{}, ?1)",
+            p,
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6
+        ));
+    }
+    sql.push_str(" ON CONFLICT (grp, id) DO NOTHING RETURNING seq, grp");
+    sql
 }
 
 fn seq_list(seqs: &[i64]) -> String {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_domain::{Broker, BrokerError, Outgoing};
-use keel_queue::{PostgresQueue, QueueLimits, SqliteQueue};
+use keel_queue::{PostgresQueue, QueueLimits, SqliteQueue, SqliteSync};
 use keel_test_support::broker_suite::{self, SUITE_MAX_BODY, SUITE_MAX_DEPTH};
 
 fn limits() -> QueueLimits {
@@ -169,4 +169,211 @@ async fn concurrent_publishes_are_each_stored_once() {
         assert!(queue.ack_many(&tags).await.iter().all(Result::is_ok));
     }
     assert_eq!(bodies.len(), 500);
+}
+
+/// A batch larger than one insert statement, with ids already stored and an id repeated in the
+/// batch: every new message is stored once, in publish order, and the depth bound counts only
+/// what was stored.
+async fn a_large_batch_keeps_order_and_stores_republished_ids_once(broker: Arc<dyn Broker>) {
+    broker.bind("large", "job.#").await.unwrap();
+    let first = batch(30, "old");
+    broker.publish_many(&first).await.unwrap();
+    let mut big = batch(250, "new");
+    // Ids stored by the first batch, and one id twice in this batch.
+    big[7].1.id = first[3].1.id;
+    big[120].1.id = first[29].1.id;
+    big[200].1.id = big[199].1.id;
+    broker.publish_many(&big).await.unwrap();
+    let depth = broker.depth("large").await.unwrap();
+    assert_eq!(
+        depth.ready,
+        30 + 247,
+        "the three repeated ids were not stored again"
+    );
+    let mut bodies = Vec::new();
+    loop {
+        let got = broker.fetch("large", 100, LEASE).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+        bodies.extend(got.into_iter().map(|d| String::from_utf8(d.body).unwrap()));
+        assert!(broker.ack_many(&tags).await.iter().all(Result::is_ok));
+    }
+    let expected: Vec<String> = (0..30)
+        .map(|i| format!("old{i}"))
+        .chain(
+            (0..250)
+                .filter(|i| ![7, 120, 200].contains(i))
+                .map(|i| format!("new{i}")),
+        )
+        .collect();
+    assert_eq!(bodies, expected);
+    // The depth counter agrees with what was removed: the bound admits `max_depth` again.
+    broker.publish_many(&batch(300, "refill")).await.unwrap();
+    assert!(matches!(
+        broker.publish_many(&batch(201, "flood")).await,
+        Err(BrokerError::Full)
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_stores_a_large_batch_in_order_and_each_id_once() {
+    let limits = QueueLimits {
+        max_depth: 500,
+        ..limits()
+    };
+    let (_dir, queue) = sqlite(limits).await;
+    a_large_batch_keeps_order_and_stores_republished_ids_once(queue).await;
+}
+
+#[tokio::test]
+async fn postgres_stores_a_large_batch_in_order_and_each_id_once() {
+    let limits = QueueLimits {
+        max_depth: 500,
+        ..limits()
+    };
+    a_large_batch_keeps_order_and_stores_republished_ids_once(postgres(limits).await).await;
+}
+
+/// `synchronous = FULL` stays available (`queue.sqlite_synchronous = "full"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queue_with_full_synchronous_passes_the_broker_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+    let queue = SqliteQueue::open_with(&url, limits(), SqliteSync::Full)
+        .await
+        .unwrap();
+    broker_suite::run_all(Arc::new(queue)).await;
+}
+
+/// On PostgreSQL, publishes and acks run concurrently in many transactions (acks count their
+/// removals apart from the publishes' depth row): the group never holds more than its bound, and
+/// once everything is acknowledged the bound admits exactly `max_depth` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_publishes_and_acks_keep_the_bound() {
+    const MAX: u64 = 40;
+    let queue = postgres(QueueLimits {
+        max_depth: MAX,
+        ..limits()
+    })
+    .await;
+    queue.bind("bound", "job.#").await.unwrap();
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut stored = 0;
+                for round in 0..30 {
+                    match queue
+                        .publish_many(&batch(5, &format!("p{p}r{round}-")))
+                        .await
+                    {
+                        Ok(_) => stored += 5,
+                        Err(BrokerError::Full) => {}
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                stored
+            })
+        })
+        .collect();
+    let ackers: Vec<_> = (0..2)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut acked = 0;
+                for _ in 0..60 {
+                    let depth = queue.depth("bound").await.unwrap();
+                    assert!(depth.ready + depth.in_flight <= MAX, "{depth:?}");
+                    let got = queue.fetch("bound", 7, LEASE).await.unwrap();
+                    let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+                    acked += queue
+                        .ack_many(&tags)
+                        .await
+                        .iter()
+                        .filter(|r| r.is_ok())
+                        .count();
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for p in publishers {
+        stored += p.await.unwrap();
+    }
+    let mut acked = 0;
+    for a in ackers {
+        acked += a.await.unwrap();
+    }
+    let depth = queue.depth("bound").await.unwrap();
+    assert_eq!(depth.ready + depth.in_flight, (stored - acked) as u64);
+    // Drain, then the counters agree with the table: exactly MAX fits again.
+    loop {
+        let got = queue.fetch("bound", 100, LEASE).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+        assert!(queue.ack_many(&tags).await.iter().all(Result::is_ok));
+    }
+    queue
+        .publish_many(&batch(MAX as usize, "refill"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        queue
+            .publish("job.more", Outgoing::new(b"more".to_vec()))
+            .await,
+        Err(BrokerError::Full)
+    ));
+}
+
+/// A PostgreSQL queue routes publishes with the bindings it read last: a group bound since,
+/// by another process, still receives every message published after its bind.
+#[tokio::test]
+async fn postgres_publishes_follow_bindings_made_by_another_process() {
+    let url = keel_test_support::services::create_postgres_database().await;
+    let one = PostgresQueue::open(&url, limits()).await.unwrap();
+    let other = PostgresQueue::open(&url, limits()).await.unwrap();
+    one.bind("first", "job.#").await.unwrap();
+    assert!(
+        one.publish("job.a", Outgoing::new(b"a".to_vec()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !one.publish("late.a", Outgoing::new(b"x".to_vec()))
+            .await
+            .unwrap(),
+        "nothing bound to late.#"
+    );
+    other.bind("second", "job.#").await.unwrap();
+    other.bind("late", "late.#").await.unwrap();
+    assert!(
+        one.publish("job.b", Outgoing::new(b"b".to_vec()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        one.publish("late.b", Outgoing::new(b"y".to_vec()))
+            .await
+            .unwrap()
+    );
+    let bodies = |got: Vec<keel_domain::Delivery>| -> Vec<Vec<u8>> {
+        got.into_iter().map(|d| d.body).collect()
+    };
+    assert_eq!(
+        bodies(one.fetch("second", 10, LEASE).await.unwrap()),
+        [b"b".to_vec()]
+    );
+    assert_eq!(
+        bodies(one.fetch("late", 10, LEASE).await.unwrap()),
+        [b"y".to_vec()]
+    );
+    assert_eq!(
+        bodies(one.fetch("first", 10, LEASE).await.unwrap()),
+        [b"a".to_vec(), b"b".to_vec()]
+    );
 }

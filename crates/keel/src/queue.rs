@@ -9,7 +9,9 @@ use keel_broker_rabbitmq::{RabbitBroker, RabbitOptions};
 use keel_config::{BrokerKind, Settings};
 use keel_domain::{Broker, Hospital};
 use keel_queue::offload::Offloading;
-use keel_queue::{PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue};
+use keel_queue::{
+    PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue, SqliteSync,
+};
 
 /// The configured broker and its hospital.
 #[derive(Clone)]
@@ -30,7 +32,11 @@ impl Queue {
         let kind = settings.broker_kind().context("unsupported queue URL")?;
         let queue = match kind {
             BrokerKind::Sqlite => {
-                let queue = SqliteQueue::open(url.expose(), limits)
+                let sync = match settings.queue.sqlite_synchronous {
+                    keel_config::SqliteSynchronous::Full => SqliteSync::Full,
+                    keel_config::SqliteSynchronous::Normal => SqliteSync::Normal,
+                };
+                let queue = SqliteQueue::open_with(url.expose(), limits, sync)
                     .await
                     .with_context(|| format!("cannot open the queue {shown}"))?;
                 let hospital = SqliteHospital::beside(&queue, max_patients);

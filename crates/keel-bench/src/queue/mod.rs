@@ -21,7 +21,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use keel_broker_nats::{NatsBroker, NatsOptions};
 use keel_broker_rabbitmq::{RabbitBroker, RabbitOptions};
-use keel_queue::{PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue};
+use keel_queue::{
+    PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue, SqliteSync,
+};
 use sqlx::Connection;
 
 use load::{Figures, Plan};
@@ -65,6 +67,9 @@ pub struct QueueArgs {
     /// Seconds before a row is abandoned as failed.
     #[arg(long, env = "KEEL_BENCH_QUEUE_TIMEOUT", default_value_t = 300)]
     pub timeout: u64,
+    /// SQLite `synchronous` for both SQLite rows (WAL mode): normal (keel's default) or full.
+    #[arg(long, env = "KEEL_BENCH_SQLITE_SYNCHRONOUS", default_value = "normal")]
+    pub sqlite_synchronous: String,
     /// RabbitMQ queue type for both RabbitMQ rows: quorum or classic.
     #[arg(long, env = "KEEL_BENCH_RABBITMQ_QUEUE", default_value = "quorum")]
     pub rabbitmq_queue: String,
@@ -137,6 +142,9 @@ pub struct Ctx {
     pub args: QueueArgs,
     pub plan: Plan,
     pub rabbitmq_queue: QueueType,
+    /// The SQLite rows' durability, the same for the raw and the keel row so their ratio
+    /// compares equal guarantees.
+    pub sqlite_sync: SqliteSync,
     /// Where the SQLite files of each row live (on the project's disk, not a tmpfs, so fsync
     /// costs what it costs in production).
     pub data_dir: PathBuf,
@@ -207,6 +215,11 @@ pub fn run(args: QueueArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)?;
     let ctx = Ctx {
         rabbitmq_queue: QueueType::parse(&args.rabbitmq_queue)?,
+        sqlite_sync: match args.sqlite_synchronous.trim() {
+            "normal" => SqliteSync::Normal,
+            "full" => SqliteSync::Full,
+            other => bail!("unknown --sqlite-synchronous {other:?}; known: normal, full"),
+        },
         args,
         plan,
         data_dir: data_dir.clone(),
@@ -251,10 +264,20 @@ pub fn run(args: QueueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn sync_name(sync: SqliteSync) -> &'static str {
+    match sync {
+        SqliteSync::Full => "FULL",
+        SqliteSync::Normal => "NORMAL",
+    }
+}
+
 async fn run_row(ctx: &Ctx, backend: BackendKind, system: &'static str) -> Row {
     let plan = ctx.plan;
     let label = match (backend, system) {
-        (BackendKind::Sqlite, "raw") => "sqlx, WAL + synchronous=FULL, batched SQL queue".into(),
+        (BackendKind::Sqlite, "raw") => format!(
+            "sqlx, WAL + synchronous={}, batched SQL queue",
+            sync_name(ctx.sqlite_sync)
+        ),
         (BackendKind::Postgres, "raw") => "sqlx, batched SQL queue, FOR UPDATE SKIP LOCKED".into(),
         (BackendKind::Rabbitmq, "raw") => format!(
             "lapin, {} queue, persistent, confirms, manual acks",
@@ -264,7 +287,10 @@ async fn run_row(ctx: &Ctx, backend: BackendKind, system: &'static str) -> Row {
             "async-nats, JetStream work-queue file stream, durable pull consumer, explicit acks"
                 .into()
         }
-        (BackendKind::Sqlite, _) => "SqliteQueue + SqliteHospital, Worker".into(),
+        (BackendKind::Sqlite, _) => format!(
+            "SqliteQueue (synchronous={}) + SqliteHospital, Worker",
+            sync_name(ctx.sqlite_sync)
+        ),
         (BackendKind::Postgres, _) => "PostgresQueue + PostgresHospital, Worker".into(),
         (BackendKind::Rabbitmq, _) => format!(
             "RabbitBroker ({} queues) + SqliteHospital, Worker",
@@ -311,7 +337,7 @@ async fn raw(ctx: &Ctx, backend: BackendKind, plan: Plan) -> anyhow::Result<Figu
     match backend {
         BackendKind::Sqlite => {
             let dir = tempfile::tempdir_in(&ctx.data_dir)?;
-            raw_sql::sqlite(plan, &dir.path().join("raw.db")).await
+            raw_sql::sqlite(plan, &dir.path().join("raw.db"), ctx.sqlite_sync).await
         }
         BackendKind::Postgres => {
             let (url, name) = create_database(ctx).await?;
@@ -341,7 +367,8 @@ async fn keel_backend(ctx: &Ctx, backend: BackendKind) -> anyhow::Result<Option<
         BackendKind::Sqlite => {
             let dir = tempfile::tempdir_in(&ctx.data_dir)?;
             let url = format!("sqlite://{}", dir.path().join("queue.db").display());
-            let queue = SqliteQueue::open(&url, QueueLimits::default()).await?;
+            let queue =
+                SqliteQueue::open_with(&url, QueueLimits::default(), ctx.sqlite_sync).await?;
             let hospital = SqliteHospital::beside(&queue, 100_000);
             Ok(Some(keel::Backend::new(
                 Arc::new(queue),

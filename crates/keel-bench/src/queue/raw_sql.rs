@@ -4,14 +4,15 @@
 //! consumer leases up to a batch of the oldest rows whose lease has passed (one `UPDATE …
 //! RETURNING`, with `FOR UPDATE SKIP LOCKED` on PostgreSQL), records each effect, then deletes
 //! the batch in one statement. At-least-once like keel's queue, but no keys, fan-out, depth
-//! bound, TTL, lease tokens or hospital. Same durability as keel's queue: SQLite WAL with
-//! `synchronous = FULL`, PostgreSQL's default commit.
+//! bound, TTL, lease tokens or hospital. Same durability as keel's queue: SQLite WAL with the
+//! keel row's `synchronous` (`--sqlite-synchronous`), PostgreSQL's default commit.
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use keel_queue::SqliteSync;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
@@ -27,11 +28,18 @@ fn now_us() -> i64 {
 }
 
 /// Runs `plan` against a fresh SQLite file at `path`.
-pub async fn sqlite(plan: Plan, path: &std::path::Path) -> anyhow::Result<Figures> {
+pub async fn sqlite(
+    plan: Plan,
+    path: &std::path::Path,
+    sync: SqliteSync,
+) -> anyhow::Result<Figures> {
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
+        .synchronous(match sync {
+            SqliteSync::Full => SqliteSynchronous::Full,
+            SqliteSync::Normal => SqliteSynchronous::Normal,
+        })
         .busy_timeout(Duration::from_secs(10));
     // One connection: SQLite has one writer, and callers queueing on the pool is cheaper than
     // connections sleeping in SQLite's busy handler.

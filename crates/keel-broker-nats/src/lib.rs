@@ -76,7 +76,8 @@
 //! the server anything: once something is ready it lingers 1 ms for a fuller batch; with nothing
 //! ready it waits a moment while messages are on their way (a feed's last message said the server
 //! has more) or while this process holds deliveries of the group; holding none, it asks whether
-//! the group stores any, and if so waits up to two seconds for a feed to bring something.
+//! the group stores any, and if so waits briefly for a feed to bring something (up to two
+//! seconds while a feed's first drain is not done).
 //!
 //! # Leases
 //!
@@ -163,6 +164,13 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// How long a `fetch` that has found something lingers for more, to hand out a fuller batch.
 const LINGER: Duration = Duration::from_millis(1);
 
+/// A feed's `pending` before its first drain is done.
+const WARMING: u64 = u64::MAX;
+
+/// How long a `fetch` that finds nothing, holding nothing, waits for the group's messages once
+/// every feed has drained (they are held elsewhere, or their acks are still being applied).
+const SETTLED_WAIT: Duration = Duration::from_millis(20);
+
 /// How long a `fetch` waits at most for messages on their way to its feeds.
 const ON_THE_WAY_WAIT: Duration = Duration::from_millis(200);
 
@@ -170,9 +178,8 @@ const ON_THE_WAY_WAIT: Duration = Duration::from_millis(200);
 /// group, waits for a change (an ack, a retry, an arrival) before answering.
 const BUSY_WAIT: Duration = Duration::from_millis(20);
 
-/// How long a `fetch` that finds nothing ready waits for a feed to bring something, when the
-/// group stores messages and this process holds none (a first fetch waits for its feeds'
-/// first drain; a loaded machine may take a while to serve it).
+/// How long a `fetch` waits for its feeds' first drain (a loaded machine may take a while to
+/// serve it).
 const FETCH_WAIT: Duration = Duration::from_secs(2);
 
 /// Settings of a [`NatsBroker`]. Processes sharing a namespace must agree on `partitions`;
@@ -327,7 +334,8 @@ struct Partition {
 struct Feed {
     link: u64,
     task: tokio::task::AbortHandle,
-    /// Messages the server had for this consumer after the last one it sent here.
+    /// Messages the server had for this consumer after the last one it sent here; `WARMING`
+    /// before the feed's first drain is done.
     pending: Arc<AtomicU64>,
 }
 
@@ -902,6 +910,20 @@ impl Inner {
         }
     }
 
+    /// Whether one of `group`'s feeds has not finished its first drain yet.
+    fn warming(&self, group: &Group) -> bool {
+        group
+            .partitions
+            .iter()
+            .map(|p| &p.feed)
+            .chain([&group.unkeyed_feed])
+            .any(|feed| {
+                lock(feed)
+                    .as_ref()
+                    .is_some_and(|f| f.pending.load(Ordering::Acquire) == WARMING)
+            })
+    }
+
     /// Whether one of `group`'s feeds was told that the server has more for it and its window
     /// has room for them (so they are on their way).
     fn on_the_way(&self, group: &Group) -> bool {
@@ -1089,7 +1111,8 @@ impl Inner {
             }
             Slot::Unkeyed => (&group.unkeyed, &group.unkeyed_feed),
         };
-        let pending = Arc::new(AtomicU64::new(0));
+        // `WARMING` until the feed's first drain is done.
+        let pending = Arc::new(AtomicU64::new(WARMING));
         let task = tokio::spawn(feed(
             consumer.clone(),
             group.name.clone(),
@@ -1148,6 +1171,7 @@ async fn feed(
     loop {
         tokio::time::sleep_until(start.into()).await;
         drain(&consumer, &group, slot, link, &ledger, &pending, window).await;
+        let _ = pending.compare_exchange(WARMING, 0, Ordering::AcqRel, Ordering::Acquire);
         arrived.notify_waiters();
         let stream = consumer
             .stream()
@@ -1161,8 +1185,10 @@ async fn feed(
                 while let Some(next) = messages.next().await {
                     match next {
                         Ok(message) => {
+                            // One waiting fetch is enough for one message (each wake-up is a
+                            // pass over the held deliveries); a permit is kept if none waits.
                             if accept(&group, slot, link, &ledger, &pending, message).await {
-                                arrived.notify_waiters();
+                                arrived.notify_one();
                             }
                         }
                         Err(err) => tracing::debug!(group, %err, "pull stream"),
@@ -1444,12 +1470,22 @@ impl Broker for NatsBroker {
                 break true;
             }
             let now = Instant::now();
-            let until = if !out.is_empty() {
-                *linger_until.get_or_insert(now + LINGER)
+            if !out.is_empty() {
+                // Lingering sleeps rather than waking at every arrival: each wake-up costs a
+                // pass over the held deliveries, and arrivals come thousands a second.
+                let until = *linger_until.get_or_insert(now + LINGER);
+                if now >= until {
+                    break true;
+                }
+                tokio::time::sleep_until(until.into()).await;
+                continue;
+            }
+            let until = if lock(&inner.ledger).holds(group) {
+                start + BUSY_WAIT
+            } else if inner.warming(&opened) {
+                start + FETCH_WAIT
             } else if inner.on_the_way(&opened) {
                 start + ON_THE_WAY_WAIT
-            } else if lock(&inner.ledger).holds(group) {
-                start + BUSY_WAIT
             } else {
                 break false;
             };
@@ -1479,7 +1515,12 @@ impl Broker for NatsBroker {
         if stored == 0 {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + FETCH_WAIT;
+        let wait = if inner.warming(&opened) {
+            FETCH_WAIT
+        } else {
+            SETTLED_WAIT
+        };
+        let deadline = Instant::now() + wait;
         loop {
             let arrived = inner.arrived.notified();
             let out = lock(&inner.ledger).take(group, max, lease, Instant::now());

@@ -139,7 +139,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use keel_domain::ledger::{self, Incoming, Ledger};
 use keel_domain::queue::check_name;
-use keel_domain::queue::topic_matches;
+use keel_domain::queue::{key_chains, topic_matches, worst};
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -517,21 +517,6 @@ fn check_publish(topic: &str, body: &[u8], max_body: usize) -> Result<(), Broker
     Ok(())
 }
 
-/// The worst of several outcomes: `Full` first (the producer must slow down), then the first
-/// other error.
-fn worst(results: impl IntoIterator<Item = Result<(), BrokerError>>) -> Result<(), BrokerError> {
-    let mut worst = None;
-    for result in results {
-        match (result, &worst) {
-            (Ok(()), _) => {}
-            (Err(BrokerError::Full), _) => worst = Some(BrokerError::Full),
-            (Err(err), None) => worst = Some(err),
-            (Err(_), Some(_)) => {}
-        }
-    }
-    worst.map_or(Ok(()), Err)
-}
-
 /// A message of a batch, encoded once for all its copies.
 struct Prepared {
     topic: String,
@@ -733,18 +718,21 @@ impl Inner {
         batch: &[Prepared],
         copies: &[Vec<String>],
     ) -> Result<(), BrokerError> {
-        let mut chains: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
-        let mut singles = Vec::new();
+        // Per group, the indices of the messages it gets, then their chains by key.
+        let mut per_group: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, groups) in copies.iter().enumerate() {
             for group in groups {
-                match &batch[i].key {
-                    None => singles.push((group.as_str(), i)),
-                    Some(key) => chains.entry((group.as_str(), key)).or_default().push(i),
-                }
+                per_group.entry(group.as_str()).or_default().push(i);
             }
         }
-        let keyed = chains.into_iter().map(|((group, _), indices)| async move {
-            for i in indices {
+        let chains = per_group.into_iter().flat_map(|(group, indices)| {
+            key_chains(indices.iter().map(|&i| batch[i].key.as_deref()))
+                .into_iter()
+                .map(move |chain| (group, chain.into_iter().map(|c| indices[c]).collect()))
+                .collect::<Vec<(&str, Vec<usize>)>>()
+        });
+        let sent = futures_util::future::join_all(chains.map(|(group, chain)| async move {
+            for i in chain {
                 let message = &batch[i];
                 self.store(
                     group,
@@ -756,22 +744,9 @@ impl Inner {
                 .await?;
             }
             Ok(())
-        });
-        let unkeyed = singles.into_iter().map(|(group, i)| {
-            let message = &batch[i];
-            self.store(
-                group,
-                message.slot,
-                &message.headers,
-                &message.body,
-                Some(&message.id),
-            )
-        });
-        let (keyed, unkeyed) = tokio::join!(
-            futures_util::future::join_all(keyed),
-            futures_util::future::join_all(unkeyed)
-        );
-        worst(keyed.into_iter().chain(unkeyed))
+        }))
+        .await;
+        worst(sent)
     }
 
     /// The groups bound to `topic`, as this process knows them.

@@ -102,7 +102,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
-use keel_domain::queue::check_name;
+use keel_domain::queue::{check_name, key_chains, worst};
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, QueueDepth};
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -568,20 +568,7 @@ impl Broker for RabbitBroker {
         }
         let session = self.session().await?;
         let now = Utc::now();
-        let mut chains: Vec<Vec<usize>> = Vec::new();
-        let mut by_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        for (i, (_, message)) in batch.iter().enumerate() {
-            match message.key.as_deref() {
-                None => chains.push(vec![i]),
-                Some(key) => {
-                    let chain = *by_key.entry(key).or_insert_with(|| {
-                        chains.push(Vec::new());
-                        chains.len() - 1
-                    });
-                    chains[chain].push(i);
-                }
-            }
-        }
+        let chains = key_chains(batch.iter().map(|(_, message)| message.key.as_deref()));
         let session = &session;
         let sent = futures_util::future::join_all(chains.into_iter().map(|chain| async move {
             let mut out = Vec::with_capacity(chain.len());
@@ -611,20 +598,11 @@ impl Broker for RabbitBroker {
         }))
         .await;
         let mut routed = vec![false; batch.len()];
-        let mut worst = None;
+        let mut outcomes = Vec::new();
         for (i, result) in sent.into_iter().flatten() {
-            match result {
-                Ok(r) => routed[i] = r,
-                // `Full` first: the producer must slow down, and retrying the batch is safe.
-                Err(BrokerError::Full) => worst = Some(BrokerError::Full),
-                Err(err) => {
-                    if worst.is_none() {
-                        worst = Some(err);
-                    }
-                }
-            }
+            outcomes.push(result.map(|r| routed[i] = r));
         }
-        worst.map_or(Ok(routed), Err)
+        worst(outcomes).map(|()| routed)
     }
 
     async fn ack_many(&self, tags: &[DeliveryTag]) -> Vec<Result<(), BrokerError>> {

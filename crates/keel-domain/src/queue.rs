@@ -193,6 +193,45 @@ pub struct Capabilities {
     pub dedupes_publish: bool,
 }
 
+/// Splits a batch into chains that may be sent concurrently: the indices of one key's messages,
+/// in batch order, form one chain (to be sent one after another, each once the previous one was
+/// stored, so that a refused message never lets a later one of its key be stored first); each
+/// unkeyed message is a chain of its own.
+pub fn key_chains<'a>(keys: impl IntoIterator<Item = Option<&'a str>>) -> Vec<Vec<usize>> {
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    let mut of_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, key) in keys.into_iter().enumerate() {
+        match key {
+            None => chains.push(vec![i]),
+            Some(key) => {
+                let chain = *of_key.entry(key).or_insert_with(|| {
+                    chains.push(Vec::new());
+                    chains.len() - 1
+                });
+                chains[chain].push(i);
+            }
+        }
+    }
+    chains
+}
+
+/// The worst of several outcomes of one batch: `Full` first (the producer must slow down, and
+/// retrying the batch is safe), then the first other error.
+pub fn worst(
+    results: impl IntoIterator<Item = Result<(), BrokerError>>,
+) -> Result<(), BrokerError> {
+    let mut worst = None;
+    for result in results {
+        match (result, &worst) {
+            (Ok(()), _) => {}
+            (Err(BrokerError::Full), _) => worst = Some(BrokerError::Full),
+            (Err(err), None) => worst = Some(err),
+            (Err(_), Some(_)) => {}
+        }
+    }
+    worst.map_or(Ok(()), Err)
+}
+
 /// Whether `topic` matches a binding `pattern`: segments split on `.`, `*` matches one segment,
 /// `#` any number (including none), as in AMQP topic exchanges.
 pub fn topic_matches(pattern: &str, topic: &str) -> bool {
@@ -227,6 +266,26 @@ pub fn check_name(what: &'static str, name: &str, pattern: bool) -> Result<(), B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_splits_into_one_chain_per_key_and_one_per_unkeyed_message() {
+        let chains = key_chains([Some("a"), None, Some("b"), Some("a"), None, Some("b")]);
+        assert_eq!(chains, [vec![0, 3], vec![1], vec![2, 5], vec![4]]);
+    }
+
+    #[test]
+    fn full_is_the_worst_outcome_of_a_batch() {
+        let unavailable = || Err(BrokerError::Unavailable("down".into()));
+        assert!(matches!(
+            worst([Ok(()), unavailable(), Err(BrokerError::Full)]),
+            Err(BrokerError::Full)
+        ));
+        assert!(matches!(
+            worst([Ok(()), unavailable()]),
+            Err(BrokerError::Unavailable(_))
+        ));
+        assert!(worst([Ok(()), Ok(())]).is_ok());
+    }
 
     #[test]
     fn topic_patterns_match_like_amqp_topic_exchanges() {

@@ -260,6 +260,40 @@ async fn keyed_messages_stay_in_the_instance_that_owns_their_partition() {
     clean_up(&namespace).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_delay_longer_than_ack_wait_is_kept_alive_not_redelivered() {
+    let namespace = fresh_namespace();
+    let ack_wait = Duration::from_secs(1);
+    let broker = broker(NatsOptions {
+        ack_wait,
+        ..options(&namespace)
+    })
+    .await;
+    broker.bind("slow", "slow.x").await.unwrap();
+    let sent = body("later").with_key("k");
+    broker.publish("slow.x", sent.clone()).await.unwrap();
+    let first = fetch_until(&broker, "slow", 1, Duration::from_secs(5)).await;
+    assert_eq!(first.len(), 1);
+    // Held here through more than two ack_waits: the sweeper's keep-alives stop the server from
+    // delivering it again meanwhile.
+    broker.retry(first[0].tag, ack_wait * 5 / 2).await.unwrap();
+    tokio::time::sleep(ack_wait * 3).await;
+    let again = fetch_until(&broker, "slow", 1, Duration::from_secs(2)).await;
+    assert_eq!(
+        again.iter().map(|d| (d.id, d.attempt)).collect::<Vec<_>>(),
+        [(sent.id, 2)]
+    );
+    broker.ack(again[0].tag).await.unwrap();
+    assert!(
+        fetch_until(&broker, "slow", 1, ack_wait * 2)
+            .await
+            .is_empty(),
+        "no second copy came from the server"
+    );
+    assert_eq!(broker.depth("slow").await.unwrap().ready, 0);
+    clean_up(&namespace).await;
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable() {
     // Nothing listens on port 1.

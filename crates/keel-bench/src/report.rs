@@ -180,6 +180,27 @@ fn mb(kb: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// The machine's CPU time so far, all of it and the share the hypervisor gave to other guests
+/// (steal), in ticks from `/proc/stat`; `None` where it cannot be read.
+pub fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is within user already).
+    Some((ticks.iter().take(8).sum(), *ticks.get(7)?))
+}
+
+/// The share of CPU time stolen by the hypervisor between two readings of [`cpu_ticks`].
+pub fn steal_between(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((t0, s0), (t1, s1)) = (before?, after?);
+    let total = t1.checked_sub(t0).filter(|t| *t > 0)?;
+    Some(s1.saturating_sub(s0) as f64 / total as f64)
+}
+
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

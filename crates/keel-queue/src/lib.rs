@@ -93,6 +93,20 @@ fn delivery(row: DeliveryRow, group: &str, lease: Uuid) -> Result<Delivery, Brok
     })
 }
 
+/// A claim's rows as deliveries under its lease, in publish order.
+fn deliveries(
+    rows: Vec<DeliveryRow>,
+    group: &str,
+    lease: Uuid,
+) -> Result<Vec<Delivery>, BrokerError> {
+    let mut deliveries = rows
+        .into_iter()
+        .map(|row| delivery(row, group, lease))
+        .collect::<Result<Vec<_>, _>>()?;
+    deliveries.sort_by_key(|d| d.tag.seq);
+    Ok(deliveries)
+}
+
 /// The groups that receive a message published to `topic`, each once.
 fn matching_groups<'a>(bindings: &'a [(String, String)], topic: &str) -> Vec<&'a str> {
     let mut groups: Vec<&str> = bindings

@@ -21,7 +21,7 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    DeliveryRow, QueueLimits, check_publish, classify, delivery, depth, duration_micros,
+    DeliveryRow, QueueLimits, check_publish, classify, deliveries, depth, duration_micros,
     encode_headers, matching_groups, micros, replicate,
 };
 
@@ -384,12 +384,7 @@ impl Broker for PostgresQueue {
         .fetch_all(&self.claims)
         .await
         .map_err(classify)?;
-        let mut deliveries = rows
-            .into_iter()
-            .map(|row| delivery(row, group, token))
-            .collect::<Result<Vec<_>, _>>()?;
-        deliveries.sort_by_key(|d| d.tag.seq);
-        Ok(deliveries)
+        deliveries(rows, group, token)
     }
 
     async fn ack(&self, tag: DeliveryTag) -> Result<(), BrokerError> {

@@ -99,6 +99,51 @@ async fn postgres_stores_a_batch_all_or_nothing() {
     a_batch_is_stored_all_or_nothing(postgres(limits).await).await;
 }
 
+/// A batch near the bound: copies of ids stored already take no room (a producer's retry at a
+/// full group is absorbed, not refused), and a batch with one new message too many is refused
+/// whole, its republished copies included.
+async fn republished_copies_take_no_room(broker: Arc<dyn Broker>) {
+    broker.bind("edge", "job.#").await.unwrap();
+    let first = batch(4, "edge");
+    broker.publish_many(&first).await.unwrap();
+    let mut again = first.clone();
+    again.extend(batch(1, "last"));
+    broker.publish_many(&again).await.unwrap();
+    assert_eq!(broker.depth("edge").await.unwrap().ready, 5, "stored once");
+    broker.publish_many(&first).await.unwrap();
+    let mut mixed = vec![first[0].clone()];
+    mixed.extend(batch(1, "over"));
+    assert!(matches!(
+        broker.publish_many(&mixed).await,
+        Err(BrokerError::Full)
+    ));
+    let got = broker.fetch("edge", 10, LEASE).await.unwrap();
+    let bodies: Vec<_> = got
+        .iter()
+        .map(|d| String::from_utf8(d.body.clone()).unwrap())
+        .collect();
+    assert_eq!(bodies, ["edge0", "edge1", "edge2", "edge3", "last0"]);
+}
+
+#[tokio::test]
+async fn sqlite_republished_copies_take_no_room() {
+    let limits = QueueLimits {
+        max_depth: 5,
+        ..limits()
+    };
+    let (_dir, queue) = sqlite(limits).await;
+    republished_copies_take_no_room(queue).await;
+}
+
+#[tokio::test]
+async fn postgres_republished_copies_take_no_room() {
+    let limits = QueueLimits {
+        max_depth: 5,
+        ..limits()
+    };
+    republished_copies_take_no_room(postgres(limits).await).await;
+}
+
 /// Concurrent writes share transactions on SQLite; a batch refused for want of room must leave
 /// the writes committed beside it alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,6 +136,10 @@ pub struct Row {
     pub system: &'static str,
     pub label: String,
     pub outcome: Outcome,
+    /// The share of the machine's CPU time the hypervisor gave to other guests during the row:
+    /// on a shared VM, a row that lost a fifth of its CPU this way is not comparable with one
+    /// that lost none.
+    pub steal: Option<f64>,
 }
 
 pub struct Ctx {
@@ -273,6 +277,7 @@ fn sync_name(sync: SqliteSync) -> &'static str {
 
 async fn run_row(ctx: &Ctx, backend: BackendKind, system: &'static str) -> Row {
     let plan = ctx.plan;
+    let ticks = crate::report::cpu_ticks();
     let label = match (backend, system) {
         (BackendKind::Sqlite, "raw") => format!(
             "sqlx, WAL + synchronous={}, batched SQL queue",
@@ -330,6 +335,7 @@ async fn run_row(ctx: &Ctx, backend: BackendKind, system: &'static str) -> Row {
         system,
         label,
         outcome,
+        steal: crate::report::steal_between(ticks, crate::report::cpu_ticks()),
     }
 }
 

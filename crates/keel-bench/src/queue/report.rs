@@ -69,7 +69,7 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
         if p.rate == 0 { "unlimited".to_string() } else { format!("{} msg/s", p.rate) },
     ));
     o.push_str(&format!(
-        "load average at start {load_start} / at end {} (other work on the machine skews the figures)\n\n",
+        "load average at start {load_start} / at end {} (other work on the machine skews the figures; steal: the CPU time the hypervisor gave other guests during the row)\n\n",
         crate::report::loadavg()
     ));
     let header = [
@@ -80,9 +80,10 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
         "p50",
         "p99",
         "max",
+        "steal",
         "what",
     ];
-    let mut cells: Vec<[String; 8]> = Vec::new();
+    let mut cells: Vec<[String; 9]> = Vec::new();
     for r in rows {
         let (rate, publish, p50, p99, max) = match &r.outcome {
             Outcome::Measured(f) => (
@@ -113,6 +114,7 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
             p50,
             p99,
             max,
+            r.steal.map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
             what,
         ]);
     }
@@ -228,6 +230,7 @@ pub fn to_json(
                     "latency_max_ms": f.tally.max.as_secs_f64() * 1000.0,
                     "duplicates_absorbed": f.tally.duplicates,
                     "notes": f.notes,
+                    "steal": r.steal,
                 }),
                 Outcome::Failed(e) => json!({"status": "failed", "error": e}),
                 Outcome::NotBuilt => json!({"status": "keel adapter not built in"}),

@@ -121,7 +121,14 @@ impl<S: Copy + Eq + Hash, A: Clone> Ledger<S, A> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.group_of.insert(seq, group.to_owned());
-        self.groups.entry(group.to_owned()).or_default().insert(
+        // Looked up before an entry is made: `entry` would allocate the name for every message.
+        if !self.groups.contains_key(group) {
+            self.groups.insert(group.to_owned(), BTreeMap::new());
+        }
+        let Some(entries) = self.groups.get_mut(group) else {
+            return;
+        };
+        entries.insert(
             seq,
             Entry {
                 link,

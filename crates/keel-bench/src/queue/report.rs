@@ -58,8 +58,9 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
     let p = &ctx.plan;
     let mut o = String::new();
     o.push_str(&format!(
-        "\nkeel queue benchmark — {} messages of {} B per row, {} publisher(s) x batches of {}, {} consumer(s) x batches of {}, {} keys, offered rate {}\n",
+        "\nkeel queue benchmark — {} messages of {} B per row, best of {} run(s), {} publisher(s) x batches of {}, {} consumer(s) x batches of {}, {} keys, offered rate {}\n",
         p.messages,
+        ctx.args.repeat,
         p.body_bytes,
         p.publishers,
         p.publish_batch,
@@ -81,9 +82,10 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
         "p99",
         "max",
         "steal",
+        "runs (k msg/s)",
         "what",
     ];
-    let mut cells: Vec<[String; 9]> = Vec::new();
+    let mut cells: Vec<[String; 10]> = Vec::new();
     for r in rows {
         let (rate, publish, p50, p99, max) = match &r.outcome {
             Outcome::Measured(f) => (
@@ -115,6 +117,11 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
             p99,
             max,
             r.steal.map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
+            r.runs
+                .iter()
+                .map(|r| format!("{:.1}", r / 1000.0))
+                .collect::<Vec<_>>()
+                .join(" "),
             what,
         ]);
     }
@@ -231,6 +238,7 @@ pub fn to_json(
                     "duplicates_absorbed": f.tally.duplicates,
                     "notes": f.notes,
                     "steal": r.steal,
+                    "runs_msgs_per_s": r.runs,
                 }),
                 Outcome::Failed(e) => json!({"status": "failed", "error": e}),
                 Outcome::NotBuilt => json!({"status": "keel adapter not built in"}),
@@ -249,6 +257,7 @@ pub fn to_json(
         "loadavg_end": crate::report::loadavg(),
         "params": {
             "messages": p.messages,
+            "repeat": ctx.args.repeat,
             "body_bytes": p.body_bytes,
             "keys": p.keys,
             "workers": p.workers,

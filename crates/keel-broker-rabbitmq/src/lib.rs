@@ -158,11 +158,11 @@ impl Default for RabbitOptions {
     fn default() -> Self {
         Self {
             namespace: "keel".to_owned(),
-            partitions: 8,
+            partitions: 4,
             max_depth: 1_000_000,
             max_body_bytes: 256 * 1024,
             quorum: false,
-            prefetch: 64,
+            prefetch: 128,
             delivery_limit: None,
             expire_unused_after: None,
             timeout: Duration::from_secs(10),

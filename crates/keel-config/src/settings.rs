@@ -189,7 +189,9 @@ pub struct QueueSettings {
     pub max_body_bytes: usize,
     /// Largest message body accepted at all (bytes).
     pub max_message_bytes: usize,
-    /// Partitions per group for keyed messages on RabbitMQ and NATS (the same in every process).
+    /// Partitions per group for keyed messages on RabbitMQ and NATS (the same in every process):
+    /// the units of keyed work that move between processes; each is a queue or a consumer the
+    /// server works for on every message, so few is cheaper.
     pub partitions: u32,
     /// Deliveries each worker of a group fetches and handles at once.
     pub batch: usize,
@@ -238,7 +240,7 @@ impl Default for QueueSettings {
             max_depth: 1_000_000,
             max_body_bytes: 256 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
-            partitions: 8,
+            partitions: 4,
             batch: 32,
             workers_per_group: 2,
             lease_ms: 30_000,

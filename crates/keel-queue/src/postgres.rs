@@ -46,6 +46,11 @@ const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
         "queue ack counters",
         include_str!("../migrations/postgres/0005_queue_ack_counters.sql"),
     ),
+    (
+        6,
+        "queue vacuum",
+        include_str!("../migrations/postgres/0006_queue_vacuum.sql"),
+    ),
 ];
 
 /// The SQLSTATE of `queue_refuse_full()` (migration 0005): a publish found a group without room.

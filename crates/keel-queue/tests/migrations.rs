@@ -153,8 +153,8 @@ async fn a_postgres_queue_migrated_in_the_default_table_is_adopted_not_migrated_
             .fetch_all(&pool)
             .await
             .unwrap();
-    // 1, 2 and 4 adopted; 5 (ack counters) applied after them.
-    assert_eq!(adopted, [1, 2, 4, 5]);
+    // 1, 2 and 4 adopted; 5 (ack counters) and 6 (vacuum settings) applied after them.
+    assert_eq!(adopted, [1, 2, 4, 5, 6]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,4 +177,29 @@ async fn open_together(url: &str) -> Vec<Result<(), String>> {
         });
     }
     tasks.join_all().await
+}
+
+#[tokio::test]
+async fn the_postgres_queue_table_vacuums_early() {
+    let url = keel_test_support::services::create_postgres_database().await;
+    PostgresQueue::open(&url, QueueLimits::default())
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let options: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(reloptions) FROM pg_class WHERE relname = 'queue_messages'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for option in [
+        "autovacuum_vacuum_scale_factor=0",
+        "autovacuum_vacuum_threshold=5000",
+        "autovacuum_vacuum_cost_delay=0",
+    ] {
+        assert!(
+            options.iter().any(|o| o == option),
+            "{option} in {options:?}"
+        );
+    }
 }

@@ -98,6 +98,13 @@ pub struct QueueArgs {
     /// Keyed partitions per group of the keel NATS row (keel's default: 4).
     #[arg(long, env = "KEEL_BENCH_NATS_PARTITIONS", default_value_t = 4)]
     pub nats_partitions: u16,
+    /// Keyed partitions per group of the keel RabbitMQ row (keel's default: 4).
+    #[arg(long, env = "KEEL_BENCH_RABBITMQ_PARTITIONS", default_value_t = 4)]
+    pub rabbitmq_partitions: u16,
+    /// Deliveries per queue RabbitMQ sends the keel RabbitMQ row ahead of its workers (keel's
+    /// default: 128).
+    #[arg(long, env = "KEEL_BENCH_RABBITMQ_PREFETCH", default_value_t = 128)]
+    pub rabbitmq_prefetch: u16,
     /// Deliveries per partition the keel NATS row may hold ahead of its workers (keel's
     /// default: 512).
     #[arg(long, env = "KEEL_BENCH_NATS_WINDOW", default_value_t = 512)]
@@ -476,6 +483,8 @@ async fn keel_backend(ctx: &Ctx, backend: BackendKind) -> anyhow::Result<Option<
             let options = RabbitOptions {
                 namespace: namespace.clone(),
                 quorum: ctx.rabbitmq_queue == QueueType::Quorum,
+                partitions: ctx.args.rabbitmq_partitions,
+                prefetch: ctx.args.rabbitmq_prefetch,
                 ..RabbitOptions::default()
             };
             let partitions = options.partitions;

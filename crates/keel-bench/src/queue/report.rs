@@ -43,6 +43,33 @@ fn rate(rows: &[Row], backend: BackendKind, system: &str) -> Option<f64> {
         })
 }
 
+/// Every run's rate of one row, in run order, if all of them were measured.
+fn runs(rows: &[Row], backend: BackendKind, system: &str) -> Option<Vec<f64>> {
+    rows.iter()
+        .find(|r| r.backend == backend && r.system == system)
+        .filter(|r| matches!(r.outcome, Outcome::Measured(_)))
+        .map(|r| r.runs.clone())
+}
+
+/// keel's rate over raw's, round by round (the two ran one after the other).
+fn paired_ratios(rows: &[Row], backend: BackendKind) -> Vec<f64> {
+    match (runs(rows, backend, "keel"), runs(rows, backend, "raw")) {
+        (Some(keel), Some(raw)) => keel.iter().zip(&raw).map(|(k, r)| k / r).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
 fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
     if ms < 10.0 {
@@ -60,8 +87,8 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
     o.push_str(&format!(
         "\nkeel queue benchmark — {} messages of {} B per row, best of {} run(s), {} publisher(s) x batches of {}, {} consumer(s) x batches of {}, {} keys, offered rate {}\n",
         p.messages,
-        ctx.args.repeat,
         p.body_bytes,
+        ctx.args.repeat,
         p.publishers,
         p.publish_batch,
         p.workers,
@@ -185,9 +212,15 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
         v.dedup();
         v
     };
+    o.push_str(
+        "  (judged on the median over rounds: of keel's rate, or of keel/raw within each round, where raw and keel ran one after the other)\n",
+    );
     for b in backends {
         let (keel, raw) = (rate(rows, b, "keel"), rate(rows, b, "raw"));
-        let ratio = keel.zip(raw).map(|(k, r)| k / r);
+        let best = keel.zip(raw).map(|(k, r)| k / r);
+        let paired = paired_ratios(rows, b);
+        let ratio = median(&paired);
+        let keel_median = runs(rows, b, "keel").and_then(|r| median(&r));
         let ratio_text = ratio.map_or("n/a".into(), |v| format!("{v:.2}x"));
         let (target_text, verdict) = match target(b) {
             Target::Ratio(t) => (
@@ -196,15 +229,22 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
             ),
             Target::Rate(t) => (
                 format!("keel >= {t:.0} msg/s"),
-                keel.map_or("(not measured)", |v| if v >= t { "MET" } else { "MISSED" }),
+                keel_median.map_or("(not measured)", |v| if v >= t { "MET" } else { "MISSED" }),
             ),
         };
         o.push_str(&format!(
-            "  {:<9} keel/raw {:>7}   target {:<22} {:<15} (raw reference on this machine: {} msg/s)\n",
+            "  {:<9} keel/raw {:>7}   target {:<22} {:<15} (rounds: {}; best/best {}; keel median {}; raw reference on this machine: {} msg/s)\n",
             b.key(),
             ratio_text,
             target_text,
             verdict,
+            paired
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            best.map_or("n/a".into(), |v| format!("{v:.2}x")),
+            keel_median.map_or("n/a".into(), |v| format!("{v:.0}")),
             reference(b, ctx)
         ));
     }
@@ -269,4 +309,16 @@ pub fn to_json(
         },
         "rows": rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[0.9, 0.5, 0.7]), Some(0.7));
+        assert_eq!(median(&[0.8, 0.6]), Some(0.7));
+    }
 }

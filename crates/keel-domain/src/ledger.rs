@@ -80,7 +80,10 @@ impl<S, A> Entry<S, A> {
 #[derive(Debug)]
 pub struct Ledger<S, A> {
     next_seq: i64,
-    groups: HashMap<String, BTreeMap<i64, Entry<S, A>>>,
+    /// Entries boxed: an entry (the message and its acker) is hundreds of bytes, and a B-tree
+    /// node shifts its neighbours on every insert and removal (measured: 7% of the NATS
+    /// benchmark's client CPU in memmove before).
+    groups: HashMap<String, BTreeMap<i64, Box<Entry<S, A>>>>,
     /// Which group a sequence number belongs to, for `ack` and `retry`.
     group_of: HashMap<i64, String>,
 }
@@ -130,7 +133,7 @@ impl<S: Copy + Eq + Hash, A: Clone> Ledger<S, A> {
         };
         entries.insert(
             seq,
-            Entry {
+            Box::new(Entry {
                 link,
                 slot,
                 message,
@@ -138,7 +141,7 @@ impl<S: Copy + Eq + Hash, A: Clone> Ledger<S, A> {
                 handed: 0,
                 state: State::Ready,
                 touched: now,
-            },
+            }),
         );
     }
 
@@ -221,7 +224,10 @@ impl<S: Copy + Eq + Hash, A: Clone> Ledger<S, A> {
 
     /// The group's entries, if `tag` is the lease of a message in it. A lease that ran out but
     /// was not handed to anyone else yet still settles, as with the SQL queue.
-    fn holding(&mut self, tag: DeliveryTag) -> Result<&mut BTreeMap<i64, Entry<S, A>>, LeaseLost> {
+    fn holding(
+        &mut self,
+        tag: DeliveryTag,
+    ) -> Result<&mut BTreeMap<i64, Box<Entry<S, A>>>, LeaseLost> {
         let group = self.group_of.get(&tag.seq).ok_or(LeaseLost)?;
         let entries = self.groups.get_mut(group).ok_or(LeaseLost)?;
         match entries.get(&tag.seq).map(|e| e.state) {

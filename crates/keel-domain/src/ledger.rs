@@ -76,6 +76,9 @@ impl<S, A> Entry<S, A> {
     }
 }
 
+/// One group's held messages by sequence number (arrival order).
+type Entries<S, A> = BTreeMap<i64, Box<Entry<S, A>>>;
+
 /// The held deliveries of every group, in arrival order per group.
 #[derive(Debug)]
 pub struct Ledger<S, A> {
@@ -83,7 +86,7 @@ pub struct Ledger<S, A> {
     /// Entries boxed: an entry (the message and its acker) is hundreds of bytes, and a B-tree
     /// node shifts its neighbours on every insert and removal (measured: 7% of the NATS
     /// benchmark's client CPU in memmove before).
-    groups: HashMap<String, BTreeMap<i64, Box<Entry<S, A>>>>,
+    groups: HashMap<String, Entries<S, A>>,
     /// Which group a sequence number belongs to, for `ack` and `retry`.
     group_of: HashMap<i64, String>,
 }
@@ -224,10 +227,7 @@ impl<S: Copy + Eq + Hash, A: Clone> Ledger<S, A> {
 
     /// The group's entries, if `tag` is the lease of a message in it. A lease that ran out but
     /// was not handed to anyone else yet still settles, as with the SQL queue.
-    fn holding(
-        &mut self,
-        tag: DeliveryTag,
-    ) -> Result<&mut BTreeMap<i64, Box<Entry<S, A>>>, LeaseLost> {
+    fn holding(&mut self, tag: DeliveryTag) -> Result<&mut Entries<S, A>, LeaseLost> {
         let group = self.group_of.get(&tag.seq).ok_or(LeaseLost)?;
         let entries = self.groups.get_mut(group).ok_or(LeaseLost)?;
         match entries.get(&tag.seq).map(|e| e.state) {

@@ -127,25 +127,25 @@ impl<S: Copy + Eq + Hash, A: Clone> Ledger<S, A> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.group_of.insert(seq, group.to_owned());
-        // Looked up before an entry is made: `entry` would allocate the name for every message.
-        if !self.groups.contains_key(group) {
-            self.groups.insert(group.to_owned(), BTreeMap::new());
+        let entry = Box::new(Entry {
+            link,
+            slot,
+            message,
+            acker,
+            handed: 0,
+            state: State::Ready,
+            touched: now,
+        });
+        // Looked up first: `entry(group.to_owned())` would allocate the name for every message.
+        match self.groups.get_mut(group) {
+            Some(entries) => {
+                entries.insert(seq, entry);
+            }
+            None => {
+                self.groups
+                    .insert(group.to_owned(), BTreeMap::from([(seq, entry)]));
+            }
         }
-        let Some(entries) = self.groups.get_mut(group) else {
-            return;
-        };
-        entries.insert(
-            seq,
-            Box::new(Entry {
-                link,
-                slot,
-                message,
-                acker,
-                handed: 0,
-                state: State::Ready,
-                touched: now,
-            }),
-        );
     }
 
     /// Hands out up to `max` messages of `group`, oldest first, skipping every key that has a

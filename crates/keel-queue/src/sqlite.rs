@@ -123,7 +123,7 @@ impl SqliteQueue {
             .map_err(classify)?;
         let checkpoints = options.connect().await.map_err(classify)?;
         let wal = Arc::new(AtomicI64::new(0));
-        let (commits, committed) = watch::channel(0u64);
+        let (commits, committed) = watch::channel(());
         tokio::spawn(checkpoint_loop(checkpoints, committed, wal.clone()));
         let (writer, writes) = mpsc::channel(QUEUED_WRITES);
         tokio::spawn(write_loop(conn, writes, limits, commits, wal));
@@ -207,7 +207,7 @@ enum Done {
     Routed(Result<Vec<bool>, BrokerError>),
     /// The claimed rows and their lease, decoded by the caller (not in the writer, which
     /// every write waits for).
-    Fetched(Vec<DeliveryRow>, Uuid),
+    Fetched(Result<(Vec<DeliveryRow>, Uuid), BrokerError>),
     Acked(Vec<Result<(), BrokerError>>),
 }
 
@@ -219,7 +219,7 @@ impl Op {
                 Done::Unit(Err(group_fault(e)))
             }
             Op::Publish(_) => Done::Routed(Err(group_fault(e))),
-            Op::Fetch { .. } => Done::Unit(Err(group_fault(e))),
+            Op::Fetch { .. } => Done::Fetched(Err(group_fault(e))),
             Op::Ack(tags) => Done::Acked(tags.iter().map(|_| Err(group_fault(e))).collect()),
         }
     }
@@ -238,7 +238,7 @@ const WAL_BOUND: i64 = 16_384;
 /// [`CHECKPOINT_EVERY`], and publishes the WAL's length in frames; ends with the writer.
 async fn checkpoint_loop(
     mut conn: SqliteConnection,
-    mut committed: watch::Receiver<u64>,
+    mut committed: watch::Receiver<()>,
     wal: Arc<AtomicI64>,
 ) {
     while committed.changed().await.is_ok() {
@@ -257,7 +257,7 @@ async fn write_loop(
     mut conn: SqliteConnection,
     mut writes: mpsc::Receiver<Write>,
     limits: QueueLimits,
-    commits: watch::Sender<u64>,
+    commits: watch::Sender<()>,
     wal: Arc<AtomicI64>,
 ) {
     let mut group = Vec::with_capacity(GROUP_WRITES);
@@ -278,7 +278,7 @@ async fn write_loop(
                 group.iter().map(|w| w.op.failed(&e)).collect()
             }
         };
-        commits.send_modify(|n| *n += 1);
+        commits.send_replace(());
         for (write, done) in group.drain(..).zip(done) {
             // A caller that stopped waiting is not an error: its write stands (or not) as done.
             let _ = write.reply.send(done);
@@ -415,10 +415,7 @@ async fn apply(
             let copies = [(group.as_str(), message)];
             Done::Unit(store(tx, state, &copies, limits).await?)
         }
-        Op::Fetch { group, max, lease } => {
-            let (rows, token) = claim(tx, group, *max, *lease).await?;
-            Done::Fetched(rows, token)
-        }
+        Op::Fetch { group, max, lease } => Done::Fetched(Ok(claim(tx, group, *max, *lease).await?)),
         Op::Ack(tags) => Done::Acked(ack(tx, state, tags).await?),
         Op::Retry { tag, delay } => {
             let at = micros(Utc::now()).saturating_add(duration_micros(*delay));
@@ -732,8 +729,7 @@ impl Broker for SqliteQueue {
             lease,
         };
         match self.write(op).await? {
-            Done::Fetched(rows, token) => deliveries(rows, group, token),
-            Done::Unit(Err(e)) => Err(e),
+            Done::Fetched(res) => res.and_then(|(rows, token)| deliveries(rows, group, token)),
             _ => Err(unexpected()),
         }
     }

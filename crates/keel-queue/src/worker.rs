@@ -163,21 +163,26 @@ impl Worker {
     }
 
     /// Per-group counters of what rounds came to, and the publish-to-handle latency: one
-    /// increment per outcome and round, and the histogram's handle looked up once per round
-    /// (each lookup hashes the name and labels in the recorder's registry).
+    /// increment per outcome and round, and the histogram's handle looked up at most once per
+    /// round (each lookup hashes the name and labels in the recorder's registry).
     fn count(&self, outcomes: &[Outcome], deliveries: &[Delivery]) {
         let now = Utc::now();
         let group = &self.group;
         let (mut acked, mut retried, mut kept, mut lost) = (0, 0, 0, 0);
         let mut admitted: Vec<AdmissionReason> = Vec::new();
-        let latency =
-            metrics::histogram!("keel_queue_publish_to_handle_seconds", "group" => group.clone());
+        let mut latency = None;
         for (outcome, delivery) in outcomes.iter().zip(deliveries) {
             match outcome {
                 Outcome::Acked => {
                     acked += 1;
                     let waited = (now - delivery.published_at).to_std().unwrap_or_default();
-                    latency.record(waited.as_secs_f64());
+                    latency
+                        .get_or_insert_with(|| {
+                            metrics::histogram!(
+                                "keel_queue_publish_to_handle_seconds", "group" => group.clone()
+                            )
+                        })
+                        .record(waited.as_secs_f64());
                 }
                 Outcome::Retried => retried += 1,
                 Outcome::Admitted(reason) => admitted.push(*reason),

@@ -1,6 +1,7 @@
 //! The `Broker` behavioural suite on the embedded queue: SQLite, and the real PostgreSQL server;
 //! then what the SQL queue promises beyond the suite: a batch is stored all or nothing, and a
-//! write refused in a group commit leaves the others of its transaction alone.
+//! write refused in a group commit leaves the others of its transaction alone, and SQLite's
+//! checkpoints happen beside the writer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -421,4 +422,44 @@ async fn postgres_publishes_follow_bindings_made_by_another_process() {
         bodies(one.fetch("first", 10, LEASE).await.unwrap()),
         [b"a".to_vec(), b"b".to_vec()]
     );
+}
+
+/// The writer never checkpoints on its own (`wal_autocheckpoint = 0`): the checkpointer beside it
+/// copies committed pages back into the database file. Without it, the file would keep only its
+/// schema and the WAL would hold everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_reach_the_database_file_through_the_checkpointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("queue.db");
+    let url = format!("sqlite://{}", file.display());
+    let queue = SqliteQueue::open(&url, QueueLimits::default())
+        .await
+        .unwrap();
+    queue.bind("bulk", "job.#").await.unwrap();
+    let empty = std::fs::metadata(&file).unwrap().len();
+    for round in 0..20 {
+        let batch: Vec<(String, Outgoing)> = (0..100)
+            .map(|i| {
+                (
+                    "job.bulk".to_owned(),
+                    Outgoing::new(vec![(round + i) as u8; 2048]),
+                )
+            })
+            .collect();
+        queue.publish_many(&batch).await.unwrap();
+    }
+    // 2,000 bodies of 2 KiB: about 4 MB once checkpointed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let size = std::fs::metadata(&file).unwrap().len();
+        if size > empty + 3_000_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {size} bytes (empty: {empty}): nothing was checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queue.depth("bulk").await.unwrap().ready, 2000);
 }

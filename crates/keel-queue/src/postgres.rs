@@ -51,6 +51,11 @@ const MIGRATIONS: &[keel_store_sql::EmbeddedMigration] = &[
         "queue vacuum",
         include_str!("../migrations/postgres/0006_queue_vacuum.sql"),
     ),
+    (
+        7,
+        "queue floors",
+        include_str!("../migrations/postgres/0007_queue_floors.sql"),
+    ),
 ];
 
 /// The SQLSTATE of `queue_refuse_full()` (migration 0005): a publish found a group without room.
@@ -64,6 +69,14 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
 /// they seldom wait on each other's row.
 const RELEASE_SLOTS: i16 = 16;
 
+/// How often a process advances the floors of the groups it fetches from (migration 0007). A
+/// floor trails the group's oldest live message by at most about two periods of acks, the index
+/// entries a claim may still step over.
+const FLOOR_PERIOD: Duration = Duration::from_millis(50);
+
+/// A group nobody in this process fetched from for this long is no longer advanced here.
+const FLOOR_IDLE: Duration = Duration::from_secs(30);
+
 /// The queue in PostgreSQL tables.
 #[derive(Debug, Clone)]
 pub struct PostgresQueue {
@@ -76,6 +89,18 @@ pub struct PostgresQueue {
     /// them changed stores nothing, and is routed again with the table's (see [`store_statement`]).
     bindings: Arc<Mutex<Option<Arc<Bindings>>>>,
     limits: QueueLimits,
+    /// The floors this process knows and the proof it is building for the next ones (see
+    /// [`PostgresQueue::advance_floors`]); a background task advances them while the queue lives.
+    floors: Arc<Mutex<Floors>>,
+}
+
+#[derive(Debug, Default)]
+struct Floors {
+    /// Per group fetched from: its floor as last known, and when it was last fetched from.
+    groups: std::collections::HashMap<String, (i64, std::time::Instant)>,
+    /// A sequence value L and a transaction id X drawn after L was read: once no transaction
+    /// with an id below X runs, every transaction that drew a `seq` up to L has ended.
+    proof: Option<(i64, i64)>,
 }
 
 /// `(group, pattern)` pairs in byte order (the order of `COLLATE "C"`).
@@ -124,12 +149,48 @@ impl PostgresQueue {
             .connect_with(claim_options)
             .await
             .map_err(classify)?;
-        Ok(Self {
+        let queue = Self {
             pool,
             claims,
             bindings: Arc::default(),
             limits,
-        })
+            floors: Arc::default(),
+        };
+        queue.spawn_floor_keeper();
+        Ok(queue)
+    }
+
+    /// Advances the floors every [`FLOOR_PERIOD`] until every clone of this queue is dropped.
+    fn spawn_floor_keeper(&self) {
+        let floors = Arc::downgrade(&self.floors);
+        let (pool, claims) = (self.pool.clone(), self.claims.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FLOOR_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(floors) = floors.upgrade() else {
+                    return;
+                };
+                if let Err(e) = advance_floors(&pool, &claims, &floors).await {
+                    // Only the claims' shortcut waits; the next period tries again.
+                    tracing::debug!(error = %e, "queue floors not advanced");
+                }
+            }
+        });
+    }
+
+    /// One step of the floor keeper, now: finishes the pending proof if it can and raises the
+    /// floors of the groups fetched from, then starts the next proof. The background task does
+    /// this every [`FLOOR_PERIOD`]; tests call it to see a floor move without waiting.
+    pub async fn advance_floors(&self) -> Result<(), BrokerError> {
+        advance_floors(&self.pool, &self.claims, &self.floors).await
+    }
+
+    /// The floor this process uses for `group`'s claims (0 before it first fetched from it).
+    pub fn floor(&self, group: &str) -> i64 {
+        let floors = self.floors.lock().expect("floors lock");
+        floors.groups.get(group).map_or(0, |g| g.0)
     }
 
     /// Reads the bindings from the table and keeps them for the next publishes.
@@ -272,11 +333,7 @@ impl Broker for PostgresQueue {
         keel_domain::queue::check_name("group", group, false)?;
         keel_domain::queue::check_name("pattern", pattern, true)?;
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query("INSERT INTO queue_groups (grp) VALUES ($1) ON CONFLICT (grp) DO NOTHING")
-            .bind(group)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        create_group(&mut tx, group).await?;
         sqlx::query(
             "INSERT INTO queue_bindings (grp, pattern) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
@@ -342,11 +399,7 @@ impl Broker for PostgresQueue {
         keel_domain::queue::check_name("group", group, false)?;
         check_publish(topic, &message.body, &self.limits)?;
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query("INSERT INTO queue_groups (grp) VALUES ($1) ON CONFLICT (grp) DO NOTHING")
-            .bind(group)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        create_group(&mut tx, group).await?;
         // No routing: the group is named.
         self.store(&mut *tx, &[(group, topic, &message)], None)
             .await?;
@@ -370,13 +423,30 @@ impl Broker for PostgresQueue {
     ) -> Result<Vec<Delivery>, BrokerError> {
         let now = micros(Utc::now());
         let token = Uuid::new_v4();
+        let floor = {
+            let mut floors = self.floors.lock().expect("floors lock");
+            let started = std::time::Instant::now();
+            match floors.groups.get_mut(group) {
+                Some(entry) => {
+                    entry.1 = started;
+                    entry.0
+                }
+                None => {
+                    floors.groups.insert(group.to_owned(), (0, started));
+                    0
+                }
+            }
+        };
+        // No live message lies below the floor (migration 0007), so both index walks start there:
+        // the claim's over `(grp, seq)` and each key check's over `(grp, msg_key, seq)`.
         let rows: Vec<DeliveryRow> = sqlx::query_as(
             "UPDATE queue_messages SET lease = $1, lease_until = $2, attempts = attempts + 1 \
              WHERE seq IN ( \
                SELECT m.seq FROM queue_messages m \
-               WHERE m.grp = $3 AND m.available_at <= $4 AND (m.lease_until IS NULL OR m.lease_until < $5) \
+               WHERE m.grp = $3 AND m.seq >= $7 AND m.available_at <= $4 AND (m.lease_until IS NULL OR m.lease_until < $5) \
                  AND (m.msg_key IS NULL OR NOT EXISTS ( \
-                   SELECT 1 FROM queue_messages o WHERE o.grp = m.grp AND o.msg_key = m.msg_key AND o.seq < m.seq)) \
+                   SELECT 1 FROM queue_messages o \
+                   WHERE o.grp = m.grp AND o.msg_key = m.msg_key AND o.seq >= $7 AND o.seq < m.seq)) \
                ORDER BY m.seq LIMIT $6 FOR UPDATE SKIP LOCKED) \
              RETURNING seq, id::text, topic, msg_key, headers, body, published_at, expires_at, attempts",
         )
@@ -386,6 +456,7 @@ impl Broker for PostgresQueue {
         .bind(now)
         .bind(now)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .bind(floor)
         .fetch_all(&self.claims)
         .await
         .map_err(classify)?;
@@ -452,6 +523,109 @@ impl Broker for PostgresQueue {
         .map_err(classify)?;
         Ok(depth(now, total, in_flight, oldest))
     }
+}
+
+/// Makes `group` if it does not exist, with its floor (migration 0007).
+async fn create_group(tx: &mut sqlx::PgConnection, group: &str) -> Result<(), BrokerError> {
+    for sql in [
+        "INSERT INTO queue_groups (grp) VALUES ($1) ON CONFLICT (grp) DO NOTHING",
+        "INSERT INTO queue_group_floors (grp) VALUES ($1) ON CONFLICT (grp) DO NOTHING",
+    ] {
+        sqlx::query(sql)
+            .bind(group)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// One step of the floor keeper (migration 0007).
+///
+/// A proof is a sequence value L, read first, and then a transaction id X, drawn by a statement
+/// of its own after L was read. Every transaction takes its id before it draws a `seq`
+/// (`queue_next_seq()`), so one that drew a `seq` up to L has an id below X. Once no transaction
+/// with an id below X runs (the oldest running id in a statement's snapshot is X or more), every
+/// row with a `seq` up to L is committed and visible to that statement, or never will be, and
+/// no later row can have one: a group's new floor is the least of its first live `seq`
+/// (searched from its old floor) and L + 1. One statement checks the proof and reads the rows
+/// with the same snapshot. Floors only rise, whichever process raises them; each process takes
+/// the highest it sees. The walk from the old floor steps over the entries acknowledged since,
+/// once per period and process instead of once per claim.
+///
+/// Any long transaction in the database that holds an id (one that writes) holds the floors
+/// where they are until it ends: claims then walk as they did before floors existed, slower but
+/// never wrong.
+///
+/// The check runs on the claims' connections: their planner settings keep the walk on
+/// `(grp, seq)` and their statement timeout bounds it.
+async fn advance_floors(
+    pool: &PgPool,
+    claims: &PgPool,
+    floors: &Mutex<Floors>,
+) -> Result<(), BrokerError> {
+    let (groups, proof) = {
+        let mut floors = floors.lock().expect("floors lock");
+        floors
+            .groups
+            .retain(|_, (_, fetched)| fetched.elapsed() < FLOOR_IDLE);
+        let groups: Vec<String> = floors.groups.keys().cloned().collect();
+        (groups, floors.proof)
+    };
+    if groups.is_empty() {
+        return Ok(());
+    }
+    if let Some((last, xid)) = proof {
+        let rows: Vec<(bool, String, i64)> = sqlx::query_as(
+            "WITH proof AS ( \
+               SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8 AS done), \
+             g AS (SELECT grp, floor FROM queue_group_floors WHERE grp = ANY($2::text[])), \
+             n AS ( \
+               SELECT g.grp, LEAST($3::bigint + 1, COALESCE( \
+                 (SELECT m.seq FROM queue_messages m WHERE m.grp = g.grp AND m.seq >= g.floor ORDER BY m.seq LIMIT 1), \
+                 $3::bigint + 1)) AS floor \
+               FROM g WHERE (SELECT done FROM proof)), \
+             raised AS ( \
+               UPDATE queue_group_floors f SET floor = n.floor FROM n WHERE f.grp = n.grp AND f.floor < n.floor) \
+             SELECT (SELECT done FROM proof), g.grp, GREATEST(g.floor, COALESCE(n.floor, 0)) \
+             FROM g LEFT JOIN n USING (grp)",
+        )
+        .bind(xid.to_string())
+        .bind(&groups)
+        .bind(last)
+        .fetch_all(claims)
+        .await
+        .map_err(classify)?;
+        let done = rows.first().is_none_or(|r| r.0);
+        {
+            let mut floors = floors.lock().expect("floors lock");
+            for (_, group, floor) in rows {
+                if let Some(entry) = floors.groups.get_mut(&group) {
+                    entry.0 = entry.0.max(floor);
+                }
+            }
+            if done {
+                floors.proof = None;
+            }
+        }
+        if !done {
+            // A transaction older than X still runs: the same proof next period.
+            return Ok(());
+        }
+    }
+    // The next proof: L first, then X in a later statement (its own transaction, committed).
+    let last: i64 = sqlx::query_scalar(
+        "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM queue_messages_seq_seq",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(classify)?;
+    let xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(pool)
+        .await
+        .map_err(classify)?;
+    floors.lock().expect("floors lock").proof = Some((last, xid));
+    Ok(())
 }
 
 impl PostgresQueue {

@@ -153,8 +153,8 @@ async fn a_postgres_queue_migrated_in_the_default_table_is_adopted_not_migrated_
             .fetch_all(&pool)
             .await
             .unwrap();
-    // 1, 2 and 4 adopted; 5 (ack counters) and 6 (vacuum settings) applied after them.
-    assert_eq!(adopted, [1, 2, 4, 5, 6]);
+    // 1, 2 and 4 adopted; 5 (ack counters), 6 (vacuum settings) and 7 (floors) applied after.
+    assert_eq!(adopted, [1, 2, 4, 5, 6, 7]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,9 +10,12 @@
 //!   latency of keel's `Broker` and `Worker` on each backend beside the broker's raw client;
 //!   prints the table and the keel/raw ratios against the targets and writes
 //!   `bench/out/queue.json`. `bash bench/queue.sh` builds it and calls this.
+//! * `keel-bench identity` — access-token verifications per second and login latency at the
+//!   chosen argon2id parameters; writes `bench/out/identity.json`. `bash bench/identity.sh`.
 
 mod bare;
 mod http;
+mod identity;
 mod queue;
 mod report;
 mod run;
@@ -46,6 +49,8 @@ enum Cmd {
     Run(Box<run::RunArgs>),
     /// Run the queue benchmark (keel's broker and worker vs each broker's raw client).
     Queue(Box<queue::QueueArgs>),
+    /// Run the identity benchmark (token verification, login latency).
+    Identity(Box<identity::IdentityArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bare { listen } => bare::serve(&listen),
         Cmd::Run(args) => run::run(*args),
         Cmd::Queue(args) => queue::run(*args),
+        Cmd::Identity(args) => identity::run(*args),
     }
 }

@@ -8,13 +8,22 @@
 //! - [`recovery`]: single-use MFA recovery codes, kept only as hashes;
 //! - [`token`]: signed access tokens (JWT, EdDSA) with a `kid`, signing keys that rotate with an
 //!   overlap, their JWKS, and a strict verifier (no `alg: none`, no algorithm confusion, no
-//!   unknown key, times, issuer and audience checked).
+//!   unknown key, times, issuer and audience checked);
+//! - [`refresh`]: refresh tokens that rotate on every use, a reused one revoking its family;
+//! - [`lockout`]: brute-force slow-down per client, per account, and per trusted device, never
+//!   a lockout without end;
+//! - [`pkce`]: RFC 7636 proof keys, `S256` only;
+//! - [`envelope`]: envelope encryption of personal data at rest, with master-key rotation.
 //!
 //! **Invariant:** nothing here reads a clock, a file or the network; callers pass the time in,
 //! so every rule is tested at exact instants.
 
+pub mod envelope;
+pub mod lockout;
 pub mod password;
+pub mod pkce;
 pub mod recovery;
+pub mod refresh;
 pub mod token;
 pub mod totp;
 

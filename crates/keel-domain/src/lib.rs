@@ -8,6 +8,8 @@
 //! - [`events`]: user events (outbox), jobs and subscriber effects: the [`EventStore`] port.
 //! - [`trace`]: the request's trace context, carried into message headers.
 //! - [`hospital`]: the [`Hospital`] port, where messages whose handling failed for good wait.
+//! - [`identity`]: the [`IdentityStore`] port: credentials, sign-in failures, refresh-token
+//!   families, signing keys and the authentication audit log of the built-in IdP.
 //! - [`ledger`]: the deliveries a broker adapter holds in its process and the rules that hand
 //!   them out (per-key order, leases, retry delays), for brokers that do not keep them.
 //!
@@ -16,6 +18,7 @@
 pub mod caching;
 pub mod events;
 pub mod hospital;
+pub mod identity;
 pub mod ledger;
 pub mod queue;
 pub mod repo;
@@ -28,6 +31,9 @@ pub use hospital::{
     AdmissionReason, AttemptRecord, CauseCount, Edit, Hospital, HospitalError, NoticeClaim,
     Patient, PatientFilter, PatientPage, PatientQuery, PatientState, ReplayClaim, Settlement,
     Transition,
+};
+pub use identity::{
+    AuthEvent, AuthEventQuery, Credentials, Failures, IdentityStore, RefreshFamily,
 };
 pub use queue::{
     Broker, BrokerError, Capabilities, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth,

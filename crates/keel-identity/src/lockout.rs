@@ -14,8 +14,6 @@
 //! a success resets it. Attempts refused while waiting do not count (a flood cannot extend the
 //! wait beyond the cap).
 
-use serde::{Deserialize, Serialize};
-
 /// The slow-down rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockoutPolicy {
@@ -37,13 +35,7 @@ impl Default for LockoutPolicy {
     }
 }
 
-/// Consecutive failures for one key, as stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failures {
-    pub count: u32,
-    /// Unix seconds before which attempts are refused (0: none).
-    pub wait_until: i64,
-}
+pub use keel_domain::Failures;
 
 /// An attempt refused until `until` (unix seconds); answered as 429 with `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

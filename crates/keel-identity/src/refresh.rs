@@ -12,21 +12,9 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-/// A family as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Family {
-    pub id: String,
-    pub subject: String,
-    pub client_id: String,
-    /// The generation of the only token that works now.
-    pub generation: u64,
-    /// Unix seconds after which no token of the family works (the sign-in's lifetime).
-    pub expires_at: i64,
-    pub revoked: bool,
-}
+pub use keel_domain::RefreshFamily as Family;
 
 /// What presenting a token did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,6 +38,11 @@ impl StoreDialect for MariaDbDialect {
     const MIGRATIONS: &'static [keel_store_sql::EmbeddedMigration] = &[
         (1, "users", include_str!("../migrations/0001_users.sql")),
         (2, "events", include_str!("../migrations/0002_events.sql")),
+        (
+            3,
+            "identity",
+            include_str!("../migrations/0003_identity.sql"),
+        ),
     ];
 
     fn connect_options(url: &str) -> Result<MySqlConnectOptions, StoreError> {

@@ -7,6 +7,7 @@
 //!   classification of driver errors into the domain's [`StoreError`].
 
 pub mod events;
+pub mod identity;
 pub mod store;
 
 use std::borrow::Cow;

@@ -102,7 +102,7 @@ pub trait StoreDialect: Send + Sync + 'static {
 /// on its engine (`SqliteStore`, `PostgresStore`, `MariaDbStore`).
 #[derive(Debug)]
 pub struct SqlStore<D: StoreDialect> {
-    pool: Pool<D::Db>,
+    pub(crate) pool: Pool<D::Db>,
 }
 
 // By hand: a derived `Clone` would ask the driver type (`D::Db`) to be `Clone`, which it is not
@@ -304,6 +304,19 @@ where
             .map_err(map_err::<D>)?;
         if D::rows_affected(&res) == 0 {
             return Ok(false);
+        }
+        // The account goes with its user (GDPR erasure): credentials, roles and sessions, in
+        // the same transaction. The audit log keeps its entries, which name the id only.
+        for sql in [
+            "DELETE FROM identity_credentials WHERE user_id = ?",
+            "DELETE FROM identity_roles WHERE user_id = ?",
+            "DELETE FROM identity_refresh_families WHERE subject = ?",
+        ] {
+            query::<D>(sql)
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err::<D>)?;
         }
         let (topic, event) = keel_domain::events::user_deleted(id);
         Self::enqueue(conn, topic, &event).await?;

@@ -44,6 +44,11 @@ impl StoreDialect for SqliteDialect {
     const MIGRATIONS: &'static [keel_store_sql::EmbeddedMigration] = &[
         (1, "users", include_str!("../migrations/0001_users.sql")),
         (2, "events", include_str!("../migrations/0002_events.sql")),
+        (
+            3,
+            "identity",
+            include_str!("../migrations/0003_identity.sql"),
+        ),
     ];
 
     /// `url` is `sqlite://path` or `sqlite::memory:`; a missing file is created.

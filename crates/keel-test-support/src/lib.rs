@@ -3,6 +3,8 @@
 //! - [`broker_suite`]: the behavioural suite of the [`keel_domain::Broker`] port.
 //! - [`event_suite`]: the behavioural suite of the [`keel_domain::EventStore`] port (outbox, jobs,
 //!   subscriber effects) and of the events every user write enqueues.
+//! - [`identity_suite`]: the behavioural suite of the [`keel_domain::IdentityStore`] port
+//!   (credentials, roles, sign-in failures, refresh families, signing keys, the audit log).
 //! - [`hospital_suite`]: the behavioural suite of the [`keel_domain::Hospital`] port.
 //! - [`repo_suite`]: the behavioural suite of the [`keel_domain::UserRepo`] port; each store
 //!   crate runs it against its real engine, so every backend is held to the same behaviour.
@@ -12,5 +14,6 @@
 pub mod broker_suite;
 pub mod event_suite;
 pub mod hospital_suite;
+pub mod identity_suite;
 pub mod repo_suite;
 pub mod services;

@@ -1,0 +1,148 @@
+//! The identity provider's storage port (DESIGN.md C8): what the IdP keeps beside the users.
+//!
+//! The IdP's accounts *are* the users of [`crate::UserRepo`] (one identity model): an account's
+//! [`Credentials`] hang off its user id, and deleting the user deletes them in the same
+//! transaction. Times here are unix seconds, the resolution of every rule they feed (token
+//! lifetimes, lockout waits). Secrets arrive already protected: password hashes, sealed TOTP
+//! secrets and sealed signing keys, hashed recovery codes — the store never sees a plaintext.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::repo::StoreError;
+use crate::user::UserId;
+
+/// An account's credentials and security state. `version` grows by one per write; a write
+/// applies only over the version before it (optimistic concurrency: two logins racing to record
+/// a TOTP step cannot both win).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user_id: UserId,
+    /// argon2id PHC string; `None` for an invited account that has not chosen one yet.
+    pub password_hash: Option<String>,
+    pub password_changed_at: Option<i64>,
+    pub email_verified_at: Option<i64>,
+    pub disabled_at: Option<i64>,
+    /// Role names, sorted.
+    pub roles: Vec<String>,
+    /// The TOTP secret, sealed (envelope encryption); `None` until MFA is enrolled.
+    pub totp_secret: Option<String>,
+    /// The TOTP step last accepted (replays of it and earlier steps are refused).
+    pub totp_last_step: Option<i64>,
+    /// Hashes of the unused recovery codes.
+    pub recovery_codes: Vec<String>,
+    pub last_login_at: Option<i64>,
+    pub version: i64,
+}
+
+impl Credentials {
+    /// A new account's credentials (version 1).
+    pub fn new(user_id: UserId) -> Self {
+        Self {
+            user_id,
+            password_hash: None,
+            password_changed_at: None,
+            email_verified_at: None,
+            disabled_at: None,
+            roles: Vec::new(),
+            totp_secret: None,
+            totp_last_step: None,
+            recovery_codes: Vec::new(),
+            last_login_at: None,
+            version: 1,
+        }
+    }
+}
+
+/// Consecutive failed sign-ins for one key (a client, an account, an account on a device).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    pub count: u32,
+    /// Unix seconds before which attempts are refused (0: none).
+    pub wait_until: i64,
+}
+
+/// A refresh-token family: one sign-in of one subject at one client; only its current
+/// generation's token works.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshFamily {
+    pub id: String,
+    pub subject: String,
+    pub client_id: String,
+    pub generation: u64,
+    /// Unix seconds after which no token of the family works.
+    pub expires_at: i64,
+    pub revoked: bool,
+}
+
+/// One entry of the authentication audit log: who did what, when, from where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthEvent {
+    /// Assigned by the store, growing in commit order; 0 before it is stored.
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Who acted: a user id, `anonymous`, or `system`.
+    pub actor: String,
+    /// What happened, in snake_case (`login_succeeded`, `login_failed`, `account_disabled`, …).
+    pub action: String,
+    /// The account acted on, if any.
+    pub subject: Option<String>,
+    /// Where from: the client's address.
+    pub client: Option<String>,
+    /// Anything else, as a JSON object (never a secret).
+    pub detail: serde_json::Value,
+}
+
+/// Which audit entries to read: newest first, before `before` if given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthEventQuery {
+    pub subject: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// Storage of the IdP's state. Every relational backend implements it with the same behaviour,
+/// proven by one behavioural suite (`keel-test-support::identity_suite`).
+#[async_trait]
+pub trait IdentityStore: Send + Sync + 'static {
+    async fn credentials(&self, user: UserId) -> Result<Option<Credentials>, StoreError>;
+    /// Writes `credentials` if the stored version is `credentials.version - 1` (or there is no
+    /// row and the version is 1); `StaleVersion` otherwise.
+    async fn put_credentials(&self, credentials: &Credentials) -> Result<(), StoreError>;
+    /// Accounts holding `role`, in user-id order (for "is there an admin yet?" and admin lists).
+    async fn holders_of(&self, role: &str, limit: u32) -> Result<Vec<UserId>, StoreError>;
+
+    /// The failures recorded for `key` (none: the default).
+    async fn failures(&self, key: &str) -> Result<Failures, StoreError>;
+    /// Records `failures` for `key`; the default record removes the key.
+    async fn put_failures(&self, key: &str, failures: Failures) -> Result<(), StoreError>;
+
+    async fn family(&self, id: &str) -> Result<Option<RefreshFamily>, StoreError>;
+    async fn insert_family(&self, family: &RefreshFamily) -> Result<(), StoreError>;
+    /// Replaces the family with `family` if its stored generation is still `from_generation`
+    /// and it is not revoked; false otherwise (another use won the race).
+    async fn advance_family(
+        &self,
+        family: &RefreshFamily,
+        from_generation: u64,
+    ) -> Result<bool, StoreError>;
+    /// Revokes one family.
+    async fn revoke_family(&self, id: &str) -> Result<(), StoreError>;
+    /// Revokes every family of `subject` (sign out everywhere, disable, password change);
+    /// returns how many were live.
+    async fn revoke_families_of(&self, subject: &str) -> Result<u64, StoreError>;
+
+    /// The signing key set, sealed, and its version; `None` before the first start.
+    async fn signing_keys(&self) -> Result<Option<(String, i64)>, StoreError>;
+    /// Stores the sealed key set if the stored version is `version - 1` (or none is stored and
+    /// `version` is 1): false when another process wrote first (it then reads theirs).
+    async fn put_signing_keys(&self, sealed: &str, version: i64) -> Result<bool, StoreError>;
+
+    /// Appends to the audit log (append-only: the store refuses to change or remove entries);
+    /// returns the entry's id.
+    async fn append_audit(&self, event: &AuthEvent) -> Result<i64, StoreError>;
+    async fn audit(&self, query: &AuthEventQuery) -> Result<Vec<AuthEvent>, StoreError>;
+}

@@ -1,0 +1,408 @@
+//! The `IdentityStore` port once for every engine (migration 0003 of each store crate): the
+//! tables use portable column types (text, BIGINT) and the statements `?` placeholders, so the
+//! dialects add nothing here.
+
+use async_trait::async_trait;
+use keel_domain::{
+    AuthEvent, AuthEventQuery, Credentials, Failures, IdentityStore, RefreshFamily, StoreError,
+    UserId,
+};
+use sqlx::{AssertSqlSafe, Database, Encode, Executor, IntoArguments, Type};
+
+use crate::Column;
+use crate::store::{SqlStore, StoreDialect, map_err, query};
+
+type Db<D> = <D as StoreDialect>::Db;
+
+/// `SELECT … FROM identity_credentials`, the columns in [`credentials`]' order.
+type CredentialsRow = (
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    String,
+    Option<String>,
+    Option<i64>,
+    String,
+    Option<i64>,
+    i64,
+);
+
+const CREDENTIALS_COLUMNS: &str = "password_hash, password_changed_at, email_verified_at, disabled_at, roles, \
+     totp_secret, totp_last_step, recovery_codes, last_login_at, version";
+
+fn credentials(user_id: UserId, row: CredentialsRow) -> Result<Credentials, StoreError> {
+    let list = |raw: &str, what: &str| -> Result<Vec<String>, StoreError> {
+        serde_json::from_str(raw).map_err(|_| crate::corrupt(what))
+    };
+    Ok(Credentials {
+        user_id,
+        password_hash: row.0,
+        password_changed_at: row.1,
+        email_verified_at: row.2,
+        disabled_at: row.3,
+        roles: list(&row.4, "roles")?,
+        totp_secret: row.5,
+        totp_last_step: row.6,
+        recovery_codes: list(&row.7, "recovery codes")?,
+        last_login_at: row.8,
+        version: row.9,
+    })
+}
+
+/// `SELECT id, subject, client_id, generation, expires_at, revoked FROM identity_refresh_families`.
+type FamilyRow = (String, String, String, i64, i64, i64);
+
+fn family(row: FamilyRow) -> Result<RefreshFamily, StoreError> {
+    Ok(RefreshFamily {
+        id: row.0,
+        subject: row.1,
+        client_id: row.2,
+        generation: u64::try_from(row.3).map_err(|_| crate::corrupt("generation"))?,
+        expires_at: row.4,
+        revoked: row.5 != 0,
+    })
+}
+
+/// `SELECT id, at, actor, action, subject, client, detail FROM identity_audit`.
+type AuditRow = (
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+fn generation(g: u64) -> Result<i64, StoreError> {
+    i64::try_from(g).map_err(|_| crate::corrupt("generation"))
+}
+
+#[async_trait]
+impl<D: StoreDialect> IdentityStore for SqlStore<D>
+where
+    usize: sqlx::ColumnIndex<<Db<D> as Database>::Row>,
+    for<'a> &'a str: Encode<'a, Db<D>> + Type<Db<D>>,
+    Option<i64>: for<'q> Encode<'q, Db<D>>,
+    Option<String>: for<'q> Encode<'q, Db<D>>,
+    i64: Column<Db<D>>,
+    String: Column<Db<D>>,
+    Vec<u8>: Column<Db<D>>,
+    <Db<D> as Database>::Arguments: IntoArguments<Db<D>>,
+    for<'c> &'c mut <Db<D> as Database>::Connection: Executor<'c, Database = Db<D>>,
+{
+    async fn credentials(&self, user: UserId) -> Result<Option<Credentials>, StoreError> {
+        let row: Option<CredentialsRow> = sqlx::query_as(AssertSqlSafe(D::sql(&format!(
+            "SELECT {CREDENTIALS_COLUMNS} FROM identity_credentials WHERE user_id = ?"
+        ))))
+        .bind(user.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        row.map(|row| credentials(user, row)).transpose()
+    }
+
+    async fn put_credentials(&self, c: &Credentials) -> Result<(), StoreError> {
+        let roles = serde_json::to_string(&c.roles).expect("strings serialize");
+        let codes = serde_json::to_string(&c.recovery_codes).expect("strings serialize");
+        let user = c.user_id.to_string();
+        let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
+        let conn: &mut <Db<D> as Database>::Connection = &mut tx;
+        let written = if c.version == 1 {
+            let res = query::<D>(&format!(
+                "INSERT INTO identity_credentials (user_id, {CREDENTIALS_COLUMNS}) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .bind(user.as_str())
+            .bind(c.password_hash.clone())
+            .bind(c.password_changed_at)
+            .bind(c.email_verified_at)
+            .bind(c.disabled_at)
+            .bind(roles.as_str())
+            .bind(c.totp_secret.clone())
+            .bind(c.totp_last_step)
+            .bind(codes.as_str())
+            .bind(c.last_login_at)
+            .bind(c.version)
+            .execute(&mut *conn)
+            .await;
+            match res.map_err(map_err::<D>) {
+                Ok(_) => true,
+                // Another writer created the row first.
+                Err(StoreError::Conflict { .. }) => false,
+                Err(e) => return Err(e),
+            }
+        } else {
+            let res = query::<D>(
+                "UPDATE identity_credentials SET password_hash = ?, password_changed_at = ?, \
+                 email_verified_at = ?, disabled_at = ?, roles = ?, totp_secret = ?, totp_last_step = ?, \
+                 recovery_codes = ?, last_login_at = ?, version = ? WHERE user_id = ? AND version = ?",
+            )
+            .bind(c.password_hash.clone())
+            .bind(c.password_changed_at)
+            .bind(c.email_verified_at)
+            .bind(c.disabled_at)
+            .bind(roles.as_str())
+            .bind(c.totp_secret.clone())
+            .bind(c.totp_last_step)
+            .bind(codes.as_str())
+            .bind(c.last_login_at)
+            .bind(c.version)
+            .bind(user.as_str())
+            .bind(c.version - 1)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err::<D>)?;
+            D::rows_affected(&res) == 1
+        };
+        if !written {
+            return Err(StoreError::StaleVersion);
+        }
+        query::<D>("DELETE FROM identity_roles WHERE user_id = ?")
+            .bind(user.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err::<D>)?;
+        for role in &c.roles {
+            query::<D>("INSERT INTO identity_roles (role, user_id) VALUES (?, ?)")
+                .bind(role.as_str())
+                .bind(user.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err::<D>)?;
+        }
+        tx.commit().await.map_err(map_err::<D>)
+    }
+
+    async fn holders_of(&self, role: &str, limit: u32) -> Result<Vec<UserId>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT user_id FROM identity_roles WHERE role = ? ORDER BY user_id LIMIT ?",
+        )))
+        .bind(role)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        rows.into_iter()
+            .map(|(id,)| id.parse().map_err(|_| crate::corrupt("user id")))
+            .collect()
+    }
+
+    async fn failures(&self, key: &str) -> Result<Failures, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT count, wait_until FROM identity_failures WHERE failure_key = ?",
+        )))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        Ok(
+            row.map_or_else(Failures::default, |(count, wait_until)| Failures {
+                count: u32::try_from(count).unwrap_or(u32::MAX),
+                wait_until,
+            }),
+        )
+    }
+
+    async fn put_failures(&self, key: &str, failures: Failures) -> Result<(), StoreError> {
+        if failures == Failures::default() {
+            return query::<D>("DELETE FROM identity_failures WHERE failure_key = ?")
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err::<D>)
+                .map(drop);
+        }
+        // Update, else insert: one statement text for every engine (their upserts differ). A
+        // concurrent insert of the same key wins; these are counters of failures, and the
+        // other writer's count is as good.
+        let res = query::<D>(
+            "UPDATE identity_failures SET count = ?, wait_until = ? WHERE failure_key = ?",
+        )
+        .bind(i64::from(failures.count))
+        .bind(failures.wait_until)
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        if D::rows_affected(&res) == 1 {
+            return Ok(());
+        }
+        match query::<D>(
+            "INSERT INTO identity_failures (failure_key, count, wait_until) VALUES (?, ?, ?)",
+        )
+        .bind(key)
+        .bind(i64::from(failures.count))
+        .bind(failures.wait_until)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err::<D>)
+        {
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn family(&self, id: &str) -> Result<Option<RefreshFamily>, StoreError> {
+        let row: Option<FamilyRow> = sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT id, subject, client_id, generation, expires_at, revoked \
+             FROM identity_refresh_families WHERE id = ?",
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        row.map(family).transpose()
+    }
+
+    async fn insert_family(&self, f: &RefreshFamily) -> Result<(), StoreError> {
+        query::<D>(
+            "INSERT INTO identity_refresh_families (id, subject, client_id, generation, expires_at, revoked) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(f.id.as_str())
+        .bind(f.subject.as_str())
+        .bind(f.client_id.as_str())
+        .bind(generation(f.generation)?)
+        .bind(f.expires_at)
+        .bind(i64::from(f.revoked))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err::<D>)
+        .map(drop)
+    }
+
+    async fn advance_family(&self, f: &RefreshFamily, from: u64) -> Result<bool, StoreError> {
+        let res = query::<D>(
+            "UPDATE identity_refresh_families SET generation = ?, expires_at = ?, revoked = ? \
+             WHERE id = ? AND generation = ? AND revoked = 0",
+        )
+        .bind(generation(f.generation)?)
+        .bind(f.expires_at)
+        .bind(i64::from(f.revoked))
+        .bind(f.id.as_str())
+        .bind(generation(from)?)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        Ok(D::rows_affected(&res) == 1)
+    }
+
+    async fn revoke_family(&self, id: &str) -> Result<(), StoreError> {
+        query::<D>("UPDATE identity_refresh_families SET revoked = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err::<D>)
+            .map(drop)
+    }
+
+    async fn revoke_families_of(&self, subject: &str) -> Result<u64, StoreError> {
+        let res = query::<D>(
+            "UPDATE identity_refresh_families SET revoked = 1 WHERE subject = ? AND revoked = 0",
+        )
+        .bind(subject)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        Ok(D::rows_affected(&res))
+    }
+
+    async fn signing_keys(&self) -> Result<Option<(String, i64)>, StoreError> {
+        sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT sealed, version FROM identity_signing_keys WHERE id = 1",
+        )))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err::<D>)
+    }
+
+    async fn put_signing_keys(&self, sealed: &str, version: i64) -> Result<bool, StoreError> {
+        if version == 1 {
+            return match query::<D>(
+                "INSERT INTO identity_signing_keys (id, sealed, version) VALUES (1, ?, 1)",
+            )
+            .bind(sealed)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err::<D>)
+            {
+                Ok(_) => Ok(true),
+                Err(StoreError::Conflict { .. }) => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
+        let res = query::<D>(
+            "UPDATE identity_signing_keys SET sealed = ?, version = ? WHERE id = 1 AND version = ?",
+        )
+        .bind(sealed)
+        .bind(version)
+        .bind(version - 1)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        Ok(D::rows_affected(&res) == 1)
+    }
+
+    async fn append_audit(&self, e: &AuthEvent) -> Result<i64, StoreError> {
+        // `RETURNING` on every engine keel runs: SQLite 3.35+, PostgreSQL, MariaDB 10.5+.
+        sqlx::query_scalar(AssertSqlSafe(D::sql(
+            "INSERT INTO identity_audit (at, actor, action, subject, client, detail) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )))
+        .bind(e.at)
+        .bind(e.actor.as_str())
+        .bind(e.action.as_str())
+        .bind(e.subject.clone())
+        .bind(e.client.clone())
+        .bind(e.detail.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err::<D>)
+    }
+
+    async fn audit(&self, q: &AuthEventQuery) -> Result<Vec<AuthEvent>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, at, actor, action, subject, client, detail FROM identity_audit WHERE 1 = 1",
+        );
+        // Only these fixed fragments are appended; every value is bound.
+        for (value, clause) in [
+            (q.subject.is_some(), " AND subject = ?"),
+            (q.actor.is_some(), " AND actor = ?"),
+            (q.action.is_some(), " AND action = ?"),
+            (q.before.is_some(), " AND id < ?"),
+        ] {
+            if value {
+                sql.push_str(clause);
+            }
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        let sql = D::sql(&sql);
+        let mut statement = sqlx::query_as::<_, AuditRow>(AssertSqlSafe(sql));
+        for value in [&q.subject, &q.actor, &q.action].into_iter().flatten() {
+            statement = statement.bind(value.clone());
+        }
+        if let Some(before) = q.before {
+            statement = statement.bind(before);
+        }
+        let rows = statement
+            .bind(i64::from(q.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err::<D>)?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(AuthEvent {
+                    id: row.0,
+                    at: row.1,
+                    actor: row.2,
+                    action: row.3,
+                    subject: row.4,
+                    client: row.5,
+                    detail: serde_json::from_str(&row.6).map_err(|_| crate::corrupt("detail"))?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,305 @@
+//! The behavioural suite of the `IdentityStore` port. Each backend calls [`run_all`] on a fresh,
+//! migrated database; a failure names the behaviour that broke.
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use keel_domain::{
+    AuthEvent, AuthEventQuery, Credentials, Failures, IdentityStore, NewUser, RefreshFamily,
+    StoreError, User, UserEmail, UserName, UserRepo,
+};
+use serde_json::json;
+
+fn user(email: &str) -> User {
+    let now = Utc::now()
+        .duration_trunc(TimeDelta::microseconds(1))
+        .unwrap();
+    User::create(
+        NewUser {
+            name: UserName::parse("Ada").unwrap(),
+            email: UserEmail::parse(email).unwrap(),
+        },
+        now,
+    )
+}
+
+/// Runs every behaviour against `store`, which must start empty.
+pub async fn run_all<S: UserRepo + IdentityStore>(store: &S) {
+    credentials_round_trip_with_optimistic_versions(store).await;
+    roles_are_found_by_holder(store).await;
+    deleting_a_user_erases_its_account(store).await;
+    failures_are_counted_per_key_and_reset(store).await;
+    refresh_families_advance_once_per_generation_and_revoke(store).await;
+    signing_keys_are_written_once_per_version(store).await;
+    the_audit_log_reads_newest_first_with_filters(store).await;
+}
+
+pub async fn credentials_round_trip_with_optimistic_versions<S: UserRepo + IdentityStore>(
+    store: &S,
+) {
+    let ada = user("ada@identity.test");
+    store.insert(&ada).await.unwrap();
+    assert_eq!(store.credentials(ada.id).await.unwrap(), None);
+
+    let mut c = Credentials::new(ada.id);
+    c.password_hash = Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into());
+    c.password_changed_at = Some(1_800_000_000);
+    c.recovery_codes = vec!["h1".into(), "h2".into()];
+    store.put_credentials(&c).await.unwrap();
+    assert_eq!(store.credentials(ada.id).await.unwrap(), Some(c.clone()));
+    assert!(
+        matches!(
+            store.put_credentials(&c).await,
+            Err(StoreError::StaleVersion)
+        ),
+        "a second first version loses"
+    );
+
+    let mut next = c.clone();
+    next.version = 2;
+    next.totp_secret = Some("k1.k1.sealed.secret".into());
+    next.totp_last_step = Some(60_000_000);
+    next.recovery_codes.remove(0);
+    next.email_verified_at = Some(1_800_000_100);
+    next.last_login_at = Some(1_800_000_200);
+    store.put_credentials(&next).await.unwrap();
+    assert_eq!(store.credentials(ada.id).await.unwrap(), Some(next.clone()));
+    let mut racing = c.clone();
+    racing.version = 2;
+    assert!(
+        matches!(
+            store.put_credentials(&racing).await,
+            Err(StoreError::StaleVersion)
+        ),
+        "two writers of version 2: the second loses"
+    );
+    assert_eq!(store.credentials(ada.id).await.unwrap(), Some(next));
+}
+
+pub async fn roles_are_found_by_holder<S: UserRepo + IdentityStore>(store: &S) {
+    let (one, two) = (user("one@identity.test"), user("two@identity.test"));
+    store.insert(&one).await.unwrap();
+    store.insert(&two).await.unwrap();
+    assert!(store.holders_of("admin", 10).await.unwrap().is_empty());
+    let mut first = Credentials::new(one.id);
+    first.roles = vec!["admin".into(), "operator".into()];
+    store.put_credentials(&first).await.unwrap();
+    let mut second = Credentials::new(two.id);
+    second.roles = vec!["operator".into()];
+    store.put_credentials(&second).await.unwrap();
+    assert_eq!(store.holders_of("admin", 10).await.unwrap(), [one.id]);
+    let mut operators = vec![one.id, two.id];
+    operators.sort();
+    assert_eq!(store.holders_of("operator", 10).await.unwrap(), operators);
+    assert_eq!(store.holders_of("operator", 1).await.unwrap().len(), 1);
+
+    first.roles = vec!["operator".into()];
+    first.version = 2;
+    store.put_credentials(&first).await.unwrap();
+    assert!(
+        store.holders_of("admin", 10).await.unwrap().is_empty(),
+        "a removed role is no longer held"
+    );
+}
+
+pub async fn deleting_a_user_erases_its_account<S: UserRepo + IdentityStore>(store: &S) {
+    let gone = user("gone@identity.test");
+    store.insert(&gone).await.unwrap();
+    let mut c = Credentials::new(gone.id);
+    c.roles = vec!["auditor".into()];
+    store.put_credentials(&c).await.unwrap();
+    let family = RefreshFamily {
+        id: "family-of-gone".into(),
+        subject: gone.id.to_string(),
+        client_id: "app".into(),
+        generation: 0,
+        expires_at: 1_900_000_000,
+        revoked: false,
+    };
+    store.insert_family(&family).await.unwrap();
+    assert!(store.delete(gone.id).await.unwrap());
+    assert_eq!(store.credentials(gone.id).await.unwrap(), None);
+    assert!(store.holders_of("auditor", 10).await.unwrap().is_empty());
+    assert_eq!(store.family("family-of-gone").await.unwrap(), None);
+}
+
+pub async fn failures_are_counted_per_key_and_reset<S: IdentityStore>(store: &S) {
+    assert_eq!(
+        store.failures("account:x").await.unwrap(),
+        Failures::default()
+    );
+    let one = Failures {
+        count: 1,
+        wait_until: 0,
+    };
+    store.put_failures("account:x", one).await.unwrap();
+    let six = Failures {
+        count: 6,
+        wait_until: 1_800_000_030,
+    };
+    store.put_failures("client:127.0.0.1", six).await.unwrap();
+    assert_eq!(store.failures("account:x").await.unwrap(), one);
+    store.put_failures("account:x", six).await.unwrap();
+    assert_eq!(store.failures("account:x").await.unwrap(), six);
+    store
+        .put_failures("account:x", Failures::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.failures("account:x").await.unwrap(),
+        Failures::default()
+    );
+    assert_eq!(store.failures("client:127.0.0.1").await.unwrap(), six);
+}
+
+pub async fn refresh_families_advance_once_per_generation_and_revoke<S: IdentityStore>(store: &S) {
+    let family = RefreshFamily {
+        id: "fam-1".into(),
+        subject: "subject-1".into(),
+        client_id: "app".into(),
+        generation: 0,
+        expires_at: 1_900_000_000,
+        revoked: false,
+    };
+    store.insert_family(&family).await.unwrap();
+    assert_eq!(store.family("fam-1").await.unwrap(), Some(family.clone()));
+    assert_eq!(store.family("nope").await.unwrap(), None);
+
+    let next = RefreshFamily {
+        generation: 1,
+        ..family.clone()
+    };
+    assert!(store.advance_family(&next, 0).await.unwrap());
+    assert!(
+        !store.advance_family(&next, 0).await.unwrap(),
+        "two uses of one generation: the second loses"
+    );
+    assert_eq!(store.family("fam-1").await.unwrap(), Some(next.clone()));
+
+    let other = RefreshFamily {
+        id: "fam-2".into(),
+        ..family.clone()
+    };
+    store.insert_family(&other).await.unwrap();
+    store.revoke_family("fam-2").await.unwrap();
+    assert!(store.family("fam-2").await.unwrap().unwrap().revoked);
+    assert!(
+        !store
+            .advance_family(
+                &RefreshFamily {
+                    generation: 1,
+                    ..other
+                },
+                0
+            )
+            .await
+            .unwrap(),
+        "a revoked family never advances"
+    );
+    let third = RefreshFamily {
+        id: "fam-3".into(),
+        ..family
+    };
+    store.insert_family(&third).await.unwrap();
+    assert_eq!(store.revoke_families_of("subject-1").await.unwrap(), 2);
+    assert!(store.family("fam-1").await.unwrap().unwrap().revoked);
+    assert!(store.family("fam-3").await.unwrap().unwrap().revoked);
+    assert_eq!(store.revoke_families_of("subject-1").await.unwrap(), 0);
+}
+
+pub async fn signing_keys_are_written_once_per_version<S: IdentityStore>(store: &S) {
+    assert_eq!(store.signing_keys().await.unwrap(), None);
+    assert!(store.put_signing_keys("sealed-1", 1).await.unwrap());
+    assert!(
+        !store.put_signing_keys("sealed-1b", 1).await.unwrap(),
+        "a second process starting together reads the first one's keys"
+    );
+    assert_eq!(
+        store.signing_keys().await.unwrap(),
+        Some(("sealed-1".into(), 1))
+    );
+    assert!(store.put_signing_keys("sealed-2", 2).await.unwrap());
+    assert!(!store.put_signing_keys("sealed-2b", 2).await.unwrap());
+    assert!(!store.put_signing_keys("sealed-4", 4).await.unwrap());
+    assert_eq!(
+        store.signing_keys().await.unwrap(),
+        Some(("sealed-2".into(), 2))
+    );
+}
+
+pub async fn the_audit_log_reads_newest_first_with_filters<S: IdentityStore>(store: &S) {
+    let event = |action: &str, subject: Option<&str>| AuthEvent {
+        id: 0,
+        at: 1_800_000_000,
+        actor: "anonymous".into(),
+        action: action.into(),
+        subject: subject.map(str::to_owned),
+        client: Some("127.0.0.1".into()),
+        detail: json!({"reason": "test"}),
+    };
+    let first = store
+        .append_audit(&event("login_failed", Some("u1")))
+        .await
+        .unwrap();
+    let second = store
+        .append_audit(&event("login_succeeded", Some("u1")))
+        .await
+        .unwrap();
+    let third = store
+        .append_audit(&event("login_failed", Some("u2")))
+        .await
+        .unwrap();
+    assert!(first < second && second < third);
+
+    let all = store
+        .audit(&AuthEventQuery {
+            limit: 10,
+            ..AuthEventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [third, second, first]
+    );
+    assert_eq!(
+        all[2],
+        AuthEvent {
+            id: first,
+            ..event("login_failed", Some("u1"))
+        }
+    );
+
+    let of_u1 = store
+        .audit(&AuthEventQuery {
+            subject: Some("u1".into()),
+            limit: 10,
+            ..AuthEventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        of_u1.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [second, first]
+    );
+    let failed_before = store
+        .audit(&AuthEventQuery {
+            action: Some("login_failed".into()),
+            before: Some(third),
+            limit: 10,
+            ..AuthEventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        failed_before.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [first]
+    );
+    let page = store
+        .audit(&AuthEventQuery {
+            actor: Some("anonymous".into()),
+            limit: 1,
+            ..AuthEventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+}

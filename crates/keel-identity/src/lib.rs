@@ -24,6 +24,7 @@ pub mod password;
 pub mod pkce;
 pub mod recovery;
 pub mod refresh;
+pub mod service;
 pub mod token;
 pub mod totp;
 

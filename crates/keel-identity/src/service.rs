@@ -1,0 +1,776 @@
+//! The IdP's operations over the storage ports: sign-up, sign-in (password, then TOTP or a
+//! recovery code when enrolled), access and refresh tokens, sign-out, TOTP enrolment, the
+//! signing keys' life, and the audit log of each event.
+//!
+//! Time is passed in (unix seconds), as everywhere in this crate. The HTTP layer maps
+//! [`AuthError`] to status codes; every sign-in failure a caller can cause is the same
+//! [`AuthError::InvalidCredentials`], whether the account exists or not, and takes the time of
+//! a password verification either way (no user enumeration by message or timing).
+
+use std::sync::{Arc, RwLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use keel_domain::{
+    AuthEvent, Credentials, IdentityStore, NewUser, StoreError, User, UserEmail, UserId, UserName,
+    UserRepo, ValidationError,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::envelope::{EnvelopeError, Keyring};
+use crate::lockout::LockoutPolicy;
+use crate::password::{PasswordHasher, PasswordPolicy, PolicyViolation};
+use crate::refresh::{Redeemed, RefreshError, RefreshTokens};
+use crate::token::{Claims, Expect, KeySet, KeyState, StoredKey, TokenError, Verifier};
+use crate::totp::{Totp, TotpSecret};
+
+/// How the IdP is set up.
+#[derive(Debug, Clone)]
+pub struct IdpSettings {
+    /// The `iss` of every token: the IdP's public base URL.
+    pub issuer: String,
+    /// The `aud` of access tokens for keel's own API.
+    pub audience: String,
+    pub access_ttl_secs: i64,
+    /// How long a sign-in lasts: its refresh tokens stop working after this.
+    pub session_ttl_secs: i64,
+    /// How often the signing key rotates.
+    pub key_rotation_secs: i64,
+    pub lockout: LockoutPolicy,
+    pub policy: PasswordPolicy,
+    /// The name authenticator apps show beside the account.
+    pub totp_issuer: String,
+}
+
+impl Default for IdpSettings {
+    fn default() -> Self {
+        Self {
+            issuer: "http://127.0.0.1:8080".into(),
+            audience: "keel".into(),
+            access_ttl_secs: 15 * 60,
+            session_ttl_secs: 30 * 24 * 3600,
+            key_rotation_secs: 30 * 24 * 3600,
+            lockout: LockoutPolicy::default(),
+            policy: PasswordPolicy::default(),
+            totp_issuer: "keel".into(),
+        }
+    }
+}
+
+/// Why an operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong email, password, code or token, or a disabled account: one answer for all.
+    #[error("the credentials are not valid")]
+    InvalidCredentials,
+    /// The password was right and the account has MFA: send a TOTP or recovery code too.
+    #[error("a second factor is required")]
+    MfaRequired,
+    #[error("too many failed attempts; try again in {retry_after_secs} s")]
+    Locked { retry_after_secs: i64 },
+    #[error("the token is not valid")]
+    InvalidToken(#[from] TokenError),
+    #[error("the refresh token is not valid")]
+    InvalidRefresh(#[from] RefreshError),
+    #[error(transparent)]
+    Policy(#[from] PolicyViolation),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("TOTP is already enrolled")]
+    AlreadyEnrolled,
+    #[error("no TOTP enrolment is pending")]
+    NothingToConfirm,
+    #[error("stored identity data is unusable")]
+    Sealed(#[from] EnvelopeError),
+    #[error("storage failed")]
+    Store(#[from] StoreError),
+}
+
+/// What a successful sign-in or refresh gives the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub refresh_token: String,
+    /// Present on a sign-in: the device token to send with later sign-ins from this device
+    /// (failures from elsewhere then never slow this device down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_token: Option<String>,
+}
+
+/// A sign-in attempt.
+#[derive(Debug, Clone, Default)]
+pub struct SignIn<'a> {
+    pub email: &'a str,
+    pub password: &'a str,
+    /// A TOTP code, or a recovery code, when the account has MFA.
+    pub second_factor: Option<&'a str>,
+    /// The device token from an earlier sign-in on this device, if any.
+    pub device_token: Option<&'a str>,
+    /// The client's address, for throttling and the audit log.
+    pub client: &'a str,
+    /// The OAuth client signing in (keel's own clients use `keel`).
+    pub client_id: &'a str,
+}
+
+/// A pending TOTP enrolment: show `otpauth_uri` as a QR code, then confirm with a code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Enrolment {
+    pub secret: String,
+    pub otpauth_uri: String,
+}
+
+/// The signing keys as stored (sealed): the set and when it last rotated.
+#[derive(Serialize, Deserialize)]
+struct StoredKeySet {
+    rotated_at: i64,
+    keys: Vec<StoredKey>,
+}
+
+const KEYS_PLACE: &str = "identity/signing-keys";
+/// Pending TOTP secrets carry this prefix in `totp_secret` until confirmed.
+const PENDING: &str = "pending:";
+
+/// The built-in identity provider.
+pub struct Idp {
+    users: Arc<dyn UserRepo>,
+    store: Arc<dyn IdentityStore>,
+    hasher: PasswordHasher,
+    keyring: Keyring,
+    refresh: RefreshTokens,
+    device_key: Vec<u8>,
+    settings: IdpSettings,
+    keys: RwLock<Option<(KeySet, i64, i64)>>,
+}
+
+impl std::fmt::Debug for Idp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idp")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn mac(key: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key");
+    for part in parts {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac
+}
+
+impl Idp {
+    /// `secret`: at least 32 bytes, from which the refresh-token and device-token keys are
+    /// derived; `keyring`: the master keys that seal TOTP secrets and signing keys.
+    pub fn new(
+        users: Arc<dyn UserRepo>,
+        store: Arc<dyn IdentityStore>,
+        hasher: PasswordHasher,
+        keyring: Keyring,
+        secret: &[u8],
+        settings: IdpSettings,
+    ) -> Self {
+        assert!(secret.len() >= 32, "the IdP secret needs 32 bytes");
+        let derive = |label: &[u8]| mac(secret, &[label]).finalize().into_bytes().to_vec();
+        Self {
+            users,
+            store,
+            hasher,
+            keyring,
+            refresh: RefreshTokens::new(&derive(b"refresh-tokens")),
+            device_key: derive(b"device-tokens"),
+            settings,
+            keys: RwLock::new(None),
+        }
+    }
+
+    pub fn settings(&self) -> &IdpSettings {
+        &self.settings
+    }
+
+    async fn audit(
+        &self,
+        now: i64,
+        actor: &str,
+        action: &str,
+        subject: Option<&str>,
+        client: Option<&str>,
+        detail: Value,
+    ) -> Result<(), AuthError> {
+        self.store
+            .append_audit(&AuthEvent {
+                id: 0,
+                at: now,
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                subject: subject.map(str::to_owned),
+                client: client.map(str::to_owned),
+                detail,
+            })
+            .await?;
+        Ok(())
+    }
+
+    // ---- signing keys ----
+
+    /// Loads the signing keys, making them on the very first start and rotating them when due;
+    /// safe when several processes start together (the store writes one version once).
+    pub async fn ensure_keys(&self, now: i64) -> Result<(), AuthError> {
+        loop {
+            let (mut set, rotated_at, version) = match self.store.signing_keys().await? {
+                Some((sealed, version)) => {
+                    let plain = self.keyring.open(&sealed, KEYS_PLACE)?;
+                    let stored: StoredKeySet =
+                        serde_json::from_slice(&plain).map_err(|_| EnvelopeError::Malformed)?;
+                    let set = KeySet::load(&stored.keys, self.settings.access_ttl_secs * 2)
+                        .map_err(|_| EnvelopeError::Malformed)?;
+                    (set, stored.rotated_at, version)
+                }
+                None => {
+                    let set = KeySet::generate(self.settings.access_ttl_secs * 2);
+                    if self.write_keys(&set, now, 1).await? {
+                        self.audit(now, "system", "signing_keys_created", None, None, json!({}))
+                            .await?;
+                        *self.keys.write().expect("keys lock") = Some((set, now, 1));
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            if now - rotated_at >= self.settings.key_rotation_secs {
+                set.rotate(now);
+                if !self.write_keys(&set, now, version + 1).await? {
+                    continue;
+                }
+                self.audit(now, "system", "signing_keys_rotated", None, None, json!({}))
+                    .await?;
+                *self.keys.write().expect("keys lock") = Some((set, now, version + 1));
+                return Ok(());
+            }
+            set.prune(now);
+            *self.keys.write().expect("keys lock") = Some((set, rotated_at, version));
+            return Ok(());
+        }
+    }
+
+    async fn write_keys(&self, set: &KeySet, now: i64, version: i64) -> Result<bool, AuthError> {
+        let stored = StoredKeySet {
+            rotated_at: now,
+            keys: set.store(),
+        };
+        let plain = serde_json::to_vec(&stored).expect("keys serialize");
+        let sealed = self.keyring.seal(&plain, KEYS_PLACE);
+        Ok(self.store.put_signing_keys(&sealed, version).await?)
+    }
+
+    fn with_keys<T>(&self, f: impl FnOnce(&KeySet) -> T) -> T {
+        let keys = self.keys.read().expect("keys lock");
+        let (set, _, _) = keys
+            .as_ref()
+            .expect("Idp::ensure_keys runs before the IdP serves");
+        f(set)
+    }
+
+    /// The published signing keys (`/.well-known/jwks.json`).
+    pub fn jwks(&self) -> Value {
+        self.with_keys(KeySet::jwks)
+    }
+
+    /// Checks an access token for keel's API. A token signed by a key this process has not
+    /// seen yet (another process rotated) makes it reload the keys once.
+    pub async fn verify_access(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
+        let expect = Expect {
+            issuer: self.settings.issuer.clone(),
+            audience: self.settings.audience.clone(),
+            leeway_secs: 30,
+        };
+        let verifier: Verifier = self.with_keys(|set| set.verifier(now));
+        match verifier.verify(token, &expect, now) {
+            Err(TokenError::UnknownKey) => {
+                self.ensure_keys(now).await?;
+                let verifier: Verifier = self.with_keys(|set| set.verifier(now));
+                Ok(verifier.verify(token, &expect, now)?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn access_token(&self, user: UserId, roles: &[String], amr: &[&str], now: i64) -> String {
+        let mut jti = [0u8; 16];
+        crate::random_bytes(&mut jti);
+        let mut extra = serde_json::Map::new();
+        extra.insert("roles".into(), json!(roles));
+        extra.insert("amr".into(), json!(amr));
+        let claims = Claims {
+            iss: self.settings.issuer.clone(),
+            sub: user.to_string(),
+            aud: vec![self.settings.audience.clone()],
+            exp: now + self.settings.access_ttl_secs,
+            nbf: now,
+            iat: now,
+            jti: URL_SAFE_NO_PAD.encode(jti),
+            extra,
+        };
+        self.with_keys(|set| set.sign(&claims))
+    }
+
+    // ---- accounts ----
+
+    /// Makes an account: a user and its credentials, with `password` checked by the policy.
+    /// `roles` are given only by admins and `keel admin create`.
+    pub async fn create_account(
+        &self,
+        name: &str,
+        email: &str,
+        password: &str,
+        roles: &[&str],
+        actor: &str,
+        now: i64,
+    ) -> Result<User, AuthError> {
+        let name = UserName::parse(name)?;
+        let email = UserEmail::parse(email)?;
+        let local = email.as_str().split('@').next().unwrap_or_default();
+        self.settings
+            .policy
+            .check(password, &[email.as_str(), local, name.as_str()])?;
+        let created = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default();
+        let user = User::create(NewUser { name, email }, created);
+        match self.users.insert(&user).await {
+            Err(StoreError::Conflict { field: "email" }) => return Err(AuthError::EmailTaken),
+            other => other?,
+        }
+        let mut credentials = Credentials::new(user.id);
+        credentials.password_hash = Some(self.hasher.hash(password));
+        credentials.password_changed_at = Some(now);
+        let mut roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        roles.sort();
+        roles.dedup();
+        credentials.roles = roles;
+        self.store.put_credentials(&credentials).await?;
+        self.audit(
+            now,
+            actor,
+            "account_created",
+            Some(&user.id.to_string()),
+            None,
+            json!({ "roles": credentials.roles }),
+        )
+        .await?;
+        Ok(user)
+    }
+
+    fn device_token(&self, user: UserId) -> String {
+        let mut id = [0u8; 16];
+        crate::random_bytes(&mut id);
+        let id = URL_SAFE_NO_PAD.encode(id);
+        let tag = mac(
+            &self.device_key,
+            &[user.to_string().as_bytes(), id.as_bytes()],
+        )
+        .finalize()
+        .into_bytes();
+        format!("{id}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// The device id of a genuine device token of `user`.
+    fn trusted_device<'t>(&self, user: UserId, token: &'t str) -> Option<&'t str> {
+        let (id, tag) = token.split_once('.')?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        mac(
+            &self.device_key,
+            &[user.to_string().as_bytes(), id.as_bytes()],
+        )
+        .verify_slice(&tag)
+        .ok()?;
+        Some(id)
+    }
+
+    /// Signs in. Failures are counted for the client and for the account (or, from a trusted
+    /// device, for the account on that device), and each key slows down on its own.
+    pub async fn sign_in(&self, attempt: &SignIn<'_>, now: i64) -> Result<Tokens, AuthError> {
+        let lockout = self.settings.lockout;
+        let client_key = format!("client:{}", attempt.client);
+        let client_failures = self.store.failures(&client_key).await?;
+        if let Err(locked) = lockout.check(&client_failures, now) {
+            return Err(AuthError::Locked {
+                retry_after_secs: locked.retry_after_secs,
+            });
+        }
+        let email = UserEmail::parse(attempt.email).ok();
+        let user = match &email {
+            Some(email) => self.users.get_by_email(email).await?,
+            None => None,
+        };
+        let credentials = match &user {
+            Some(user) => self.store.credentials(user.id).await?,
+            None => None,
+        };
+        // Keyed by the address typed, not the account: an address without an account slows
+        // down the same way, so the answer tells nothing about which accounts exist.
+        let typed = email
+            .as_ref()
+            .map_or(attempt.email.trim().to_lowercase(), |e| {
+                e.as_str().to_owned()
+            });
+        let account_key = match (&user, attempt.device_token) {
+            (Some(user), Some(token)) => match self.trusted_device(user.id, token) {
+                Some(device) => format!("device:{}:{device}", user.id),
+                None => format!("account:{typed}"),
+            },
+            _ => format!("account:{typed}"),
+        };
+        let mut account_failures = self.store.failures(&account_key).await?;
+        if let Err(locked) = lockout.check(&account_failures, now) {
+            return Err(AuthError::Locked {
+                retry_after_secs: locked.retry_after_secs,
+            });
+        }
+
+        let (user, mut credentials) = match (user, credentials) {
+            (Some(user), Some(credentials)) => (user, credentials),
+            _ => {
+                self.hasher.verify_nothing(attempt.password);
+                return self
+                    .failed(
+                        attempt,
+                        &client_key,
+                        client_failures,
+                        &account_key,
+                        account_failures,
+                        None,
+                        "unknown_account",
+                        now,
+                    )
+                    .await;
+            }
+        };
+        let subject = user.id.to_string();
+        let password_ok = credentials
+            .password_hash
+            .as_deref()
+            .map(|stored| self.hasher.verify(attempt.password, stored));
+        let rehash = match password_ok {
+            Some(crate::password::Verified::Yes { rehash }) => rehash,
+            _ => {
+                if password_ok.is_none() {
+                    self.hasher.verify_nothing(attempt.password);
+                }
+                return self
+                    .failed(
+                        attempt,
+                        &client_key,
+                        client_failures,
+                        &account_key,
+                        account_failures,
+                        Some(&subject),
+                        "wrong_password",
+                        now,
+                    )
+                    .await;
+            }
+        };
+        if credentials.disabled_at.is_some() {
+            return self
+                .failed(
+                    attempt,
+                    &client_key,
+                    client_failures,
+                    &account_key,
+                    account_failures,
+                    Some(&subject),
+                    "account_disabled",
+                    now,
+                )
+                .await;
+        }
+        let mut amr = vec!["pwd"];
+        let enrolled = credentials
+            .totp_secret
+            .as_deref()
+            .filter(|s| !s.starts_with(PENDING));
+        if let Some(sealed) = enrolled {
+            let Some(code) = attempt.second_factor else {
+                return Err(AuthError::MfaRequired);
+            };
+            let code = code.trim();
+            let place = format!("identity/{subject}/totp");
+            let secret = TotpSecret::from_bytes(&self.keyring.open(sealed, &place)?)
+                .map_err(|_| EnvelopeError::Malformed)?;
+            let last = credentials
+                .totp_last_step
+                .and_then(|s| u64::try_from(s).ok());
+            let unix = u64::try_from(now).unwrap_or_default();
+            if let Ok(step) = Totp::new(secret).verify(code, unix, last) {
+                credentials.totp_last_step = i64::try_from(step).ok();
+                amr.push("otp");
+            } else if crate::recovery::redeem(code, &mut credentials.recovery_codes) {
+                amr.push("recovery");
+            } else {
+                return self
+                    .failed(
+                        attempt,
+                        &client_key,
+                        client_failures,
+                        &account_key,
+                        account_failures,
+                        Some(&subject),
+                        "wrong_second_factor",
+                        now,
+                    )
+                    .await;
+            }
+        }
+        if rehash {
+            credentials.password_hash = Some(self.hasher.hash(attempt.password));
+        }
+        credentials.last_login_at = Some(now);
+        credentials.version += 1;
+        // A concurrent sign-in with the same TOTP code loses here: the code is used once.
+        self.store
+            .put_credentials(&credentials)
+            .await
+            .map_err(|e| match e {
+                StoreError::StaleVersion => AuthError::InvalidCredentials,
+                other => other.into(),
+            })?;
+        lockout.succeed(&mut account_failures);
+        self.store
+            .put_failures(&account_key, account_failures)
+            .await?;
+        let (family, refresh_token) = self.refresh.start(
+            &subject,
+            attempt.client_id,
+            now,
+            self.settings.session_ttl_secs,
+        );
+        self.store.insert_family(&family).await?;
+        self.audit(
+            now,
+            &subject,
+            "login_succeeded",
+            Some(&subject),
+            Some(attempt.client),
+            json!({ "amr": amr, "client_id": attempt.client_id }),
+        )
+        .await?;
+        let device_token = match attempt
+            .device_token
+            .and_then(|t| self.trusted_device(user.id, t))
+        {
+            Some(_) => attempt.device_token.map(str::to_owned),
+            None => Some(self.device_token(user.id)),
+        };
+        Ok(Tokens {
+            access_token: self.access_token(user.id, &credentials.roles, &amr, now),
+            token_type: "Bearer".into(),
+            expires_in: self.settings.access_ttl_secs,
+            refresh_token,
+            device_token,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn failed(
+        &self,
+        attempt: &SignIn<'_>,
+        client_key: &str,
+        mut client_failures: keel_domain::Failures,
+        account_key: &str,
+        mut account_failures: keel_domain::Failures,
+        subject: Option<&str>,
+        reason: &str,
+        now: i64,
+    ) -> Result<Tokens, AuthError> {
+        let lockout = self.settings.lockout;
+        lockout.fail(&mut client_failures, now);
+        lockout.fail(&mut account_failures, now);
+        self.store.put_failures(client_key, client_failures).await?;
+        self.store
+            .put_failures(account_key, account_failures)
+            .await?;
+        self.audit(
+            now,
+            "anonymous",
+            "login_failed",
+            subject,
+            Some(attempt.client),
+            json!({ "reason": reason }),
+        )
+        .await?;
+        Err(AuthError::InvalidCredentials)
+    }
+
+    /// Exchanges a refresh token for new tokens; a reused one revokes its whole sign-in.
+    pub async fn refresh(
+        &self,
+        token: &str,
+        client_id: &str,
+        client: &str,
+        now: i64,
+    ) -> Result<Tokens, AuthError> {
+        let (family_id, _) = self.refresh.family_of(token)?;
+        let family = self
+            .store
+            .family(family_id)
+            .await?
+            .ok_or(RefreshError::Invalid)?;
+        match self.refresh.redeem(&family, token, client_id, now) {
+            Redeemed::Rotated {
+                family: next,
+                token,
+            } => {
+                if !self.store.advance_family(&next, family.generation).await? {
+                    // Another use of the same token won: that is a reuse too.
+                    self.store.revoke_family(&family.id).await?;
+                    return Err(RefreshError::Revoked.into());
+                }
+                let user: UserId = family.subject.parse().map_err(|_| RefreshError::Invalid)?;
+                let credentials = self
+                    .store
+                    .credentials(user)
+                    .await?
+                    .filter(|c| c.disabled_at.is_none())
+                    .ok_or(AuthError::InvalidCredentials)?;
+                Ok(Tokens {
+                    access_token: self.access_token(user, &credentials.roles, &["pwd"], now),
+                    token_type: "Bearer".into(),
+                    expires_in: self.settings.access_ttl_secs,
+                    refresh_token: token,
+                    device_token: None,
+                })
+            }
+            Redeemed::Reused { family } => {
+                self.store.revoke_family(&family.id).await?;
+                self.audit(
+                    now,
+                    "anonymous",
+                    "refresh_token_reused",
+                    Some(&family.subject),
+                    Some(client),
+                    json!({ "family": family.id }),
+                )
+                .await?;
+                Err(RefreshError::Revoked.into())
+            }
+            Redeemed::Refused(e) => Err(e.into()),
+        }
+    }
+
+    /// Ends the sign-in a refresh token belongs to.
+    pub async fn sign_out(&self, token: &str, client: &str, now: i64) -> Result<(), AuthError> {
+        let (family_id, _) = self.refresh.family_of(token)?;
+        if let Some(family) = self.store.family(family_id).await? {
+            self.store.revoke_family(&family.id).await?;
+            self.audit(
+                now,
+                &family.subject,
+                "logout",
+                Some(&family.subject),
+                Some(client),
+                json!({}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    // ---- MFA ----
+
+    /// Starts TOTP enrolment: a new secret, kept pending until [`Self::confirm_totp`].
+    pub async fn enroll_totp(&self, user: &User, now: i64) -> Result<Enrolment, AuthError> {
+        let mut credentials = self
+            .store
+            .credentials(user.id)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
+        if credentials
+            .totp_secret
+            .as_deref()
+            .is_some_and(|s| !s.starts_with(PENDING))
+        {
+            return Err(AuthError::AlreadyEnrolled);
+        }
+        let secret = TotpSecret::generate();
+        let place = format!("identity/{}/totp", user.id);
+        credentials.totp_secret = Some(format!(
+            "{PENDING}{}",
+            self.keyring.seal(secret.as_bytes(), &place)
+        ));
+        credentials.version += 1;
+        self.store.put_credentials(&credentials).await?;
+        self.audit(
+            now,
+            &user.id.to_string(),
+            "totp_enrolment_started",
+            Some(&user.id.to_string()),
+            None,
+            json!({}),
+        )
+        .await?;
+        let totp = Totp::new(secret.clone());
+        Ok(Enrolment {
+            secret: secret.to_base32(),
+            otpauth_uri: totp.otpauth_uri(&self.settings.totp_issuer, user.email.as_str()),
+        })
+    }
+
+    /// Confirms enrolment with a first code; returns the recovery codes, shown once.
+    pub async fn confirm_totp(
+        &self,
+        user: &User,
+        code: &str,
+        now: i64,
+    ) -> Result<Vec<String>, AuthError> {
+        let mut credentials = self
+            .store
+            .credentials(user.id)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
+        let sealed = credentials
+            .totp_secret
+            .as_deref()
+            .and_then(|s| s.strip_prefix(PENDING))
+            .ok_or(AuthError::NothingToConfirm)?
+            .to_owned();
+        let place = format!("identity/{}/totp", user.id);
+        let secret = TotpSecret::from_bytes(&self.keyring.open(&sealed, &place)?)
+            .map_err(|_| EnvelopeError::Malformed)?;
+        let step = Totp::new(secret)
+            .verify(code, u64::try_from(now).unwrap_or_default(), None)
+            .map_err(|_| AuthError::InvalidCredentials)?;
+        let codes = crate::recovery::RecoveryCodes::generate();
+        credentials.totp_secret = Some(sealed);
+        credentials.totp_last_step = i64::try_from(step).ok();
+        credentials.recovery_codes = codes.hashes;
+        credentials.version += 1;
+        self.store.put_credentials(&credentials).await?;
+        self.audit(
+            now,
+            &user.id.to_string(),
+            "totp_enrolled",
+            Some(&user.id.to_string()),
+            None,
+            json!({}),
+        )
+        .await?;
+        Ok(codes.shown)
+    }
+
+    /// The active signing key's id (for tests and the admin view).
+    pub fn active_kid(&self) -> String {
+        self.with_keys(|set| {
+            set.keys()
+                .iter()
+                .find(|k| k.state == KeyState::Active)
+                .map(|k| k.kid.clone())
+                .unwrap_or_default()
+        })
+    }
+}

@@ -39,6 +39,18 @@ pub enum ApiError {
     Timeout,
     #[error("server is at capacity; retry")]
     Overloaded,
+    #[error("a valid access token is required")]
+    Unauthenticated,
+    #[error("the credentials are not valid")]
+    InvalidCredentials,
+    #[error("a second factor is required: send second_factor with a TOTP or recovery code")]
+    MfaRequired,
+    #[error("this account is not allowed to do that")]
+    Forbidden,
+    #[error("too many failed attempts; try again in {retry_after_secs} s")]
+    TooManyAttempts { retry_after_secs: i64 },
+    #[error("{0}")]
+    WeakPassword(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -78,6 +90,12 @@ impl ApiError {
             Self::Unavailable(_) | Self::Timeout | Self::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Unauthenticated | Self::InvalidCredentials | Self::MfaRequired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,6 +114,12 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::Timeout => "timeout",
             Self::Overloaded => "overloaded",
+            Self::Unauthenticated => "unauthenticated",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::MfaRequired => "mfa_required",
+            Self::Forbidden => "forbidden",
+            Self::TooManyAttempts { .. } => "too_many_attempts",
+            Self::WeakPassword(_) => "weak_password",
             Self::Internal(_) => "internal",
         }
     }
@@ -139,6 +163,7 @@ impl IntoResponse for ApiError {
             }
             Self::UnknownField { field, .. } => body.field = Some(field.clone()),
             Self::Conflict { field } => body.field = Some((*field).to_owned()),
+            Self::WeakPassword(_) => body.field = Some("password".to_owned()),
             Self::Internal(source) => {
                 let error_id = uuid::Uuid::new_v4().simple().to_string();
                 body.error_id = Some(error_id.clone());
@@ -156,6 +181,18 @@ impl IntoResponse for ApiError {
         if matches!(self, Self::Overloaded | Self::Unavailable(_)) {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::TooManyAttempts { retry_after_secs } = self {
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
+        }
+        if matches!(self, Self::Unauthenticated) {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keel\""),
+            );
         }
         res
     }

@@ -4,12 +4,15 @@
 //!   fire-and-forget exports, 202 then `GET /jobs/{id}`), the operations routes ([`ops`]:
 //!   `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`), one middleware ([`middleware`])
 //!   for request ids, load shedding, timeouts, metrics and logs.
+//! - [`auth`]: the identity provider's routes (`/auth/*`, `/.well-known/jwks.json`) and the
+//!   [`auth::Bearer`] extractor for routes that need a signed-in account.
 //! - [`error`]: [`ApiError`], the only place where failures become status codes and JSON bodies.
 //! - [`extract`]: the JSON body extractor that turns every malformed input into a precise error.
 //!
 //! **Invariant:** the API holds no state of its own between requests (stateless, so any number of
 //! instances can serve behind a load balancer); everything lives in the database and the caches.
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod jobs;
@@ -45,6 +48,9 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub http: HttpSettings,
     pub jobs: jobs::JobsState,
+    /// The built-in identity provider; `None` when `identity.enabled` is off (its routes are
+    /// then not mounted).
+    pub identity: Option<Arc<keel_identity::service::Idp>>,
 }
 
 /// The complete API router.
@@ -55,8 +61,14 @@ pub fn router(state: AppState) -> Router {
 /// The API router with `extra` routes (the hospital console) behind the same middleware.
 pub fn router_with(state: AppState, extra: Router) -> Router {
     let limiter = middleware::Limiter::new(&state.http);
+    let auth = if state.identity.is_some() {
+        auth::router()
+    } else {
+        Router::new()
+    };
     Router::new()
         .merge(extra.with_state(()))
+        .merge(auth)
         .merge(users::router())
         .merge(jobs::router())
         .merge(ops::router())

@@ -25,6 +25,7 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub queue: QueueSettings,
     pub hospital: HospitalSettings,
+    pub identity: IdentitySettings,
 }
 
 impl Default for Settings {
@@ -38,6 +39,7 @@ impl Default for Settings {
             shutdown: ShutdownSettings::default(),
             queue: QueueSettings::default(),
             hospital: HospitalSettings::default(),
+            identity: IdentitySettings::default(),
         }
     }
 }
@@ -282,6 +284,60 @@ impl Default for HospitalSettings {
     }
 }
 
+/// The built-in identity provider (accounts, sign-in, tokens, MFA): served by the API role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySettings {
+    /// Serve the identity provider (`/auth/*`, `/.well-known/jwks.json`).
+    pub enabled: bool,
+    /// The `iss` of every token: the public base URL clients reach keel at. Unset:
+    /// `http://` and `server.listen`.
+    pub issuer: Option<String>,
+    /// The `aud` of access tokens for keel's API.
+    pub audience: String,
+    /// At least 32 bytes, base64: the key refresh and device tokens are signed with. Every
+    /// instance of a deployment needs the same one. Unset: made once and kept in
+    /// `<data_dir>/identity.secret` (one instance only).
+    pub secret: Option<Secret>,
+    /// Master keys that seal stored secrets (TOTP secrets, signing keys), comma-separated
+    /// `<id>:<32 bytes base64>`, the primary first (see README, key rotation). Unset: one key
+    /// made once and kept in `<data_dir>/identity.keys` (one instance only).
+    pub data_keys: Option<Secret>,
+    /// Access-token lifetime (seconds).
+    pub access_ttl_secs: u64,
+    /// How long a sign-in lasts before signing in again (seconds).
+    pub session_ttl_secs: u64,
+    /// How often the token signing key rotates (seconds).
+    pub key_rotation_secs: u64,
+    /// argon2id memory (KiB); at least OWASP's minimum, 19456.
+    pub argon2_memory_kib: u32,
+    /// argon2id passes; at least 2.
+    pub argon2_iterations: u32,
+    /// argon2id lanes; at least 1.
+    pub argon2_parallelism: u32,
+    /// Fewest characters of a new password (at least 8).
+    pub password_min_chars: usize,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            issuer: None,
+            audience: "keel".into(),
+            secret: None,
+            data_keys: None,
+            access_ttl_secs: 15 * 60,
+            session_ttl_secs: 30 * 24 * 3600,
+            key_rotation_secs: 30 * 24 * 3600,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            password_min_chars: 12,
+        }
+    }
+}
+
 /// Which broker a queue URL selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
@@ -449,6 +505,41 @@ impl Settings {
             return Err(format!(
                 "queue.namespace: must be letters, digits, _ or -, got {:?}",
                 self.queue.namespace
+            ));
+        }
+        let identity = &self.identity;
+        if identity.argon2_memory_kib < 19 * 1024
+            || identity.argon2_iterations < 2
+            || identity.argon2_parallelism == 0
+        {
+            return Err(format!(
+                "identity.argon2_*: m={} KiB, t={}, p={} is below the minimum of m=19456, t=2, p=1",
+                identity.argon2_memory_kib, identity.argon2_iterations, identity.argon2_parallelism
+            ));
+        }
+        if identity.password_min_chars < 8 {
+            return Err(format!(
+                "identity.password_min_chars: at least 8, got {}",
+                identity.password_min_chars
+            ));
+        }
+        if identity.access_ttl_secs == 0 || identity.access_ttl_secs > 24 * 3600 {
+            return Err(format!(
+                "identity.access_ttl_secs: 1 to 86400, got {}",
+                identity.access_ttl_secs
+            ));
+        }
+        if identity.key_rotation_secs < 2 * identity.access_ttl_secs {
+            return Err(
+                "identity.key_rotation_secs: must be at least twice identity.access_ttl_secs"
+                    .to_owned(),
+            );
+        }
+        if let Some(issuer) = &identity.issuer
+            && !(issuer.starts_with("http://") || issuer.starts_with("https://"))
+        {
+            return Err(format!(
+                "identity.issuer: must start with http:// or https://, got {issuer:?}"
             ));
         }
         if let Some(url) = &self.hospital.webhook_url {

@@ -87,6 +87,9 @@ pub enum AuthError {
     NothingToConfirm,
     #[error("stored identity data is unusable")]
     Sealed(#[from] EnvelopeError),
+    /// The signing keys are not loaded yet (the database was unreachable at start).
+    #[error("the identity provider is starting")]
+    NotReady,
     #[error("storage failed")]
     Store(#[from] StoreError),
 }
@@ -195,7 +198,7 @@ impl Idp {
         &self.settings
     }
 
-    async fn audit(
+    async fn record(
         &self,
         now: i64,
         actor: &str,
@@ -236,7 +239,7 @@ impl Idp {
                 None => {
                     let set = KeySet::generate(self.settings.access_ttl_secs * 2);
                     if self.write_keys(&set, now, 1).await? {
-                        self.audit(now, "system", "signing_keys_created", None, None, json!({}))
+                        self.record(now, "system", "signing_keys_created", None, None, json!({}))
                             .await?;
                         *self.keys.write().expect("keys lock") = Some((set, now, 1));
                         return Ok(());
@@ -249,7 +252,7 @@ impl Idp {
                 if !self.write_keys(&set, now, version + 1).await? {
                     continue;
                 }
-                self.audit(now, "system", "signing_keys_rotated", None, None, json!({}))
+                self.record(now, "system", "signing_keys_rotated", None, None, json!({}))
                     .await?;
                 *self.keys.write().expect("keys lock") = Some((set, now, version + 1));
                 return Ok(());
@@ -270,17 +273,20 @@ impl Idp {
         Ok(self.store.put_signing_keys(&sealed, version).await?)
     }
 
-    fn with_keys<T>(&self, f: impl FnOnce(&KeySet) -> T) -> T {
+    fn with_keys<T>(&self, f: impl FnOnce(&KeySet) -> T) -> Result<T, AuthError> {
         let keys = self.keys.read().expect("keys lock");
-        let (set, _, _) = keys
-            .as_ref()
-            .expect("Idp::ensure_keys runs before the IdP serves");
-        f(set)
+        let (set, _, _) = keys.as_ref().ok_or(AuthError::NotReady)?;
+        Ok(f(set))
     }
 
     /// The published signing keys (`/.well-known/jwks.json`).
-    pub fn jwks(&self) -> Value {
+    pub fn jwks(&self) -> Result<Value, AuthError> {
         self.with_keys(KeySet::jwks)
+    }
+
+    /// Whether the signing keys are loaded (readiness).
+    pub fn is_ready(&self) -> bool {
+        self.keys.read().expect("keys lock").is_some()
     }
 
     /// Checks an access token for keel's API. A token signed by a key this process has not
@@ -291,18 +297,24 @@ impl Idp {
             audience: self.settings.audience.clone(),
             leeway_secs: 30,
         };
-        let verifier: Verifier = self.with_keys(|set| set.verifier(now));
+        let verifier: Verifier = self.with_keys(|set| set.verifier(now))?;
         match verifier.verify(token, &expect, now) {
             Err(TokenError::UnknownKey) => {
                 self.ensure_keys(now).await?;
-                let verifier: Verifier = self.with_keys(|set| set.verifier(now));
+                let verifier: Verifier = self.with_keys(|set| set.verifier(now))?;
                 Ok(verifier.verify(token, &expect, now)?)
             }
             other => Ok(other?),
         }
     }
 
-    fn access_token(&self, user: UserId, roles: &[String], amr: &[&str], now: i64) -> String {
+    fn access_token(
+        &self,
+        user: UserId,
+        roles: &[String],
+        amr: &[&str],
+        now: i64,
+    ) -> Result<String, AuthError> {
         let mut jti = [0u8; 16];
         crate::random_bytes(&mut jti);
         let mut extra = serde_json::Map::new();
@@ -354,7 +366,7 @@ impl Idp {
         roles.dedup();
         credentials.roles = roles;
         self.store.put_credentials(&credentials).await?;
-        self.audit(
+        self.record(
             now,
             actor,
             "account_created",
@@ -551,7 +563,7 @@ impl Idp {
             self.settings.session_ttl_secs,
         );
         self.store.insert_family(&family).await?;
-        self.audit(
+        self.record(
             now,
             &subject,
             "login_succeeded",
@@ -568,7 +580,7 @@ impl Idp {
             None => Some(self.device_token(user.id)),
         };
         Ok(Tokens {
-            access_token: self.access_token(user.id, &credentials.roles, &amr, now),
+            access_token: self.access_token(user.id, &credentials.roles, &amr, now)?,
             token_type: "Bearer".into(),
             expires_in: self.settings.access_ttl_secs,
             refresh_token,
@@ -595,7 +607,7 @@ impl Idp {
         self.store
             .put_failures(account_key, account_failures)
             .await?;
-        self.audit(
+        self.record(
             now,
             "anonymous",
             "login_failed",
@@ -639,7 +651,7 @@ impl Idp {
                     .filter(|c| c.disabled_at.is_none())
                     .ok_or(AuthError::InvalidCredentials)?;
                 Ok(Tokens {
-                    access_token: self.access_token(user, &credentials.roles, &["pwd"], now),
+                    access_token: self.access_token(user, &credentials.roles, &["pwd"], now)?,
                     token_type: "Bearer".into(),
                     expires_in: self.settings.access_ttl_secs,
                     refresh_token: token,
@@ -648,7 +660,7 @@ impl Idp {
             }
             Redeemed::Reused { family } => {
                 self.store.revoke_family(&family.id).await?;
-                self.audit(
+                self.record(
                     now,
                     "anonymous",
                     "refresh_token_reused",
@@ -668,7 +680,7 @@ impl Idp {
         let (family_id, _) = self.refresh.family_of(token)?;
         if let Some(family) = self.store.family(family_id).await? {
             self.store.revoke_family(&family.id).await?;
-            self.audit(
+            self.record(
                 now,
                 &family.subject,
                 "logout",
@@ -679,6 +691,14 @@ impl Idp {
             .await?;
         }
         Ok(())
+    }
+
+    /// The authentication audit log, newest first.
+    pub async fn audit(
+        &self,
+        query: &keel_domain::AuthEventQuery,
+    ) -> Result<Vec<AuthEvent>, AuthError> {
+        Ok(self.store.audit(query).await?)
     }
 
     // ---- MFA ----
@@ -705,7 +725,7 @@ impl Idp {
         ));
         credentials.version += 1;
         self.store.put_credentials(&credentials).await?;
-        self.audit(
+        self.record(
             now,
             &user.id.to_string(),
             "totp_enrolment_started",
@@ -751,7 +771,7 @@ impl Idp {
         credentials.recovery_codes = codes.hashes;
         credentials.version += 1;
         self.store.put_credentials(&credentials).await?;
-        self.audit(
+        self.record(
             now,
             &user.id.to_string(),
             "totp_enrolled",
@@ -764,13 +784,14 @@ impl Idp {
     }
 
     /// The active signing key's id (for tests and the admin view).
-    pub fn active_kid(&self) -> String {
+    pub fn active_kid(&self) -> Option<String> {
         self.with_keys(|set| {
             set.keys()
                 .iter()
                 .find(|k| k.state == KeyState::Active)
                 .map(|k| k.kid.clone())
-                .unwrap_or_default()
         })
+        .ok()
+        .flatten()
     }
 }

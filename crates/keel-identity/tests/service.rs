@@ -368,7 +368,7 @@ async fn processes_share_one_key_set_and_follow_each_others_rotation() {
         .await
         .unwrap();
     assert_eq!(one.active_kid(), two.active_kid());
-    assert!(one.jwks()["keys"].as_array().unwrap().len() >= 2);
+    assert!(one.jwks().unwrap()["keys"].as_array().unwrap().len() >= 2);
 }
 
 #[tokio::test]

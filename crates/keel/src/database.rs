@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use keel_config::{DatabaseKind, Settings};
-use keel_domain::{EventStore, StoreError, UserRepo};
+use keel_domain::{EventStore, IdentityStore, StoreError, UserRepo};
 use keel_store_mariadb::MariaDbStore;
 use keel_store_postgres::PostgresStore;
 use keel_store_sqlite::SqliteStore;
@@ -81,6 +81,15 @@ impl Database {
 
     /// The outbox, jobs and subscriber effects, in the same database as the users.
     pub fn events(&self) -> Arc<dyn EventStore> {
+        match self {
+            Self::Sqlite(db) => Arc::new(db.clone()),
+            Self::Postgres(db) => Arc::new(db.clone()),
+            Self::MariaDb(db) => Arc::new(db.clone()),
+        }
+    }
+
+    /// The identity provider's tables, in the same database as the users.
+    pub fn identity(&self) -> Arc<dyn IdentityStore> {
         match self {
             Self::Sqlite(db) => Arc::new(db.clone()),
             Self::Postgres(db) => Arc::new(db.clone()),

@@ -2,12 +2,14 @@
 //! tiers and the API into one server, so that tests can start the real thing in process.
 //!
 //! - [`database`]: opening the configured engine and migrating it.
+//! - [`identity`]: the identity provider: its secrets, settings and signing keys.
 //! - [`queue`]: opening the configured broker and its hospital.
 //! - [`workers`]: the worker role (outbox relay, subscriber groups, queue metrics).
 //! - [`Application`]: build (binds the listener, port 0 allowed), then run until a shutdown
 //!   signal, draining as DESIGN.md C1 requires.
 
 pub mod database;
+pub mod identity;
 pub mod queue;
 pub mod workers;
 
@@ -87,6 +89,16 @@ impl Application {
         }
         let readiness = Arc::new(Readiness::new(probes));
         let backlog = Arc::new(AtomicU64::new(0));
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+        let identity = identity::build(
+            &settings,
+            repo.clone(),
+            database.identity(),
+            listener.local_addr()?,
+        )
+        .await?;
         let state = AppState {
             users: users.clone(),
             readiness: readiness.clone(),
@@ -104,6 +116,7 @@ impl Application {
                 job_ttl: (settings.queue.job_ttl_secs > 0)
                     .then(|| Duration::from_secs(settings.queue.job_ttl_secs)),
             },
+            identity,
         };
         // The hospital console needs the queue; it is opened here only when the console is on,
         // and shared with the worker role if this process runs it too.
@@ -127,9 +140,6 @@ impl Application {
             _ => axum::Router::new(),
         };
         let router = keel_api::router_with(state, console);
-        let listener = TcpListener::bind(settings.server.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let poller = tokio::spawn(poll_backlog(events.clone(), backlog.clone()));
         Ok(Self {
             listener,
@@ -192,7 +202,9 @@ impl Application {
             ..
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        // With the peer's address in each request (the IdP throttles and audits by it).
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
             let _ = stop_rx.await;
         });
         let mut server = tokio::spawn(server.into_future());

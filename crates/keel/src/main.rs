@@ -45,6 +45,26 @@ enum Command {
         #[command(subcommand)]
         command: keel_hospital::HospitalCommand,
     },
+    /// Manage the identity provider's accounts from a terminal.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an account with roles (by default `admin`): how the first admin comes to be, since
+    /// keel has no default password. The password is read from standard input (one line).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+        /// A role to give; repeat for several.
+        #[arg(long = "role", default_value = "admin")]
+        roles: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -189,6 +209,52 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
                     settings.shutdown.drain_deadline_ms,
                 ))
                 .await;
+            Ok(())
+        }
+        Command::Admin {
+            command: AdminCommand::Create { email, name, roles },
+        } => {
+            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                format!(
+                    "cannot create data directory {}",
+                    settings.data_dir.display()
+                )
+            })?;
+            let db = keel::database::Database::open(&settings).await?;
+            if settings.database.migrate_on_start {
+                db.migrate()
+                    .await
+                    .context("cannot apply database migrations")?;
+            }
+            let idp =
+                keel::identity::build(&settings, db.repo(), db.identity(), settings.server.listen)
+                    .await?
+                    .context("identity.enabled is off")?;
+            eprint!("password for {email} (one line on standard input): ");
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+            let user = idp
+                .create_account(
+                    &name,
+                    &email,
+                    password,
+                    &roles,
+                    "cli",
+                    chrono::Utc::now().timestamp(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!();
+            println!(
+                "keel: account {} created with id {} and roles {}",
+                user.email.as_str(),
+                user.id,
+                roles.join(", ")
+            );
             Ok(())
         }
         Command::Config => unreachable!("handled before the runtime starts"),

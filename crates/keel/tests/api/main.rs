@@ -1,5 +1,6 @@
 //! API tests: the real application on a real port, against every database backend.
 
+mod auth;
 mod helpers;
 mod hospital;
 mod jobs;

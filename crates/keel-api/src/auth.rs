@@ -1,0 +1,297 @@
+//! The identity provider's routes (issue 4), mounted when `identity.enabled`: sign-up, sign-in
+//! with an optional second factor, refresh, sign-out, the signed-in account, TOTP enrolment, the
+//! authentication audit log (admins), and the JWKS. Bearer tokens are checked by [`Bearer`].
+//!
+//! Every sign-in failure a client can cause answers 401 `invalid_credentials`, whether the
+//! account exists or not; throttled attempts answer 429 with `Retry-After`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use keel_domain::{AuthEventQuery, UserId};
+use keel_identity::service::{AuthError, Idp, SignIn};
+use keel_identity::token::Claims;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::extract::JsonObject;
+use crate::{ApiError, AppState};
+
+/// The OAuth client id of keel's own first-party clients (the JSON sign-in routes).
+const FIRST_PARTY: &str = "keel";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/signup", post(sign_up))
+        .route("/auth/login", post(sign_in))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(sign_out))
+        .route("/auth/me", get(me))
+        .route("/auth/totp", post(enroll_totp))
+        .route("/auth/totp/confirm", post(confirm_totp))
+        .route("/auth/audit", get(audit))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn idp(state: &AppState) -> Result<&Arc<Idp>, ApiError> {
+    state.identity.as_ref().ok_or(ApiError::RouteNotFound)
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidCredentials
+            | AuthError::InvalidRefresh(_)
+            | AuthError::NothingToConfirm => Self::InvalidCredentials,
+            AuthError::MfaRequired => Self::MfaRequired,
+            AuthError::Locked { retry_after_secs } => Self::TooManyAttempts { retry_after_secs },
+            AuthError::InvalidToken(_) => Self::Unauthenticated,
+            AuthError::Policy(violation) => Self::WeakPassword(violation.to_string()),
+            AuthError::Invalid(e) => Self::Validation(e),
+            AuthError::EmailTaken => Self::Conflict { field: "email" },
+            AuthError::AlreadyEnrolled => Self::Conflict { field: "totp" },
+            AuthError::NotReady => Self::Unavailable("identity provider starting".into()),
+            AuthError::Store(e) => e.into(),
+            AuthError::Sealed(e) => Self::Internal(Box::new(e)),
+        }
+    }
+}
+
+/// The client's address, as the listener saw it (no forwarded header is trusted here: the
+/// gateway of issue 5 will pass it on).
+pub struct ClientAddr(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+        Ok(Self(addr))
+    }
+}
+
+/// A request carrying a valid access token: its account and claims. No or a bad token
+/// answers 401 with `WWW-Authenticate: Bearer`.
+pub struct Bearer {
+    pub user: UserId,
+    pub claims: Claims,
+}
+
+impl Bearer {
+    pub fn roles(&self) -> impl Iterator<Item = &str> {
+        self.claims
+            .extra
+            .get("roles")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+    }
+
+    /// 403 unless the account holds `role`.
+    pub fn require_role(&self, role: &str) -> Result<(), ApiError> {
+        if self.roles().any(|r| r == role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let idp = idp(state)?;
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or(ApiError::Unauthenticated)?;
+        let claims = idp.verify_access(token.trim(), now()).await?;
+        let user = claims.sub.parse().map_err(|_| ApiError::Unauthenticated)?;
+        Ok(Self { user, claims })
+    }
+}
+
+fn optional_str<'a>(body: &'a JsonObject, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+    match body.0.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => body.required_str(name).map(Some),
+    }
+}
+
+/// Self-service sign-up: an account with a password (201 and the user).
+async fn sign_up(State(state): State<AppState>, body: JsonObject) -> Result<Response, ApiError> {
+    let idp = idp(&state)?;
+    body.deny_unknown(&["name", "email", "password"])?;
+    let user = idp
+        .create_account(
+            body.required_str("name")?,
+            body.required_str("email")?,
+            body.required_str("password")?,
+            &[],
+            "anonymous",
+            now(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+/// Sign in: tokens, or 401 `mfa_required` when a second factor must be sent too.
+async fn sign_in(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let idp = idp(&state)?;
+    body.deny_unknown(&["email", "password", "second_factor", "device_token"])?;
+    let attempt = SignIn {
+        email: body.required_str("email")?,
+        password: body.required_str("password")?,
+        second_factor: optional_str(&body, "second_factor")?,
+        device_token: optional_str(&body, "device_token")?,
+        client: &client,
+        client_id: FIRST_PARTY,
+    };
+    let tokens = idp.sign_in(&attempt, now()).await?;
+    Ok(Json(tokens).into_response())
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let idp = idp(&state)?;
+    body.deny_unknown(&["refresh_token"])?;
+    let tokens = idp
+        .refresh(
+            body.required_str("refresh_token")?,
+            FIRST_PARTY,
+            &client,
+            now(),
+        )
+        .await?;
+    Ok(Json(tokens).into_response())
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let idp = idp(&state)?;
+    body.deny_unknown(&["refresh_token"])?;
+    // An unknown or forged token signs nothing out, and says so no differently.
+    match idp
+        .sign_out(body.required_str("refresh_token")?, &client, now())
+        .await
+    {
+        Ok(()) | Err(AuthError::InvalidRefresh(_)) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The signed-in account: the user, its roles, how it signed in.
+async fn me(State(state): State<AppState>, bearer: Bearer) -> Result<Response, ApiError> {
+    let user = state
+        .users
+        .get(bearer.user)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let user: Value =
+        serde_json::from_slice(&user.json).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(Json(json!({
+        "user": user,
+        "roles": bearer.roles().collect::<Vec<_>>(),
+        "amr": bearer.claims.extra.get("amr"),
+    }))
+    .into_response())
+}
+
+async fn enroll_totp(State(state): State<AppState>, bearer: Bearer) -> Result<Response, ApiError> {
+    let idp = idp(&state)?;
+    let user = state
+        .users
+        .get(bearer.user)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let enrolment = idp.enroll_totp(&user.value, now()).await?;
+    Ok(Json(enrolment).into_response())
+}
+
+async fn confirm_totp(
+    State(state): State<AppState>,
+    bearer: Bearer,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let idp = idp(&state)?;
+    body.deny_unknown(&["code"])?;
+    let user = state
+        .users
+        .get(bearer.user)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let codes = idp
+        .confirm_totp(&user.value, body.required_str("code")?, now())
+        .await?;
+    Ok(Json(json!({ "recovery_codes": codes })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditParams {
+    subject: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// The authentication audit log, newest first (admins only).
+async fn audit(
+    State(state): State<AppState>,
+    bearer: Bearer,
+    Query(params): Query<AuditParams>,
+) -> Result<Response, ApiError> {
+    bearer.require_role("admin")?;
+    let idp = idp(&state)?;
+    let events = idp
+        .audit(&AuthEventQuery {
+            subject: params.subject,
+            actor: params.actor,
+            action: params.action,
+            before: params.before,
+            limit: params.limit.unwrap_or(100).clamp(1, 1000),
+        })
+        .await?;
+    Ok(Json(json!({ "events": events })).into_response())
+}
+
+async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let keys = idp(&state)?.jwks()?;
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
+        Json(keys),
+    )
+        .into_response())
+}

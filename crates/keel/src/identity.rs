@@ -1,0 +1,144 @@
+//! Building the identity provider from the settings: its secrets (configured, or made once and
+//! kept in the data directory for a single instance), its hasher and policy, and its signing
+//! keys, loaded in the background until the database answers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use keel_config::Settings;
+use keel_domain::{IdentityStore, UserRepo};
+use keel_identity::envelope::Keyring;
+use keel_identity::lockout::LockoutPolicy;
+use keel_identity::password::{Argon2Params, PasswordHasher, PasswordPolicy};
+use keel_identity::service::{Idp, IdpSettings};
+
+/// The IdP of these settings, or `None` when `identity.enabled` is off.
+pub async fn build(
+    settings: &Settings,
+    users: Arc<dyn UserRepo>,
+    store: Arc<dyn IdentityStore>,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<Option<Arc<Idp>>> {
+    let config = &settings.identity;
+    if !config.enabled {
+        return Ok(None);
+    }
+    let secret = match &config.secret {
+        Some(secret) => STANDARD
+            .decode(secret.expose().trim())
+            .context("identity.secret: not base64")?,
+        None => {
+            let text = kept_in(&settings.data_dir.join("identity.secret"), || {
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes).expect("the operating system's random source");
+                STANDARD.encode(bytes)
+            })?;
+            STANDARD
+                .decode(text.trim())
+                .context("identity.secret in the data directory: not base64")?
+        }
+    };
+    if secret.len() < 32 {
+        anyhow::bail!(
+            "identity.secret: at least 32 bytes needed, got {}",
+            secret.len()
+        );
+    }
+    let keys = match &config.data_keys {
+        Some(keys) => keys.expose().to_owned(),
+        None => kept_in(&settings.data_dir.join("identity.keys"), || {
+            Keyring::generate_entry("k1")
+        })?,
+    };
+    let keyring = Keyring::parse(keys.split(',').map(str::trim).filter(|k| !k.is_empty()))
+        .map_err(|e| anyhow::anyhow!("identity.data_keys: {e}"))?;
+    let params = Argon2Params::new(
+        config.argon2_memory_kib,
+        config.argon2_iterations,
+        config.argon2_parallelism,
+    )
+    .map_err(|e| anyhow::anyhow!("identity.argon2_*: {e}"))?;
+    let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let idp = Arc::new(Idp::new(
+        users,
+        store,
+        PasswordHasher::new(params),
+        keyring,
+        &secret,
+        IdpSettings {
+            issuer: config
+                .issuer
+                .clone()
+                .unwrap_or_else(|| format!("http://{listen}")),
+            audience: config.audience.clone(),
+            access_ttl_secs: secs(config.access_ttl_secs),
+            session_ttl_secs: secs(config.session_ttl_secs),
+            key_rotation_secs: secs(config.key_rotation_secs),
+            lockout: LockoutPolicy::default(),
+            policy: PasswordPolicy {
+                min_chars: config.password_min_chars,
+                ..PasswordPolicy::default()
+            },
+            totp_issuer: "keel".into(),
+        },
+    ));
+    if let Err(e) = idp.ensure_keys(now()).await {
+        // The database may still be coming up (PostgreSQL and MariaDB pools connect lazily):
+        // the IdP answers 503 until its keys are loaded.
+        tracing::warn!(error = %e, "identity keys not loaded yet; retrying in the background");
+    }
+    tokio::spawn(keep_keys(Arc::downgrade(&idp)));
+    Ok(Some(idp))
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Loads the keys until they are, then rotates them when due (checked every minute).
+async fn keep_keys(idp: std::sync::Weak<Idp>) {
+    let mut wait = Duration::from_secs(2);
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(idp) = idp.upgrade() else { return };
+        match idp.ensure_keys(now()).await {
+            Ok(()) => wait = Duration::from_secs(60),
+            Err(e) => {
+                tracing::warn!(error = %e, "identity keys not loaded");
+                wait = Duration::from_secs(2);
+            }
+        }
+    }
+}
+
+/// The text kept in `path`, made by `make` and written (owner-only) if the file is missing.
+fn kept_in(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = make();
+            write_private(path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            tracing::info!(path = %path.display(), "identity secret made for this data directory");
+            Ok(text)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // create_new: two processes starting together on one data directory cannot both write.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}

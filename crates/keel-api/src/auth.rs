@@ -89,7 +89,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 /// answers 401 with `WWW-Authenticate: Bearer`.
 pub struct Bearer {
     pub user: UserId,
-    pub claims: Claims,
+    pub claims: Arc<Claims>,
 }
 
 impl Bearer {

@@ -149,8 +149,21 @@ pub struct Idp {
     refresh: RefreshTokens,
     device_key: Vec<u8>,
     settings: IdpSettings,
-    keys: RwLock<Option<(KeySet, i64, i64)>>,
+    keys: RwLock<Option<Loaded>>,
+    /// Access tokens verified lately, by SHA-256 of the token: a request repeating a token
+    /// (every request of a session does) costs a hash and a lookup, not an Ed25519
+    /// verification (39 µs here; `bench/identity.sh`).
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<Claims>>>,
 }
+
+/// The signing keys as loaded, with the verifier made from them once.
+struct Loaded {
+    set: KeySet,
+    verifier: Arc<Verifier>,
+}
+
+/// Verified tokens kept at most; past it, expired ones go, and if none had, all do.
+const VERIFIED_MAX: usize = 65_536;
 
 impl std::fmt::Debug for Idp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,6 +204,7 @@ impl Idp {
             device_key: derive(b"device-tokens"),
             settings,
             keys: RwLock::new(None),
+            verified: std::sync::Mutex::default(),
         }
     }
 
@@ -241,7 +255,7 @@ impl Idp {
                     if self.write_keys(&set, now, 1).await? {
                         self.record(now, "system", "signing_keys_created", None, None, json!({}))
                             .await?;
-                        *self.keys.write().expect("keys lock") = Some((set, now, 1));
+                        self.install(set, now);
                         return Ok(());
                     }
                     continue;
@@ -254,11 +268,11 @@ impl Idp {
                 }
                 self.record(now, "system", "signing_keys_rotated", None, None, json!({}))
                     .await?;
-                *self.keys.write().expect("keys lock") = Some((set, now, version + 1));
+                self.install(set, now);
                 return Ok(());
             }
             set.prune(now);
-            *self.keys.write().expect("keys lock") = Some((set, rotated_at, version));
+            self.install(set, now);
             return Ok(());
         }
     }
@@ -273,10 +287,23 @@ impl Idp {
         Ok(self.store.put_signing_keys(&sealed, version).await?)
     }
 
+    /// Makes `set` the keys in use, with its verifier (retired keys past their overlap are
+    /// already pruned; a token of a key pruned later has expired by then, so the verifier
+    /// built now stays right until the next load).
+    fn install(&self, set: KeySet, now: i64) {
+        let verifier = Arc::new(set.verifier(now));
+        *self.keys.write().expect("keys lock") = Some(Loaded { set, verifier });
+    }
+
     fn with_keys<T>(&self, f: impl FnOnce(&KeySet) -> T) -> Result<T, AuthError> {
         let keys = self.keys.read().expect("keys lock");
-        let (set, _, _) = keys.as_ref().ok_or(AuthError::NotReady)?;
-        Ok(f(set))
+        let loaded = keys.as_ref().ok_or(AuthError::NotReady)?;
+        Ok(f(&loaded.set))
+    }
+
+    fn verifier(&self) -> Result<Arc<Verifier>, AuthError> {
+        let keys = self.keys.read().expect("keys lock");
+        Ok(keys.as_ref().ok_or(AuthError::NotReady)?.verifier.clone())
     }
 
     /// The published signing keys (`/.well-known/jwks.json`).
@@ -289,23 +316,53 @@ impl Idp {
         self.keys.read().expect("keys lock").is_some()
     }
 
-    /// Checks an access token for keel's API. A token signed by a key this process has not
-    /// seen yet (another process rotated) makes it reload the keys once.
-    pub async fn verify_access(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
+    /// Checks an access token for keel's API. A token verified lately is answered from memory
+    /// while its times hold; a token signed by a key this process has not seen yet (another
+    /// process rotated) makes it reload the keys once.
+    pub async fn verify_access(&self, token: &str, now: i64) -> Result<Arc<Claims>, AuthError> {
+        const LEEWAY: i64 = 30;
+        let digest: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+            <Sha256 as sha2::Digest>::new(),
+            token.as_bytes(),
+        ))
+        .into();
+        let known = self
+            .verified
+            .lock()
+            .expect("verified lock")
+            .get(&digest)
+            .cloned();
+        if let Some(claims) = known {
+            if now >= claims.exp.saturating_add(LEEWAY) {
+                return Err(TokenError::Expired.into());
+            }
+            if claims.nbf > now.saturating_add(LEEWAY) {
+                return Err(TokenError::NotYetValid.into());
+            }
+            return Ok(claims);
+        }
         let expect = Expect {
             issuer: self.settings.issuer.clone(),
             audience: self.settings.audience.clone(),
-            leeway_secs: 30,
+            leeway_secs: LEEWAY,
         };
-        let verifier: Verifier = self.with_keys(|set| set.verifier(now))?;
-        match verifier.verify(token, &expect, now) {
+        let claims = match self.verifier()?.verify(token, &expect, now) {
             Err(TokenError::UnknownKey) => {
                 self.ensure_keys(now).await?;
-                let verifier: Verifier = self.with_keys(|set| set.verifier(now))?;
-                Ok(verifier.verify(token, &expect, now)?)
+                self.verifier()?.verify(token, &expect, now)?
             }
-            other => Ok(other?),
+            other => other?,
+        };
+        let claims = Arc::new(claims);
+        let mut verified = self.verified.lock().expect("verified lock");
+        if verified.len() >= VERIFIED_MAX {
+            verified.retain(|_, c| now < c.exp.saturating_add(LEEWAY));
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
         }
+        verified.insert(digest, claims.clone());
+        Ok(claims)
     }
 
     fn access_token(

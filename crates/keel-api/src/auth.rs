@@ -38,6 +38,10 @@ pub fn router() -> Router<AppState> {
         .route("/auth/totp", post(enroll_totp))
         .route("/auth/totp/confirm", post(confirm_totp))
         .route("/auth/audit", get(audit))
+        .route("/auth/password", post(change_password))
+        .route("/auth/logout-all", post(sign_out_everywhere))
+        .route("/auth/accounts/{id}/disable", post(disable))
+        .route("/auth/accounts/{id}/enable", post(enable))
         .route("/.well-known/jwks.json", get(jwks))
 }
 
@@ -285,6 +289,74 @@ async fn audit(
         })
         .await?;
     Ok(Json(json!({ "events": events })).into_response())
+}
+
+/// Changes the signed-in account's password; every sign-in of it ends (sign in again).
+async fn change_password(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    bearer: Bearer,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let idp = idp(&state)?;
+    body.deny_unknown(&["current_password", "new_password"])?;
+    idp.change_password(
+        bearer.user,
+        body.required_str("current_password")?,
+        body.required_str("new_password")?,
+        &client,
+        now(),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Ends every sign-in of the signed-in account.
+async fn sign_out_everywhere(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    bearer: Bearer,
+) -> Result<Response, ApiError> {
+    idp(&state)?
+        .sign_out_everywhere(bearer.user, &client, now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn set_disabled(
+    state: &AppState,
+    bearer: &Bearer,
+    id: &str,
+    disabled: bool,
+) -> Result<Response, ApiError> {
+    bearer.require_role("admin")?;
+    let user: UserId = id.parse().map_err(|_| ApiError::UserNotFound)?;
+    if idp(state)?
+        .set_disabled(&bearer.user.to_string(), user, disabled, now())
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::UserNotFound)
+    }
+}
+
+/// Disables an account (admins): it cannot sign in, and its sign-ins end.
+async fn disable(
+    State(state): State<AppState>,
+    bearer: Bearer,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    set_disabled(&state, &bearer, &id, true).await
+}
+
+/// Enables a disabled account again (admins).
+async fn enable(
+    State(state): State<AppState>,
+    bearer: Bearer,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    set_disabled(&state, &bearer, &id, false).await
 }
 
 async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {

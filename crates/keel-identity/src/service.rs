@@ -750,6 +750,125 @@ impl Idp {
         Ok(())
     }
 
+    /// Changes the account's password after checking the current one; every sign-in of the
+    /// account ends (its refresh tokens stop working), this one included.
+    pub async fn change_password(
+        &self,
+        user: UserId,
+        current: &str,
+        new: &str,
+        client: &str,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let subject = user.to_string();
+        let account = self
+            .users
+            .get(user)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
+        let mut credentials = self
+            .store
+            .credentials(user)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
+        let matches = credentials
+            .password_hash
+            .as_deref()
+            .is_some_and(|stored| self.hasher.verify(current, stored).is_match());
+        if !matches {
+            self.record(
+                now,
+                &subject,
+                "password_change_failed",
+                Some(&subject),
+                Some(client),
+                json!({}),
+            )
+            .await?;
+            return Err(AuthError::InvalidCredentials);
+        }
+        let email = account.email.as_str();
+        let local = email.split('@').next().unwrap_or_default();
+        self.settings
+            .policy
+            .check(new, &[email, local, account.name.as_str()])?;
+        credentials.password_hash = Some(self.hasher.hash(new));
+        credentials.password_changed_at = Some(now);
+        credentials.version += 1;
+        self.store.put_credentials(&credentials).await?;
+        let ended = self.store.revoke_families_of(&subject).await?;
+        self.record(
+            now,
+            &subject,
+            "password_changed",
+            Some(&subject),
+            Some(client),
+            json!({ "sessions_ended": ended }),
+        )
+        .await
+    }
+
+    /// Ends every sign-in of the account; returns how many were live.
+    pub async fn sign_out_everywhere(
+        &self,
+        user: UserId,
+        client: &str,
+        now: i64,
+    ) -> Result<u64, AuthError> {
+        let subject = user.to_string();
+        let ended = self.store.revoke_families_of(&subject).await?;
+        self.record(
+            now,
+            &subject,
+            "logout_everywhere",
+            Some(&subject),
+            Some(client),
+            json!({ "sessions_ended": ended }),
+        )
+        .await?;
+        Ok(ended)
+    }
+
+    /// Disables or enables an account (admins). A disabled account cannot sign in or refresh,
+    /// and its sign-ins end at once; its access tokens expire within their lifetime.
+    pub async fn set_disabled(
+        &self,
+        actor: &str,
+        user: UserId,
+        disabled: bool,
+        now: i64,
+    ) -> Result<bool, AuthError> {
+        let Some(mut credentials) = self.store.credentials(user).await? else {
+            return Ok(false);
+        };
+        let subject = user.to_string();
+        if credentials.disabled_at.is_some() != disabled {
+            credentials.disabled_at = disabled.then_some(now);
+            credentials.version += 1;
+            self.store.put_credentials(&credentials).await?;
+        }
+        let ended = if disabled {
+            self.store.revoke_families_of(&subject).await?
+        } else {
+            0
+        };
+        let action = if disabled {
+            "account_disabled"
+        } else {
+            "account_enabled"
+        };
+        self.record(
+            now,
+            actor,
+            action,
+            Some(&subject),
+            None,
+            json!({ "sessions_ended": ended }),
+        )
+        .await?;
+        Ok(true)
+    }
+
     /// The authentication audit log, newest first.
     pub async fn audit(
         &self,

@@ -16,6 +16,8 @@ on_every_backend!(
     refresh_rotates_and_a_reused_token_is_refused_with_its_successor,
     totp_enrolment_then_sign_in_with_a_second_factor,
     only_admins_read_the_audit_log,
+    a_password_change_ends_every_sign_in_and_needs_the_current_password,
+    an_admin_disables_and_enables_an_account,
 );
 
 const PASSWORD: &str = "a fine long passphrase";
@@ -317,5 +319,158 @@ async fn with_identity_off_its_routes_are_not_there() {
             .await
             .status(),
         404
+    );
+}
+
+/// Gives the account `roles` directly in the store, as `keel admin create` would have.
+async fn grant(app: &TestApp, user: &Value, roles: &[&str]) {
+    let db = keel::database::Database::open(&app.settings).await.unwrap();
+    let store = db.identity();
+    let id = user["id"].as_str().unwrap().parse().unwrap();
+    let mut credentials = store.credentials(id).await.unwrap().unwrap();
+    credentials.roles = roles.iter().map(|r| (*r).to_owned()).collect();
+    credentials.version += 1;
+    store.put_credentials(&credentials).await.unwrap();
+}
+
+async fn tokens_of(app: &TestApp, email: &str, password: &str) -> Value {
+    let res = sign_in(app, &json!({"email": email, "password": password})).await;
+    assert_eq!(res.status(), 200, "{email}");
+    res.json().await.unwrap()
+}
+
+async fn bearer_post(app: &TestApp, path: &str, token: &Value, body: &Value) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(token.as_str().unwrap())
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn a_password_change_ends_every_sign_in_and_needs_the_current_password(backend: Backend) {
+    let app = spawn_app(backend).await;
+    sign_up(&app, "ada@example.com").await;
+    let laptop = tokens_of(&app, "ada@example.com", PASSWORD).await;
+    let phone = tokens_of(&app, "ada@example.com", PASSWORD).await;
+    let new = "an even longer passphrase now";
+    let wrong = bearer_post(
+        &app,
+        "/auth/password",
+        &laptop["access_token"],
+        &json!({"current_password": "not the password", "new_password": new}),
+    )
+    .await;
+    assert_eq!(wrong.status(), 401);
+    let weak = bearer_post(
+        &app,
+        "/auth/password",
+        &laptop["access_token"],
+        &json!({"current_password": PASSWORD, "new_password": "qwertyuiop123"}),
+    )
+    .await;
+    assert_eq!(weak.status(), 422);
+    let res = bearer_post(
+        &app,
+        "/auth/password",
+        &laptop["access_token"],
+        &json!({"current_password": PASSWORD, "new_password": new}),
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    for session in [&laptop, &phone] {
+        let res = app
+            .post_json(
+                "/auth/refresh",
+                &json!({"refresh_token": session["refresh_token"]}),
+            )
+            .await;
+        assert_eq!(res.status(), 401, "every sign-in ended");
+    }
+    assert_eq!(
+        sign_in(
+            &app,
+            &json!({"email": "ada@example.com", "password": PASSWORD})
+        )
+        .await
+        .status(),
+        401
+    );
+    let fresh = tokens_of(&app, "ada@example.com", new).await;
+    let res = bearer_post(&app, "/auth/logout-all", &fresh["access_token"], &json!({})).await;
+    assert_eq!(res.status(), 204);
+    let res = app
+        .post_json(
+            "/auth/refresh",
+            &json!({"refresh_token": fresh["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 401);
+}
+
+async fn an_admin_disables_and_enables_an_account(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let root = sign_up(&app, "root@example.com").await;
+    grant(&app, &root, &["admin"]).await;
+    let ada = sign_up(&app, "ada@example.com").await;
+    let admin = tokens_of(&app, "root@example.com", PASSWORD).await;
+    let session = tokens_of(&app, "ada@example.com", PASSWORD).await;
+    let path = |action: &str| format!("/auth/accounts/{}/{action}", ada["id"].as_str().unwrap());
+
+    // Ada cannot disable anyone, herself included.
+    let res = bearer_post(&app, &path("disable"), &session["access_token"], &json!({})).await;
+    assert_eq!(res.status(), 403);
+
+    let res = bearer_post(&app, &path("disable"), &admin["access_token"], &json!({})).await;
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        sign_in(
+            &app,
+            &json!({"email": "ada@example.com", "password": PASSWORD})
+        )
+        .await
+        .status(),
+        401,
+        "a disabled account cannot sign in"
+    );
+    let res = app
+        .post_json(
+            "/auth/refresh",
+            &json!({"refresh_token": session["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 401, "its sign-ins ended");
+
+    let res = bearer_post(&app, &path("enable"), &admin["access_token"], &json!({})).await;
+    assert_eq!(res.status(), 204);
+    tokens_of(&app, "ada@example.com", PASSWORD).await;
+
+    let missing = format!("/auth/accounts/{}/disable", uuid::Uuid::now_v7());
+    let res = bearer_post(&app, &missing, &admin["access_token"], &json!({})).await;
+    assert_eq!(res.status(), 404);
+    let audit: Value = bearer_get(
+        &app,
+        &format!("/auth/audit?subject={}", ada["id"].as_str().unwrap()),
+        admin["access_token"].as_str().unwrap(),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.starts_with(&[
+            "login_succeeded",
+            "account_enabled",
+            "login_failed",
+            "account_disabled"
+        ]),
+        "{actions:?}"
     );
 }

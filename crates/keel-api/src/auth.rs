@@ -216,13 +216,21 @@ async fn sign_out(
     }
 }
 
-/// The signed-in account: the user, its roles, how it signed in.
-async fn me(State(state): State<AppState>, bearer: Bearer) -> Result<Response, ApiError> {
-    let user = state
+/// The signed-in account's user (401 if it no longer exists).
+async fn signed_in(
+    state: &AppState,
+    bearer: &Bearer,
+) -> Result<Arc<keel_cache::Cached<keel_domain::User>>, ApiError> {
+    state
         .users
         .get(bearer.user)
         .await?
-        .ok_or(ApiError::Unauthenticated)?;
+        .ok_or(ApiError::Unauthenticated)
+}
+
+/// The signed-in account: the user, its roles, how it signed in.
+async fn me(State(state): State<AppState>, bearer: Bearer) -> Result<Response, ApiError> {
+    let user = signed_in(&state, &bearer).await?;
     let user: Value =
         serde_json::from_slice(&user.json).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Json(json!({
@@ -235,11 +243,7 @@ async fn me(State(state): State<AppState>, bearer: Bearer) -> Result<Response, A
 
 async fn enroll_totp(State(state): State<AppState>, bearer: Bearer) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
-    let user = state
-        .users
-        .get(bearer.user)
-        .await?
-        .ok_or(ApiError::Unauthenticated)?;
+    let user = signed_in(&state, &bearer).await?;
     let enrolment = idp.enroll_totp(&user.value, now()).await?;
     Ok(Json(enrolment).into_response())
 }
@@ -251,11 +255,7 @@ async fn confirm_totp(
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
     body.deny_unknown(&["code"])?;
-    let user = state
-        .users
-        .get(bearer.user)
-        .await?
-        .ok_or(ApiError::Unauthenticated)?;
+    let user = signed_in(&state, &bearer).await?;
     let codes = idp
         .confirm_totp(&user.value, body.required_str("code")?, now())
         .await?;

@@ -173,6 +173,11 @@ impl std::fmt::Debug for Idp {
     }
 }
 
+/// Where an account's TOTP secret is sealed (the envelope's associated data).
+fn totp_place(user: UserId) -> String {
+    format!("identity/{user}/totp")
+}
+
 fn mac(key: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key");
     for part in parts {
@@ -233,6 +238,27 @@ impl Idp {
             })
             .await?;
         Ok(())
+    }
+
+    /// An entry of the account acting on itself.
+    async fn record_own(
+        &self,
+        now: i64,
+        subject: &str,
+        action: &str,
+        client: Option<&str>,
+        detail: Value,
+    ) -> Result<(), AuthError> {
+        self.record(now, subject, action, Some(subject), client, detail)
+            .await
+    }
+
+    /// The credentials of an account that must have them.
+    async fn credentials_of(&self, user: UserId) -> Result<Credentials, AuthError> {
+        self.store
+            .credentials(user)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)
     }
 
     // ---- signing keys ----
@@ -569,8 +595,7 @@ impl Idp {
                 return Err(AuthError::MfaRequired);
             };
             let code = code.trim();
-            let place = format!("identity/{subject}/totp");
-            let secret = TotpSecret::from_bytes(&self.keyring.open(sealed, &place)?)
+            let secret = TotpSecret::from_bytes(&self.keyring.open(sealed, &totp_place(user.id))?)
                 .map_err(|_| EnvelopeError::Malformed)?;
             let last = credentials
                 .totp_last_step
@@ -620,11 +645,10 @@ impl Idp {
             self.settings.session_ttl_secs,
         );
         self.store.insert_family(&family).await?;
-        self.record(
+        self.record_own(
             now,
             &subject,
             "login_succeeded",
-            Some(&subject),
             Some(attempt.client),
             json!({ "amr": amr, "client_id": attempt.client_id }),
         )
@@ -737,15 +761,8 @@ impl Idp {
         let (family_id, _) = self.refresh.family_of(token)?;
         if let Some(family) = self.store.family(family_id).await? {
             self.store.revoke_family(&family.id).await?;
-            self.record(
-                now,
-                &family.subject,
-                "logout",
-                Some(&family.subject),
-                Some(client),
-                json!({}),
-            )
-            .await?;
+            self.record_own(now, &family.subject, "logout", Some(client), json!({}))
+                .await?;
         }
         Ok(())
     }
@@ -766,21 +783,16 @@ impl Idp {
             .get(user)
             .await?
             .ok_or(AuthError::InvalidCredentials)?;
-        let mut credentials = self
-            .store
-            .credentials(user)
-            .await?
-            .ok_or(AuthError::InvalidCredentials)?;
+        let mut credentials = self.credentials_of(user).await?;
         let matches = credentials
             .password_hash
             .as_deref()
             .is_some_and(|stored| self.hasher.verify(current, stored).is_match());
         if !matches {
-            self.record(
+            self.record_own(
                 now,
                 &subject,
                 "password_change_failed",
-                Some(&subject),
                 Some(client),
                 json!({}),
             )
@@ -797,11 +809,10 @@ impl Idp {
         credentials.version += 1;
         self.store.put_credentials(&credentials).await?;
         let ended = self.store.revoke_families_of(&subject).await?;
-        self.record(
+        self.record_own(
             now,
             &subject,
             "password_changed",
-            Some(&subject),
             Some(client),
             json!({ "sessions_ended": ended }),
         )
@@ -817,11 +828,10 @@ impl Idp {
     ) -> Result<u64, AuthError> {
         let subject = user.to_string();
         let ended = self.store.revoke_families_of(&subject).await?;
-        self.record(
+        self.record_own(
             now,
             &subject,
             "logout_everywhere",
-            Some(&subject),
             Some(client),
             json!({ "sessions_ended": ended }),
         )
@@ -881,11 +891,7 @@ impl Idp {
 
     /// Starts TOTP enrolment: a new secret, kept pending until [`Self::confirm_totp`].
     pub async fn enroll_totp(&self, user: &User, now: i64) -> Result<Enrolment, AuthError> {
-        let mut credentials = self
-            .store
-            .credentials(user.id)
-            .await?
-            .ok_or(AuthError::InvalidCredentials)?;
+        let mut credentials = self.credentials_of(user.id).await?;
         if credentials
             .totp_secret
             .as_deref()
@@ -894,18 +900,16 @@ impl Idp {
             return Err(AuthError::AlreadyEnrolled);
         }
         let secret = TotpSecret::generate();
-        let place = format!("identity/{}/totp", user.id);
         credentials.totp_secret = Some(format!(
             "{PENDING}{}",
-            self.keyring.seal(secret.as_bytes(), &place)
+            self.keyring.seal(secret.as_bytes(), &totp_place(user.id))
         ));
         credentials.version += 1;
         self.store.put_credentials(&credentials).await?;
-        self.record(
+        self.record_own(
             now,
             &user.id.to_string(),
             "totp_enrolment_started",
-            Some(&user.id.to_string()),
             None,
             json!({}),
         )
@@ -924,19 +928,14 @@ impl Idp {
         code: &str,
         now: i64,
     ) -> Result<Vec<String>, AuthError> {
-        let mut credentials = self
-            .store
-            .credentials(user.id)
-            .await?
-            .ok_or(AuthError::InvalidCredentials)?;
+        let mut credentials = self.credentials_of(user.id).await?;
         let sealed = credentials
             .totp_secret
             .as_deref()
             .and_then(|s| s.strip_prefix(PENDING))
             .ok_or(AuthError::NothingToConfirm)?
             .to_owned();
-        let place = format!("identity/{}/totp", user.id);
-        let secret = TotpSecret::from_bytes(&self.keyring.open(&sealed, &place)?)
+        let secret = TotpSecret::from_bytes(&self.keyring.open(&sealed, &totp_place(user.id))?)
             .map_err(|_| EnvelopeError::Malformed)?;
         let step = Totp::new(secret)
             .verify(code, u64::try_from(now).unwrap_or_default(), None)
@@ -947,15 +946,8 @@ impl Idp {
         credentials.recovery_codes = codes.hashes;
         credentials.version += 1;
         self.store.put_credentials(&credentials).await?;
-        self.record(
-            now,
-            &user.id.to_string(),
-            "totp_enrolled",
-            Some(&user.id.to_string()),
-            None,
-            json!({}),
-        )
-        .await?;
+        self.record_own(now, &user.id.to_string(), "totp_enrolled", None, json!({}))
+            .await?;
         Ok(codes.shown)
     }
 

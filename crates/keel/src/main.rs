@@ -171,18 +171,7 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
         }
         Command::Worker => {
             keel_telemetry::init_metrics()?;
-            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-                format!(
-                    "cannot create data directory {}",
-                    settings.data_dir.display()
-                )
-            })?;
-            let db = keel::database::Database::open(&settings).await?;
-            if settings.database.migrate_on_start {
-                db.migrate()
-                    .await
-                    .context("cannot apply database migrations")?;
-            }
+            let db = open_database(&settings).await?;
             let queue = keel::queue::Queue::open(&settings).await?;
             let workers = keel::workers::Workers::start(
                 &settings,
@@ -214,18 +203,7 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
         Command::Admin {
             command: AdminCommand::Create { email, name, roles },
         } => {
-            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-                format!(
-                    "cannot create data directory {}",
-                    settings.data_dir.display()
-                )
-            })?;
-            let db = keel::database::Database::open(&settings).await?;
-            if settings.database.migrate_on_start {
-                db.migrate()
-                    .await
-                    .context("cannot apply database migrations")?;
-            }
+            let db = open_database(&settings).await?;
             let idp =
                 keel::identity::build(&settings, db.repo(), db.identity(), settings.server.listen)
                     .await?
@@ -260,6 +238,23 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
         Command::Config => unreachable!("handled before the runtime starts"),
         Command::Hospital { .. } => unreachable!("handled above"),
     }
+}
+
+/// The configured database, its data directory made and, if so configured, migrated.
+async fn open_database(settings: &Settings) -> anyhow::Result<keel::database::Database> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let db = keel::database::Database::open(settings).await?;
+    if settings.database.migrate_on_start {
+        db.migrate()
+            .await
+            .context("cannot apply database migrations")?;
+    }
+    Ok(db)
 }
 
 /// `keel hospital …` on the configured queue and its hospital.

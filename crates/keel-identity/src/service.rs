@@ -173,6 +173,13 @@ impl std::fmt::Debug for Idp {
     }
 }
 
+/// The failure records a sign-in is checked against: `(key, failures)` of the client and of the
+/// account (or of the account on a trusted device).
+struct Throttle {
+    client: (String, keel_domain::Failures),
+    account: (String, keel_domain::Failures),
+}
+
 /// Where an account's TOTP secret is sealed (the envelope's associated data).
 fn totp_place(user: UserId) -> String {
     format!("identity/{user}/totp")
@@ -527,22 +534,17 @@ impl Idp {
                 retry_after_secs: locked.retry_after_secs,
             });
         }
+        let throttle = Throttle {
+            client: (client_key, client_failures),
+            account: (account_key.clone(), account_failures),
+        };
 
         let (user, mut credentials) = match (user, credentials) {
             (Some(user), Some(credentials)) => (user, credentials),
             _ => {
                 self.hasher.verify_nothing(attempt.password);
                 return self
-                    .failed(
-                        attempt,
-                        &client_key,
-                        client_failures,
-                        &account_key,
-                        account_failures,
-                        None,
-                        "unknown_account",
-                        now,
-                    )
+                    .failed(attempt, throttle, None, "unknown_account", now)
                     .await;
             }
         };
@@ -558,31 +560,13 @@ impl Idp {
                     self.hasher.verify_nothing(attempt.password);
                 }
                 return self
-                    .failed(
-                        attempt,
-                        &client_key,
-                        client_failures,
-                        &account_key,
-                        account_failures,
-                        Some(&subject),
-                        "wrong_password",
-                        now,
-                    )
+                    .failed(attempt, throttle, Some(&subject), "wrong_password", now)
                     .await;
             }
         };
         if credentials.disabled_at.is_some() {
             return self
-                .failed(
-                    attempt,
-                    &client_key,
-                    client_failures,
-                    &account_key,
-                    account_failures,
-                    Some(&subject),
-                    "account_disabled",
-                    now,
-                )
+                .failed(attempt, throttle, Some(&subject), "account_disabled", now)
                 .await;
         }
         let mut amr = vec!["pwd"];
@@ -610,10 +594,7 @@ impl Idp {
                 return self
                     .failed(
                         attempt,
-                        &client_key,
-                        client_failures,
-                        &account_key,
-                        account_failures,
+                        throttle,
                         Some(&subject),
                         "wrong_second_factor",
                         now,
@@ -669,25 +650,22 @@ impl Idp {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Counts a failed sign-in for the client and the account keys, audits it, and answers
+    /// the one failure every caller-caused failure gets.
     async fn failed(
         &self,
         attempt: &SignIn<'_>,
-        client_key: &str,
-        mut client_failures: keel_domain::Failures,
-        account_key: &str,
-        mut account_failures: keel_domain::Failures,
+        mut throttle: Throttle,
         subject: Option<&str>,
         reason: &str,
         now: i64,
     ) -> Result<Tokens, AuthError> {
         let lockout = self.settings.lockout;
-        lockout.fail(&mut client_failures, now);
-        lockout.fail(&mut account_failures, now);
-        self.store.put_failures(client_key, client_failures).await?;
-        self.store
-            .put_failures(account_key, account_failures)
-            .await?;
+        lockout.fail(&mut throttle.client.1, now);
+        lockout.fail(&mut throttle.account.1, now);
+        for (key, failures) in [throttle.client, throttle.account] {
+            self.store.put_failures(&key, failures).await?;
+        }
         self.record(
             now,
             "anonymous",

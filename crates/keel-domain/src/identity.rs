@@ -104,6 +104,34 @@ pub struct AuthEventQuery {
     pub limit: u32,
 }
 
+/// A relying party registered with the IdP's OpenID Connect provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcClient {
+    pub id: String,
+    pub name: String,
+    /// SHA-256 of the client secret, hex; `None` for a public client (PKCE only).
+    pub secret_hash: Option<String>,
+    /// Exact redirect URIs allowed (no wildcard, no prefix match).
+    pub redirect_uris: Vec<String>,
+    pub created_at: i64,
+}
+
+/// An authorization code issued and not yet redeemed; it is stored by its hash and taken once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationCode {
+    pub code_hash: String,
+    pub client_id: String,
+    pub user_id: UserId,
+    pub redirect_uri: String,
+    pub scope: String,
+    pub nonce: Option<String>,
+    /// The PKCE `S256` challenge, when the request carried one.
+    pub challenge: Option<String>,
+    /// When the account signed in (unix seconds), for the ID token's `auth_time`.
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
 /// Storage of the IdP's state. Every relational backend implements it with the same behaviour,
 /// proven by one behavioural suite (`keel-test-support::identity_suite`).
 #[async_trait]
@@ -140,6 +168,14 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// Stores the sealed key set if the stored version is `version - 1` (or none is stored and
     /// `version` is 1): false when another process wrote first (it then reads theirs).
     async fn put_signing_keys(&self, sealed: &str, version: i64) -> Result<bool, StoreError>;
+
+    async fn client(&self, id: &str) -> Result<Option<OidcClient>, StoreError>;
+    /// Registers `client`, or replaces the one with its id.
+    async fn put_client(&self, client: &OidcClient) -> Result<(), StoreError>;
+    async fn clients(&self) -> Result<Vec<OidcClient>, StoreError>;
+    async fn insert_code(&self, code: &AuthorizationCode) -> Result<(), StoreError>;
+    /// Removes and returns the code with this hash: a second take of one code finds nothing.
+    async fn take_code(&self, code_hash: &str) -> Result<Option<AuthorizationCode>, StoreError>;
 
     /// Appends to the audit log (append-only: the store refuses to change or remove entries);
     /// returns the entry's id.

@@ -33,7 +33,8 @@ pub use hospital::{
     Transition,
 };
 pub use identity::{
-    AuthEvent, AuthEventQuery, Credentials, Failures, IdentityStore, RefreshFamily,
+    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, IdentityStore, OidcClient,
+    RefreshFamily,
 };
 pub use queue::{
     Broker, BrokerError, Capabilities, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth,

@@ -43,6 +43,7 @@ impl StoreDialect for MariaDbDialect {
             "identity",
             include_str!("../migrations/0003_identity.sql"),
         ),
+        (4, "oidc", include_str!("../migrations/0004_oidc.sql")),
     ];
 
     fn connect_options(url: &str) -> Result<MySqlConnectOptions, StoreError> {

@@ -42,6 +42,7 @@ impl StoreDialect for PostgresDialect {
             "identity",
             include_str!("../migrations/0003_identity.sql"),
         ),
+        (4, "oidc", include_str!("../migrations/0004_oidc.sql")),
     ];
 
     fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {

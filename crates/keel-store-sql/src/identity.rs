@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use keel_domain::{
-    AuthEvent, AuthEventQuery, Credentials, Failures, IdentityStore, RefreshFamily, StoreError,
-    UserId,
+    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, IdentityStore, OidcClient,
+    RefreshFamily, StoreError, UserId,
 };
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, IntoArguments, Type};
 
@@ -73,6 +73,32 @@ type AuditRow = (
     Option<String>,
     Option<String>,
     String,
+);
+
+/// `SELECT id, name, secret_hash, redirect_uris, created_at FROM identity_clients`.
+type ClientRow = (String, String, Option<String>, String, i64);
+
+fn client(row: ClientRow) -> Result<OidcClient, StoreError> {
+    Ok(OidcClient {
+        id: row.0,
+        name: row.1,
+        secret_hash: row.2,
+        redirect_uris: serde_json::from_str(&row.3).map_err(|_| crate::corrupt("redirect uris"))?,
+        created_at: row.4,
+    })
+}
+
+/// `SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, auth_time, expires_at
+/// FROM identity_codes`.
+type CodeRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
 );
 
 fn generation(g: u64) -> Result<i64, StoreError> {
@@ -343,6 +369,108 @@ where
         .await
         .map_err(map_err::<D>)?;
         Ok(D::rows_affected(&res) == 1)
+    }
+
+    async fn client(&self, id: &str) -> Result<Option<OidcClient>, StoreError> {
+        let row: Option<ClientRow> = sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT id, name, secret_hash, redirect_uris, created_at FROM identity_clients WHERE id = ?",
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        row.map(client).transpose()
+    }
+
+    async fn put_client(&self, c: &OidcClient) -> Result<(), StoreError> {
+        let uris = serde_json::to_string(&c.redirect_uris).expect("strings serialize");
+        let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
+        let conn: &mut <Db<D> as Database>::Connection = &mut tx;
+        query::<D>("DELETE FROM identity_clients WHERE id = ?")
+            .bind(c.id.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err::<D>)?;
+        query::<D>(
+            "INSERT INTO identity_clients (id, name, secret_hash, redirect_uris, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(c.id.as_str())
+        .bind(c.name.as_str())
+        .bind(c.secret_hash.clone())
+        .bind(uris.as_str())
+        .bind(c.created_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err::<D>)?;
+        tx.commit().await.map_err(map_err::<D>)
+    }
+
+    async fn clients(&self) -> Result<Vec<OidcClient>, StoreError> {
+        let rows: Vec<ClientRow> = sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT id, name, secret_hash, redirect_uris, created_at FROM identity_clients ORDER BY id",
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        rows.into_iter().map(client).collect()
+    }
+
+    async fn insert_code(&self, c: &AuthorizationCode) -> Result<(), StoreError> {
+        query::<D>(
+            "INSERT INTO identity_codes (code_hash, client_id, user_id, redirect_uri, scope, nonce, \
+             challenge, auth_time, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(c.code_hash.as_str())
+        .bind(c.client_id.as_str())
+        .bind(c.user_id.to_string())
+        .bind(c.redirect_uri.as_str())
+        .bind(c.scope.as_str())
+        .bind(c.nonce.clone())
+        .bind(c.challenge.clone())
+        .bind(c.auth_time)
+        .bind(c.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err::<D>)
+        .map(drop)
+    }
+
+    async fn take_code(&self, code_hash: &str) -> Result<Option<AuthorizationCode>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
+        let conn: &mut <Db<D> as Database>::Connection = &mut tx;
+        let row: Option<CodeRow> = sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, auth_time, expires_at \
+             FROM identity_codes WHERE code_hash = ?",
+        )))
+        .bind(code_hash)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err::<D>)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        // Whoever deletes the row redeems the code: a concurrent take deletes nothing.
+        let res = query::<D>("DELETE FROM identity_codes WHERE code_hash = ?")
+            .bind(code_hash)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err::<D>)?;
+        if D::rows_affected(&res) != 1 {
+            return Ok(None);
+        }
+        tx.commit().await.map_err(map_err::<D>)?;
+        Ok(Some(AuthorizationCode {
+            code_hash: code_hash.to_owned(),
+            client_id: row.0,
+            user_id: row.1.parse().map_err(|_| crate::corrupt("user id"))?,
+            redirect_uri: row.2,
+            scope: row.3,
+            nonce: row.4,
+            challenge: row.5,
+            auth_time: row.6,
+            expires_at: row.7,
+        }))
     }
 
     async fn append_audit(&self, e: &AuthEvent) -> Result<i64, StoreError> {

@@ -49,6 +49,7 @@ impl StoreDialect for SqliteDialect {
             "identity",
             include_str!("../migrations/0003_identity.sql"),
         ),
+        (4, "oidc", include_str!("../migrations/0004_oidc.sql")),
     ];
 
     /// `url` is `sqlite://path` or `sqlite::memory:`; a missing file is created.

@@ -3,8 +3,8 @@
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use keel_domain::{
-    AuthEvent, AuthEventQuery, Credentials, Failures, IdentityStore, NewUser, RefreshFamily,
-    StoreError, User, UserEmail, UserName, UserRepo,
+    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, IdentityStore, NewUser,
+    OidcClient, RefreshFamily, StoreError, User, UserEmail, UserId, UserName, UserRepo,
 };
 use serde_json::json;
 
@@ -30,6 +30,7 @@ pub async fn run_all<S: UserRepo + IdentityStore>(store: &S) {
     refresh_families_advance_once_per_generation_and_revoke(store).await;
     signing_keys_are_written_once_per_version(store).await;
     the_audit_log_reads_newest_first_with_filters(store).await;
+    clients_register_and_codes_are_taken_once(store).await;
 }
 
 pub async fn credentials_round_trip_with_optimistic_versions<S: UserRepo + IdentityStore>(
@@ -302,4 +303,51 @@ pub async fn the_audit_log_reads_newest_first_with_filters<S: IdentityStore>(sto
         .await
         .unwrap();
     assert_eq!(page.len(), 1);
+}
+
+pub async fn clients_register_and_codes_are_taken_once<S: IdentityStore>(store: &S) {
+    assert_eq!(store.client("app").await.unwrap(), None);
+    let mut app = OidcClient {
+        id: "app".into(),
+        name: "An app".into(),
+        secret_hash: Some("ab12".into()),
+        redirect_uris: vec!["http://127.0.0.1:9000/cb".into()],
+        created_at: 1_800_000_000,
+    };
+    store.put_client(&app).await.unwrap();
+    let spa = OidcClient {
+        id: "spa".into(),
+        name: "A single-page app".into(),
+        secret_hash: None,
+        redirect_uris: vec![
+            "http://127.0.0.1:9001/cb".into(),
+            "http://127.0.0.1:9001/other".into(),
+        ],
+        created_at: 1_800_000_001,
+    };
+    store.put_client(&spa).await.unwrap();
+    assert_eq!(store.client("spa").await.unwrap(), Some(spa.clone()));
+    app.redirect_uris.push("http://127.0.0.1:9000/cb2".into());
+    store.put_client(&app).await.unwrap();
+    assert_eq!(store.clients().await.unwrap(), [app, spa]);
+
+    let code = AuthorizationCode {
+        code_hash: "hash-1".into(),
+        client_id: "app".into(),
+        user_id: UserId::generate(),
+        redirect_uri: "http://127.0.0.1:9000/cb".into(),
+        scope: "openid email".into(),
+        nonce: Some("n-0S6_WzA2Mj".into()),
+        challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+        auth_time: 1_800_000_000,
+        expires_at: 1_800_000_060,
+    };
+    store.insert_code(&code).await.unwrap();
+    assert_eq!(store.take_code("hash-1").await.unwrap(), Some(code));
+    assert_eq!(
+        store.take_code("hash-1").await.unwrap(),
+        None,
+        "a code works once"
+    );
+    assert_eq!(store.take_code("never").await.unwrap(), None);
 }

@@ -13,6 +13,8 @@
 //! - [`lockout`]: brute-force slow-down per client, per account, and per trusted device, never
 //!   a lockout without end;
 //! - [`pkce`]: RFC 7636 proof keys, `S256` only;
+//! - [`oidc`]: the OpenID Connect provider: clients, authorization codes, the token grants, ID
+//!   tokens, userinfo, discovery, the browser session and CSRF tokens of its pages;
 //! - [`envelope`]: envelope encryption of personal data at rest, with master-key rotation.
 //!
 //! **Invariant:** nothing here reads a clock, a file or the network; callers pass the time in,
@@ -20,6 +22,7 @@
 
 pub mod envelope;
 pub mod lockout;
+pub mod oidc;
 pub mod password;
 pub mod pkce;
 pub mod recovery;

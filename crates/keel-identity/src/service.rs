@@ -122,6 +122,15 @@ pub struct SignIn<'a> {
     pub client_id: &'a str,
 }
 
+/// A sign-in that passed every check.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub user: User,
+    pub roles: Vec<String>,
+    /// How: `pwd`, then `otp` or `recovery` when a second factor was used.
+    pub amr: Vec<&'static str>,
+}
+
 /// A pending TOTP enrolment: show `otpauth_uri` as a QR code, then confirm with a code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Enrolment {
@@ -142,13 +151,15 @@ const PENDING: &str = "pending:";
 
 /// The built-in identity provider.
 pub struct Idp {
-    users: Arc<dyn UserRepo>,
-    store: Arc<dyn IdentityStore>,
+    pub(crate) users: Arc<dyn UserRepo>,
+    pub(crate) store: Arc<dyn IdentityStore>,
     hasher: PasswordHasher,
     keyring: Keyring,
     refresh: RefreshTokens,
     device_key: Vec<u8>,
-    settings: IdpSettings,
+    /// Signs browser sessions (the OpenID Connect provider's cookie) and CSRF tokens.
+    pub(crate) session_key: Vec<u8>,
+    pub(crate) settings: IdpSettings,
     keys: RwLock<Option<Loaded>>,
     /// Access tokens verified lately, by SHA-256 of the token: a request repeating a token
     /// (every request of a session does) costs a hash and a lookup, not an Ed25519
@@ -185,7 +196,7 @@ fn totp_place(user: UserId) -> String {
     format!("identity/{user}/totp")
 }
 
-fn mac(key: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
+pub(crate) fn mac(key: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key");
     for part in parts {
         mac.update(&(part.len() as u64).to_be_bytes());
@@ -214,17 +225,22 @@ impl Idp {
             keyring,
             refresh: RefreshTokens::new(&derive(b"refresh-tokens")),
             device_key: derive(b"device-tokens"),
+            session_key: derive(b"browser-sessions"),
             settings,
             keys: RwLock::new(None),
             verified: std::sync::Mutex::default(),
         }
     }
 
+    pub(crate) fn refresh_tokens(&self) -> &RefreshTokens {
+        &self.refresh
+    }
+
     pub fn settings(&self) -> &IdpSettings {
         &self.settings
     }
 
-    async fn record(
+    pub(crate) async fn record(
         &self,
         now: i64,
         actor: &str,
@@ -328,7 +344,7 @@ impl Idp {
         *self.keys.write().expect("keys lock") = Some(Loaded { set, verifier });
     }
 
-    fn with_keys<T>(&self, f: impl FnOnce(&KeySet) -> T) -> Result<T, AuthError> {
+    pub(crate) fn with_keys<T>(&self, f: impl FnOnce(&KeySet) -> T) -> Result<T, AuthError> {
         let keys = self.keys.read().expect("keys lock");
         let loaded = keys.as_ref().ok_or(AuthError::NotReady)?;
         Ok(f(&loaded.set))
@@ -398,16 +414,28 @@ impl Idp {
         Ok(claims)
     }
 
-    fn access_token(
+    pub(crate) fn access_token(
         &self,
         user: UserId,
         roles: &[String],
         amr: &[&str],
         now: i64,
     ) -> Result<String, AuthError> {
+        self.access_token_with(user, roles, amr, serde_json::Map::new(), now)
+    }
+
+    /// An access token for keel's API with `extra` claims besides roles and `amr` (an OpenID
+    /// Connect client's `client_id` and `scope`).
+    pub(crate) fn access_token_with(
+        &self,
+        user: UserId,
+        roles: &[String],
+        amr: &[&str],
+        mut extra: serde_json::Map<String, Value>,
+        now: i64,
+    ) -> Result<String, AuthError> {
         let mut jti = [0u8; 16];
         crate::random_bytes(&mut jti);
-        let mut extra = serde_json::Map::new();
         extra.insert("roles".into(), json!(roles));
         extra.insert("amr".into(), json!(amr));
         let claims = Claims {
@@ -497,6 +525,38 @@ impl Idp {
     /// Signs in. Failures are counted for the client and for the account (or, from a trusted
     /// device, for the account on that device), and each key slows down on its own.
     pub async fn sign_in(&self, attempt: &SignIn<'_>, now: i64) -> Result<Tokens, AuthError> {
+        let signed_in = self.authenticate(attempt, now).await?;
+        let user = signed_in.user.id;
+        let (family, refresh_token) = self.refresh.start(
+            &user.to_string(),
+            attempt.client_id,
+            now,
+            self.settings.session_ttl_secs,
+        );
+        self.store.insert_family(&family).await?;
+        let device_token = match attempt
+            .device_token
+            .and_then(|t| self.trusted_device(user, t))
+        {
+            Some(_) => attempt.device_token.map(str::to_owned),
+            None => Some(self.device_token(user)),
+        };
+        Ok(Tokens {
+            access_token: self.access_token(user, &signed_in.roles, &signed_in.amr, now)?,
+            token_type: "Bearer".into(),
+            expires_in: self.settings.access_ttl_secs,
+            refresh_token,
+            device_token,
+        })
+    }
+
+    /// Checks a sign-in attempt (throttles, password, second factor) and records it, without
+    /// issuing tokens: [`Self::sign_in`] and the OpenID Connect provider's login page build on it.
+    pub async fn authenticate(
+        &self,
+        attempt: &SignIn<'_>,
+        now: i64,
+    ) -> Result<Authenticated, AuthError> {
         let lockout = self.settings.lockout;
         let client_key = format!("client:{}", attempt.client);
         let client_failures = self.store.failures(&client_key).await?;
@@ -619,13 +679,6 @@ impl Idp {
         self.store
             .put_failures(&account_key, account_failures)
             .await?;
-        let (family, refresh_token) = self.refresh.start(
-            &subject,
-            attempt.client_id,
-            now,
-            self.settings.session_ttl_secs,
-        );
-        self.store.insert_family(&family).await?;
         self.record_own(
             now,
             &subject,
@@ -634,32 +687,23 @@ impl Idp {
             json!({ "amr": amr, "client_id": attempt.client_id }),
         )
         .await?;
-        let device_token = match attempt
-            .device_token
-            .and_then(|t| self.trusted_device(user.id, t))
-        {
-            Some(_) => attempt.device_token.map(str::to_owned),
-            None => Some(self.device_token(user.id)),
-        };
-        Ok(Tokens {
-            access_token: self.access_token(user.id, &credentials.roles, &amr, now)?,
-            token_type: "Bearer".into(),
-            expires_in: self.settings.access_ttl_secs,
-            refresh_token,
-            device_token,
+        Ok(Authenticated {
+            user,
+            roles: credentials.roles,
+            amr,
         })
     }
 
     /// Counts a failed sign-in for the client and the account keys, audits it, and answers
     /// the one failure every caller-caused failure gets.
-    async fn failed(
+    async fn failed<T>(
         &self,
         attempt: &SignIn<'_>,
         mut throttle: Throttle,
         subject: Option<&str>,
         reason: &str,
         now: i64,
-    ) -> Result<Tokens, AuthError> {
+    ) -> Result<T, AuthError> {
         let lockout = self.settings.lockout;
         lockout.fail(&mut throttle.client.1, now);
         lockout.fail(&mut throttle.account.1, now);

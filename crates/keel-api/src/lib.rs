@@ -5,7 +5,8 @@
 //!   `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`), one middleware ([`middleware`])
 //!   for request ids, load shedding, timeouts, metrics and logs.
 //! - [`auth`]: the identity provider's routes (`/auth/*`, `/.well-known/jwks.json`) and the
-//!   [`auth::Bearer`] extractor for routes that need a signed-in account.
+//!   [`auth::Bearer`] extractor for routes that need a signed-in account; [`oidc`]: the OpenID
+//!   Connect provider (discovery, authorize page, token, userinfo, logout, client registration).
 //! - [`error`]: [`ApiError`], the only place where failures become status codes and JSON bodies.
 //! - [`extract`]: the JSON body extractor that turns every malformed input into a precise error.
 //!
@@ -17,6 +18,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod middleware;
+pub mod oidc;
 pub mod ops;
 pub mod users;
 
@@ -62,7 +64,7 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, extra: Router) -> Router {
     let limiter = middleware::Limiter::new(&state.http);
     let auth = if state.identity.is_some() {
-        auth::router()
+        auth::router().merge(oidc::router())
     } else {
         Router::new()
     };

@@ -199,6 +199,11 @@ impl Idp {
         })
     }
 
+    /// A registered client.
+    pub async fn client(&self, id: &str) -> Result<Option<OidcClient>, AuthError> {
+        Ok(self.store.client(id).await?)
+    }
+
     /// Checks an authorization request before anyone signs in.
     pub async fn check_authorize(
         &self,
@@ -217,7 +222,11 @@ impl Idp {
             .ok_or_else(|| display("the client is not registered"))?;
         let redirect_uri = match request.redirect_uri.as_deref() {
             Some(uri) if client.redirect_uris.iter().any(|r| r == uri) => uri.to_owned(),
-            Some(_) => return Err(display("the redirect_uri is not registered for this client")),
+            Some(_) => {
+                return Err(display(
+                    "the redirect_uri is not registered for this client",
+                ));
+            }
             // Optional only when the client registered exactly one.
             None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
             None => return Err(display("the request names no redirect_uri")),
@@ -345,11 +354,14 @@ impl Idp {
             return Err(invalid("the code has expired"));
         }
         if redirect_uri != Some(stored.redirect_uri.as_str()) {
-            return Err(invalid("redirect_uri differs from the authorization request's"));
+            return Err(invalid(
+                "redirect_uri differs from the authorization request's",
+            ));
         }
         match (&stored.challenge, verifier) {
-            (Some(challenge), Some(verifier)) => crate::pkce::verify(verifier, challenge)
-                .map_err(|e| invalid(&e.to_string()))?,
+            (Some(challenge), Some(verifier)) => {
+                crate::pkce::verify(verifier, challenge).map_err(|e| invalid(&e.to_string()))?
+            }
             (Some(_), None) => return Err(invalid("code_verifier is required")),
             (None, Some(_)) => return Err(invalid("no code_challenge was sent for this code")),
             (None, None) => {}
@@ -406,7 +418,10 @@ impl Idp {
     ) -> Result<OidcTokens, OAuthError> {
         let first = self.refresh(refresh_token, &client.id, peer, now).await?;
         let claims = self.verify_access(&first.access_token, now).await?;
-        let user: UserId = claims.sub.parse().map_err(|_| OAuthError::new("server_error", "subject"))?;
+        let user: UserId = claims
+            .sub
+            .parse()
+            .map_err(|_| OAuthError::new("server_error", "subject"))?;
         let account = self
             .users
             .get(user)

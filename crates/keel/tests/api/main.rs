@@ -4,5 +4,6 @@ mod auth;
 mod helpers;
 mod hospital;
 mod jobs;
+mod oidc;
 mod ops;
 mod users;

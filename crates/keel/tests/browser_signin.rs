@@ -1,0 +1,200 @@
+//! keel's OpenID Connect sign-in page in a real browser: Debian's chromium, driven by
+//! playwright-core (`tests/browser/signin.mjs`), signs in to an account with TOTP enrolled —
+//! a wrong password, then the password, then the authenticator code — and lands on the client
+//! with a code, which then exchanges for tokens of that account.
+//!
+//! Needs `/usr/bin/chromium`, `node` and `npm ci` in `tests/browser` (scripts/test.sh installs
+//! all three); without them this test fails, it does not skip.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use keel::Application;
+use keel_config::{Secret, Settings};
+use keel_identity::totp::{Totp, TotpSecret};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "a fine long passphrase";
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_with_a_password_and_an_authenticator_code_in_a_real_browser() {
+    let browser = browser_dir();
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && browser.join("node_modules/playwright-core").exists(),
+        "chromium and tests/browser's npm packages are needed (scripts/test.sh installs them)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings {
+        data_dir: dir.path().to_owned(),
+        ..Settings::default()
+    };
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.database.url = Some(Secret::new(format!(
+        "sqlite://{}",
+        dir.path().join("keel.db").display()
+    )));
+    settings.telemetry.access_log = false;
+    let app = Application::build(settings.clone(), None).await.unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let post = |path: &str, token: Option<&str>, body: Value| {
+        let mut request = http.post(format!("{base}{path}")).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+
+    // An admin registers the client; Ada signs up and enrols TOTP.
+    let root: Value = post(
+        "/auth/signup",
+        None,
+        json!({"name": "Root", "email": "root@example.com", "password": PASSWORD}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let db = keel::database::Database::open(&settings).await.unwrap();
+    let store = db.identity();
+    let root_id = root["id"].as_str().unwrap().parse().unwrap();
+    let mut credentials = store.credentials(root_id).await.unwrap().unwrap();
+    credentials.roles = vec!["admin".into()];
+    credentials.version += 1;
+    store.put_credentials(&credentials).await.unwrap();
+    let sign_in = |email: &'static str| {
+        post(
+            "/auth/login",
+            None,
+            json!({"email": email, "password": PASSWORD}),
+        )
+    };
+    let admin: Value = sign_in("root@example.com")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let res = post(
+        "/oauth/clients",
+        admin["access_token"].as_str(),
+        json!({"client_id": "browser-app", "name": "Browser App", "redirect_uris": [REDIRECT], "public": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let ada: Value = post(
+        "/auth/signup",
+        None,
+        json!({"name": "Ada", "email": "ada@example.com", "password": PASSWORD}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let tokens: Value = sign_in("ada@example.com")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str();
+    let enrolment: Value = post("/auth/totp", access, json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = enrolment["secret"].as_str().unwrap().to_owned();
+    let totp = Totp::new(TotpSecret::from_base32(&secret).unwrap());
+    // Confirmed with the previous step's code, so that the browser's code (the current step)
+    // is not refused as a replay.
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
+    let res = post(
+        "/auth/totp/confirm",
+        access,
+        json!({"code": totp.code_at(now - 30)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let verifier = "browser-test-verifier-0123456789-abcdefghijklmnopqrstuvwxyz";
+    let challenge = keel_identity::pkce::challenge_of(verifier);
+    let authorize = format!(
+        "{base}/oauth/authorize?response_type=code&client_id=browser-app&scope=openid%20email\
+         &state=st4te&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback\
+         &code_challenge={challenge}&code_challenge_method=S256"
+    );
+    let shots = std::env::var("KEEL_BROWSER_SCREENSHOTS").ok();
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg("signin.mjs")
+        .current_dir(&browser)
+        .env("AUTHORIZE_URL", &authorize)
+        .env("REDIRECT_URI", REDIRECT)
+        .env("EMAIL", "ada@example.com")
+        .env("PASSWORD", PASSWORD)
+        .env("TOTP_SECRET", &secret)
+        .env("SCREENSHOTS", shots.unwrap_or_default())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .expect("the browser run finishes within 3 minutes")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the browser run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(seen["ok"], true);
+    assert_eq!(seen["steps"].as_array().unwrap().len(), 5, "{seen}");
+    assert_eq!(seen["state"], "st4te");
+
+    // The code the browser brought back is Ada's.
+    let res = http
+        .post(format!("{base}/oauth/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", seen["code"].as_str().unwrap()),
+            ("redirect_uri", REDIRECT),
+            ("client_id", "browser-app"),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let tokens: Value = res.json().await.unwrap();
+    let userinfo: Value = http
+        .get(format!("{base}/oauth/userinfo"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(userinfo["sub"], ada["id"]);
+    assert_eq!(userinfo["email"], "ada@example.com");
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

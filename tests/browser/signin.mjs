@@ -1,0 +1,113 @@
+// Drives Debian's chromium through keel's OpenID Connect sign-in page, as a person would: a
+// wrong password first, then the right one, then the code from the authenticator app the
+// account enrolled (computed here, RFC 6238), and "Sign in and allow"; the browser lands on the
+// client's redirect URI with a code.
+//
+// Run by crates/keel/tests/browser_signin.rs. Environment: AUTHORIZE_URL, REDIRECT_URI, EMAIL,
+// PASSWORD, TOTP_SECRET (base32), SCREENSHOTS (a directory, optional). Prints one JSON line of
+// what it saw; exits non-zero on the first failed check.
+
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+
+const { AUTHORIZE_URL, REDIRECT_URI, EMAIL, PASSWORD, TOTP_SECRET } = process.env;
+const shots = process.env.SCREENSHOTS;
+if (shots) mkdirSync(shots, { recursive: true });
+
+function base32(text) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = 0, value = 0;
+  const out = [];
+  for (const c of text.replace(/=+$/, '').toUpperCase()) {
+    value = (value << 5) | alphabet.indexOf(c);
+    bits += 5;
+    if (bits >= 8) { out.push((value >>> (bits - 8)) & 255); bits -= 8; }
+  }
+  return Buffer.from(out);
+}
+
+// RFC 6238 with the authenticator-app profile: SHA-1, 6 digits, 30-second steps.
+function totp(secret, unixSeconds) {
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(unixSeconds / 30)));
+  const mac = createHmac('sha1', base32(secret)).update(counter).digest();
+  const offset = mac[mac.length - 1] & 15;
+  const code = (mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000;
+  return String(code).padStart(6, '0');
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+  timeout: 60_000,
+});
+const seen = { steps: [] };
+const step = (name) => seen.steps.push(name);
+const shot = async (page, name) => {
+  if (shots) await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+};
+
+try {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(20_000);
+  // The client's redirect URI serves nothing here: answer it in the browser and keep its URL.
+  let landed = null;
+  await page.route(`${REDIRECT_URI}**`, (route) => {
+    landed = route.request().url();
+    return route.fulfill({ status: 200, contentType: 'text/html', body: '<p>back at the app</p>' });
+  });
+
+  const first = await page.goto(AUTHORIZE_URL);
+  assert.equal(first.status(), 200);
+  await page.getByRole('heading', { name: 'Sign in to Browser App' }).waitFor();
+  await shot(page, '1-sign-in');
+  step('sign-in page shown');
+
+  await page.getByLabel('Email').fill(EMAIL);
+  await page.getByLabel('Password').fill('not the password at all');
+  await page.getByRole('button', { name: 'Sign in and allow' }).click();
+  await page.getByRole('alert').filter({ hasText: 'The email or password is not right.' }).waitFor();
+  assert.equal(await page.getByLabel('Email').inputValue(), EMAIL);
+  step('wrong password refused, email kept');
+
+  await page.getByLabel('Password').fill(PASSWORD);
+  await page.getByRole('button', { name: 'Sign in and allow' }).click();
+  await page.getByRole('alert').filter({ hasText: 'Enter the code from your authenticator app.' }).waitFor();
+  await shot(page, '2-second-factor');
+  step('second factor asked');
+
+  await page.getByLabel('Password').fill(PASSWORD);
+  // The next step's code: the current one was used to confirm the enrolment.
+  await page.getByLabel(/authenticator app/).fill(totp(TOTP_SECRET, Date.now() / 1000 + 30));
+  await page.getByRole('button', { name: 'Sign in and allow' }).click();
+  await page.getByText('back at the app').waitFor();
+  assert.ok(landed && landed.startsWith(REDIRECT_URI), `landed on ${landed}`);
+  const url = new URL(landed);
+  seen.code = url.searchParams.get('code');
+  seen.state = url.searchParams.get('state');
+  assert.ok(seen.code);
+  step('back at the client with a code');
+
+  // Signed in now: the next request asks only for consent.
+  await page.goto(AUTHORIZE_URL);
+  await page.getByText('Signed in as').waitFor();
+  await shot(page, '3-consent');
+  step('consent only, once signed in');
+
+  seen.ok = true;
+} catch (e) {
+  seen.ok = false;
+  seen.error = String(e && e.stack || e);
+  console.log(JSON.stringify(seen));
+  await browser.close();
+  process.exit(1);
+}
+console.log(JSON.stringify(seen));
+await browser.close();

@@ -45,11 +45,12 @@ pub fn router() -> Router<AppState> {
         .route("/.well-known/jwks.json", get(jwks))
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn idp(state: &AppState) -> Result<&Arc<Idp>, ApiError> {
+/// The IdP, or 404 when identity is off (its routes are not mounted then; this is for extractors).
+pub(crate) fn idp(state: &AppState) -> Result<&Arc<Idp>, ApiError> {
     state.identity.as_ref().ok_or(ApiError::RouteNotFound)
 }
 
@@ -137,13 +138,6 @@ impl FromRequestParts<AppState> for Bearer {
     }
 }
 
-fn optional_str<'a>(body: &'a JsonObject, name: &'static str) -> Result<Option<&'a str>, ApiError> {
-    match body.0.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(_) => body.required_str(name).map(Some),
-    }
-}
-
 /// Self-service sign-up: an account with a password (201 and the user).
 async fn sign_up(State(state): State<AppState>, body: JsonObject) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
@@ -172,8 +166,8 @@ async fn sign_in(
     let attempt = SignIn {
         email: body.required_str("email")?,
         password: body.required_str("password")?,
-        second_factor: optional_str(&body, "second_factor")?,
-        device_token: optional_str(&body, "device_token")?,
+        second_factor: body.optional_str("second_factor")?,
+        device_token: body.optional_str("device_token")?,
         client: &client,
         client_id: FIRST_PARTY,
     };

@@ -55,6 +55,14 @@ impl JsonObject {
         }
     }
 
+    /// The string field `name`, if present and not null.
+    pub fn optional_str(&self, name: &'static str) -> Result<Option<&str>, ApiError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.required_str(name).map(Some),
+        }
+    }
+
     /// The required string field `name`.
     pub fn required_str(&self, name: &'static str) -> Result<&str, ApiError> {
         match self.0.get(name) {

@@ -20,7 +20,7 @@ use keel_identity::service::{AuthError, Idp, SignIn};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{Bearer, ClientAddr};
+use crate::auth::{Bearer, ClientAddr, idp, now};
 use crate::extract::JsonObject;
 use crate::{ApiError, AppState};
 
@@ -38,14 +38,6 @@ pub fn router() -> Router<AppState> {
         .route("/oauth/userinfo", get(userinfo).post(userinfo))
         .route("/oauth/logout", get(logout))
         .route("/oauth/clients", axum::routing::post(register_client))
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn idp(state: &AppState) -> Result<&std::sync::Arc<Idp>, ApiError> {
-    state.identity.as_ref().ok_or(ApiError::RouteNotFound)
 }
 
 async fn discovery(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -223,23 +215,11 @@ fn back_to(redirect_uri: &str, params: &[(&str, Option<&str>)]) -> Response {
             url.push(sep);
             url.push_str(name);
             url.push('=');
-            url.push_str(&urlencode(value));
+            url.push_str(&keel_identity::percent_encode(value));
             sep = '&';
         }
     }
     Redirect::to(&url).into_response()
-}
-
-fn urlencode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn refused(e: AuthorizeError) -> Response {
@@ -418,10 +398,7 @@ async fn authorize_submit(
             };
             match idp.authenticate(&attempt, now).await {
                 Ok(signed_in) => {
-                    let value = idp.browser_session(signed_in.user.id, now);
-                    let session = idp
-                        .check_browser_session(&value, now)
-                        .expect("a session just made is valid");
+                    let (session, value) = idp.browser_session(signed_in.user.id, now);
                     let max_age = session.expires_at - now;
                     (
                         session,

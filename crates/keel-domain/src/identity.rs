@@ -69,6 +69,9 @@ pub struct RefreshFamily {
     pub id: String,
     pub subject: String,
     pub client_id: String,
+    /// The scopes granted to an OpenID Connect client (empty for keel's own sign-ins): a
+    /// refresh grants no more than the sign-in did.
+    pub scope: String,
     pub generation: u64,
     /// Unix seconds after which no token of the family works.
     pub expires_at: i64,

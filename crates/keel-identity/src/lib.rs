@@ -40,6 +40,20 @@ pub(crate) fn random_bytes(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the operating system's random source");
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters (for URI components: the
+/// enrolment URI's label, the query of a redirect back to an OpenID Connect client).
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// RFC 4648 base32 (`A`–`Z`, `2`–`7`), unpadded: the alphabet authenticator apps read secrets in.
 pub(crate) mod base32 {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";

@@ -109,6 +109,14 @@ pub struct OidcTokens {
     pub scope: String,
 }
 
+/// What a grant gives the tokens: the scope granted, and for a code the request's `nonce` and
+/// the sign-in's time.
+struct Grant<'a> {
+    scope: &'a str,
+    nonce: Option<&'a str>,
+    auth_time: Option<i64>,
+}
+
 /// A client registration's result: the secret is shown once and stored only as a hash.
 #[derive(Debug, Clone, Serialize)]
 pub struct Registered {
@@ -380,18 +388,20 @@ impl Idp {
         let (family, refresh_token) = self.refresh_tokens().start(
             &stored.user_id.to_string(),
             &client.id,
+            &stored.scope,
             now,
             self.settings.session_ttl_secs,
         );
         self.store.insert_family(&family).await?;
         let tokens = self.oidc_tokens(
             client,
-            stored.user_id,
-            &credentials.roles,
             &user,
-            &stored.scope,
-            stored.nonce.as_deref(),
-            stored.auth_time,
+            &credentials.roles,
+            Grant {
+                scope: &stored.scope,
+                nonce: stored.nonce.as_deref(),
+                auth_time: Some(stored.auth_time),
+            },
             refresh_token,
             now,
         )?;
@@ -416,55 +426,49 @@ impl Idp {
         peer: &str,
         now: i64,
     ) -> Result<OidcTokens, OAuthError> {
-        let first = self.refresh(refresh_token, &client.id, peer, now).await?;
-        let claims = self.verify_access(&first.access_token, now).await?;
-        let user: UserId = claims
-            .sub
-            .parse()
-            .map_err(|_| OAuthError::new("server_error", "subject"))?;
+        let rotated = self
+            .rotate_refresh(refresh_token, &client.id, peer, now)
+            .await?;
         let account = self
             .users
-            .get(user)
+            .get(rotated.credentials.user_id)
             .await?
             .ok_or_else(|| OAuthError::new("invalid_grant", "the account is not available"))?;
-        let roles: Vec<String> = claims
-            .extra
-            .get("roles")
-            .and_then(|r| serde_json::from_value(r.clone()).ok())
-            .unwrap_or_default();
+        // The scope the sign-in granted, no more; no auth_time, which would have to repeat the
+        // original sign-in's (Core §12.2) and the family does not keep it.
         self.oidc_tokens(
             client,
-            user,
-            &roles,
             &account,
-            "openid email profile",
-            None,
-            claims.iat,
-            first.refresh_token,
+            &rotated.credentials.roles,
+            Grant {
+                scope: &rotated.family.scope,
+                nonce: None,
+                auth_time: None,
+            },
+            rotated.token,
             now,
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn oidc_tokens(
         &self,
         client: &OidcClient,
-        user: UserId,
-        roles: &[String],
         account: &keel_domain::User,
-        scope: &str,
-        nonce: Option<&str>,
-        auth_time: i64,
+        roles: &[String],
+        grant: Grant<'_>,
         refresh_token: String,
         now: i64,
     ) -> Result<OidcTokens, OAuthError> {
+        let (user, scope) = (account.id, grant.scope);
         let mut extra = serde_json::Map::new();
         extra.insert("client_id".into(), json!(client.id));
         extra.insert("scope".into(), json!(scope));
         let access_token = self.access_token_with(user, roles, &["pwd"], extra, now)?;
         let mut id = serde_json::Map::new();
-        id.insert("auth_time".into(), json!(auth_time));
-        if let Some(nonce) = nonce {
+        if let Some(auth_time) = grant.auth_time {
+            id.insert("auth_time".into(), json!(auth_time));
+        }
+        if let Some(nonce) = grant.nonce {
             id.insert("nonce".into(), json!(nonce));
         }
         // No at_hash: optional in the code flow (Core §3.1.3.6), and which hash EdDSA ties it
@@ -556,14 +560,20 @@ impl Idp {
 
     // ---- the browser session at the IdP ----
 
-    /// The cookie value of a browser session: `<user>.<auth_time>.<expires_at>.<mac>`.
-    pub fn browser_session(&self, user: UserId, now: i64) -> String {
+    /// A browser session for `user` signing in now, and its cookie value:
+    /// `<user>.<auth_time>.<expires_at>.<mac>`.
+    pub fn browser_session(&self, user: UserId, now: i64) -> (BrowserSession, String) {
         let expires_at = now + self.settings.session_ttl_secs.min(12 * 3600);
         let body = format!("{user}.{now}.{expires_at}");
         let tag = mac(&self.session_key, &[body.as_bytes()])
             .finalize()
             .into_bytes();
-        format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag))
+        let session = BrowserSession {
+            user,
+            auth_time: now,
+            expires_at,
+        };
+        (session, format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag)))
     }
 
     /// The session a cookie value proves at `now`, if it is genuine and current.

@@ -79,6 +79,7 @@ impl RefreshTokens {
         &self,
         subject: &str,
         client_id: &str,
+        scope: &str,
         now: i64,
         lifetime_secs: i64,
     ) -> (Family, String) {
@@ -88,6 +89,7 @@ impl RefreshTokens {
             id: URL_SAFE_NO_PAD.encode(id),
             subject: subject.to_owned(),
             client_id: client_id.to_owned(),
+            scope: scope.to_owned(),
             generation: 0,
             expires_at: now.saturating_add(lifetime_secs),
             revoked: false,

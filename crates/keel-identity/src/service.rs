@@ -131,6 +131,13 @@ pub struct Authenticated {
     pub amr: Vec<&'static str>,
 }
 
+/// A refresh token rotated: its family as now stored, the account's credentials, the new token.
+pub(crate) struct Rotated {
+    pub family: keel_domain::RefreshFamily,
+    pub credentials: Credentials,
+    pub token: String,
+}
+
 /// A pending TOTP enrolment: show `otpauth_uri` as a QR code, then confirm with a code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Enrolment {
@@ -165,7 +172,14 @@ pub struct Idp {
     /// (every request of a session does) costs a hash and a lookup, not an Ed25519
     /// verification (39 µs here; `bench/identity.sh`).
     verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Arc<Claims>>>,
+    /// When a token naming an unknown key last made this process reload the keys (unix
+    /// seconds): at most once per [`KEY_RELOAD_SECS`], so tokens with made-up `kid`s cannot
+    /// turn every request into a database read.
+    reloaded_at: std::sync::atomic::AtomicI64,
 }
+
+/// Shortest time between two key reloads caused by unknown `kid`s.
+const KEY_RELOAD_SECS: i64 = 10;
 
 /// The signing keys as loaded, with the verifier made from them once.
 struct Loaded {
@@ -229,6 +243,7 @@ impl Idp {
             settings,
             keys: RwLock::new(None),
             verified: std::sync::Mutex::default(),
+            reloaded_at: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -336,6 +351,17 @@ impl Idp {
         Ok(self.store.put_signing_keys(&sealed, version).await?)
     }
 
+    /// Whether an unknown `kid` may reload the keys now; claims the reload if so.
+    fn may_reload(&self, now: i64) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.reloaded_at.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= KEY_RELOAD_SECS
+            && self
+                .reloaded_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// Makes `set` the keys in use, with its verifier (retired keys past their overlap are
     /// already pruned; a token of a key pruned later has expired by then, so the verifier
     /// built now stays right until the next load).
@@ -396,7 +422,7 @@ impl Idp {
             leeway_secs: LEEWAY,
         };
         let claims = match self.verifier()?.verify(token, &expect, now) {
-            Err(TokenError::UnknownKey) => {
+            Err(TokenError::UnknownKey) if self.may_reload(now) => {
                 self.ensure_keys(now).await?;
                 self.verifier()?.verify(token, &expect, now)?
             }
@@ -530,6 +556,7 @@ impl Idp {
         let (family, refresh_token) = self.refresh.start(
             &user.to_string(),
             attempt.client_id,
+            "",
             now,
             self.settings.session_ttl_secs,
         );
@@ -730,6 +757,33 @@ impl Idp {
         client: &str,
         now: i64,
     ) -> Result<Tokens, AuthError> {
+        let rotated = self.rotate_refresh(token, client_id, client, now).await?;
+        let credentials = &rotated.credentials;
+        Ok(Tokens {
+            access_token: self.access_token(
+                credentials.user_id,
+                &credentials.roles,
+                &["pwd"],
+                now,
+            )?,
+            token_type: "Bearer".into(),
+            expires_in: self.settings.access_ttl_secs,
+            refresh_token: rotated.token,
+            device_token: None,
+        })
+    }
+
+    /// Rotates a refresh token of `client_id`'s family: the family one generation on, the
+    /// account's credentials (refused when disabled) and the new token. A reused token revokes
+    /// the family; two uses of one token racing both lose. Shared by keel's own refresh and
+    /// the OpenID Connect `refresh_token` grant.
+    pub(crate) async fn rotate_refresh(
+        &self,
+        token: &str,
+        client_id: &str,
+        client: &str,
+        now: i64,
+    ) -> Result<Rotated, AuthError> {
         let (family_id, _) = self.refresh.family_of(token)?;
         let family = self
             .store
@@ -753,12 +807,10 @@ impl Idp {
                     .await?
                     .filter(|c| c.disabled_at.is_none())
                     .ok_or(AuthError::InvalidCredentials)?;
-                Ok(Tokens {
-                    access_token: self.access_token(user, &credentials.roles, &["pwd"], now)?,
-                    token_type: "Bearer".into(),
-                    expires_in: self.settings.access_ttl_secs,
-                    refresh_token: token,
-                    device_token: None,
+                Ok(Rotated {
+                    family: next,
+                    credentials,
+                    token,
                 })
             }
             Redeemed::Reused { family } => {

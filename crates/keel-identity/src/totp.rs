@@ -192,27 +192,18 @@ impl Totp {
     /// The `otpauth://totp/` URI authenticator apps enrol from (Google Authenticator's Key Uri
     /// Format): label `issuer:account`, with the secret, issuer, algorithm, digits and period.
     pub fn otpauth_uri(&self, issuer: &str, account: &str) -> String {
-        let label = format!("{}:{}", encode_uri(issuer), encode_uri(account));
+        let label = format!(
+            "{}:{}",
+            crate::percent_encode(issuer),
+            crate::percent_encode(account)
+        );
         format!(
             "otpauth://totp/{label}?secret={}&issuer={}&algorithm={}&digits={}&period={}",
             self.secret.to_base32(),
-            encode_uri(issuer),
+            crate::percent_encode(issuer),
             self.algorithm.name(),
             self.digits,
             self.step_secs
         )
     }
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn encode_uri(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }

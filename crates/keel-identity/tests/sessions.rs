@@ -21,7 +21,7 @@ fn rotate(
 #[test]
 fn each_refresh_rotates_and_a_reused_token_revokes_the_family() {
     let tokens = RefreshTokens::new(&[7; 32]);
-    let (family, first) = tokens.start("user-1", "app", NOW, 86_400);
+    let (family, first) = tokens.start("user-1", "app", "", NOW, 86_400);
     assert_eq!(tokens.family_of(&first).unwrap(), (family.id.as_str(), 0));
 
     let (family, second) = rotate(&tokens, &family, &first, NOW + 10);
@@ -46,9 +46,9 @@ fn each_refresh_rotates_and_a_reused_token_revokes_the_family() {
 fn forged_foreign_expired_and_future_tokens_are_refused_without_revoking() {
     let tokens = RefreshTokens::new(&[7; 32]);
     let other_server = RefreshTokens::new(&[8; 32]);
-    let (family, token) = tokens.start("user-1", "app", NOW, 3600);
+    let (family, token) = tokens.start("user-1", "app", "", NOW, 3600);
 
-    let (_, foreign) = other_server.start("user-1", "app", NOW, 3600);
+    let (_, foreign) = other_server.start("user-1", "app", "", NOW, 3600);
     for bad in [
         String::new(),
         "garbage".into(),

@@ -34,6 +34,7 @@ CREATE TABLE identity_refresh_families (
     id         VARCHAR(64)  NOT NULL PRIMARY KEY,
     subject    VARCHAR(64)  NOT NULL,
     client_id  VARCHAR(255) NOT NULL,
+    scope      TEXT   NOT NULL,
     generation BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,
     revoked    BIGINT NOT NULL,

@@ -50,17 +50,19 @@ fn credentials(user_id: UserId, row: CredentialsRow) -> Result<Credentials, Stor
     })
 }
 
-/// `SELECT id, subject, client_id, generation, expires_at, revoked FROM identity_refresh_families`.
-type FamilyRow = (String, String, String, i64, i64, i64);
+/// `SELECT id, subject, client_id, scope, generation, expires_at, revoked
+/// FROM identity_refresh_families`.
+type FamilyRow = (String, String, String, String, i64, i64, i64);
 
 fn family(row: FamilyRow) -> Result<RefreshFamily, StoreError> {
     Ok(RefreshFamily {
         id: row.0,
         subject: row.1,
         client_id: row.2,
-        generation: u64::try_from(row.3).map_err(|_| crate::corrupt("generation"))?,
-        expires_at: row.4,
-        revoked: row.5 != 0,
+        scope: row.3,
+        generation: u64::try_from(row.4).map_err(|_| crate::corrupt("generation"))?,
+        expires_at: row.5,
+        revoked: row.6 != 0,
     })
 }
 
@@ -272,7 +274,7 @@ where
 
     async fn family(&self, id: &str) -> Result<Option<RefreshFamily>, StoreError> {
         let row: Option<FamilyRow> = sqlx::query_as(AssertSqlSafe(D::sql(
-            "SELECT id, subject, client_id, generation, expires_at, revoked \
+            "SELECT id, subject, client_id, scope, generation, expires_at, revoked \
              FROM identity_refresh_families WHERE id = ?",
         )))
         .bind(id)
@@ -284,12 +286,13 @@ where
 
     async fn insert_family(&self, f: &RefreshFamily) -> Result<(), StoreError> {
         query::<D>(
-            "INSERT INTO identity_refresh_families (id, subject, client_id, generation, expires_at, revoked) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO identity_refresh_families (id, subject, client_id, scope, generation, expires_at, revoked) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(f.id.as_str())
         .bind(f.subject.as_str())
         .bind(f.client_id.as_str())
+        .bind(f.scope.as_str())
         .bind(generation(f.generation)?)
         .bind(f.expires_at)
         .bind(i64::from(f.revoked))

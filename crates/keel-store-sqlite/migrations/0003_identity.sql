@@ -34,6 +34,7 @@ CREATE TABLE identity_refresh_families (
     id         TEXT    NOT NULL PRIMARY KEY,
     subject    TEXT    NOT NULL,
     client_id  TEXT    NOT NULL,
+    scope      TEXT   NOT NULL,
     generation INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
     revoked    INTEGER NOT NULL

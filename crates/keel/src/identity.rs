@@ -86,12 +86,16 @@ pub async fn build(
             totp_issuer: "keel".into(),
         },
     ));
-    if let Err(e) = idp.ensure_keys(now()).await {
-        // The database may still be coming up (PostgreSQL and MariaDB pools connect lazily):
-        // the IdP answers 503 until its keys are loaded.
-        tracing::warn!(error = %e, "identity keys not loaded yet; retrying in the background");
-    }
-    tokio::spawn(keep_keys(Arc::downgrade(&idp)));
+    let loaded = match idp.ensure_keys(now()).await {
+        Ok(()) => true,
+        Err(e) => {
+            // The database may still be coming up (PostgreSQL and MariaDB pools connect
+            // lazily): the IdP answers 503 until its keys are loaded.
+            tracing::warn!(error = %e, "identity keys not loaded yet; retrying in the background");
+            false
+        }
+    };
+    tokio::spawn(keep_keys(Arc::downgrade(&idp), loaded));
     Ok(Some(idp))
 }
 
@@ -99,17 +103,20 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+const KEYS_CHECK: Duration = Duration::from_secs(60);
+const KEYS_RETRY: Duration = Duration::from_secs(2);
+
 /// Loads the keys until they are, then rotates them when due (checked every minute).
-async fn keep_keys(idp: std::sync::Weak<Idp>) {
-    let mut wait = Duration::from_secs(2);
+async fn keep_keys(idp: std::sync::Weak<Idp>, loaded: bool) {
+    let mut wait = if loaded { KEYS_CHECK } else { KEYS_RETRY };
     loop {
         tokio::time::sleep(wait).await;
         let Some(idp) = idp.upgrade() else { return };
         match idp.ensure_keys(now()).await {
-            Ok(()) => wait = Duration::from_secs(60),
+            Ok(()) => wait = KEYS_CHECK,
             Err(e) => {
                 tracing::warn!(error = %e, "identity keys not loaded");
-                wait = Duration::from_secs(2);
+                wait = KEYS_RETRY;
             }
         }
     }

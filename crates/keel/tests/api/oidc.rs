@@ -206,7 +206,7 @@ async fn the_provider_refuses_what_it_must(backend: Backend) {
         let mut url = format!(
             "{}/oauth/authorize?response_type=code&client_id=spa&scope=openid%20email&state=s1&redirect_uri={}",
             app.address,
-            urlencode(redirect)
+            keel_identity::percent_encode(redirect)
         );
         if with_pkce {
             url.push_str(&format!(
@@ -307,6 +307,36 @@ async fn the_provider_refuses_what_it_must(backend: Backend) {
     let late = exchange(verifier.secret(), &code).await;
     assert_eq!(late.status(), 400);
 
+    // A refresh grants the sign-in's scope (`openid email`), no more: no name in userinfo.
+    let location = sign_in_on_the_page(&http, &authorize(REDIRECT, true), "ada@example.com").await;
+    let res = exchange(verifier.secret(), &query_param(&location, "code").unwrap()).await;
+    assert_eq!(res.status(), 200);
+    let tokens: Value = res.json().await.unwrap();
+    let res = http
+        .post(app.url("/oauth/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", "spa"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let refreshed: Value = res.json().await.unwrap();
+    assert_eq!(refreshed["scope"], "openid email");
+    let info: Value = http
+        .get(app.url("/oauth/userinfo"))
+        .bearer_auth(refreshed["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["email"], "ada@example.com");
+    assert!(info.get("name").is_none(), "{info}");
+
     let res = http
         .post(app.url("/oauth/token"))
         .form(&[
@@ -322,16 +352,4 @@ async fn the_provider_refuses_what_it_must(backend: Backend) {
         res.json::<Value>().await.unwrap()["error"],
         "invalid_client"
     );
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

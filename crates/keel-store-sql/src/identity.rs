@@ -10,7 +10,7 @@ use keel_domain::{
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, IntoArguments, Type};
 
 use crate::Column;
-use crate::store::{SqlStore, StoreDialect, map_err, query};
+use crate::store::{SqlStore, Statement, StoreDialect, map_err, query};
 
 type Db<D> = <D as StoreDialect>::Db;
 
@@ -30,6 +30,32 @@ type CredentialsRow = (
 
 const CREDENTIALS_COLUMNS: &str = "password_hash, password_changed_at, email_verified_at, disabled_at, roles, \
      totp_secret, totp_last_step, recovery_codes, last_login_at, version";
+
+/// Binds `c`'s columns in [`CREDENTIALS_COLUMNS`]' order (`roles` and `codes` as JSON).
+fn bind_credentials<D: StoreDialect>(
+    query: Statement<Db<D>>,
+    c: &Credentials,
+    roles: &str,
+    codes: &str,
+) -> Statement<Db<D>>
+where
+    String: Column<Db<D>>,
+    i64: Column<Db<D>>,
+    Option<i64>: for<'q> Encode<'q, Db<D>>,
+    Option<String>: for<'q> Encode<'q, Db<D>>,
+{
+    query
+        .bind(c.password_hash.clone())
+        .bind(c.password_changed_at)
+        .bind(c.email_verified_at)
+        .bind(c.disabled_at)
+        .bind(roles.to_owned())
+        .bind(c.totp_secret.clone())
+        .bind(c.totp_last_step)
+        .bind(codes.to_owned())
+        .bind(c.last_login_at)
+        .bind(c.version)
+}
 
 fn credentials(user_id: UserId, row: CredentialsRow) -> Result<Credentials, StoreError> {
     let list = |raw: &str, what: &str| -> Result<Vec<String>, StoreError> {
@@ -138,23 +164,14 @@ where
         let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
         let conn: &mut <Db<D> as Database>::Connection = &mut tx;
         let written = if c.version == 1 {
-            let res = query::<D>(&format!(
-                "INSERT INTO identity_credentials (user_id, {CREDENTIALS_COLUMNS}) \
+            let insert = query::<D>(&format!(
+                "INSERT INTO identity_credentials ({CREDENTIALS_COLUMNS}, user_id) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .bind(user.as_str())
-            .bind(c.password_hash.clone())
-            .bind(c.password_changed_at)
-            .bind(c.email_verified_at)
-            .bind(c.disabled_at)
-            .bind(roles.as_str())
-            .bind(c.totp_secret.clone())
-            .bind(c.totp_last_step)
-            .bind(codes.as_str())
-            .bind(c.last_login_at)
-            .bind(c.version)
-            .execute(&mut *conn)
-            .await;
+            ));
+            let res = bind_credentials::<D>(insert, c, &roles, &codes)
+                .bind(user.clone())
+                .execute(&mut *conn)
+                .await;
             match res.map_err(map_err::<D>) {
                 Ok(_) => true,
                 // Another writer created the row first.
@@ -162,26 +179,20 @@ where
                 Err(e) => return Err(e),
             }
         } else {
-            let res = query::<D>(
-                "UPDATE identity_credentials SET password_hash = ?, password_changed_at = ?, \
-                 email_verified_at = ?, disabled_at = ?, roles = ?, totp_secret = ?, totp_last_step = ?, \
-                 recovery_codes = ?, last_login_at = ?, version = ? WHERE user_id = ? AND version = ?",
-            )
-            .bind(c.password_hash.clone())
-            .bind(c.password_changed_at)
-            .bind(c.email_verified_at)
-            .bind(c.disabled_at)
-            .bind(roles.as_str())
-            .bind(c.totp_secret.clone())
-            .bind(c.totp_last_step)
-            .bind(codes.as_str())
-            .bind(c.last_login_at)
-            .bind(c.version)
-            .bind(user.as_str())
-            .bind(c.version - 1)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err::<D>)?;
+            let set: Vec<String> = CREDENTIALS_COLUMNS
+                .split(", ")
+                .map(|column| format!("{column} = ?"))
+                .collect();
+            let update = query::<D>(&format!(
+                "UPDATE identity_credentials SET {} WHERE user_id = ? AND version = ?",
+                set.join(", ")
+            ));
+            let res = bind_credentials::<D>(update, c, &roles, &codes)
+                .bind(user.clone())
+                .bind(c.version - 1)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err::<D>)?;
             D::rows_affected(&res) == 1
         };
         if !written {

@@ -6,34 +6,19 @@
 // SCREENSHOTS (a directory, optional). Prints one JSON line of what it saw; exits non-zero on
 // the first failed check.
 
-import { chromium } from 'playwright-core';
+import { launch, screenshots } from './launch.mjs';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
 
 const base = process.env.BASE_URL;
 const user = process.env.HOSPITAL_USER;
 const password = process.env.HOSPITAL_PASSWORD;
 const seed = JSON.parse(process.env.SEED);
-const shots = process.env.SCREENSHOTS;
-if (shots) mkdirSync(shots, { recursive: true });
 
-// This machine's network is closed: without these flags chromium waits on connections to
-// Google services. A fresh profile (playwright's temporary user data dir) per run.
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-  timeout: 60_000,
-});
+const browser = await launch();
 
 const seen = { steps: [] };
 const step = (name) => seen.steps.push(name);
-const shot = async (page, name) => {
-  if (shots) await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
-};
+const shot = screenshots();
 
 try {
   // Without the credential: refused.

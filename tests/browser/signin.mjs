@@ -7,14 +7,11 @@
 // PASSWORD, TOTP_SECRET (base32), SCREENSHOTS (a directory, optional). Prints one JSON line of
 // what it saw; exits non-zero on the first failed check.
 
-import { chromium } from 'playwright-core';
+import { launch, screenshots } from './launch.mjs';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
 
 const { AUTHORIZE_URL, REDIRECT_URI, EMAIL, PASSWORD, TOTP_SECRET } = process.env;
-const shots = process.env.SCREENSHOTS;
-if (shots) mkdirSync(shots, { recursive: true });
 
 function base32(text) {
   const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
@@ -38,20 +35,10 @@ function totp(secret, unixSeconds) {
   return String(code).padStart(6, '0');
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-  timeout: 60_000,
-});
+const browser = await launch();
 const seen = { steps: [] };
 const step = (name) => seen.steps.push(name);
-const shot = async (page, name) => {
-  if (shots) await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
-};
+const shot = screenshots();
 
 try {
   const context = await browser.newContext();

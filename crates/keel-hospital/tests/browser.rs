@@ -9,10 +9,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
-
 use keel_domain::{Hospital, PatientState};
 use keel_hospital::{AdminAuth, console};
 use secrecy::SecretString;
@@ -22,34 +18,9 @@ use common::{TRACEPARENT, ward};
 const USER: &str = "admin";
 const PASSWORD: &str = "a long admin password for the test";
 
-fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
-}
-
-/// Fails with what to install when the browser toolchain is missing.
-fn require_browser_toolchain() -> PathBuf {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "{chromium} is missing: `apt-get install -y chromium` (scripts/test.sh does it)"
-    );
-    let node = std::process::Command::new("node").arg("--version").output();
-    assert!(
-        node.is_ok_and(|o| o.status.success()),
-        "node is missing: `apt-get install -y nodejs npm` (scripts/test.sh does it)"
-    );
-    let dir = browser_dir();
-    assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: `npm ci` in {} (scripts/test.sh does it)",
-        dir.display()
-    );
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_deals_with_patients_in_a_real_browser() {
-    let browser = require_browser_toolchain();
+    keel_test_support::browser::require_toolchain();
     let ward = ward().await;
 
     // Patients: one to edit and replay, three timeouts to replay as a set, one hostile payload
@@ -124,31 +95,16 @@ async fn an_operator_deals_with_patients_in_a_real_browser() {
         "new_body": new_body,
         "reason": reason,
     });
-    let shots = std::env::var("KEEL_BROWSER_SCREENSHOTS").ok();
-    let mut command = tokio::process::Command::new("node");
-    command
-        .arg("console.mjs")
-        .current_dir(&browser)
-        .env("BASE_URL", format!("http://{addr}"))
-        .env("HOSPITAL_USER", USER)
-        .env("HOSPITAL_PASSWORD", PASSWORD)
-        .env("SEED", seed.to_string())
-        .env("SCREENSHOTS", shots.unwrap_or_default())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
-        .await
-        .expect("the browser run finishes within 3 minutes")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the browser run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(seen["ok"], true);
+    let seen = keel_test_support::browser::run_script(
+        "console.mjs",
+        &[
+            ("BASE_URL", format!("http://{addr}")),
+            ("HOSPITAL_USER", USER.to_owned()),
+            ("HOSPITAL_PASSWORD", PASSWORD.to_owned()),
+            ("SEED", seed.to_string()),
+        ],
+    )
+    .await;
     assert_eq!(seen["steps"].as_array().unwrap().len(), 11, "{seen}");
     server.abort();
 

@@ -1,5 +1,6 @@
 //! keel's shared test harness.
 //!
+//! - [`browser`]: running a real-browser script of `tests/browser`.
 //! - [`broker_suite`]: the behavioural suite of the [`keel_domain::Broker`] port.
 //! - [`event_suite`]: the behavioural suite of the [`keel_domain::EventStore`] port (outbox, jobs,
 //!   subscriber effects) and of the events every user write enqueues.
@@ -12,6 +13,7 @@
 //!   give each test its own database so tests can run in parallel.
 
 pub mod broker_suite;
+pub mod browser;
 pub mod event_suite;
 pub mod hospital_suite;
 pub mod identity_suite;

@@ -6,10 +6,6 @@
 //! Needs `/usr/bin/chromium`, `node` and `npm ci` in `tests/browser` (scripts/test.sh installs
 //! all three); without them this test fails, it does not skip.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
-
 use keel::Application;
 use keel_config::{Secret, Settings};
 use keel_identity::totp::{Totp, TotpSecret};
@@ -18,18 +14,9 @@ use serde_json::{Value, json};
 const PASSWORD: &str = "a fine long passphrase";
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
-fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_with_a_password_and_an_authenticator_code_in_a_real_browser() {
-    let browser = browser_dir();
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists()
-            && browser.join("node_modules/playwright-core").exists(),
-        "chromium and tests/browser's npm packages are needed (scripts/test.sh installs them)"
-    );
+    keel_test_support::browser::require_toolchain();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings {
         data_dir: dir.path().to_owned(),
@@ -139,32 +126,17 @@ async fn a_person_signs_in_with_a_password_and_an_authenticator_code_in_a_real_b
          &state=st4te&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback\
          &code_challenge={challenge}&code_challenge_method=S256"
     );
-    let shots = std::env::var("KEEL_BROWSER_SCREENSHOTS").ok();
-    let mut command = tokio::process::Command::new("node");
-    command
-        .arg("signin.mjs")
-        .current_dir(&browser)
-        .env("AUTHORIZE_URL", &authorize)
-        .env("REDIRECT_URI", REDIRECT)
-        .env("EMAIL", "ada@example.com")
-        .env("PASSWORD", PASSWORD)
-        .env("TOTP_SECRET", &secret)
-        .env("SCREENSHOTS", shots.unwrap_or_default())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
-        .await
-        .expect("the browser run finishes within 3 minutes")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the browser run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(seen["ok"], true);
+    let seen = keel_test_support::browser::run_script(
+        "signin.mjs",
+        &[
+            ("AUTHORIZE_URL", authorize),
+            ("REDIRECT_URI", REDIRECT.to_owned()),
+            ("EMAIL", "ada@example.com".to_owned()),
+            ("PASSWORD", PASSWORD.to_owned()),
+            ("TOTP_SECRET", secret),
+        ],
+    )
+    .await;
     assert_eq!(seen["steps"].as_array().unwrap().len(), 5, "{seen}");
     assert_eq!(seen["state"], "st4te");
 

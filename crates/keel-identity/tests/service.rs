@@ -43,6 +43,18 @@ async fn sqlite() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
+/// A ready IdP on a fresh SQLite store with one account, Ada's.
+async fn with_ada() -> (tempfile::TempDir, SqliteStore, Idp, keel_domain::User) {
+    let (dir, store) = sqlite().await;
+    let idp = idp_on(&store);
+    idp.ensure_keys(NOW).await.unwrap();
+    let ada = idp
+        .create_account("Ada", "ada@example.com", PASSWORD, &[], "system", NOW)
+        .await
+        .unwrap();
+    (dir, store, idp, ada)
+}
+
 fn attempt<'a>(email: &'a str, password: &'a str) -> SignIn<'a> {
     SignIn {
         email,
@@ -138,12 +150,7 @@ async fn an_account_signs_in_and_its_access_token_verifies() {
 
 #[tokio::test]
 async fn failures_slow_an_account_down_but_never_on_its_owners_trusted_device() {
-    let (_dir, store) = sqlite().await;
-    let idp = idp_on(&store);
-    idp.ensure_keys(NOW).await.unwrap();
-    idp.create_account("Ada", "ada@example.com", PASSWORD, &[], "system", NOW)
-        .await
-        .unwrap();
+    let (_dir, _store, idp, _ada) = with_ada().await;
     let device = idp
         .sign_in(&attempt("ada@example.com", PASSWORD), NOW)
         .await
@@ -194,12 +201,7 @@ async fn failures_slow_an_account_down_but_never_on_its_owners_trusted_device() 
 
 #[tokio::test]
 async fn refresh_tokens_rotate_and_a_reused_one_ends_the_sign_in() {
-    let (_dir, store) = sqlite().await;
-    let idp = idp_on(&store);
-    idp.ensure_keys(NOW).await.unwrap();
-    idp.create_account("Ada", "ada@example.com", PASSWORD, &[], "system", NOW)
-        .await
-        .unwrap();
+    let (_dir, store, idp, _ada) = with_ada().await;
     let first = idp
         .sign_in(&attempt("ada@example.com", PASSWORD), NOW)
         .await
@@ -249,13 +251,7 @@ async fn refresh_tokens_rotate_and_a_reused_one_ends_the_sign_in() {
 
 #[tokio::test]
 async fn totp_enrolment_then_sign_in_needs_a_fresh_code_or_a_recovery_code_once() {
-    let (_dir, store) = sqlite().await;
-    let idp = idp_on(&store);
-    idp.ensure_keys(NOW).await.unwrap();
-    let ada = idp
-        .create_account("Ada", "ada@example.com", PASSWORD, &[], "system", NOW)
-        .await
-        .unwrap();
+    let (_dir, _store, idp, ada) = with_ada().await;
     let enrolment = idp.enroll_totp(&ada, NOW).await.unwrap();
     assert!(
         enrolment

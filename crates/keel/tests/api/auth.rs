@@ -175,14 +175,7 @@ async fn bad_sign_ins_get_one_answer_and_throttling_says_when_to_retry(backend: 
 async fn refresh_rotates_and_a_reused_token_is_refused_with_its_successor(backend: Backend) {
     let app = spawn_app(backend).await;
     sign_up(&app, "ada@example.com").await;
-    let first: Value = sign_in(
-        &app,
-        &json!({"email": "ada@example.com", "password": PASSWORD}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let first = tokens_of(&app, "ada@example.com", PASSWORD).await;
     let refresh = |token: Value| {
         let app = &app;
         async move {
@@ -200,14 +193,7 @@ async fn refresh_rotates_and_a_reused_token_is_refused_with_its_successor(backen
         "a reuse ends the whole sign-in"
     );
 
-    let other: Value = sign_in(
-        &app,
-        &json!({"email": "ada@example.com", "password": PASSWORD}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let other = tokens_of(&app, "ada@example.com", PASSWORD).await;
     let res = app
         .post_json(
             "/auth/logout",
@@ -225,14 +211,7 @@ async fn refresh_rotates_and_a_reused_token_is_refused_with_its_successor(backen
 async fn totp_enrolment_then_sign_in_with_a_second_factor(backend: Backend) {
     let app = spawn_app(backend).await;
     sign_up(&app, "ada@example.com").await;
-    let tokens: Value = sign_in(
-        &app,
-        &json!({"email": "ada@example.com", "password": PASSWORD}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let tokens = tokens_of(&app, "ada@example.com", PASSWORD).await;
     let access = tokens["access_token"].as_str().unwrap();
     let enrolment: Value = app
         .client
@@ -291,14 +270,7 @@ async fn totp_enrolment_then_sign_in_with_a_second_factor(backend: Backend) {
 async fn only_admins_read_the_audit_log(backend: Backend) {
     let app = spawn_app(backend).await;
     sign_up(&app, "ada@example.com").await;
-    let tokens: Value = sign_in(
-        &app,
-        &json!({"email": "ada@example.com", "password": PASSWORD}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let tokens = tokens_of(&app, "ada@example.com", PASSWORD).await;
     let res = bearer_get(
         &app,
         "/auth/audit",

@@ -2,16 +2,16 @@
 //
 // Run by crates/keel-hospital/tests/browser.rs, which starts the console on a real SQLite
 // hospital with seeded patients, passes their ids in SEED, and checks the broker and the
-// hospital afterwards. Environment: BASE_URL, HOSPITAL_USER, HOSPITAL_PASSWORD, SEED (JSON),
-// SCREENSHOTS (a directory, optional). Prints one JSON line of what it saw; exits non-zero on
+// hospital afterwards. The test stands in for keel's sign-in: the browser names its roles in
+// an x-test-roles header (keel's own browser test signs in for real). Environment: BASE_URL,
+// OPERATOR (the account id), SEED (JSON), SCREENSHOTS (a directory, optional). Prints one JSON line of what it saw; exits non-zero on
 // the first failed check.
 
 import { launch, screenshots } from './launch.mjs';
 import assert from 'node:assert/strict';
 
 const base = process.env.BASE_URL;
-const user = process.env.HOSPITAL_USER;
-const password = process.env.HOSPITAL_PASSWORD;
+const user = process.env.OPERATOR;
 const seed = JSON.parse(process.env.SEED);
 
 const browser = await launch();
@@ -21,20 +21,19 @@ const step = (name) => seen.steps.push(name);
 const shot = screenshots();
 
 try {
-  // Without the credential: refused.
+  // Not signed in: refused, and told where to sign in.
   const anonymous = await browser.newContext();
-  const refused = await anonymous.request.get(`${base}/admin/hospital`);
+  const refused = await (await anonymous.newPage()).goto(`${base}/admin/hospital`);
   assert.equal(refused.status(), 401);
-  assert.match(refused.headers()['www-authenticate'], /^Basic /);
-  // A headless page has no one to type a credential: the navigation is refused.
-  await assert.rejects((await anonymous.newPage()).goto(`${base}/admin/hospital`), /ERR_INVALID_AUTH_CREDENTIALS/);
-  const wrong = await browser.newContext({ httpCredentials: { username: user, password: 'not the password' } });
-  const denied = await (await wrong.newPage()).goto(`${base}/admin/hospital`);
-  assert.equal(denied.status(), 401);
-  step('refused without the credential');
+  assert.match(await refused.text(), /\/signin/);
+  // Signed in without the operator or admin role: forbidden.
+  const plain = await browser.newContext({ extraHTTPHeaders: { 'x-test-roles': '' } });
+  const denied = await (await plain.newPage()).goto(`${base}/admin/hospital`);
+  assert.equal(denied.status(), 403);
+  step('refused without the role');
 
-  // Sign in (HTTP Basic) and list.
-  const context = await browser.newContext({ httpCredentials: { username: user, password } });
+  // An operator lists.
+  const context = await browser.newContext({ extraHTTPHeaders: { 'x-test-roles': 'operator' } });
   const page = await context.newPage();
   page.setDefaultTimeout(20_000);
   const dialogs = [];

@@ -16,13 +16,14 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use keel_domain::{AuthEventQuery, UserId};
+use keel_domain::{AuthEventQuery, Caller, UserId};
 use keel_identity::service::{AuthError, Idp, SignIn};
 use keel_identity::token::Claims;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::extract::JsonObject;
+use crate::policy::Signed;
 use crate::{ApiError, AppState};
 
 /// The OAuth client id of keel's own first-party clients (the JSON sign-in routes).
@@ -30,7 +31,16 @@ const FIRST_PARTY: &str = "keel";
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/auth/signup", post(sign_up))
+        .route("/auth/signup", post(crate::users::create_user))
+        .route(
+            "/auth/verify-email",
+            get(verify_email_page).post(verify_email),
+        )
+        .route("/auth/verify-email/resend", post(resend_verification))
+        .route("/auth/password/forgot", post(forgot_password))
+        .route("/auth/password/reset", post(reset_password))
+        .route("/auth/invitation/accept", post(accept_invitation))
+        .route("/auth/dev/mailbox", get(dev_mailbox))
         .route("/auth/login", post(sign_in))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(sign_out))
@@ -67,6 +77,9 @@ impl From<AuthError> for ApiError {
             AuthError::Invalid(e) => Self::Validation(e),
             AuthError::EmailTaken => Self::Conflict { field: "email" },
             AuthError::AlreadyEnrolled => Self::Conflict { field: "totp" },
+            AuthError::AlreadyActive => Self::Conflict { field: "password" },
+            AuthError::InvalidLink => Self::InvalidLink,
+            AuthError::PasswordExpired => Self::PasswordExpired,
             AuthError::NotReady => Self::Unavailable("identity provider starting".into()),
             AuthError::Store(e) => e.into(),
             AuthError::Sealed(e) => Self::Internal(Box::new(e)),
@@ -107,15 +120,6 @@ impl Bearer {
             .flatten()
             .filter_map(Value::as_str)
     }
-
-    /// 403 unless the account holds `role`.
-    pub fn require_role(&self, role: &str) -> Result<(), ApiError> {
-        if self.roles().any(|r| r == role) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden)
-        }
-    }
 }
 
 impl FromRequestParts<AppState> for Bearer {
@@ -123,36 +127,143 @@ impl FromRequestParts<AppState> for Bearer {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let idp = idp(state)?;
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or(ApiError::Unauthenticated)?;
-        let claims = idp.verify_access(token.trim(), now()).await?;
+        let token = crate::policy::bearer_token(parts).ok_or(ApiError::Unauthenticated)?;
+        let claims = idp.verify_access(token, now()).await?;
         let user = claims.sub.parse().map_err(|_| ApiError::Unauthenticated)?;
         Ok(Self { user, claims })
     }
 }
 
-/// Self-service sign-up: an account with a password (201 and the user).
-async fn sign_up(State(state): State<AppState>, body: JsonObject) -> Result<Response, ApiError> {
+/// Verifies an address with the token mailed to it.
+async fn verify_email(
+    State(state): State<AppState>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    body.deny_unknown(&["token"])?;
+    let user = idp(&state)?
+        .verify_email(body.required_str("token")?, now())
+        .await?;
+    Ok(Json(json!({ "verified": true, "user": user })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenParam {
+    token: Option<String>,
+}
+
+/// The link of the verification mail, opened in a browser: a small page saying how it went.
+async fn verify_email_page(
+    State(state): State<AppState>,
+    Query(params): Query<TokenParam>,
+) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
-    body.deny_unknown(&["name", "email", "password"])?;
-    let user = idp
-        .create_account(
-            body.required_str("name")?,
-            body.required_str("email")?,
+    let (status, text) = match idp
+        .verify_email(params.token.as_deref().unwrap_or_default(), now())
+        .await
+    {
+        Ok(_) => (
+            StatusCode::OK,
+            "Your email address is verified. You can close this page.",
+        ),
+        Err(AuthError::InvalidLink) => (
+            StatusCode::BAD_REQUEST,
+            "This link is not valid: it is malformed, expired or already used.",
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    Ok((
+        status,
+        axum::response::Html(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Email verification</title></head><body><p>{text}</p></body></html>"
+        )),
+    )
+        .into_response())
+}
+
+/// Mails the signed-in account a new verification link (202; nothing when already verified).
+async fn resend_verification(
+    State(state): State<AppState>,
+    Signed(caller): Signed,
+) -> Result<Response, ApiError> {
+    idp(&state)?.send_verification(caller.user, now()).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Starts a password reset: 202 whether or not the address has an account (no enumeration).
+async fn forgot_password(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    body.deny_unknown(&["email"])?;
+    idp(&state)?
+        .forgot_password(body.required_str("email")?, &client, now())
+        .await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Sets a new password with the mailed reset token; every sign-in of the account ends.
+async fn reset_password(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    body.deny_unknown(&["token", "password"])?;
+    idp(&state)?
+        .reset_password(
+            body.required_str("token")?,
             body.required_str("password")?,
-            &[],
-            "anonymous",
+            &client,
             now(),
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(user)).into_response())
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Accepts an invitation: the invited account chooses its password (then signs in).
+async fn accept_invitation(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    body.deny_unknown(&["token", "password"])?;
+    let user = idp(&state)?
+        .accept_invitation(
+            body.required_str("token")?,
+            body.required_str("password")?,
+            &client,
+            now(),
+        )
+        .await?;
+    Ok(Json(user).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct MailboxParams {
+    user: Option<String>,
+}
+
+/// The dev mailbox (admins): the mails the notifier sent to an account, oldest first. keel
+/// sends no real mail yet; this is where its links can be read (README, Identity).
+async fn dev_mailbox(
+    State(state): State<AppState>,
+    Query(params): Query<MailboxParams>,
+) -> Result<Response, ApiError> {
+    let user: UserId = params
+        .user
+        .as_deref()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| keel_domain::ValidationError::new("user", "must be a user id"))?;
+    let mails: Vec<Value> = state
+        .jobs
+        .events
+        .notifications_of(user)
+        .await?
+        .into_iter()
+        .map(|n| json!({ "to": n.recipient, "text": n.text, "sent_at": n.sent_at }))
+        .collect();
+    Ok(Json(json!({ "mails": mails })).into_response())
 }
 
 /// Sign in: tokens, or 401 `mfa_required` when a second factor must be sent too.
@@ -268,10 +379,8 @@ struct AuditParams {
 /// The authentication audit log, newest first (admins only).
 async fn audit(
     State(state): State<AppState>,
-    bearer: Bearer,
     Query(params): Query<AuditParams>,
 ) -> Result<Response, ApiError> {
-    bearer.require_role("admin")?;
     let idp = idp(&state)?;
     let events = idp
         .audit(&AuthEventQuery {
@@ -319,14 +428,13 @@ async fn sign_out_everywhere(
 
 async fn set_disabled(
     state: &AppState,
-    bearer: &Bearer,
+    caller: &Caller,
     id: &str,
     disabled: bool,
 ) -> Result<Response, ApiError> {
-    bearer.require_role("admin")?;
     let user: UserId = id.parse().map_err(|_| ApiError::UserNotFound)?;
     if idp(state)?
-        .set_disabled(&bearer.user.to_string(), user, disabled, now())
+        .set_disabled(&caller.user.to_string(), user, disabled, now())
         .await?
     {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -338,19 +446,19 @@ async fn set_disabled(
 /// Disables an account (admins): it cannot sign in, and its sign-ins end.
 async fn disable(
     State(state): State<AppState>,
-    bearer: Bearer,
+    Signed(caller): Signed,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    set_disabled(&state, &bearer, &id, true).await
+    set_disabled(&state, &caller, &id, true).await
 }
 
 /// Enables a disabled account again (admins).
 async fn enable(
     State(state): State<AppState>,
-    bearer: Bearer,
+    Signed(caller): Signed,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    set_disabled(&state, &bearer, &id, false).await
+    set_disabled(&state, &caller, &id, false).await
 }
 
 async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -51,6 +51,12 @@ pub enum ApiError {
     TooManyAttempts { retry_after_secs: i64 },
     #[error("{0}")]
     WeakPassword(String),
+    #[error("the password has expired; reset it through POST /auth/password/forgot")]
+    PasswordExpired,
+    #[error("the link is not valid: it is malformed, expired or already used")]
+    InvalidLink,
+    #[error("sign-up is {0}: ask an admin for an account")]
+    SignupClosed(&'static str),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -90,10 +96,12 @@ impl ApiError {
             Self::Unavailable(_) | Self::Timeout | Self::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Unauthenticated | Self::InvalidCredentials | Self::MfaRequired => {
-                StatusCode::UNAUTHORIZED
-            }
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unauthenticated
+            | Self::InvalidCredentials
+            | Self::MfaRequired
+            | Self::PasswordExpired => StatusCode::UNAUTHORIZED,
+            Self::InvalidLink => StatusCode::BAD_REQUEST,
+            Self::Forbidden | Self::SignupClosed(_) => StatusCode::FORBIDDEN,
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,6 +128,9 @@ impl ApiError {
             Self::Forbidden => "forbidden",
             Self::TooManyAttempts { .. } => "too_many_attempts",
             Self::WeakPassword(_) => "weak_password",
+            Self::PasswordExpired => "password_expired",
+            Self::InvalidLink => "invalid_link",
+            Self::SignupClosed(_) => "signup_closed",
             Self::Internal(_) => "internal",
         }
     }

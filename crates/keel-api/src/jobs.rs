@@ -13,11 +13,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use keel_domain::{EventStore, Job, JobState, UserId};
+use keel_domain::{EventStore, Job, JobState, Permission, UserId};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::error::ErrorBody;
+use crate::policy::Signed;
 use crate::{ApiError, AppState};
 
 /// What the jobs routes and the event-emitting writes need.
@@ -121,6 +122,7 @@ pub async fn export_user(
 ))]
 pub async fn get_job(
     State(state): State<AppState>,
+    Signed(caller): Signed,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::JobNotFound)?;
@@ -130,6 +132,14 @@ pub async fn get_job(
         .job(id)
         .await?
         .ok_or(ApiError::JobNotFound)?;
+    // Another account's job is not found rather than forbidden: its id tells nothing.
+    let mine = job
+        .subject
+        .parse::<UserId>()
+        .is_ok_and(|subject| caller.can_on(subject, Permission::UsersRead));
+    if !mine {
+        return Err(ApiError::JobNotFound);
+    }
     let mut job_state = job.state;
     // A job that waited past its time to live is not run (the worker sends its message to the
     // hospital, marked expired); report it as such even before a worker has seen it.

@@ -6,7 +6,9 @@
 //!   for request ids, load shedding, timeouts, metrics and logs.
 //! - [`auth`]: the identity provider's routes (`/auth/*`, `/.well-known/jwks.json`) and the
 //!   [`auth::Bearer`] extractor for routes that need a signed-in account; [`oidc`]: the OpenID
-//!   Connect provider (discovery, authorize page, token, userinfo, logout, client registration).
+//!   Connect provider (discovery, authorize page, token, userinfo, logout, client registration);
+//!   [`pages`]: the sign-in page of keel's consoles and the authenticator-app enrolment page.
+//! - [`policy`]: the access rule of every route and the guard that enforces it (RBAC).
 //! - [`error`]: [`ApiError`], the only place where failures become status codes and JSON bodies.
 //! - [`extract`]: the JSON body extractor that turns every malformed input into a precise error.
 //!
@@ -20,6 +22,8 @@ pub mod jobs;
 pub mod middleware;
 pub mod oidc;
 pub mod ops;
+pub mod pages;
+pub mod policy;
 pub mod users;
 
 use std::sync::Arc;
@@ -64,7 +68,7 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, extra: Router) -> Router {
     let limiter = middleware::Limiter::new(&state.http);
     let auth = if state.identity.is_some() {
-        auth::router().merge(oidc::router())
+        auth::router().merge(oidc::router()).merge(pages::router())
     } else {
         Router::new()
     };
@@ -74,6 +78,10 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
         .merge(users::router())
         .merge(jobs::router())
         .merge(ops::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            policy::guard,
+        ))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(

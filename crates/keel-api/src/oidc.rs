@@ -20,12 +20,13 @@ use keel_identity::service::{AuthError, Idp, SignIn};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{Bearer, ClientAddr, idp, now};
+use crate::auth::{ClientAddr, idp, now};
 use crate::extract::JsonObject;
+use crate::policy::Signed;
 use crate::{ApiError, AppState};
 
-const SESSION_COOKIE: &str = "keel_session";
-const CSRF_COOKIE: &str = "keel_csrf";
+pub(crate) const SESSION_COOKIE: &str = "keel_session";
+pub(crate) const CSRF_COOKIE: &str = "keel_csrf";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -46,7 +47,12 @@ async fn discovery(State(state): State<AppState>) -> Result<Response, ApiError> 
 
 // ---- cookies ----
 
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// The IdP's browser session cookie of a request (the console accepts it, see `policy`).
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, SESSION_COOKIE)
+}
+
+pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -57,7 +63,13 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v)
 }
 
-fn set_cookie(idp: &Idp, name: &str, value: &str, max_age: i64, same_site: &str) -> HeaderValue {
+pub(crate) fn set_cookie(
+    idp: &Idp,
+    name: &str,
+    value: &str,
+    max_age: i64,
+    same_site: &str,
+) -> HeaderValue {
     let secure = if idp.settings().issuer.starts_with("https://") {
         "; Secure"
     } else {
@@ -71,7 +83,7 @@ fn set_cookie(idp: &Idp, name: &str, value: &str, max_age: i64, same_site: &str)
 
 // ---- the page ----
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -90,7 +102,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:26rem;margi
 h1{font-size:1.3rem}label{display:block;margin:.8rem 0 .2rem}input{width:100%;padding:.5rem;box-sizing:border-box}\
 button{margin-top:1rem;padding:.6rem 1rem}.error{color:#a00}.muted{color:#666;font-size:.9rem}";
 
-fn page(title: &str, body: &str) -> Html<String> {
+pub(crate) fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -241,7 +253,7 @@ fn refused(e: AuthorizeError) -> Response {
 }
 
 /// The CSRF cookie of this browser, made if it has none yet, and the token for its forms.
-fn csrf_for(idp: &Idp, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+pub(crate) fn csrf_for(idp: &Idp, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     match cookie(headers, CSRF_COOKIE) {
         Some(value) if !value.is_empty() => (idp.csrf_token(value), None),
         _ => {
@@ -308,7 +320,7 @@ async fn authorize_page(
     Ok(res)
 }
 
-fn no_store(res: &mut Response) {
+pub(crate) fn no_store(res: &mut Response) {
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // The page must not be framed by another site (clickjacking the consent button).
@@ -405,32 +417,11 @@ async fn authorize_submit(
                         Some(set_cookie(idp, SESSION_COOKIE, &value, max_age, "Lax")),
                     )
                 }
-                Err(AuthError::MfaRequired) => {
-                    let message = if attempt.second_factor.is_some() {
-                        "That code is not right."
-                    } else {
-                        "Enter the code from your authenticator app."
-                    };
-                    return Ok((StatusCode::UNAUTHORIZED, again(message, true)).into_response());
+                Err(e) => {
+                    let (status, message, ask_code) =
+                        crate::pages::sign_in_refusal(e, attempt.second_factor.is_some())?;
+                    return Ok((status, again(&message, ask_code)).into_response());
                 }
-                Err(AuthError::Locked { retry_after_secs }) => {
-                    let message =
-                        format!("Too many attempts. Try again in {retry_after_secs} seconds.");
-                    return Ok(
-                        (StatusCode::TOO_MANY_REQUESTS, again(&message, false)).into_response()
-                    );
-                }
-                Err(AuthError::InvalidCredentials) => {
-                    return Ok((
-                        StatusCode::UNAUTHORIZED,
-                        again(
-                            "The email or password is not right.",
-                            attempt.second_factor.is_some(),
-                        ),
-                    )
-                        .into_response());
-                }
-                Err(e) => return Err(e.into()),
             }
         }
     };
@@ -643,10 +634,9 @@ async fn logout(
 /// secret, shown once.
 async fn register_client(
     State(state): State<AppState>,
-    bearer: Bearer,
+    Signed(caller): Signed,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    bearer.require_role("admin")?;
     let idp = idp(&state)?;
     body.deny_unknown(&["client_id", "name", "redirect_uris", "public"])?;
     let uris: Vec<String> = match body.0.get("redirect_uris") {
@@ -670,7 +660,7 @@ async fn register_client(
         None => id,
     };
     let registered = idp
-        .register_client(id, name, &uris, public, &bearer.user.to_string(), now())
+        .register_client(id, name, &uris, public, &caller.user.to_string(), now())
         .await?;
     Ok((StatusCode::CREATED, Json(registered)).into_response())
 }

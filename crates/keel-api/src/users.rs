@@ -9,12 +9,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use keel_cache::Cached;
 use keel_domain::{
-    NewUser, PageRequest, User, UserEmail, UserId, UserName, UserPatch, ValidationError,
+    NewUser, PageRequest, Permission, SignupMode, User, UserEmail, UserId, UserName, UserPatch,
+    ValidationError,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorBody;
 use crate::extract::JsonObject;
+use crate::policy::{MaybeSigned, Signed};
 use crate::{ApiError, AppState};
 
 /// Default and largest page size of `GET /users`.
@@ -28,9 +30,11 @@ pub fn router() -> Router<AppState> {
             "/users/{id}",
             get(get_user).put(update_user).delete(delete_user),
         )
+        .route("/users/{id}/data", get(user_data))
+        .route("/users/{id}/invitation", axum::routing::post(reinvite))
 }
 
-/// The body of `POST /users` and `PUT /users/{id}`.
+/// The body of `PUT /users/{id}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[allow(dead_code)] // parsed by hand (see `parse_input`); this type documents the shape
 pub struct UserInput {
@@ -38,6 +42,21 @@ pub struct UserInput {
     name: String,
     /// An email address; stored lower-cased, unique.
     email: String,
+}
+
+/// The body of `POST /users`: a sign-up (with a password, when sign-up is open) or, from an
+/// admin, a new account (with a password) or an invitation (without one).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // parsed by hand (see `create_user`); this type documents the shape
+pub struct NewAccountInput {
+    /// 1 to 100 characters, trimmed.
+    name: String,
+    /// An email address; stored lower-cased, unique. A verification link is mailed to it.
+    email: String,
+    /// Required unless an admin invites: the policy's length, not a common password.
+    password: Option<String>,
+    /// Admins only: `admin`, `operator`.
+    roles: Option<Vec<String>>,
 }
 
 /// A page of users and the cursor of the next page.
@@ -77,29 +96,82 @@ fn user_response(status: StatusCode, user: &Cached<User>) -> Response {
         .into_response()
 }
 
-/// Create a user.
-#[utoipa::path(post, path = "/users", tag = "users", request_body = UserInput, responses(
-    (status = 201, description = "created", body = User),
+/// Create an account: self-service sign-up (as `identity.signup` allows) or, by an admin, an
+/// account with roles, or an invitation when no password is given.
+#[utoipa::path(post, path = "/users", tag = "users", request_body = NewAccountInput, responses(
+    (status = 201, description = "created (a verification or invitation mail is on its way)", body = User),
     (status = 400, description = "malformed JSON", body = ErrorBody),
+    (status = 403, description = "sign-up is by invitation or closed (`signup_closed`)", body = ErrorBody),
     (status = 409, description = "email already exists", body = ErrorBody),
     (status = 413, description = "body too large", body = ErrorBody),
     (status = 415, description = "not JSON", body = ErrorBody),
-    (status = 422, description = "invalid or unknown field (named in `field`)", body = ErrorBody),
+    (status = 422, description = "invalid or unknown field (named in `field`), or a weak password", body = ErrorBody),
 ))]
 pub async fn create_user(
     State(state): State<AppState>,
+    MaybeSigned(caller): MaybeSigned,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     state.jobs.check_backpressure()?;
-    let new = parse_input(&body)?;
-    let user = state.users.create(new).await?;
-    let mut res = user_response(StatusCode::CREATED, &user);
-    let location = format!("/users/{}", user.value.id);
+    let idp = state.identity.as_ref().ok_or(ApiError::Unauthenticated)?;
+    let now = crate::auth::now();
+    let admin = caller.as_ref().filter(|c| c.can(Permission::UsersWrite));
+    let user = if let Some(admin) = admin {
+        body.deny_unknown(&["name", "email", "password", "roles"])?;
+        let roles = string_list(&body, "roles")?;
+        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+        let actor = admin.user.to_string();
+        let (name, email) = (body.required_str("name")?, body.required_str("email")?);
+        match body.optional_str("password")? {
+            Some(password) => {
+                let user = idp
+                    .create_account(name, email, password, &roles, &actor, now)
+                    .await?;
+                idp.send_verification(user.id, now).await?;
+                user
+            }
+            None => idp.invite(name, email, &roles, &actor, now).await?,
+        }
+    } else {
+        match idp.settings().signup {
+            SignupMode::Open => {}
+            SignupMode::Invite => return Err(ApiError::SignupClosed("by invitation only")),
+            SignupMode::Closed => return Err(ApiError::SignupClosed("closed")),
+        }
+        body.deny_unknown(&["name", "email", "password"])?;
+        let user = idp
+            .create_account(
+                body.required_str("name")?,
+                body.required_str("email")?,
+                body.required_str("password")?,
+                &[],
+                "anonymous",
+                now,
+            )
+            .await?;
+        idp.send_verification(user.id, now).await?;
+        user
+    };
+    let location = format!("/users/{}", user.id);
+    let mut res = (StatusCode::CREATED, Json(user)).into_response();
     res.headers_mut().insert(
         header::LOCATION,
         location.parse().expect("a path is a valid header"),
     );
     Ok(res)
+}
+
+/// An optional array of strings in `body` (empty when absent).
+fn string_list(body: &JsonObject, field: &'static str) -> Result<Vec<String>, ApiError> {
+    match body.0.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ValidationError::new(field, "must be an array of strings").into()),
+        Some(_) => Err(ValidationError::new(field, "must be an array of strings").into()),
+    }
 }
 
 /// Read a user through the cache (the seed's lazy-loading example).
@@ -133,29 +205,93 @@ pub async fn update_user(
     state.jobs.check_backpressure()?;
     let id = parse_id(&id)?;
     let input = parse_input(&body)?;
+    let before = state.users.get(id).await?.ok_or(ApiError::UserNotFound)?;
+    let email_changed = before.value.email != input.email;
     let patch = UserPatch {
         name: Some(input.name),
         email: Some(input.email),
     };
-    match state.users.update(id, patch).await? {
-        Some(user) => Ok(user_response(StatusCode::OK, &user)),
-        None => Err(ApiError::UserNotFound),
+    let Some(user) = state.users.update(id, patch).await? else {
+        return Err(ApiError::UserNotFound);
+    };
+    // A new address is unverified until its owner follows the link mailed to it.
+    if let (true, Some(idp)) = (email_changed, &state.identity) {
+        idp.email_changed(id, crate::auth::now()).await?;
     }
+    Ok(user_response(StatusCode::OK, &user))
 }
 
-/// Delete a user.
+/// Erase an account (its owner or an admin): the user, its credentials and sign-ins, its
+/// cached copies, its mails, jobs and unsent events go; an `account_erased` audit entry (the
+/// id, when, by whom) stays as the tombstone.
 #[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = String, Path, description = "user id (UUID)")), responses(
-    (status = 204, description = "deleted"),
+    (status = 204, description = "erased"),
     (status = 404, description = "no such user", body = ErrorBody),
 ))]
 pub async fn delete_user(
     State(state): State<AppState>,
+    Signed(caller): Signed,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.jobs.check_backpressure()?;
     let id = parse_id(&id)?;
-    if state.users.delete(id).await? {
-        Ok(StatusCode::NO_CONTENT)
+    if !state.users.delete(id).await? {
+        return Err(ApiError::UserNotFound);
+    }
+    let erased = state.jobs.events.erase_user_data(id).await?;
+    tracing::info!(user_id = %id, ?erased, "account erased");
+    if let Some(idp) = &state.identity {
+        idp.record_erasure(id, &caller.user.to_string(), crate::auth::now())
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Everything keel keeps about an account, for its owner (GDPR access and portability):
+/// the user, roles, verification and MFA state, sign-in history, mails sent.
+#[utoipa::path(get, path = "/users/{id}/data", tag = "users", params(("id" = String, Path, description = "user id (UUID)")), responses(
+    (status = 200, description = "the account's data as JSON"),
+    (status = 404, description = "no such user", body = ErrorBody),
+))]
+pub async fn user_data(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let idp = crate::auth::idp(&state)?;
+    let account = idp
+        .export_account(id)
+        .await?
+        .ok_or(ApiError::UserNotFound)?;
+    let mails: Vec<serde_json::Value> = state
+        .jobs
+        .events
+        .notifications_of(id)
+        .await?
+        .into_iter()
+        .map(|n| serde_json::json!({ "to": n.recipient, "text": n.text, "sent_at": n.sent_at }))
+        .collect();
+    let mut res = Json(serde_json::json!({ "account": account, "mails": mails })).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        axum::http::HeaderValue::from_static("attachment; filename=\"keel-account.json\""),
+    );
+    Ok(res)
+}
+
+/// Mails an invited account its invitation again (admins).
+pub async fn reinvite(
+    State(state): State<AppState>,
+    Signed(caller): Signed,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let idp = crate::auth::idp(&state)?;
+    if idp
+        .reinvite(id, &caller.user.to_string(), crate::auth::now())
+        .await?
+    {
+        Ok(StatusCode::ACCEPTED)
     } else {
         Err(ApiError::UserNotFound)
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use keel_domain::CacheStrategy as Strategy;
+pub use keel_domain::SignupMode;
 
 use crate::Secret;
 
@@ -268,8 +269,12 @@ pub struct HospitalSettings {
     pub webhook_url: Option<Secret>,
     /// Time between digests (seconds).
     pub digest_interval_secs: u64,
-    /// Password of the `admin` user of the web console at `/admin/hospital`. Unset: the console
-    /// is not mounted.
+    /// Serve the web console at `/admin/hospital` (to accounts with the operator or admin
+    /// role; it needs `identity.enabled`).
+    pub console: bool,
+    /// Removed: the console uses the identity provider's roles. Kept only to say so when an
+    /// old configuration sets it.
+    #[serde(skip_serializing)]
     pub admin_password: Option<Secret>,
 }
 
@@ -279,6 +284,7 @@ impl Default for HospitalSettings {
             max_patients: 100_000,
             webhook_url: None,
             digest_interval_secs: 3_600,
+            console: true,
             admin_password: None,
         }
     }
@@ -317,6 +323,17 @@ pub struct IdentitySettings {
     pub argon2_parallelism: u32,
     /// Fewest characters of a new password (at least 8).
     pub password_min_chars: usize,
+    /// Who may make an account through `POST /users`: `open` (anyone), `invite` (invited
+    /// people only) or `closed` (admins only).
+    pub signup: SignupMode,
+    /// Days a password lasts before it must be reset (0: forever).
+    pub password_max_age_days: u32,
+    /// Days without a sign-in after which an account is disabled at its next attempt
+    /// (0: never).
+    pub dormant_after_days: u32,
+    /// Roles that need a second factor (TOTP): an account holding one signs in without its
+    /// roles until it enrols. Known roles: `admin`, `operator`.
+    pub mfa_required_roles: Vec<String>,
 }
 
 impl Default for IdentitySettings {
@@ -334,6 +351,10 @@ impl Default for IdentitySettings {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             password_min_chars: 12,
+            signup: SignupMode::Open,
+            password_max_age_days: 0,
+            dormant_after_days: 0,
+            mfa_required_roles: Vec::new(),
         }
     }
 }
@@ -507,6 +528,12 @@ impl Settings {
                 self.queue.namespace
             ));
         }
+        if self.hospital.admin_password.is_some() {
+            return Err("hospital.admin_password: removed; the console now signs people in with \
+                        the identity provider: make an operator with \
+                        `keel admin create --email <address> --role operator` and remove this setting"
+                .to_owned());
+        }
         let identity = &self.identity;
         if identity.argon2_memory_kib < 19 * 1024
             || identity.argon2_iterations < 2
@@ -521,6 +548,16 @@ impl Settings {
             return Err(format!(
                 "identity.password_min_chars: at least 8, got {}",
                 identity.password_min_chars
+            ));
+        }
+        if let Some(role) = identity
+            .mfa_required_roles
+            .iter()
+            .find(|r| !keel_domain::rbac::is_role(r))
+        {
+            return Err(format!(
+                "identity.mfa_required_roles: unknown role {role:?}; known: {}",
+                keel_domain::rbac::ROLES.join(", ")
             ));
         }
         if identity.access_ttl_secs == 0 || identity.access_ttl_secs > 24 * 3600 {

@@ -26,6 +26,18 @@ pub const USER_CREATED: &str = "user.created";
 pub const USER_UPDATED: &str = "user.updated";
 pub const USER_DELETED: &str = "user.deleted";
 
+/// Topics of mails (`mail.verify_email`, `mail.invitation`, `mail.reset_password`) start so.
+pub const MAIL_TOPIC_PREFIX: &str = "mail.";
+
+/// A mail on its way to the notifier: the body of a `mail.*` message (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mail {
+    pub user_id: UserId,
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+}
+
 /// The body of a `user.*` event (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserEvent {
@@ -203,6 +215,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// Rows waiting in the outbox.
     async fn outbox_backlog(&self) -> Result<u64, StoreError>;
 
+    /// Puts one message into the outbox on its own (a mail of the identity provider).
+    async fn publish(&self, topic: &str, message: &Outgoing) -> Result<(), StoreError>;
+
     /// Stores a new job and its message in one transaction.
     async fn submit_job(&self, job: &Job, message: &Outgoing) -> Result<(), StoreError>;
     async fn job(&self, id: Uuid) -> Result<Option<Job>, StoreError>;
@@ -223,6 +238,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// Records a sent notification; `false` when this message id was already recorded.
     async fn record_notification(&self, notification: &Notification) -> Result<bool, StoreError>;
     async fn notifications_of(&self, user: UserId) -> Result<Vec<Notification>, StoreError>;
+
+    /// Erases what the events side keeps of a deleted user's personal data (GDPR): the mails
+    /// sent to it, its jobs (an export's result is a copy of its data) and its events not yet
+    /// relayed, except the `user.deleted` event that tells subscribers to forget it too.
+    async fn erase_user_data(&self, user: UserId) -> Result<Erased, StoreError>;
+}
+
+/// What an erasure removed, row counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Erased {
+    pub mails: u64,
+    pub jobs: u64,
+    pub unsent_events: u64,
 }
 
 /// Headers of a stored message from their JSON text, as the stores keep them.

@@ -10,6 +10,7 @@
 //! - [`hospital`]: the [`Hospital`] port, where messages whose handling failed for good wait.
 //! - [`identity`]: the [`IdentityStore`] port: credentials, sign-in failures, refresh-token
 //!   families, signing keys and the authentication audit log of the built-in IdP.
+//! - [`rbac`]: roles, the [`Permission`]s they grant and the [`Caller`] a request comes from.
 //! - [`ledger`]: the deliveries a broker adapter holds in its process and the rules that hand
 //!   them out (per-key order, leases, retry delays), for brokers that do not keep them.
 //!
@@ -21,12 +22,13 @@ pub mod hospital;
 pub mod identity;
 pub mod ledger;
 pub mod queue;
+pub mod rbac;
 pub mod repo;
 pub mod trace;
 pub mod user;
 
 pub use caching::CacheStrategy;
-pub use events::{AuditEntry, EventStore, Job, JobState, Notification, OutboxRecord};
+pub use events::{AuditEntry, Erased, EventStore, Job, JobState, Notification, OutboxRecord};
 pub use hospital::{
     AdmissionReason, AttemptRecord, CauseCount, Edit, Hospital, HospitalError, NoticeClaim,
     Patient, PatientFilter, PatientPage, PatientQuery, PatientState, ReplayClaim, Settlement,
@@ -39,5 +41,6 @@ pub use identity::{
 pub use queue::{
     Broker, BrokerError, Capabilities, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth,
 };
+pub use rbac::{Caller, Permission, SignupMode};
 pub use repo::{Page, PageRequest, StoreError, UserRepo};
 pub use user::{NewUser, User, UserEmail, UserId, UserName, UserPatch, ValidationError};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use keel_domain::events::{USER_CREATED, UserEvent};
+use keel_domain::events::{MAIL_TOPIC_PREFIX, Mail, USER_CREATED, UserEvent};
 use keel_domain::{
     AuditEntry, Delivery, EventStore, JobState, Notification, StoreError, UserId, UserRepo,
 };
@@ -50,27 +50,41 @@ impl Handler for AuditHandler {
     }
 }
 
-/// `notifier`: a welcome message to each new user. The notification is recorded as sent with
-/// the message id, so a redelivery sends nothing twice.
+/// `notifier`: a welcome message to each new user, and the identity provider's mails
+/// (`mail.*`: verification, invitation and reset links). Each is recorded as sent with the
+/// message id, so a redelivery sends nothing twice; the record is the dev mailbox. Nothing is
+/// sent to an account that no longer exists (erased while its message was on its way).
 pub struct NotifierHandler {
     pub events: Arc<dyn EventStore>,
+    pub users: Arc<dyn UserRepo>,
 }
 
 #[async_trait]
 impl Handler for NotifierHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        let event = user_event(delivery)?;
-        if delivery.topic != USER_CREATED {
-            return Ok(()); // bound to user.created only; anything else is not ours to send
+        let (user_id, recipient, text) = if delivery.topic == USER_CREATED {
+            let user = user_event(delivery)?
+                .user
+                .ok_or_else(|| HandlerError::Permanent("user.created without the user".into()))?;
+            let text = format!("Welcome to keel, {}!", user.name.as_str());
+            (user.id, user.email.as_str().to_owned(), text)
+        } else if delivery.topic.starts_with(MAIL_TOPIC_PREFIX) {
+            let mail: Mail = serde_json::from_slice(&delivery.body)
+                .map_err(|e| HandlerError::Permanent(format!("malformed mail: {e}")))?;
+            let text = format!("Subject: {}\n\n{}", mail.subject, mail.text);
+            (mail.user_id, mail.to, text)
+        } else {
+            return Ok(()); // not a topic this group sends anything for
+        };
+        if self.users.get(user_id).await.map_err(transient)?.is_none() {
+            tracing::info!(%user_id, topic = %delivery.topic, "notification dropped: the account is gone");
+            return Ok(());
         }
-        let user = event
-            .user
-            .ok_or_else(|| HandlerError::Permanent("user.created without the user".into()))?;
         let notification = Notification {
             message_id: delivery.id,
-            user_id: user.id,
-            recipient: user.email.as_str().to_owned(),
-            text: format!("Welcome to keel, {}!", user.name.as_str()),
+            user_id,
+            recipient,
+            text,
             sent_at: Utc::now(),
         };
         if self
@@ -79,7 +93,8 @@ impl Handler for NotifierHandler {
             .await
             .map_err(transient)?
         {
-            tracing::info!(user_id = %user.id, recipient = %notification.recipient, "welcome notification sent");
+            // Neither the address nor the text is logged: personal data, and mails carry links.
+            tracing::info!(%user_id, topic = %delivery.topic, "notification sent");
         }
         Ok(())
     }

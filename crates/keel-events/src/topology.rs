@@ -12,7 +12,7 @@ use crate::handlers::{AuditHandler, JobHandler, NotifierHandler};
 /// Every group and the patterns it is bound to: the topology every keel process declares.
 pub const GROUPS: &[(&str, &[&str])] = &[
     ("audit", &["user.#"]),
-    ("notifier", &["user.created"]),
+    ("notifier", &["user.created", "mail.#"]),
     ("jobs", &["job.#"]),
 ];
 
@@ -45,7 +45,8 @@ pub struct Subscription {
 
 /// keel's groups:
 /// - `audit` (publish/subscribe): every `user.*` event becomes an audit log entry;
-/// - `notifier` (publish/subscribe): each `user.created` sends the new user a welcome message;
+/// - `notifier` (publish/subscribe): each `user.created` sends the new user a welcome message,
+///   each `mail.*` the identity provider's mail (verification, invitation, reset);
 /// - `jobs` (routing by type): `job.<kind>` messages run fire-and-forget jobs.
 pub fn subscriptions(events: Arc<dyn EventStore>, users: Arc<dyn UserRepo>) -> Vec<Subscription> {
     vec![
@@ -61,6 +62,7 @@ pub fn subscriptions(events: Arc<dyn EventStore>, users: Arc<dyn UserRepo>) -> V
             patterns: patterns("notifier"),
             handler: Arc::new(NotifierHandler {
                 events: events.clone(),
+                users: users.clone(),
             }),
         },
         Subscription {

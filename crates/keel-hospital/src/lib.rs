@@ -7,7 +7,7 @@
 //! - [`notifier`]: [`Notifier`], a background task posting a JSON notice per admission and a
 //!   periodic digest to a webhook, each admission notified once across processes.
 //! - [`console`]: [`console()`], the web console at `/admin/hospital` (server-rendered, no
-//!   script), behind an admin credential ([`AdminAuth`]) with CSRF protection.
+//!   script), for accounts with the operator or admin role, with CSRF protection.
 //! - [`cli`]: [`HospitalCommand`] and [`cli()`], the same actions from `keel hospital …`.
 //!
 //! **Invariant:** every action goes through the `Hospital` port, which writes its audit entry in
@@ -19,6 +19,6 @@ pub mod notifier;
 pub mod service;
 
 pub use cli::{CliError, HospitalCommand, cli};
-pub use console::{AdminAuth, console};
+pub use console::console;
 pub use notifier::{Notifier, NotifierConfig};
 pub use service::{HospitalService, ReplayOutcome, ReplayReport, ReplayTarget};

@@ -1,51 +1,34 @@
-//! The console's router in process (no browser): sign-in, escaping, CSRF and origin checks, and
+//! The console's router in process (no browser): who is let in (the caller keel's guard hands
+//! it, by role), escaping, CSRF and origin checks, and
 //! each page and action on a real SQLite hospital and queue.
 
 mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use keel_domain::Caller;
 use keel_domain::{Hospital, PatientState};
+use keel_hospital::console;
 use keel_hospital::console::CSRF_COOKIE;
-use keel_hospital::{AdminAuth, console};
-use secrecy::SecretString;
 use tower::ServiceExt;
 
 use common::ward;
 
-const USER: &str = "admin";
-const PASSWORD: &str = "correct horse battery staple";
 const HOST: &str = "keel.test";
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+/// The operator's account id, as the audit log names it (`console:<id>`).
+const OPERATOR: &str = "0190aaaa-bbbb-7ccc-8ddd-eeeeeeeeeeee";
 
 fn router(ward: &common::Ward) -> axum::Router {
-    console(
-        ward.service.clone(),
-        AdminAuth::new(USER, SecretString::from(PASSWORD)).unwrap(),
-    )
+    console(ward.service.clone())
 }
 
-fn basic(user: &str, password: &str) -> String {
-    // Standard base64, written out here so the test does not share the console's decoder.
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let raw = format!("{user}:{password}").into_bytes();
-    let mut out = String::new();
-    for chunk in raw.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
+/// The caller keel's API guard hands the console for a signed-in account with `roles`.
+fn caller(roles: &[&str]) -> Caller {
+    Caller {
+        user: OPERATOR.parse().unwrap(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
     }
-    format!("Basic {out}")
 }
 
 async fn send(
@@ -64,7 +47,7 @@ async fn send(
 fn get(path: &str) -> Request<Body> {
     Request::get(path)
         .header(header::HOST, HOST)
-        .header(header::AUTHORIZATION, basic(USER, PASSWORD))
+        .extension(caller(&["operator"]))
         .body(Body::empty())
         .unwrap()
 }
@@ -72,7 +55,7 @@ fn get(path: &str) -> Request<Body> {
 fn post(path: &str, form: &str, origin: Option<&str>, cookie: Option<&str>) -> Request<Body> {
     let mut request = Request::post(path)
         .header(header::HOST, HOST)
-        .header(header::AUTHORIZATION, basic(USER, PASSWORD))
+        .extension(caller(&["operator"]))
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
     if let Some(origin) = origin {
         request = request.header(header::ORIGIN, origin);
@@ -84,7 +67,7 @@ fn post(path: &str, form: &str, origin: Option<&str>, cookie: Option<&str>) -> R
 }
 
 #[tokio::test]
-async fn every_page_needs_the_admin_credential() {
+async fn every_page_needs_an_operator_or_admin() {
     let ward = ward().await;
     let app = router(&ward);
     for path in [
@@ -94,26 +77,31 @@ async fn every_page_needs_the_admin_credential() {
         "/admin/hospital/replay?ids=1",
         "/admin/hospital/audit",
     ] {
+        // Mounted without keel's guard, nobody is let in.
         let anonymous = Request::get(path).body(Body::empty()).unwrap();
-        let (status, headers, _) = send(&app, anonymous).await;
+        let (status, _, page) = send(&app, anonymous).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
-        assert!(
-            headers[header::WWW_AUTHENTICATE]
-                .to_str()
-                .unwrap()
-                .starts_with("Basic ")
-        );
-        let wrong = Request::get(path)
-            .header(
-                header::AUTHORIZATION,
-                basic(USER, "correct horse battery stapler"),
-            )
+        assert!(page.contains("/signin"), "{path} says where to sign in");
+        for roles in [&[][..], &["auditor"][..]] {
+            let plain = Request::get(path)
+                .extension(caller(roles))
+                .body(Body::empty())
+                .unwrap();
+            assert_eq!(
+                send(&app, plain).await.0,
+                StatusCode::FORBIDDEN,
+                "{path} {roles:?}"
+            );
+        }
+        let admin = Request::get(path)
+            .header(header::HOST, HOST)
+            .extension(caller(&["admin"]))
             .body(Body::empty())
             .unwrap();
-        assert_eq!(
-            send(&app, wrong).await.0,
-            StatusCode::UNAUTHORIZED,
-            "{path}"
+        assert_ne!(
+            send(&app, admin).await.0,
+            StatusCode::FORBIDDEN,
+            "{path} admin"
         );
     }
     for (path, form) in [
@@ -130,6 +118,12 @@ async fn every_page_needs_the_admin_credential() {
             StatusCode::UNAUTHORIZED,
             "{path}"
         );
+        let plain = Request::post(path)
+            .extension(caller(&[]))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form))
+            .unwrap();
+        assert_eq!(send(&app, plain).await.0, StatusCode::FORBIDDEN, "{path}");
     }
     let (status, headers, _) = send(&app, get("/admin/hospital")).await;
     assert_eq!(status, StatusCode::OK);
@@ -200,7 +194,7 @@ async fn posts_need_the_same_origin_and_the_cookie_token() {
     );
     let patient = ward.hospital.get(id).await.unwrap().unwrap();
     assert_eq!(patient.state, PatientState::Discarded);
-    assert_eq!(patient.settled.unwrap().by, "console:admin");
+    assert_eq!(patient.settled.unwrap().by, format!("console:{OPERATOR}"));
 }
 
 #[tokio::test]
@@ -271,7 +265,7 @@ async fn edit_replay_and_audit_through_the_console() {
     );
 
     let (_, _, page) = send(&app, get("/admin/hospital/audit")).await;
-    assert!(page.contains("console:admin"));
+    assert!(page.contains(&format!("console:{OPERATOR}")));
     assert!(page.matches("<td>replay</td>").count() == 1 && page.contains("<td>edit</td>"));
 
     // Filters and the cause view.

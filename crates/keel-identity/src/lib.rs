@@ -15,12 +15,15 @@
 //! - [`pkce`]: RFC 7636 proof keys, `S256` only;
 //! - [`oidc`]: the OpenID Connect provider: clients, authorization codes, the token grants, ID
 //!   tokens, userinfo, discovery, the browser session and CSRF tokens of its pages;
+//! - [`lifecycle`]: mailed links (email verification, invitations, password resets), export
+//!   and the erasure tombstone;
 //! - [`envelope`]: envelope encryption of personal data at rest, with master-key rotation.
 //!
 //! **Invariant:** nothing here reads a clock, a file or the network; callers pass the time in,
 //! so every rule is tested at exact instants.
 
 pub mod envelope;
+pub mod lifecycle;
 pub mod lockout;
 pub mod oidc;
 pub mod password;

@@ -396,7 +396,7 @@ impl Idp {
         let tokens = self.oidc_tokens(
             client,
             &user,
-            &credentials.roles,
+            &self.effective_roles(&credentials),
             Grant {
                 scope: &stored.scope,
                 nonce: stored.nonce.as_deref(),
@@ -439,7 +439,7 @@ impl Idp {
         self.oidc_tokens(
             client,
             &account,
-            &rotated.credentials.roles,
+            &self.effective_roles(&rotated.credentials),
             Grant {
                 scope: &rotated.family.scope,
                 nonce: None,
@@ -592,6 +592,30 @@ impl Idp {
             auth_time,
             expires_at,
         })
+    }
+
+    /// The caller of a browser session cookie at `now`: the account and its roles as stored
+    /// now. `None` when the cookie is not genuine or current, the account is gone or disabled,
+    /// or its password changed after the session began (a changed password ends sessions).
+    pub async fn session_caller(
+        &self,
+        cookie: &str,
+        now: i64,
+    ) -> Result<Option<keel_domain::Caller>, AuthError> {
+        let Some(session) = self.check_browser_session(cookie, now) else {
+            return Ok(None);
+        };
+        let Some(credentials) = self.store.credentials(session.user).await? else {
+            return Ok(None);
+        };
+        let current = credentials.disabled_at.is_none()
+            && credentials
+                .password_changed_at
+                .is_none_or(|changed| changed <= session.auth_time);
+        Ok(current.then(|| keel_domain::Caller {
+            user: session.user,
+            roles: self.effective_roles(&credentials),
+        }))
     }
 
     /// A CSRF token for a form, bound to the browser's CSRF cookie value (double submit,

@@ -43,6 +43,16 @@ pub struct IdpSettings {
     pub policy: PasswordPolicy,
     /// The name authenticator apps show beside the account.
     pub totp_issuer: String,
+    /// Who may make an account without being an admin.
+    pub signup: keel_domain::SignupMode,
+    /// A password older than this must be reset before signing in; `None`: never expires.
+    pub password_max_age_secs: Option<i64>,
+    /// An account not signed in for this long is disabled at its next sign-in attempt;
+    /// `None`: never.
+    pub dormant_after_secs: Option<i64>,
+    /// Roles that need a second factor: an account holding one without TOTP enrolled signs in
+    /// without its roles until it enrols.
+    pub mfa_required_roles: Vec<String>,
 }
 
 impl Default for IdpSettings {
@@ -56,6 +66,10 @@ impl Default for IdpSettings {
             lockout: LockoutPolicy::default(),
             policy: PasswordPolicy::default(),
             totp_issuer: "keel".into(),
+            signup: keel_domain::SignupMode::Open,
+            password_max_age_secs: None,
+            dormant_after_secs: None,
+            mfa_required_roles: Vec::new(),
         }
     }
 }
@@ -69,6 +83,15 @@ pub enum AuthError {
     /// The password was right and the account has MFA: send a TOTP or recovery code too.
     #[error("a second factor is required")]
     MfaRequired,
+    /// A mailed link that is malformed, expired, already used or for a disabled account.
+    #[error("the link is not valid: it is malformed, expired or already used")]
+    InvalidLink,
+    /// The account already has a password (an invitation is for accounts without one).
+    #[error("the account is already active")]
+    AlreadyActive,
+    /// The password is older than the policy allows: reset it (`POST /auth/password/forgot`).
+    #[error("the password has expired")]
+    PasswordExpired,
     #[error("too many failed attempts; try again in {retry_after_secs} s")]
     Locked { retry_after_secs: i64 },
     #[error("the token is not valid")]
@@ -143,6 +166,8 @@ pub(crate) struct Rotated {
 pub struct Enrolment {
     pub secret: String,
     pub otpauth_uri: String,
+    /// The `otpauth://` URI as a QR code, an SVG image for authenticator apps to scan.
+    pub qr_svg: String,
 }
 
 /// The signing keys as stored (sealed): the set and when it last rotated.
@@ -154,18 +179,22 @@ struct StoredKeySet {
 
 const KEYS_PLACE: &str = "identity/signing-keys";
 /// Pending TOTP secrets carry this prefix in `totp_secret` until confirmed.
-const PENDING: &str = "pending:";
+pub(crate) const PENDING: &str = "pending:";
 
 /// The built-in identity provider.
 pub struct Idp {
     pub(crate) users: Arc<dyn UserRepo>,
     pub(crate) store: Arc<dyn IdentityStore>,
-    hasher: PasswordHasher,
+    pub(crate) hasher: PasswordHasher,
     keyring: Keyring,
     refresh: RefreshTokens,
     device_key: Vec<u8>,
     /// Signs browser sessions (the OpenID Connect provider's cookie) and CSRF tokens.
     pub(crate) session_key: Vec<u8>,
+    /// Signs the links mailed to people (verification, invitation, reset).
+    pub(crate) link_key: Vec<u8>,
+    /// Where mails go (the transactional outbox); `None`: mails are dropped (core tests).
+    pub(crate) outbox: Option<Arc<dyn keel_domain::EventStore>>,
     pub(crate) settings: IdpSettings,
     keys: RwLock<Option<Loaded>>,
     /// Access tokens verified lately, by SHA-256 of the token: a request repeating a token
@@ -196,6 +225,54 @@ impl std::fmt::Debug for Idp {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// Role names as stored: sorted, once each; an unknown one is refused.
+pub(crate) fn role_list(roles: &[&str]) -> Result<Vec<String>, AuthError> {
+    if let Some(role) = roles.iter().find(|r| !keel_domain::rbac::is_role(r)) {
+        return Err(ValidationError::new(
+            "roles",
+            format!(
+                "unknown role {role:?}; known: {}",
+                keel_domain::rbac::ROLES.join(", ")
+            ),
+        )
+        .into());
+    }
+    let mut roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+    roles.sort();
+    roles.dedup();
+    Ok(roles)
+}
+
+/// The password policy, with the account's own name and address as words it must not be.
+fn check_policy(
+    policy: &PasswordPolicy,
+    name: &UserName,
+    email: &UserEmail,
+    password: &str,
+) -> Result<(), AuthError> {
+    let local = email.as_str().split('@').next().unwrap_or_default();
+    policy.check(password, &[email.as_str(), local, name.as_str()])?;
+    Ok(())
+}
+
+/// The caller an access token names: its subject and the roles it was signed with.
+pub fn caller_of(claims: &Claims) -> Result<keel_domain::Caller, AuthError> {
+    let user = claims
+        .sub
+        .parse()
+        .map_err(|_| AuthError::InvalidToken(TokenError::Malformed))?;
+    let roles = claims
+        .extra
+        .get("roles")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    Ok(keel_domain::Caller { user, roles })
 }
 
 /// The failure records a sign-in is checked against: `(key, failures)` of the client and of the
@@ -240,11 +317,19 @@ impl Idp {
             refresh: RefreshTokens::new(&derive(b"refresh-tokens")),
             device_key: derive(b"device-tokens"),
             session_key: derive(b"browser-sessions"),
+            link_key: derive(b"mailed-links"),
+            outbox: None,
             settings,
             keys: RwLock::new(None),
             verified: std::sync::Mutex::default(),
             reloaded_at: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Sends mails (verification, invitation, reset) through `outbox`.
+    pub fn with_outbox(mut self, outbox: Arc<dyn keel_domain::EventStore>) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     pub(crate) fn refresh_tokens(&self) -> &RefreshTokens {
@@ -279,7 +364,7 @@ impl Idp {
     }
 
     /// An entry of the account acting on itself.
-    async fn record_own(
+    pub(crate) async fn record_own(
         &self,
         now: i64,
         subject: &str,
@@ -292,7 +377,7 @@ impl Idp {
     }
 
     /// The credentials of an account that must have them.
-    async fn credentials_of(&self, user: UserId) -> Result<Credentials, AuthError> {
+    pub(crate) async fn credentials_of(&self, user: UserId) -> Result<Credentials, AuthError> {
         self.store
             .credentials(user)
             .await?
@@ -492,10 +577,8 @@ impl Idp {
     ) -> Result<User, AuthError> {
         let name = UserName::parse(name)?;
         let email = UserEmail::parse(email)?;
-        let local = email.as_str().split('@').next().unwrap_or_default();
-        self.settings
-            .policy
-            .check(password, &[email.as_str(), local, name.as_str()])?;
+        check_policy(&self.settings.policy, &name, &email, password)?;
+        let roles = role_list(roles)?;
         let created = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default();
         let user = User::create(NewUser { name, email }, created);
         match self.users.insert(&user).await {
@@ -505,9 +588,6 @@ impl Idp {
         let mut credentials = Credentials::new(user.id);
         credentials.password_hash = Some(self.hasher.hash(password));
         credentials.password_changed_at = Some(now);
-        let mut roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
-        roles.sort();
-        roles.dedup();
         credentials.roles = roles;
         self.store.put_credentials(&credentials).await?;
         self.record(
@@ -520,6 +600,39 @@ impl Idp {
         )
         .await?;
         Ok(user)
+    }
+
+    /// The roles an account acts with: all of its roles, unless one of them needs a second
+    /// factor it has not enrolled; then none, until it enrols (it can still sign in to do so).
+    pub fn effective_roles(&self, credentials: &Credentials) -> Vec<String> {
+        let enrolled = credentials
+            .totp_secret
+            .as_deref()
+            .is_some_and(|s| !s.starts_with(PENDING));
+        let needs_mfa = credentials
+            .roles
+            .iter()
+            .any(|r| self.settings.mfa_required_roles.contains(r));
+        if needs_mfa && !enrolled {
+            Vec::new()
+        } else {
+            credentials.roles.clone()
+        }
+    }
+
+    /// Whether the account must enrol a second factor before its roles apply.
+    pub fn mfa_setup_required(&self, credentials: &Credentials) -> bool {
+        credentials.roles != self.effective_roles(credentials)
+    }
+
+    /// The password policy for `account`'s new password.
+    pub(crate) fn check_policy(&self, account: &User, password: &str) -> Result<(), AuthError> {
+        check_policy(
+            &self.settings.policy,
+            &account.name,
+            &account.email,
+            password,
+        )
     }
 
     fn device_token(&self, user: UserId) -> String {
@@ -656,6 +769,44 @@ impl Idp {
                 .failed(attempt, throttle, Some(&subject), "account_disabled", now)
                 .await;
         }
+        if let Some(dormant) = self.settings.dormant_after_secs {
+            let created = user.created_at.timestamp();
+            let active = credentials.last_login_at.unwrap_or(created).max(created);
+            if now - active > dormant {
+                credentials.disabled_at = Some(now);
+                credentials.version += 1;
+                self.store.put_credentials(&credentials).await?;
+                self.store.revoke_families_of(&subject).await?;
+                self.record(
+                    now,
+                    "system",
+                    "account_disabled",
+                    Some(&subject),
+                    None,
+                    json!({ "reason": "dormant", "last_active": active }),
+                )
+                .await?;
+                return self
+                    .failed(attempt, throttle, Some(&subject), "account_dormant", now)
+                    .await;
+            }
+        }
+        if let (Some(max_age), Some(changed)) = (
+            self.settings.password_max_age_secs,
+            credentials.password_changed_at,
+        ) {
+            if now - changed > max_age {
+                self.record_own(
+                    now,
+                    &subject,
+                    "login_password_expired",
+                    Some(attempt.client),
+                    json!({}),
+                )
+                .await?;
+                return Err(AuthError::PasswordExpired);
+            }
+        }
         let mut amr = vec!["pwd"];
         let enrolled = credentials
             .totp_secret
@@ -715,8 +866,8 @@ impl Idp {
         )
         .await?;
         Ok(Authenticated {
+            roles: self.effective_roles(&credentials),
             user,
-            roles: credentials.roles,
             amr,
         })
     }
@@ -762,7 +913,7 @@ impl Idp {
         Ok(Tokens {
             access_token: self.access_token(
                 credentials.user_id,
-                &credentials.roles,
+                &self.effective_roles(credentials),
                 &["pwd"],
                 now,
             )?,
@@ -873,11 +1024,7 @@ impl Idp {
             .await?;
             return Err(AuthError::InvalidCredentials);
         }
-        let email = account.email.as_str();
-        let local = email.split('@').next().unwrap_or_default();
-        self.settings
-            .policy
-            .check(new, &[email, local, account.name.as_str()])?;
+        self.check_policy(&account, new)?;
         credentials.password_hash = Some(self.hasher.hash(new));
         credentials.password_changed_at = Some(now);
         credentials.version += 1;
@@ -989,9 +1136,11 @@ impl Idp {
         )
         .await?;
         let totp = Totp::new(secret.clone());
+        let otpauth_uri = totp.otpauth_uri(&self.settings.totp_issuer, user.email.as_str());
         Ok(Enrolment {
             secret: secret.to_base32(),
-            otpauth_uri: totp.otpauth_uri(&self.settings.totp_issuer, user.email.as_str()),
+            qr_svg: crate::totp::qr_svg(&otpauth_uri),
+            otpauth_uri,
         })
     }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keel_domain::{
-    AuditEntry, EventStore, Job, JobState, Notification, OutboxRecord, Outgoing, Page, PageRequest,
-    StoreError, User, UserEmail, UserId, UserName, UserRepo,
+    AuditEntry, Erased, EventStore, Job, JobState, Notification, OutboxRecord, Outgoing, Page,
+    PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo,
 };
 use sqlx::error::DatabaseError;
 use sqlx::migrate::Migrate;
@@ -475,6 +475,11 @@ where
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn publish(&self, topic: &str, message: &Outgoing) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_err::<D>)?;
+        Self::enqueue(&mut conn, topic, message).await
+    }
+
     async fn submit_job(&self, job: &Job, message: &Outgoing) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
         query::<D>(
@@ -573,6 +578,29 @@ where
         .await
         .map_err(map_err::<D>)?;
         Ok(D::rows_affected(&res) == 1)
+    }
+
+    async fn erase_user_data(&self, user: UserId) -> Result<Erased, StoreError> {
+        let id = user.to_string();
+        let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
+        let mut count = async |sql: &'static str| -> Result<u64, StoreError> {
+            let done = query::<D>(sql)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err::<D>)?;
+            Ok(D::rows_affected(&done))
+        };
+        let erased = Erased {
+            mails: count("DELETE FROM notifications WHERE user_id = ?").await?,
+            jobs: count("DELETE FROM jobs WHERE subject = ?").await?,
+            unsent_events: count(
+                "DELETE FROM outbox WHERE msg_key = ? AND topic <> 'user.deleted'",
+            )
+            .await?,
+        };
+        tx.commit().await.map_err(map_err::<D>)?;
+        Ok(erased)
     }
 
     async fn notifications_of(&self, user: UserId) -> Result<Vec<Notification>, StoreError> {

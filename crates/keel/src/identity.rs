@@ -10,7 +10,7 @@ use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keel_config::Settings;
-use keel_domain::{IdentityStore, UserRepo};
+use keel_domain::{EventStore, IdentityStore, UserRepo};
 use keel_identity::envelope::Keyring;
 use keel_identity::lockout::LockoutPolicy;
 use keel_identity::password::{Argon2Params, PasswordHasher, PasswordPolicy};
@@ -21,6 +21,7 @@ pub async fn build(
     settings: &Settings,
     users: Arc<dyn UserRepo>,
     store: Arc<dyn IdentityStore>,
+    outbox: Arc<dyn EventStore>,
     listen: std::net::SocketAddr,
 ) -> anyhow::Result<Option<Arc<Idp>>> {
     let config = &settings.identity;
@@ -63,29 +64,37 @@ pub async fn build(
     )
     .map_err(|e| anyhow::anyhow!("identity.argon2_*: {e}"))?;
     let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let idp = Arc::new(Idp::new(
-        users,
-        store,
-        PasswordHasher::new(params),
-        keyring,
-        &secret,
-        IdpSettings {
-            issuer: config
-                .issuer
-                .clone()
-                .unwrap_or_else(|| format!("http://{listen}")),
-            audience: config.audience.clone(),
-            access_ttl_secs: secs(config.access_ttl_secs),
-            session_ttl_secs: secs(config.session_ttl_secs),
-            key_rotation_secs: secs(config.key_rotation_secs),
-            lockout: LockoutPolicy::default(),
-            policy: PasswordPolicy {
-                min_chars: config.password_min_chars,
-                ..PasswordPolicy::default()
+    let days = |d: u32| (d > 0).then(|| i64::from(d) * 86_400);
+    let idp = Arc::new(
+        Idp::new(
+            users,
+            store,
+            PasswordHasher::new(params),
+            keyring,
+            &secret,
+            IdpSettings {
+                issuer: config
+                    .issuer
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{listen}")),
+                audience: config.audience.clone(),
+                access_ttl_secs: secs(config.access_ttl_secs),
+                session_ttl_secs: secs(config.session_ttl_secs),
+                key_rotation_secs: secs(config.key_rotation_secs),
+                lockout: LockoutPolicy::default(),
+                policy: PasswordPolicy {
+                    min_chars: config.password_min_chars,
+                    ..PasswordPolicy::default()
+                },
+                totp_issuer: "keel".into(),
+                signup: config.signup,
+                password_max_age_secs: days(config.password_max_age_days),
+                dormant_after_secs: days(config.dormant_after_days),
+                mfa_required_roles: config.mfa_required_roles.clone(),
             },
-            totp_issuer: "keel".into(),
-        },
-    ));
+        )
+        .with_outbox(outbox),
+    );
     let loaded = match idp.ensure_keys(now()).await {
         Ok(()) => true,
         Err(e) => {

@@ -48,6 +48,7 @@ pub struct Application {
     workers: Option<Workers>,
     /// The broker and hospital, when opened for the console before the worker role starts.
     queue: Option<queue::Queue>,
+    identity: Option<Arc<keel_identity::service::Idp>>,
 }
 
 impl Application {
@@ -57,6 +58,8 @@ impl Application {
         settings: Settings,
         metrics: Option<PrometheusHandle>,
     ) -> anyhow::Result<Self> {
+        // Loading checks too; settings built in code (tests, embedders) are checked here.
+        settings.validate().map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
                 "cannot create data directory {}",
@@ -96,6 +99,7 @@ impl Application {
             &settings,
             repo.clone(),
             database.identity(),
+            events.clone(),
             listener.local_addr()?,
         )
         .await?;
@@ -116,28 +120,22 @@ impl Application {
                 job_ttl: (settings.queue.job_ttl_secs > 0)
                     .then(|| Duration::from_secs(settings.queue.job_ttl_secs)),
             },
-            identity,
+            identity: identity.clone(),
         };
         // The hospital console needs the queue; it is opened here only when the console is on,
         // and shared with the worker role if this process runs it too.
-        let queue = match &settings.hospital.admin_password {
-            Some(_) => Some(queue::Queue::open(&settings).await?),
-            None => None,
+        let console_on = settings.hospital.console && state.identity.is_some();
+        let queue = if console_on {
+            Some(queue::Queue::open(&settings).await?)
+        } else {
+            None
         };
-        let console = match (&queue, &settings.hospital.admin_password) {
-            (Some(queue), Some(password)) => {
-                let auth = keel_hospital::AdminAuth::new(
-                    "admin",
-                    secrecy::SecretString::from(password.expose().to_owned()),
-                )
-                .map_err(|e| anyhow::anyhow!("hospital.admin_password: {e}"))?;
-                let service = keel_hospital::HospitalService::new(
-                    queue.hospital.clone(),
-                    queue.broker.clone(),
-                );
-                keel_hospital::console(service, auth)
-            }
-            _ => axum::Router::new(),
+        let console = match &queue {
+            Some(queue) => keel_hospital::console(keel_hospital::HospitalService::new(
+                queue.hospital.clone(),
+                queue.broker.clone(),
+            )),
+            None => axum::Router::new(),
         };
         let router = keel_api::router_with(state, console);
         let poller = tokio::spawn(poll_backlog(events.clone(), backlog.clone()));
@@ -152,6 +150,7 @@ impl Application {
             poller,
             workers: None,
             queue,
+            identity,
         })
     }
 
@@ -172,6 +171,16 @@ impl Application {
         .await?;
         self.workers = Some(workers);
         Ok(self)
+    }
+
+    /// The identity provider, when `identity.enabled`.
+    pub fn identity(&self) -> Option<&Arc<keel_identity::service::Idp>> {
+        self.identity.as_ref()
+    }
+
+    /// The whole router (the API tests enumerate its routes against the access rules).
+    pub fn router(&self) -> &axum::Router {
+        &self.router
     }
 
     pub fn local_addr(&self) -> SocketAddr {

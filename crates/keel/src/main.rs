@@ -204,10 +204,15 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
             command: AdminCommand::Create { email, name, roles },
         } => {
             let db = open_database(&settings).await?;
-            let idp =
-                keel::identity::build(&settings, db.repo(), db.identity(), settings.server.listen)
-                    .await?
-                    .context("identity.enabled is off")?;
+            let idp = keel::identity::build(
+                &settings,
+                db.repo(),
+                db.identity(),
+                db.events(),
+                settings.server.listen,
+            )
+            .await?
+            .context("identity.enabled is off")?;
             eprint!("password for {email} (one line on standard input): ");
             let mut password = String::new();
             std::io::stdin()

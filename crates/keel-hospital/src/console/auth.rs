@@ -1,99 +1,32 @@
 //! Who may use the console, and proof that a form was posted from the console itself.
 //!
-//! - [`AdminAuth`]: the configured admin credential, checked by HTTP Basic on every request by
-//!   the [`Admin`] extractor that every handler takes (compared in constant time).
+//! - [`Admin`]: the signed-in operator, as keel's API guard established it (a
+//!   [`keel_domain::Caller`] in the request's extensions: an IdP account whose roles grant
+//!   `hospital:read`, and `hospital:write` for every `POST`). The console authenticates no one
+//!   itself: it is mounted behind that guard, which also sends browsers to the sign-in page.
+//!   Checking the permission here again means a console mounted without the guard refuses
+//!   everyone instead of serving anyone.
 //! - [`Csrf`]: a double-submit token (a random cookie, `SameSite=Strict`, echoed in each form)
 //!   plus an `Origin` (or `Referer`) check against `Host`, on every `POST`.
 
 use axum::extract::FromRequestParts;
-use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN, REFERER, WWW_AUTHENTICATE};
+use axum::http::header::{COOKIE, HOST, ORIGIN, REFERER};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use secrecy::{ExposeSecret, SecretString};
+use keel_domain::{Caller, Permission};
 
 use super::ConsoleState;
 use super::html;
 
-/// Shortest admin password accepted.
-pub const MIN_PASSWORD_CHARS: usize = 12;
-
 /// The cookie holding the console's CSRF token.
 pub const CSRF_COOKIE: &str = "keel_hospital_csrf";
 
-/// The admin credential the console accepts (until the identity component brings roles).
-#[derive(Clone)]
-pub struct AdminAuth {
-    username: String,
-    password: SecretString,
-}
-
-impl std::fmt::Debug for AdminAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminAuth")
-            .field("username", &self.username)
-            .field("password", &"[redacted]")
-            .finish()
-    }
-}
-
-/// Why a credential is refused at configuration time.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthConfigError {
-    #[error("the admin username must be 1-64 characters without ':' or control characters")]
-    Username,
-    #[error("the admin password must be at least {MIN_PASSWORD_CHARS} characters")]
-    Password,
-}
-
-impl AdminAuth {
-    pub fn new(
-        username: impl Into<String>,
-        password: SecretString,
-    ) -> Result<Self, AuthConfigError> {
-        let username = username.into();
-        if username.is_empty()
-            || username.chars().count() > 64
-            || username.contains(':')
-            || username.chars().any(char::is_control)
-        {
-            return Err(AuthConfigError::Username);
-        }
-        if password.expose_secret().chars().count() < MIN_PASSWORD_CHARS {
-            return Err(AuthConfigError::Password);
-        }
-        Ok(Self { username, password })
-    }
-
-    pub fn username(&self) -> &str {
-        &self.username
-    }
-
-    /// Whether an `Authorization` header value carries this credential.
-    fn accepts(&self, header: &str) -> bool {
-        let Some(encoded) = header
-            .strip_prefix("Basic ")
-            .or_else(|| header.strip_prefix("basic "))
-        else {
-            return false;
-        };
-        let Some(decoded) = base64_decode(encoded.trim()) else {
-            return false;
-        };
-        let (user, password) = match decoded.iter().position(|&b| b == b':') {
-            Some(at) => (&decoded[..at], &decoded[at + 1..]),
-            None => (decoded.as_slice(), &[][..]),
-        };
-        // Both compared whatever the first says, so that timing tells nothing about either.
-        let user_ok = constant_time_eq(user, self.username.as_bytes());
-        let password_ok = constant_time_eq(password, self.password.expose_secret().as_bytes());
-        user_ok & password_ok
-    }
-}
-
-/// An authenticated operator. Every console handler takes one, so none can forget the check.
+/// A signed-in operator allowed this request. Every console handler takes one, so none can
+/// forget the check.
 #[derive(Debug, Clone)]
 pub struct Admin {
+    /// The account's id.
     pub name: String,
 }
 
@@ -104,43 +37,44 @@ impl Admin {
     }
 }
 
+fn refuse(status: StatusCode, text: &str) -> Response {
+    let mut response = (
+        status,
+        html::bare_page("Not allowed", &format!("<p>{}</p>", html::esc(text))),
+    )
+        .into_response();
+    html::secure_headers(response.headers_mut());
+    response
+}
+
 impl FromRequestParts<ConsoleState> for Admin {
     type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &ConsoleState,
+        _: &ConsoleState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        match header {
-            Some(value) if state.auth.accepts(value) => Ok(Admin {
-                name: state.auth.username.clone(),
-            }),
-            other => {
-                if other.is_some() {
-                    tracing::warn!(path = %parts.uri.path(), "hospital console: wrong credential");
-                }
-                let mut response = (
-                    StatusCode::UNAUTHORIZED,
-                    html::bare_page(
-                        "Sign in required",
-                        "<p>The error hospital console needs the admin credential.</p>",
-                    ),
-                )
-                    .into_response();
-                response.headers_mut().insert(
-                    WWW_AUTHENTICATE,
-                    axum::http::HeaderValue::from_static(
-                        "Basic realm=\"keel error hospital\", charset=\"UTF-8\"",
-                    ),
-                );
-                html::secure_headers(response.headers_mut());
-                Err(response)
-            }
+        let Some(caller) = parts.extensions.get::<Caller>() else {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "The error hospital console needs you signed in (at /signin) with the operator or admin role.",
+            ));
+        };
+        let needed = if parts.method == Method::POST {
+            Permission::HospitalWrite
+        } else {
+            Permission::HospitalRead
+        };
+        if !caller.can(needed) {
+            tracing::warn!(user_id = %caller.user, path = %parts.uri.path(), "hospital console: not allowed");
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "Your account may not use the error hospital console (it needs the operator or admin role).",
+            ));
         }
+        Ok(Admin {
+            name: caller.user.to_string(),
+        })
     }
 }
 
@@ -237,74 +171,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Standard base64 (with or without padding); `None` if malformed.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    fn value(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let bytes = text.trim_end_matches('=').as_bytes();
-    if bytes.len() % 4 == 1 || text.len() > 4096 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let n = chunk.len() - 1; // 2 chars → 1 byte, 3 → 2, 4 → 3
-        for i in 0..n {
-            out.push((acc >> (16 - 8 * i)) as u8);
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn auth() -> AdminAuth {
-        AdminAuth::new("admin", SecretString::from("correct horse battery")).unwrap()
-    }
-
-    #[test]
-    fn base64_decodes_with_and_without_padding() {
-        assert_eq!(base64_decode("YWRtaW46cHc=").unwrap(), b"admin:pw");
-        assert_eq!(base64_decode("YWRtaW46cHc").unwrap(), b"admin:pw");
-        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
-        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
-        assert_eq!(base64_decode("YWJj").unwrap(), b"abc");
-        assert!(base64_decode("Y").is_none());
-        assert!(base64_decode("a$b=").is_none());
-    }
-
-    #[test]
-    fn only_the_configured_credential_is_accepted() {
-        let auth = auth();
-        // admin:correct horse battery
-        assert!(auth.accepts("Basic YWRtaW46Y29ycmVjdCBob3JzZSBiYXR0ZXJ5"));
-        // admin:correct horse batterz
-        assert!(!auth.accepts("Basic YWRtaW46Y29ycmVjdCBob3JzZSBiYXR0ZXJ6"));
-        // root:correct horse battery
-        assert!(!auth.accepts("Basic cm9vdDpjb3JyZWN0IGhvcnNlIGJhdHRlcnk="));
-        assert!(!auth.accepts("Bearer YWRtaW46Y29ycmVjdCBob3JzZSBiYXR0ZXJ5"));
-        assert!(!auth.accepts("Basic"));
-    }
-
-    #[test]
-    fn weak_credentials_are_refused_at_configuration() {
-        assert!(AdminAuth::new("admin", SecretString::from("short")).is_err());
-        assert!(AdminAuth::new("a:b", SecretString::from("long enough password")).is_err());
-        assert!(format!("{:?}", auth()).contains("redacted"));
-    }
 
     #[test]
     fn constant_time_equality_is_equality() {

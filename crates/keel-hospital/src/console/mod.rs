@@ -10,14 +10,13 @@
 //! - `POST /admin/hospital/patients/{id}/edit`, `…/discard`.
 //! - `GET /admin/hospital/audit`: the audit log.
 //!
-//! Every handler takes an [`Admin`] (HTTP Basic against the configured credential); every `POST`
+//! Every handler takes an [`Admin`] (an IdP account with the operator or admin role); every `POST`
 //! checks the origin and the CSRF token. Every value rendered is escaped.
 
 mod auth;
 pub mod html;
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
@@ -32,7 +31,7 @@ use keel_domain::{
 };
 use serde::Deserialize;
 
-pub use auth::{Admin, AdminAuth, AuthConfigError, CSRF_COOKIE, Csrf, MIN_PASSWORD_CHARS};
+pub use auth::{Admin, CSRF_COOKIE, Csrf};
 use html::{esc, first_line, time, url_encode};
 
 use crate::service::{HospitalService, ReplayOutcome, ReplayReport, ReplayTarget};
@@ -46,16 +45,12 @@ const AUDIT_PAGE_SIZE: u32 = 50;
 #[derive(Clone)]
 pub struct ConsoleState {
     service: HospitalService,
-    auth: Arc<AdminAuth>,
 }
 
-/// The console's routes, all under `/admin/hospital`, to merge into keel's router. Mount it only
-/// when an admin credential is configured.
-pub fn console(service: HospitalService, auth: AdminAuth) -> Router {
-    let state = ConsoleState {
-        service,
-        auth: Arc::new(auth),
-    };
+/// The console's routes, all under `/admin/hospital`, to merge into keel's router behind its
+/// guard (which signs people in and checks their roles; see [`Admin`]).
+pub fn console(service: HospitalService) -> Router {
+    let state = ConsoleState { service };
     Router::new()
         .route("/admin/hospital", get(list))
         .route("/admin/hospital/causes", get(causes))

@@ -279,7 +279,7 @@ async fn only_admins_read_the_audit_log(backend: Backend) {
     .await;
     assert_eq!(res.status(), 403);
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "forbidden");
-    assert_eq!(app.get("/auth/audit").await.status(), 401);
+    assert_eq!(app.anonymous_get("/auth/audit").await.status(), 401);
 }
 
 #[tokio::test]

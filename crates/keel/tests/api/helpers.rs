@@ -17,7 +17,13 @@ pub enum Backend {
 
 pub struct TestApp {
     pub address: String,
+    /// Sends no credentials.
     pub client: reqwest::Client,
+    /// Sends an admin's access token (when identity is on): what `get`, `post_json`, `put_json`
+    /// and `delete` use.
+    pub admin: reqwest::Client,
+    /// The admin account's id (when identity is on).
+    pub admin_id: Option<String>,
     pub settings: Settings,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -30,7 +36,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
+        self.admin
             .get(self.url(path))
             .send()
             .await
@@ -38,7 +44,7 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
+        self.admin
             .post(self.url(path))
             .json(body)
             .send()
@@ -47,7 +53,7 @@ impl TestApp {
     }
 
     pub async fn put_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
+        self.admin
             .put(self.url(path))
             .json(body)
             .send()
@@ -56,8 +62,17 @@ impl TestApp {
     }
 
     pub async fn delete(&self, path: &str) -> reqwest::Response {
-        self.client
+        self.admin
             .delete(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A request without credentials.
+    pub async fn anonymous_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
             .send()
             .await
             .expect("request sent")
@@ -149,6 +164,33 @@ async fn spawn(settings: Settings, dir: tempfile::TempDir, workers: bool) -> Tes
     if workers {
         app = app.with_workers().await.expect("workers start");
     }
+    // Without a database there is no admin to make; such tests use only public routes.
+    let admin_account = match app.identity() {
+        Some(idp) => admin_token(idp).await,
+        None => None,
+    };
+    let (admin, admin_id) = match admin_account {
+        Some((token, id)) => {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .default_headers(headers)
+                .build()
+                .unwrap();
+            (client, Some(id))
+        }
+        None => (
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            None,
+        ),
+    };
     let address = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
@@ -161,11 +203,42 @@ async fn spawn(settings: Settings, dir: tempfile::TempDir, workers: bool) -> Tes
     TestApp {
         address,
         client,
+        admin,
+        admin_id,
         settings,
         _dir: dir,
         stop: Some(stop),
         server: Some(server),
     }
+}
+
+/// The password of the admin every test app starts with.
+pub const ADMIN_PASSWORD: &str = "correct staple battery horse 42";
+
+/// Makes an admin account (as `keel admin create` does) and signs it in: its access token and
+/// id; `None` when the database does not answer.
+async fn admin_token(idp: &keel_identity::service::Idp) -> Option<(String, String)> {
+    let now = chrono::Utc::now().timestamp();
+    let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+    let user = idp
+        .create_account("Admin", &email, ADMIN_PASSWORD, &["admin"], "cli", now)
+        .await
+        .ok()?;
+    let tokens = idp
+        .sign_in(
+            &keel_identity::service::SignIn {
+                email: &email,
+                password: ADMIN_PASSWORD,
+                second_factor: None,
+                device_token: None,
+                client: "test",
+                client_id: "keel",
+            },
+            now,
+        )
+        .await
+        .expect("the test admin signs in");
+    Some((tokens.access_token, user.id.to_string()))
 }
 
 /// Every strategy, for tests that must hold whatever the configuration.

@@ -6,4 +6,5 @@ mod hospital;
 mod jobs;
 mod oidc;
 mod ops;
+mod policy;
 mod users;

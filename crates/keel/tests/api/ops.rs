@@ -65,7 +65,14 @@ async fn readiness_reports_an_unreachable_database() {
             .unwrap()
             .starts_with("error")
     );
-    let res = app.get(&format!("/users/{}", uuid::Uuid::now_v7())).await;
+    // The IdP cannot load its keys either: a signed-in request is told to come back.
+    let res = app
+        .client
+        .get(app.url(&format!("/users/{}", uuid::Uuid::now_v7())))
+        .bearer_auth("a.b.c")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         res.status(),
         503,
@@ -171,6 +178,13 @@ async fn two_instances_sharing_postgres_and_redis_never_serve_a_stale_user() {
         let mut settings = base_settings(instance_dir.path(), url.clone());
         settings.cache.redis_url = Some(keel_config::Secret::new(
             keel_test_support::services::redis_url(),
+        ));
+        // Instances of one deployment share the IdP's secrets (README, Identity).
+        settings.identity.secret = Some(keel_config::Secret::new(
+            "c2hhcmVkIGJ5IGV2ZXJ5IGluc3RhbmNlIG9mIHRoZSB0ZXN0IQ==",
+        ));
+        settings.identity.data_keys = Some(keel_config::Secret::new(
+            "k1:a2VlbCB0ZXN0IGRhdGEga2V5IG9mIDMyIGJ5dGVzISE=",
         ));
         apps.push(spawn_with_settings(settings, instance_dir).await);
     }

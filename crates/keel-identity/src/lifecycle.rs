@@ -1,0 +1,474 @@
+//! The account lifecycle beyond signing in (issue 4 §1, §7): email verification, invitations,
+//! forgotten passwords, data export and erasure.
+//!
+//! **Links by mail.** Verification, invitation and reset links carry a token that is stateless
+//! but single-use: `<purpose>.<user>.<expires>.<mac>`, where the MAC also covers the state the
+//! token may change — the email address it verifies, the password hash it replaces. Once used,
+//! that state is different and the token no longer verifies; nothing has to be stored or swept.
+//!
+//! **Mail** goes through the transactional outbox to the `notifier` subscriber group
+//! (`mail.<kind>` topics), which records it as sent: the dev mailbox that admins read at
+//! `GET /auth/dev/mailbox`. The token is never logged.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::Mac;
+use keel_domain::events::{MAIL_TOPIC_PREFIX, Mail};
+use keel_domain::{Credentials, NewUser, Outgoing, StoreError, User, UserEmail, UserId, UserName};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::service::{AuthError, Idp, mac};
+
+/// How long links stay valid.
+pub const VERIFY_TTL_SECS: i64 = 48 * 3600;
+pub const RESET_TTL_SECS: i64 = 3600;
+pub const INVITATION_TTL_SECS: i64 = 7 * 24 * 3600;
+
+/// What a link token is for; part of what its MAC covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    VerifyEmail,
+    ResetPassword,
+    Invitation,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::VerifyEmail => "verify",
+            Self::ResetPassword => "reset",
+            Self::Invitation => "invite",
+        }
+    }
+}
+
+/// What a person may take away of their account (GDPR art. 15 and 20).
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountExport {
+    pub user: User,
+    pub roles: Vec<String>,
+    pub email_verified_at: Option<i64>,
+    pub password_changed_at: Option<i64>,
+    pub mfa_enrolled: bool,
+    pub disabled_at: Option<i64>,
+    pub last_login_at: Option<i64>,
+    /// The authentication events about the account, newest first.
+    pub events: Vec<keel_domain::AuthEvent>,
+}
+
+/// The state a link of `purpose` is bound to: once it changes, the link is dead.
+fn binding(purpose: Purpose, user: &User, credentials: &Credentials) -> String {
+    match purpose {
+        Purpose::VerifyEmail => user.email.as_str().to_owned(),
+        Purpose::ResetPassword | Purpose::Invitation => {
+            credentials.password_hash.clone().unwrap_or_default()
+        }
+    }
+}
+
+impl Idp {
+    fn link_mac(&self, purpose: Purpose, body: &str, binding: &str) -> hmac::Hmac<sha2::Sha256> {
+        mac(
+            &self.link_key,
+            &[
+                purpose.as_str().as_bytes(),
+                body.as_bytes(),
+                binding.as_bytes(),
+            ],
+        )
+    }
+
+    /// A link token of `purpose` for the account as it is now.
+    fn link_token(
+        &self,
+        purpose: Purpose,
+        user: &User,
+        credentials: &Credentials,
+        expires_at: i64,
+    ) -> String {
+        let body = format!("{}.{}.{expires_at}", purpose.as_str(), user.id);
+        let tag = self
+            .link_mac(purpose, &body, &binding(purpose, user, credentials))
+            .finalize()
+            .into_bytes();
+        format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// The account a link token of `purpose` names, if the token is genuine, current and its
+    /// account unchanged since it was made.
+    async fn check_link(
+        &self,
+        purpose: Purpose,
+        token: &str,
+        now: i64,
+    ) -> Result<(User, Credentials), AuthError> {
+        let parsed = (|| {
+            let (body, tag) = token.trim().rsplit_once('.')?;
+            let mut parts = body.split('.');
+            (parts.next()? == purpose.as_str()).then_some(())?;
+            let user: UserId = parts.next()?.parse().ok()?;
+            let expires_at: i64 = parts.next()?.parse().ok()?;
+            let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+            Some((body, user, expires_at, tag))
+        })();
+        let (body, user, expires_at, tag) = parsed.ok_or(AuthError::InvalidLink)?;
+        if now >= expires_at {
+            return Err(AuthError::InvalidLink);
+        }
+        let account = self.users.get(user).await?.ok_or(AuthError::InvalidLink)?;
+        let credentials = self
+            .store
+            .credentials(user)
+            .await?
+            .ok_or(AuthError::InvalidLink)?;
+        self.link_mac(purpose, body, &binding(purpose, &account, &credentials))
+            .verify_slice(&tag)
+            .map_err(|_| AuthError::InvalidLink)?;
+        if credentials.disabled_at.is_some() {
+            return Err(AuthError::InvalidLink);
+        }
+        Ok((account, credentials))
+    }
+
+    /// Sends a mail through the outbox (when the IdP has one; without, the mail is dropped
+    /// with a warning: tests of the core run without a notifier).
+    async fn mail(
+        &self,
+        kind: &str,
+        user: &User,
+        subject: &str,
+        text: String,
+    ) -> Result<(), AuthError> {
+        let Some(outbox) = &self.outbox else {
+            tracing::warn!(kind, "no outbox: mail not sent");
+            return Ok(());
+        };
+        let mail = Mail {
+            user_id: user.id,
+            to: user.email.as_str().to_owned(),
+            subject: subject.to_owned(),
+            text,
+        };
+        let mut message = Outgoing::new(serde_json::to_vec(&mail).expect("mails serialize"))
+            .with_key(user.id.to_string());
+        message.headers = keel_domain::trace::headers();
+        outbox
+            .publish(&format!("{MAIL_TOPIC_PREFIX}{kind}"), &message)
+            .await?;
+        Ok(())
+    }
+
+    fn link(&self, path: &str, token: &str) -> String {
+        format!(
+            "{}{path}?token={}",
+            self.settings.issuer.trim_end_matches('/'),
+            crate::percent_encode(token)
+        )
+    }
+
+    // ---- verification ----
+
+    /// Mails the account a link that verifies its address (after sign-up or an address change).
+    pub async fn send_verification(&self, user: UserId, now: i64) -> Result<(), AuthError> {
+        let account = self
+            .users
+            .get(user)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
+        let credentials = self.credentials_of(user).await?;
+        if credentials.email_verified_at.is_some() {
+            return Ok(());
+        }
+        let token = self.link_token(
+            Purpose::VerifyEmail,
+            &account,
+            &credentials,
+            now + VERIFY_TTL_SECS,
+        );
+        let text = format!(
+            "Confirm that {} is your address: {}\n\nOr send this token to POST /auth/verify-email: {token}\n",
+            account.email.as_str(),
+            self.link("/auth/verify-email", &token)
+        );
+        self.mail("verify_email", &account, "Confirm your email address", text)
+            .await
+    }
+
+    /// Marks the address a verification link was sent to as verified.
+    pub async fn verify_email(&self, token: &str, now: i64) -> Result<User, AuthError> {
+        let (account, mut credentials) = self.check_link(Purpose::VerifyEmail, token, now).await?;
+        if credentials.email_verified_at.is_none() {
+            credentials.email_verified_at = Some(now);
+            credentials.version += 1;
+            self.store.put_credentials(&credentials).await?;
+            let subject = account.id.to_string();
+            self.record(
+                now,
+                &subject,
+                "email_verified",
+                Some(&subject),
+                None,
+                json!({}),
+            )
+            .await?;
+        }
+        Ok(account)
+    }
+
+    /// After an address change: the new address is not verified until its link is used.
+    pub async fn email_changed(&self, user: UserId, now: i64) -> Result<(), AuthError> {
+        let Some(mut credentials) = self.store.credentials(user).await? else {
+            return Ok(());
+        };
+        if credentials.email_verified_at.take().is_some() {
+            credentials.version += 1;
+            self.store.put_credentials(&credentials).await?;
+        }
+        self.send_verification(user, now).await
+    }
+
+    // ---- invitations ----
+
+    /// Makes an account without a password and mails its owner an invitation to choose one.
+    pub async fn invite(
+        &self,
+        name: &str,
+        email: &str,
+        roles: &[&str],
+        actor: &str,
+        now: i64,
+    ) -> Result<User, AuthError> {
+        let name = UserName::parse(name)?;
+        let email = UserEmail::parse(email)?;
+        let roles = crate::service::role_list(roles)?;
+        let created = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default();
+        let user = User::create(NewUser { name, email }, created);
+        match self.users.insert(&user).await {
+            Err(StoreError::Conflict { field: "email" }) => return Err(AuthError::EmailTaken),
+            other => other?,
+        }
+        let mut credentials = Credentials::new(user.id);
+        credentials.roles = roles;
+        self.store.put_credentials(&credentials).await?;
+        self.record(
+            now,
+            actor,
+            "account_invited",
+            Some(&user.id.to_string()),
+            None,
+            json!({ "roles": credentials.roles }),
+        )
+        .await?;
+        self.send_invitation(&user, &credentials, now).await?;
+        Ok(user)
+    }
+
+    /// Mails (again) the invitation of an account that has no password yet.
+    pub async fn reinvite(&self, user: UserId, actor: &str, now: i64) -> Result<bool, AuthError> {
+        let Some(account) = self.users.get(user).await? else {
+            return Ok(false);
+        };
+        let credentials = self.credentials_of(user).await?;
+        if credentials.password_hash.is_some() {
+            return Err(AuthError::AlreadyActive);
+        }
+        self.record(
+            now,
+            actor,
+            "account_invited",
+            Some(&user.to_string()),
+            None,
+            json!({ "again": true }),
+        )
+        .await?;
+        self.send_invitation(&account, &credentials, now).await?;
+        Ok(true)
+    }
+
+    async fn send_invitation(
+        &self,
+        user: &User,
+        credentials: &Credentials,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let token = self.link_token(
+            Purpose::Invitation,
+            user,
+            credentials,
+            now + INVITATION_TTL_SECS,
+        );
+        let text = format!(
+            "You are invited to keel. Choose your password within 7 days: send this token and \
+             a password to POST /auth/invitation/accept: {token}\n\nLink: {}\n",
+            self.link("/auth/invitation/accept", &token)
+        );
+        self.mail("invitation", user, "Your invitation", text).await
+    }
+
+    /// Accepts an invitation: the account gets its password, and its address counts as
+    /// verified (the token came to it).
+    pub async fn accept_invitation(
+        &self,
+        token: &str,
+        password: &str,
+        client: &str,
+        now: i64,
+    ) -> Result<User, AuthError> {
+        let (account, mut credentials) = self.check_link(Purpose::Invitation, token, now).await?;
+        if credentials.password_hash.is_some() {
+            return Err(AuthError::InvalidLink);
+        }
+        self.check_policy(&account, password)?;
+        credentials.password_hash = Some(self.hasher.hash(password));
+        credentials.password_changed_at = Some(now);
+        credentials.email_verified_at.get_or_insert(now);
+        credentials.version += 1;
+        self.store.put_credentials(&credentials).await?;
+        let subject = account.id.to_string();
+        self.record_own(
+            now,
+            &subject,
+            "invitation_accepted",
+            Some(client),
+            json!({}),
+        )
+        .await?;
+        Ok(account)
+    }
+
+    // ---- forgotten passwords ----
+
+    /// Mails a reset link if `email` names an enabled account with a password. Answers the
+    /// same whether or not it does (no enumeration); the caller answers 202 either way.
+    pub async fn forgot_password(
+        &self,
+        email: &str,
+        client: &str,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let Ok(email) = UserEmail::parse(email) else {
+            return Ok(());
+        };
+        let Some(account) = self.users.get_by_email(&email).await? else {
+            return Ok(());
+        };
+        let Some(credentials) = self.store.credentials(account.id).await? else {
+            return Ok(());
+        };
+        if credentials.disabled_at.is_some() || credentials.password_hash.is_none() {
+            return Ok(());
+        }
+        let token = self.link_token(
+            Purpose::ResetPassword,
+            &account,
+            &credentials,
+            now + RESET_TTL_SECS,
+        );
+        let text = format!(
+            "Someone asked to reset the password of {}. If it was you, send this token and a new \
+             password to POST /auth/password/reset within an hour: {token}\n\nLink: {}\n\n\
+             If it was not you, ignore this mail: nothing changes.\n",
+            account.email.as_str(),
+            self.link("/auth/password/reset", &token)
+        );
+        let subject = account.id.to_string();
+        self.record(
+            now,
+            "anonymous",
+            "password_reset_requested",
+            Some(&subject),
+            Some(client),
+            json!({}),
+        )
+        .await?;
+        self.mail("reset_password", &account, "Reset your password", text)
+            .await
+    }
+
+    /// Sets a new password with a reset link; every sign-in of the account ends.
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        password: &str,
+        client: &str,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let (account, mut credentials) =
+            self.check_link(Purpose::ResetPassword, token, now).await?;
+        self.check_policy(&account, password)?;
+        credentials.password_hash = Some(self.hasher.hash(password));
+        credentials.password_changed_at = Some(now);
+        credentials.version += 1;
+        self.store
+            .put_credentials(&credentials)
+            .await
+            .map_err(|e| match e {
+                // Two resets racing with one token: the second finds the hash changed.
+                StoreError::StaleVersion => AuthError::InvalidLink,
+                other => other.into(),
+            })?;
+        let subject = account.id.to_string();
+        let ended = self.store.revoke_families_of(&subject).await?;
+        self.record_own(
+            now,
+            &subject,
+            "password_reset",
+            Some(client),
+            json!({ "sessions_ended": ended }),
+        )
+        .await
+    }
+
+    // ---- export and erasure ----
+
+    /// Everything the IdP keeps about an account, for its owner.
+    pub async fn export_account(&self, user: UserId) -> Result<Option<AccountExport>, AuthError> {
+        let Some(account) = self.users.get(user).await? else {
+            return Ok(None);
+        };
+        let credentials = self.credentials_of(user).await?;
+        let events = self
+            .store
+            .audit(&keel_domain::AuthEventQuery {
+                subject: Some(user.to_string()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?;
+        Ok(Some(AccountExport {
+            user: account,
+            roles: credentials.roles,
+            email_verified_at: credentials.email_verified_at,
+            password_changed_at: credentials.password_changed_at,
+            mfa_enrolled: credentials
+                .totp_secret
+                .as_deref()
+                .is_some_and(|s| !s.starts_with(crate::service::PENDING)),
+            disabled_at: credentials.disabled_at,
+            last_login_at: credentials.last_login_at,
+            events,
+        }))
+    }
+
+    /// Records an erasure: the tombstone that stays when the account's personal data goes
+    /// (its id, when, by whom; no name, no address).
+    pub async fn record_erasure(
+        &self,
+        user: UserId,
+        actor: &str,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let subject = user.to_string();
+        self.store.revoke_families_of(&subject).await?;
+        self.record(
+            now,
+            actor,
+            "account_erased",
+            Some(&subject),
+            None,
+            Value::Object(Default::default()),
+        )
+        .await
+    }
+}

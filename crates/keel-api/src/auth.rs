@@ -336,12 +336,16 @@ async fn signed_in(
 /// The signed-in account: the user, its roles, how it signed in.
 async fn me(State(state): State<AppState>, bearer: Bearer) -> Result<Response, ApiError> {
     let user = signed_in(&state, &bearer).await?;
+    let mfa_setup_required = idp(&state)?.mfa_setup_required(bearer.user).await?;
     let user: Value =
         serde_json::from_slice(&user.json).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Json(json!({
         "user": user,
         "roles": bearer.roles().collect::<Vec<_>>(),
         "amr": bearer.claims.extra.get("amr"),
+        // The account holds a role that needs a second factor and has none: its roles apply
+        // once it enrols (POST /auth/totp) and signs in again.
+        "mfa_setup_required": mfa_setup_required,
     }))
     .into_response())
 }

@@ -158,10 +158,8 @@ async fn caller(
         let claims = idp.verify_access(token, now()).await?;
         return Ok(Some(keel_identity::service::caller_of(&claims)?));
     }
-    if console {
-        if let Some(value) = crate::oidc::session_cookie(&parts.headers) {
-            return Ok(idp.session_caller(value, now()).await?);
-        }
+    if console && let Some(value) = crate::oidc::session_cookie(&parts.headers) {
+        return Ok(idp.session_caller(value, now()).await?);
     }
     Ok(None)
 }

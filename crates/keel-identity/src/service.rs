@@ -621,8 +621,9 @@ impl Idp {
     }
 
     /// Whether the account must enrol a second factor before its roles apply.
-    pub fn mfa_setup_required(&self, credentials: &Credentials) -> bool {
-        credentials.roles != self.effective_roles(credentials)
+    pub async fn mfa_setup_required(&self, user: UserId) -> Result<bool, AuthError> {
+        let credentials = self.credentials_of(user).await?;
+        Ok(credentials.roles != self.effective_roles(&credentials))
     }
 
     /// The password policy for `account`'s new password.
@@ -771,7 +772,7 @@ impl Idp {
         }
         if let Some(dormant) = self.settings.dormant_after_secs {
             let created = user.created_at.timestamp();
-            let active = credentials.last_login_at.unwrap_or(created).max(created);
+            let active = credentials.last_login_at.unwrap_or(created);
             if now - active > dormant {
                 credentials.disabled_at = Some(now);
                 credentials.version += 1;
@@ -794,18 +795,17 @@ impl Idp {
         if let (Some(max_age), Some(changed)) = (
             self.settings.password_max_age_secs,
             credentials.password_changed_at,
-        ) {
-            if now - changed > max_age {
-                self.record_own(
-                    now,
-                    &subject,
-                    "login_password_expired",
-                    Some(attempt.client),
-                    json!({}),
-                )
-                .await?;
-                return Err(AuthError::PasswordExpired);
-            }
+        ) && now - changed > max_age
+        {
+            self.record_own(
+                now,
+                &subject,
+                "login_password_expired",
+                Some(attempt.client),
+                json!({}),
+            )
+            .await?;
+            return Err(AuthError::PasswordExpired);
         }
         let mut amr = vec!["pwd"];
         let enrolled = credentials
@@ -1075,6 +1075,11 @@ impl Idp {
         let subject = user.to_string();
         if credentials.disabled_at.is_some() != disabled {
             credentials.disabled_at = disabled.then_some(now);
+            if !disabled {
+                // Enabling counts as activity: an account disabled as dormant would otherwise
+                // be disabled again at its next sign-in.
+                credentials.last_login_at = Some(now);
+            }
             credentials.version += 1;
             self.store.put_credentials(&credentials).await?;
         }

@@ -4,6 +4,7 @@ mod auth;
 mod helpers;
 mod hospital;
 mod jobs;
+mod lifecycle;
 mod oidc;
 mod ops;
 mod policy;

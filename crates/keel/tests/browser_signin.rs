@@ -1,7 +1,9 @@
-//! keel's OpenID Connect sign-in page in a real browser: Debian's chromium, driven by
-//! playwright-core (`tests/browser/signin.mjs`), signs in to an account with TOTP enrolled —
-//! a wrong password, then the password, then the authenticator code — and lands on the client
-//! with a code, which then exchanges for tokens of that account.
+//! keel's sign-in pages in a real browser (Debian's chromium, driven by playwright-core):
+//! - `tests/browser/signin.mjs`: the OpenID Connect page signs in to an account with TOTP
+//!   enrolled — a wrong password, then the password, then the authenticator code — and lands
+//!   on the client with a code, which then exchanges for tokens of that account;
+//! - `tests/browser/console_signin.mjs`: an operator goes from the hospital console to the
+//!   sign-in page, enrols an authenticator app from its QR code, and opens the console.
 //!
 //! Needs `/usr/bin/chromium`, `node` and `npm ci` in `tests/browser` (scripts/test.sh installs
 //! all three); without them this test fails, it does not skip.
@@ -167,6 +169,58 @@ async fn a_person_signs_in_with_a_password_and_an_authenticator_code_in_a_real_b
     assert_eq!(userinfo["sub"], ada["id"]);
     assert_eq!(userinfo["email"], "ada@example.com");
 
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// A new operator in a real browser: the console sends it to the sign-in page, the operator
+/// role waits for a second factor, the authenticator-app page enrols one from its QR code,
+/// and signed in again with the app's code the console opens (`tests/browser/console_signin.mjs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_enrols_an_authenticator_app_and_opens_the_console_in_a_real_browser() {
+    keel_test_support::browser::require_toolchain();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings {
+        data_dir: dir.path().to_owned(),
+        ..Settings::default()
+    };
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.database.url = Some(Secret::new(format!(
+        "sqlite://{}",
+        dir.path().join("keel.db").display()
+    )));
+    settings.telemetry.access_log = false;
+    settings.identity.mfa_required_roles = vec!["operator".into()];
+    let app = Application::build(settings, None).await.unwrap();
+    let operator = app
+        .identity()
+        .unwrap()
+        .create_account(
+            "Olga",
+            "olga@example.com",
+            PASSWORD,
+            &["operator"],
+            "cli",
+            chrono::Utc::now().timestamp(),
+        )
+        .await
+        .unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let seen = keel_test_support::browser::run_script(
+        "console_signin.mjs",
+        &[
+            ("BASE_URL", base),
+            ("EMAIL", "olga@example.com".to_owned()),
+            ("PASSWORD", PASSWORD.to_owned()),
+            ("OPERATOR", operator.id.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(seen["steps"].as_array().unwrap().len(), 6, "{seen}");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }

@@ -1,7 +1,9 @@
 -- Cache-HIT workload: every request asks GET /users/{id} for an id drawn at random
 -- from a small, already-cached set (one id per line in the file given as first arg).
--- usage: wrk ... -s bench/wrk/hit.lua URL -- IDS_FILE
+-- usage: wrk ... -s bench/wrk/hit.lua URL -- IDS_FILE [BEARER_TOKEN]
+-- keel protects GET /users/{id}: its runs send an admin's access token on every request.
 local ids = {}
+local headers = {}
 
 local function load(path)
   local t = {}
@@ -13,12 +15,13 @@ end
 
 function init(args)
   ids = load(args[1])
+  if args[2] and #args[2] > 0 then headers["Authorization"] = "Bearer " .. args[2] end
   if #ids == 0 then error("no ids in " .. tostring(args[1])) end
   math.randomseed(os.time())
 end
 
 function request()
-  return wrk.format("GET", "/users/" .. ids[math.random(#ids)])
+  return wrk.format("GET", "/users/" .. ids[math.random(#ids)], headers)
 end
 
 -- Precise figures for the orchestrator (microseconds), one line it parses.

@@ -1,5 +1,5 @@
 -- Cache-MISS workload: walks DISTINCT ids, so no id repeats within the run.
--- usage: wrk ... -s bench/wrk/miss.lua URL -- IDS_FILE OFFSET
+-- usage: wrk ... -s bench/wrk/miss.lua URL -- IDS_FILE OFFSET NTHREADS [BEARER_TOKEN]
 -- Thread k of n takes ids OFFSET+k+1, OFFSET+k+1+n, ... (disjoint strides); all the
 -- connections of one thread share its counter, so no two requests use the same id.
 -- done() prints "ids_used=<max index used>" and "ids_exhausted=<count>" so the
@@ -18,6 +18,9 @@ function init(args)
     if #line > 0 then ids[#ids + 1] = line end
   end
   nthreads = tonumber(args[3] or "1")
+  -- keel protects GET /users/{id}: its runs send an admin's access token on every request.
+  headers = {}
+  if args[4] and #args[4] > 0 then headers["Authorization"] = "Bearer " .. args[4] end
   pos = offset + tid + 1
   used = 0
   exhausted = 0
@@ -31,7 +34,7 @@ function request()
     i = ((i - 1) % #ids) + 1
   end
   used = i
-  return wrk.format("GET", "/users/" .. ids[i])
+  return wrk.format("GET", "/users/" .. ids[i], headers)
 end
 
 -- Precise figures for the orchestrator (microseconds), one line it parses.

@@ -7,6 +7,7 @@
 //! - [`auth`]: the identity provider's routes (`/auth/*`, `/.well-known/jwks.json`) and the
 //!   [`auth::Bearer`] extractor for routes that need a signed-in account; [`oidc`]: the OpenID
 //!   Connect provider (discovery, authorize page, token, userinfo, logout, client registration);
+//!   [`federation`]: sign-in through external OpenID Connect providers;
 //!   [`pages`]: the sign-in page of keel's consoles and the authenticator-app enrolment page.
 //! - [`policy`]: the access rule of every route and the guard that enforces it (RBAC).
 //! - [`error`]: [`ApiError`], the only place where failures become status codes and JSON bodies.
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod federation;
 pub mod jobs;
 pub mod middleware;
 pub mod oidc;
@@ -57,6 +59,8 @@ pub struct AppState {
     /// The built-in identity provider; `None` when `identity.enabled` is off (its routes are
     /// then not mounted).
     pub identity: Option<Arc<keel_identity::service::Idp>>,
+    /// The HTTP side of federation with external OpenID Connect providers.
+    pub federation: Arc<federation::Federation>,
 }
 
 /// The complete API router.
@@ -68,7 +72,10 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, extra: Router) -> Router {
     let limiter = middleware::Limiter::new(&state.http);
     let auth = if state.identity.is_some() {
-        auth::router().merge(oidc::router()).merge(pages::router())
+        auth::router()
+            .merge(oidc::router())
+            .merge(pages::router())
+            .merge(federation::router())
     } else {
         Router::new()
     };

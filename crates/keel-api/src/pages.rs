@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
 
 /// Where to go after signing in: a path of this site only (no `//host`, no scheme), else the
 /// sign-in page itself, which then shows who is signed in.
-fn local_path(to: Option<&str>) -> &str {
+pub(crate) fn local_path(to: Option<&str>) -> &str {
     match to {
         Some(to)
             if to.starts_with('/')

@@ -93,6 +93,10 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("POST", "/oauth/userinfo", Public),
     ("GET", "/oauth/logout", Public),
     ("POST", "/oauth/clients", Need(ClientsManage)),
+    // federation: the browser's way through an external provider (state, nonce and PKCE bind
+    // the callback to the browser that started it)
+    ("GET", "/federation/{provider}/start", Public),
+    ("GET", "/federation/{provider}/callback", Public),
     // the error hospital's console
     ("GET", "/admin/hospital", Need(HospitalRead)),
     ("GET", "/admin/hospital/causes", Need(HospitalRead)),

@@ -17,6 +17,40 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<R
     get_on(&mut stream, addr, path, timeout)
 }
 
+/// A request with extra header lines (`Name: value`) and an optional JSON body, on a fresh
+/// connection.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    json: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for header in headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    if let Some(body) = json {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    if let Some(body) = json {
+        stream.write_all(body.as_bytes())?;
+    }
+    let mut buf = Vec::with_capacity(1024);
+    stream.read_to_end(&mut buf)?;
+    parse(&buf)
+}
+
 pub fn get_on(
     stream: &mut TcpStream,
     addr: SocketAddr,

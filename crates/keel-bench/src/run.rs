@@ -702,12 +702,85 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
+/// The admin keel's runs read users as: keel protects `GET /users/{id}` (issue 4), so its
+/// figures include checking a bearer token on every request — harder for keel, never easier.
+const BENCH_ADMIN: &str = "bench-admin@keel.test";
+const BENCH_PASSWORD: &str = "wrk reads every user row here";
+
+/// For a keel system, an admin's access token (the admin made with `keel admin create` the
+/// first time); `None` for the others, which check nothing.
+fn bench_token(ctx: &Ctx, sys: &System) -> anyhow::Result<Option<String>> {
+    let Kind::Keel(engine) = sys.kind else {
+        return Ok(None);
+    };
+    let config = ctx.out.join(engine_key(engine)).join("keel.toml");
+    let mut child = Command::new(&ctx.args.keel_bin)
+        .args([
+            "admin",
+            "create",
+            "--email",
+            BENCH_ADMIN,
+            "--name",
+            "keel-bench",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running keel admin create")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(format!("{BENCH_PASSWORD}\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && !stderr.contains("already exists") {
+        bail!("keel admin create failed: {stderr}");
+    }
+    let body = serde_json::json!({"email": BENCH_ADMIN, "password": BENCH_PASSWORD}).to_string();
+    let r = http::request(
+        addr_of(sys),
+        "POST",
+        "/auth/login",
+        &[],
+        Some(&body),
+        Duration::from_secs(10),
+    )
+    .context("POST /auth/login")?;
+    if r.status != 200 {
+        bail!(
+            "POST /auth/login answered {}: {}",
+            r.status,
+            http::truncate(&r.body, 300)
+        );
+    }
+    let tokens: serde_json::Value = serde_json::from_str(&r.body)?;
+    let token = tokens["access_token"]
+        .as_str()
+        .context("no access_token in the sign-in answer")?;
+    Ok(Some(token.to_owned()))
+}
+
 /// GET each id once; every answer must be 200 and (for real servers) carry the id.
-fn check_ids(sys: &System, ids: &[String]) -> anyhow::Result<()> {
+fn check_ids(sys: &System, token: Option<&str>, ids: &[String]) -> anyhow::Result<()> {
     let addr = addr_of(sys);
+    let headers: Vec<String> = token
+        .map(|t| format!("Authorization: Bearer {t}"))
+        .into_iter()
+        .collect();
     for id in ids {
-        let r = http::get(addr, &format!("/users/{id}"), Duration::from_secs(10))
-            .with_context(|| format!("GET /users/{id}"))?;
+        let r = http::request(
+            addr,
+            "GET",
+            &format!("/users/{id}"),
+            &headers,
+            None,
+            Duration::from_secs(10),
+        )
+        .with_context(|| format!("GET /users/{id}"))?;
         if r.status != 200 || (sys.kind != Kind::Bare && !r.body.contains(id.as_str())) {
             bail!(
                 "GET /users/{id} answered {}: {}",
@@ -771,48 +844,46 @@ fn hit_run(
     res: &mut SysResult,
     wrk_log: &Path,
 ) -> anyhow::Result<WrkResult> {
+    let token = bench_token(ctx, sys)?;
     // warm the cache: each hit id once, each answer checked
-    check_ids(sys, &ctx.data.hit).context("warming the cache with the hit set")?;
-    let w = wrk_run(
-        ctx,
-        sys,
-        "hit.lua",
-        ctx.warmup,
-        vec![ctx.hit_ids.display().to_string()],
-        wrk_log,
-    )?;
+    check_ids(sys, token.as_deref(), &ctx.data.hit)
+        .context("warming the cache with the hit set")?;
+    let args = vec![
+        ctx.hit_ids.display().to_string(),
+        token.clone().unwrap_or_default(),
+    ];
+    let w = wrk_run(ctx, sys, "hit.lua", ctx.warmup, args.clone(), wrk_log)?;
     validate(&w, "hit warm-up")?;
-    let r = wrk_run(
-        ctx,
-        sys,
-        "hit.lua",
-        ctx.duration,
-        vec![ctx.hit_ids.display().to_string()],
-        wrk_log,
-    )?;
+    let r = wrk_run(ctx, sys, "hit.lua", ctx.duration, args, wrk_log)?;
     if sys.footprint {
         std::thread::sleep(Duration::from_secs(1));
         res.rss_after_hit_kb = tree_rss_kb(server.pid());
     }
     // a sample after the run: still 200 with the right user
-    check_ids(sys, &ctx.data.hit[..10.min(ctx.data.hit.len())])?;
+    check_ids(
+        sys,
+        token.as_deref(),
+        &ctx.data.hit[..10.min(ctx.data.hit.len())],
+    )?;
     validate(&r, "hit run")?;
     Ok(r)
 }
 
 fn miss_run(ctx: &Ctx, sys: &System, wrk_log: &Path) -> anyhow::Result<WrkResult> {
     // sample check from the far end of the walk (never reached unless the list wraps)
+    let token = bench_token(ctx, sys)?;
     let n = ctx.data.miss.len();
-    check_ids(sys, &ctx.data.miss[n.saturating_sub(5)..])
+    check_ids(sys, token.as_deref(), &ctx.data.miss[n.saturating_sub(5)..])
         .context("sample check before the miss run")?;
     let ids = ctx.miss_ids.display().to_string();
     let threads = ctx.args.threads.to_string();
+    let token = token.unwrap_or_default();
     let w = wrk_run(
         ctx,
         sys,
         "miss.lua",
         ctx.warmup,
-        vec![ids.clone(), "0".into(), threads.clone()],
+        vec![ids.clone(), "0".into(), threads.clone(), token.clone()],
         wrk_log,
     )?;
     validate(&w, "miss warm-up")?;
@@ -822,7 +893,7 @@ fn miss_run(ctx: &Ctx, sys: &System, wrk_log: &Path) -> anyhow::Result<WrkResult
         sys,
         "miss.lua",
         ctx.duration,
-        vec![ids, offset.to_string(), threads],
+        vec![ids, offset.to_string(), threads, token],
         wrk_log,
     )?;
     validate(&r, "miss run")?;

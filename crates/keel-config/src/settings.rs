@@ -334,6 +334,36 @@ pub struct IdentitySettings {
     /// Roles that need a second factor (TOTP): an account holding one signs in without its
     /// roles until it enrols. Known roles: `admin`, `operator`.
     pub mfa_required_roles: Vec<String>,
+    /// External OpenID Connect providers people may sign in through (`[[identity.providers]]`).
+    pub providers: Vec<ProviderSettings>,
+}
+
+/// An external OpenID Connect provider (federation, "social login").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// `[a-z0-9-]`, 1 to 32 characters: in keel's URLs (`/federation/<name>/start`).
+    pub name: String,
+    /// The provider's issuer URL; its discovery document is read from under it.
+    pub issuer: String,
+    pub client_id: String,
+    /// Unset: keel is a public client there (PKCE alone).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default = "default_scopes")]
+    pub scopes: String,
+    /// Link a first sign-in to the account with the same address when the provider says it
+    /// verified the address. Turn off for providers that do not verify addresses.
+    #[serde(default = "default_true")]
+    pub link_by_verified_email: bool,
+}
+
+fn default_scopes() -> String {
+    "openid email profile".into()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for IdentitySettings {
@@ -355,6 +385,7 @@ impl Default for IdentitySettings {
             password_max_age_days: 0,
             dormant_after_days: 0,
             mfa_required_roles: Vec::new(),
+            providers: Vec::new(),
         }
     }
 }
@@ -559,6 +590,34 @@ impl Settings {
                 "identity.mfa_required_roles: unknown role {role:?}; known: {}",
                 keel_domain::rbac::ROLES.join(", ")
             ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for provider in &identity.providers {
+            let name = &provider.name;
+            if !((1..=32).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+            {
+                return Err(format!(
+                    "identity.providers: name {name:?} must be 1-32 characters of a-z, 0-9 and -"
+                ));
+            }
+            if !names.insert(name) {
+                return Err(format!("identity.providers: {name:?} is configured twice"));
+            }
+            if !(provider.issuer.starts_with("http://") || provider.issuer.starts_with("https://"))
+            {
+                return Err(format!(
+                    "identity.providers.{name}.issuer: must start with http:// or https://, got {:?}",
+                    provider.issuer
+                ));
+            }
+            if provider.client_id.is_empty() {
+                return Err(format!(
+                    "identity.providers.{name}.client_id: must not be empty"
+                ));
+            }
         }
         if identity.access_ttl_secs == 0 || identity.access_ttl_secs > 24 * 3600 {
             return Err(format!(

@@ -107,6 +107,16 @@ pub struct AuthEventQuery {
     pub limit: u32,
 }
 
+/// An account's identity at an external OpenID Connect provider (federation): the provider's
+/// configured name and the `sub` it gives the person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederatedLink {
+    pub provider: String,
+    pub subject: String,
+    pub user_id: UserId,
+    pub linked_at: i64,
+}
+
 /// A relying party registered with the IdP's OpenID Connect provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OidcClient {
@@ -182,6 +192,17 @@ pub trait IdentityStore: Send + Sync + 'static {
 
     /// Appends to the audit log (append-only: the store refuses to change or remove entries);
     /// returns the entry's id.
+    /// Links an external identity to an account; `false` when that identity is linked already
+    /// (to this account or another: one external identity signs in one account).
+    async fn link_identity(&self, link: &FederatedLink) -> Result<bool, StoreError>;
+    /// The account an external identity is linked to.
+    async fn linked_account(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<UserId>, StoreError>;
+    /// The external identities linked to an account.
+    async fn links_of(&self, user: UserId) -> Result<Vec<FederatedLink>, StoreError>;
     async fn append_audit(&self, event: &AuthEvent) -> Result<i64, StoreError>;
     async fn audit(&self, query: &AuthEventQuery) -> Result<Vec<AuthEvent>, StoreError>;
 }

@@ -35,8 +35,8 @@ pub use hospital::{
     Transition,
 };
 pub use identity::{
-    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, IdentityStore, OidcClient,
-    RefreshFamily,
+    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, FederatedLink,
+    IdentityStore, OidcClient, RefreshFamily,
 };
 pub use queue::{
     Broker, BrokerError, Capabilities, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth,

@@ -15,6 +15,8 @@
 //! - [`pkce`]: RFC 7636 proof keys, `S256` only;
 //! - [`oidc`]: the OpenID Connect provider: clients, authorization codes, the token grants, ID
 //!   tokens, userinfo, discovery, the browser session and CSRF tokens of its pages;
+//! - [`federation`]: signing in through external OpenID Connect providers (the relying
+//!   party's code flow with PKCE, the state cookie, ID token checks, account linking);
 //! - [`lifecycle`]: mailed links (email verification, invitations, password resets), export
 //!   and the erasure tombstone;
 //! - [`envelope`]: envelope encryption of personal data at rest, with master-key rotation.
@@ -23,6 +25,7 @@
 //! so every rule is tested at exact instants.
 
 pub mod envelope;
+pub mod federation;
 pub mod lifecycle;
 pub mod lockout;
 pub mod oidc;

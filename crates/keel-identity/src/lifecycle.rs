@@ -53,6 +53,8 @@ pub struct AccountExport {
     pub mfa_enrolled: bool,
     pub disabled_at: Option<i64>,
     pub last_login_at: Option<i64>,
+    /// Its identities at external providers.
+    pub linked_identities: Vec<keel_domain::FederatedLink>,
     /// The authentication events about the account, newest first.
     pub events: Vec<keel_domain::AuthEvent>,
 }
@@ -447,6 +449,7 @@ impl Idp {
                 .is_some_and(|s| !s.starts_with(crate::service::PENDING)),
             disabled_at: credentials.disabled_at,
             last_login_at: credentials.last_login_at,
+            linked_identities: self.store.links_of(user).await?,
             events,
         }))
     }

@@ -115,6 +115,8 @@ struct Grant<'a> {
     scope: &'a str,
     nonce: Option<&'a str>,
     auth_time: Option<i64>,
+    /// Whether the account's address is verified (the `email_verified` claim).
+    email_verified: bool,
 }
 
 /// A client registration's result: the secret is shown once and stored only as a hash.
@@ -401,6 +403,7 @@ impl Idp {
                 scope: &stored.scope,
                 nonce: stored.nonce.as_deref(),
                 auth_time: Some(stored.auth_time),
+                email_verified: credentials.email_verified_at.is_some(),
             },
             refresh_token,
             now,
@@ -444,6 +447,7 @@ impl Idp {
                 scope: &rotated.family.scope,
                 nonce: None,
                 auth_time: None,
+                email_verified: rotated.credentials.email_verified_at.is_some(),
             },
             rotated.token,
             now,
@@ -476,6 +480,7 @@ impl Idp {
         let scopes: Vec<&str> = scope.split_whitespace().collect();
         if scopes.contains(&"email") {
             id.insert("email".into(), json!(account.email.as_str()));
+            id.insert("email_verified".into(), json!(grant.email_verified));
         }
         if scopes.contains(&"profile") {
             id.insert("name".into(), json!(account.name.as_str()));

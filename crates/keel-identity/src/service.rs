@@ -53,6 +53,8 @@ pub struct IdpSettings {
     /// Roles that need a second factor: an account holding one without TOTP enrolled signs in
     /// without its roles until it enrols.
     pub mfa_required_roles: Vec<String>,
+    /// External OpenID Connect providers people may sign in through.
+    pub providers: Vec<crate::federation::Provider>,
 }
 
 impl Default for IdpSettings {
@@ -70,6 +72,7 @@ impl Default for IdpSettings {
             password_max_age_secs: None,
             dormant_after_secs: None,
             mfa_required_roles: Vec::new(),
+            providers: Vec::new(),
         }
     }
 }

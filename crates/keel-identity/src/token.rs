@@ -35,11 +35,13 @@ pub struct Claims {
     pub aud: Vec<String>,
     /// Expiry, unix seconds: the token is refused from this instant on.
     pub exp: i64,
-    /// Not before, unix seconds.
+    /// Not before, unix seconds (absent in many providers' ID tokens: then 0).
+    #[serde(default)]
     pub nbf: i64,
     /// Issued at, unix seconds.
     pub iat: i64,
-    /// The token's id, for revocation lists.
+    /// The token's id, for revocation lists (absent in many providers' ID tokens).
+    #[serde(default)]
     pub jti: String,
     #[serde(flatten)]
     pub extra: Map<String, Value>,

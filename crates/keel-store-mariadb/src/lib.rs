@@ -44,6 +44,11 @@ impl StoreDialect for MariaDbDialect {
             include_str!("../migrations/0003_identity.sql"),
         ),
         (4, "oidc", include_str!("../migrations/0004_oidc.sql")),
+        (
+            5,
+            "federation",
+            include_str!("../migrations/0005_federation.sql"),
+        ),
     ];
 
     fn connect_options(url: &str) -> Result<MySqlConnectOptions, StoreError> {

@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use keel_domain::{
-    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, IdentityStore, OidcClient,
-    RefreshFamily, StoreError, UserId,
+    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, FederatedLink,
+    IdentityStore, OidcClient, RefreshFamily, StoreError, UserId,
 };
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, IntoArguments, Type};
 
@@ -383,6 +383,61 @@ where
         .await
         .map_err(map_err::<D>)?;
         Ok(D::rows_affected(&res) == 1)
+    }
+
+    async fn link_identity(&self, link: &FederatedLink) -> Result<bool, StoreError> {
+        let res = query::<D>(
+            "INSERT INTO identity_links (provider, subject, user_id, linked_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(link.provider.as_str())
+        .bind(link.subject.as_str())
+        .bind(link.user_id.to_string())
+        .bind(link.linked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err::<D>);
+        match res {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn linked_account(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<UserId>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT user_id FROM identity_links WHERE provider = ? AND subject = ?",
+        )))
+        .bind(provider)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        row.map(|(id,)| id.parse().map_err(|_| crate::corrupt("user id")))
+            .transpose()
+    }
+
+    async fn links_of(&self, user: UserId) -> Result<Vec<FederatedLink>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT provider, subject, linked_at FROM identity_links WHERE user_id = ? \
+             ORDER BY provider, subject",
+        )))
+        .bind(user.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        Ok(rows
+            .into_iter()
+            .map(|(provider, subject, linked_at)| FederatedLink {
+                provider,
+                subject,
+                user_id: user,
+                linked_at,
+            })
+            .collect())
     }
 
     async fn client(&self, id: &str) -> Result<Option<OidcClient>, StoreError> {

@@ -50,6 +50,11 @@ impl StoreDialect for SqliteDialect {
             include_str!("../migrations/0003_identity.sql"),
         ),
         (4, "oidc", include_str!("../migrations/0004_oidc.sql")),
+        (
+            5,
+            "federation",
+            include_str!("../migrations/0005_federation.sql"),
+        ),
     ];
 
     /// `url` is `sqlite://path` or `sqlite::memory:`; a missing file is created.

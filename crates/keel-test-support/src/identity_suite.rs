@@ -3,8 +3,9 @@
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use keel_domain::{
-    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, IdentityStore, NewUser,
-    OidcClient, RefreshFamily, StoreError, User, UserEmail, UserId, UserName, UserRepo,
+    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, FederatedLink,
+    IdentityStore, NewUser, OidcClient, RefreshFamily, StoreError, User, UserEmail, UserId,
+    UserName, UserRepo,
 };
 use serde_json::json;
 
@@ -31,6 +32,69 @@ pub async fn run_all<S: UserRepo + IdentityStore>(store: &S) {
     signing_keys_are_written_once_per_version(store).await;
     the_audit_log_reads_newest_first_with_filters(store).await;
     clients_register_and_codes_are_taken_once(store).await;
+    external_identities_link_once_and_go_with_the_account(store).await;
+}
+
+pub async fn external_identities_link_once_and_go_with_the_account<S: UserRepo + IdentityStore>(
+    store: &S,
+) {
+    let ada = user("ada@federation.test");
+    let bo = user("bo@federation.test");
+    store.insert(&ada).await.unwrap();
+    store.insert(&bo).await.unwrap();
+    let link = |provider: &str, subject: &str, user: UserId| FederatedLink {
+        provider: provider.into(),
+        subject: subject.into(),
+        user_id: user,
+        linked_at: 1_800_000_000,
+    };
+    assert!(
+        store
+            .link_identity(&link("corp", "s-1", ada.id))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .link_identity(&link("social", "s-1", ada.id))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .link_identity(&link("corp", "s-1", bo.id))
+            .await
+            .unwrap(),
+        "one external identity signs in one account"
+    );
+    assert_eq!(
+        store.linked_account("corp", "s-1").await.unwrap(),
+        Some(ada.id)
+    );
+    assert_eq!(store.linked_account("corp", "s-2").await.unwrap(), None);
+    assert_eq!(
+        store.linked_account("CORP", "s-1").await.unwrap(),
+        None,
+        "exact match"
+    );
+    let links = store.links_of(ada.id).await.unwrap();
+    assert_eq!(
+        links
+            .iter()
+            .map(|l| l.provider.as_str())
+            .collect::<Vec<_>>(),
+        ["corp", "social"]
+    );
+    assert_eq!(links[0], link("corp", "s-1", ada.id));
+    assert!(store.links_of(bo.id).await.unwrap().is_empty());
+    assert!(store.delete(ada.id).await.unwrap());
+    assert_eq!(store.linked_account("corp", "s-1").await.unwrap(), None);
+    assert!(
+        store
+            .link_identity(&link("corp", "s-1", bo.id))
+            .await
+            .unwrap()
+    );
 }
 
 pub async fn credentials_round_trip_with_optimistic_versions<S: UserRepo + IdentityStore>(

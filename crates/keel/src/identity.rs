@@ -91,6 +91,18 @@ pub async fn build(
                 password_max_age_secs: days(config.password_max_age_days),
                 dormant_after_secs: days(config.dormant_after_days),
                 mfa_required_roles: config.mfa_required_roles.clone(),
+                providers: config
+                    .providers
+                    .iter()
+                    .map(|p| keel_identity::federation::Provider {
+                        name: p.name.clone(),
+                        issuer: p.issuer.clone(),
+                        client_id: p.client_id.clone(),
+                        client_secret: p.client_secret.as_ref().map(|s| s.expose().to_owned()),
+                        scopes: p.scopes.clone(),
+                        link_by_verified_email: p.link_by_verified_email,
+                    })
+                    .collect(),
             },
         )
         .with_outbox(outbox),

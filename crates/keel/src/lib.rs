@@ -121,6 +121,7 @@ impl Application {
                     .then(|| Duration::from_secs(settings.queue.job_ttl_secs)),
             },
             identity: identity.clone(),
+            federation: Arc::default(),
         };
         // The hospital console needs the queue; it is opened here only when the console is on,
         // and shared with the worker role if this process runs it too.

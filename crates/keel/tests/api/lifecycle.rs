@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use keel_domain::{EventStore, IdentityStore};
+use keel_domain::IdentityStore;
 use keel_identity::totp::{Totp, TotpSecret};
 use serde_json::{Value, json};
 

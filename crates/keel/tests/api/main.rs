@@ -1,6 +1,7 @@
 //! API tests: the real application on a real port, against every database backend.
 
 mod auth;
+mod federation;
 mod helpers;
 mod hospital;
 mod jobs;

@@ -99,7 +99,24 @@ impl UserName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A name as a store keeps it sealed (encrypted at rest): [`SEALED_NAME_MARK`] and the
+    /// sealed text. `None` for anything else, so no display name can pass for one (a display
+    /// name has no control character). Stores hand these out only to the layer that opens them.
+    pub fn sealed(stored: &str) -> Option<Self> {
+        stored
+            .starts_with(SEALED_NAME_MARK)
+            .then(|| Self(stored.to_owned()))
+    }
+
+    /// Whether this is a sealed name (see [`Self::sealed`]).
+    pub fn is_sealed(&self) -> bool {
+        self.0.starts_with(SEALED_NAME_MARK)
+    }
 }
+
+/// The first character of a sealed name: a control character, which display names cannot have.
+pub const SEALED_NAME_MARK: char = '\u{1}';
 
 /// An email address, lower-cased so that uniqueness is case-insensitive on every backend.
 ///

@@ -62,24 +62,31 @@ pub struct NotifierHandler {
 #[async_trait]
 impl Handler for NotifierHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        let (user_id, recipient, text) = if delivery.topic == USER_CREATED {
-            let user = user_event(delivery)?
-                .user
-                .ok_or_else(|| HandlerError::Permanent("user.created without the user".into()))?;
-            let text = format!("Welcome to keel, {}!", user.name.as_str());
-            (user.id, user.email.as_str().to_owned(), text)
+        let (user_id, mail) = if delivery.topic == USER_CREATED {
+            (user_event(delivery)?.user_id, None)
         } else if delivery.topic.starts_with(MAIL_TOPIC_PREFIX) {
             let mail: Mail = serde_json::from_slice(&delivery.body)
                 .map_err(|e| HandlerError::Permanent(format!("malformed mail: {e}")))?;
-            let text = format!("Subject: {}\n\n{}", mail.subject, mail.text);
-            (mail.user_id, mail.to, text)
+            (mail.user_id, Some(mail))
         } else {
             return Ok(()); // not a topic this group sends anything for
         };
-        if self.users.get(user_id).await.map_err(transient)?.is_none() {
+        // The account as it is now: its name opened (events carry it sealed), and nothing sent
+        // to an account erased while the message was on its way.
+        let Some(user) = self.users.get(user_id).await.map_err(transient)? else {
             tracing::info!(%user_id, topic = %delivery.topic, "notification dropped: the account is gone");
             return Ok(());
-        }
+        };
+        let (recipient, text) = match mail {
+            Some(mail) => (
+                mail.to,
+                format!("Subject: {}\n\n{}", mail.subject, mail.text),
+            ),
+            None => (
+                user.email.as_str().to_owned(),
+                format!("Welcome to keel, {}!", user.name.as_str()),
+            ),
+        };
         let notification = Notification {
             message_id: delivery.id,
             user_id,

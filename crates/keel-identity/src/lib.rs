@@ -19,6 +19,7 @@
 //!   party's code flow with PKCE, the state cookie, ID token checks, account linking);
 //! - [`lifecycle`]: mailed links (email verification, invitations, password resets), export
 //!   and the erasure tombstone;
+//! - [`sealed`]: `SealedNames`, the users repository with names encrypted at rest;
 //! - [`envelope`]: envelope encryption of personal data at rest, with master-key rotation.
 //!
 //! **Invariant:** nothing here reads a clock, a file or the network; callers pass the time in,
@@ -33,6 +34,7 @@ pub mod password;
 pub mod pkce;
 pub mod recovery;
 pub mod refresh;
+pub mod sealed;
 pub mod service;
 pub mod token;
 pub mod totp;

@@ -49,6 +49,11 @@ impl StoreDialect for MariaDbDialect {
             "federation",
             include_str!("../migrations/0005_federation.sql"),
         ),
+        (
+            6,
+            "sealed names",
+            include_str!("../migrations/0006_sealed_names.sql"),
+        ),
     ];
 
     fn connect_options(url: &str) -> Result<MySqlConnectOptions, StoreError> {

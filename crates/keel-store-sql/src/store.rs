@@ -136,7 +136,11 @@ pub fn user(
 ) -> Result<User, StoreError> {
     Ok(User {
         id,
-        name: UserName::parse(name).map_err(|_| crate::corrupt("name"))?,
+        // A sealed name is opened by the repository layer that sealed it (keel-identity's
+        // `SealedNames`); anything else must be a valid display name.
+        name: UserName::sealed(name)
+            .or_else(|| UserName::parse(name).ok())
+            .ok_or_else(|| crate::corrupt("name"))?,
         email: UserEmail::parse(email).map_err(|_| crate::corrupt("email"))?,
         created_at,
         updated_at,

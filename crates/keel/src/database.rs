@@ -7,12 +7,20 @@ use std::time::Duration;
 use anyhow::Context;
 use keel_config::{DatabaseKind, Settings};
 use keel_domain::{EventStore, IdentityStore, StoreError, UserRepo};
+use keel_identity::envelope::Keyring;
+use keel_identity::sealed::SealedNames;
 use keel_store_mariadb::MariaDbStore;
 use keel_store_postgres::PostgresStore;
 use keel_store_sqlite::SqliteStore;
 
-/// The configured database.
-pub enum Database {
+/// The configured database: its engine, and the keys that seal users' names in it.
+pub struct Database {
+    engine: Engine,
+    /// `None` with `identity.enabled` off: names are then stored as they are.
+    sealer: Option<Keyring>,
+}
+
+enum Engine {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
     MariaDb(MariaDbStore),
@@ -20,6 +28,41 @@ pub enum Database {
 
 impl Database {
     pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        let engine = Engine::open(settings).await?;
+        let sealer = if settings.identity.enabled {
+            Some(crate::identity::keyring(settings)?)
+        } else {
+            None
+        };
+        Ok(Self { engine, sealer })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.engine.migrate().await
+    }
+
+    /// The users, with names sealed at rest when the IdP's keys are there.
+    pub fn repo(&self) -> Arc<dyn UserRepo> {
+        let raw = self.engine.repo();
+        match &self.sealer {
+            Some(keyring) => Arc::new(SealedNames::new(raw, keyring.clone())),
+            None => raw,
+        }
+    }
+
+    /// The outbox, jobs and subscriber effects, in the same database as the users.
+    pub fn events(&self) -> Arc<dyn EventStore> {
+        self.engine.events()
+    }
+
+    /// The identity provider's tables, in the same database as the users.
+    pub fn identity(&self) -> Arc<dyn IdentityStore> {
+        self.engine.identity()
+    }
+}
+
+impl Engine {
+    async fn open(settings: &Settings) -> anyhow::Result<Self> {
         let url = settings.driver_database_url();
         let shown = url.redacted();
         let max_connections = settings.database.max_connections;
@@ -63,7 +106,7 @@ impl Database {
         Ok(db)
     }
 
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Self::Sqlite(db) => db.migrate().await,
             Self::Postgres(db) => db.migrate().await,
@@ -71,7 +114,7 @@ impl Database {
         }
     }
 
-    pub fn repo(&self) -> Arc<dyn UserRepo> {
+    fn repo(&self) -> Arc<dyn UserRepo> {
         match self {
             Self::Sqlite(db) => Arc::new(db.clone()),
             Self::Postgres(db) => Arc::new(db.clone()),
@@ -79,8 +122,7 @@ impl Database {
         }
     }
 
-    /// The outbox, jobs and subscriber effects, in the same database as the users.
-    pub fn events(&self) -> Arc<dyn EventStore> {
+    fn events(&self) -> Arc<dyn EventStore> {
         match self {
             Self::Sqlite(db) => Arc::new(db.clone()),
             Self::Postgres(db) => Arc::new(db.clone()),
@@ -88,8 +130,7 @@ impl Database {
         }
     }
 
-    /// The identity provider's tables, in the same database as the users.
-    pub fn identity(&self) -> Arc<dyn IdentityStore> {
+    fn identity(&self) -> Arc<dyn IdentityStore> {
         match self {
             Self::Sqlite(db) => Arc::new(db.clone()),
             Self::Postgres(db) => Arc::new(db.clone()),

@@ -49,14 +49,7 @@ pub async fn build(
             secret.len()
         );
     }
-    let keys = match &config.data_keys {
-        Some(keys) => keys.expose().to_owned(),
-        None => kept_in(&settings.data_dir.join("identity.keys"), || {
-            Keyring::generate_entry("k1")
-        })?,
-    };
-    let keyring = Keyring::parse(keys.split(',').map(str::trim).filter(|k| !k.is_empty()))
-        .map_err(|e| anyhow::anyhow!("identity.data_keys: {e}"))?;
+    let keyring = keyring(settings)?;
     let params = Argon2Params::new(
         config.argon2_memory_kib,
         config.argon2_iterations,
@@ -143,16 +136,41 @@ async fn keep_keys(idp: std::sync::Weak<Idp>, loaded: bool) {
     }
 }
 
+/// The master keys that seal stored secrets and personal fields (`identity.data_keys`, or
+/// the key made once for this data directory).
+pub fn keyring(settings: &Settings) -> anyhow::Result<Keyring> {
+    let keys = match &settings.identity.data_keys {
+        Some(keys) => keys.expose().to_owned(),
+        None => kept_in(&settings.data_dir.join("identity.keys"), || {
+            Keyring::generate_entry("k1")
+        })?,
+    };
+    Keyring::parse(keys.split(',').map(str::trim).filter(|k| !k.is_empty()))
+        .map_err(|e| anyhow::anyhow!("identity.data_keys: {e}"))
+}
+
 /// The text kept in `path`, made by `make` and written (owner-only) if the file is missing.
 fn kept_in(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
             let text = make();
-            write_private(path, &text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            tracing::info!(path = %path.display(), "identity secret made for this data directory");
-            Ok(text)
+            match write_private(path, &text) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "identity secret made for this data directory");
+                    Ok(text)
+                }
+                // Another process on this data directory made it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))
+                }
+                Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
+            }
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }

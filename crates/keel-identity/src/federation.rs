@@ -17,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::Mac;
 use keel_domain::{
-    Credentials, FederatedLink, NewUser, SignupMode, StoreError, User, UserEmail, UserId, UserName,
+    FederatedLink, NewUser, SignupMode, StoreError, User, UserEmail, UserId, UserName,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -376,26 +376,25 @@ impl Idp {
                 let local = email.as_str().split('@').next().unwrap_or("user");
                 UserName::parse(local).unwrap_or_else(|_| UserName::parse("user").expect("valid"))
             });
-        let created = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default();
-        let user = User::create(NewUser { name, email }, created);
-        match self.users.insert(&user).await {
+        let actor = format!("federation:{}", provider.name);
+        let made = self
+            .insert_account(
+                NewUser { name, email },
+                "account_created",
+                &actor,
+                now,
+                |c| {
+                    c.email_verified_at = external.email_verified.then_some(now);
+                },
+            )
+            .await;
+        let user = match made {
+            Ok((user, _)) => user,
             // Made by another sign-in a moment ago: the next attempt links or refuses.
-            Err(StoreError::Conflict { .. }) => return Err(FederationError::Expired),
-            other => other?,
-        }
-        let mut credentials = Credentials::new(user.id);
-        credentials.email_verified_at = external.email_verified.then_some(now);
-        self.store.put_credentials(&credentials).await?;
+            Err(AuthError::EmailTaken) => return Err(FederationError::Expired),
+            Err(e) => return Err(e.into()),
+        };
         self.link_external(provider, external, user.id, now).await?;
-        self.record(
-            now,
-            &format!("federation:{}", provider.name),
-            "account_created",
-            Some(&user.id.to_string()),
-            None,
-            json!({ "provider": provider.name }),
-        )
-        .await?;
         if !external.email_verified {
             self.send_verification(user.id, now).await?;
         }

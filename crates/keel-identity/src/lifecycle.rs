@@ -244,24 +244,17 @@ impl Idp {
         let name = UserName::parse(name)?;
         let email = UserEmail::parse(email)?;
         let roles = crate::service::role_list(roles)?;
-        let created = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default();
-        let user = User::create(NewUser { name, email }, created);
-        match self.users.insert(&user).await {
-            Err(StoreError::Conflict { field: "email" }) => return Err(AuthError::EmailTaken),
-            other => other?,
-        }
-        let mut credentials = Credentials::new(user.id);
-        credentials.roles = roles;
-        self.store.put_credentials(&credentials).await?;
-        self.record(
-            now,
-            actor,
-            "account_invited",
-            Some(&user.id.to_string()),
-            None,
-            json!({ "roles": credentials.roles }),
-        )
-        .await?;
+        let (user, credentials) = self
+            .insert_account(
+                NewUser { name, email },
+                "account_invited",
+                actor,
+                now,
+                |c| {
+                    c.roles = roles;
+                },
+            )
+            .await?;
         self.send_invitation(&user, &credentials, now).await?;
         Ok(user)
     }

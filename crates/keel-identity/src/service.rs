@@ -582,27 +582,51 @@ impl Idp {
         let email = UserEmail::parse(email)?;
         check_policy(&self.settings.policy, &name, &email, password)?;
         let roles = role_list(roles)?;
+        let (user, _) = self
+            .insert_account(
+                NewUser { name, email },
+                "account_created",
+                actor,
+                now,
+                |c| {
+                    c.password_hash = Some(self.hasher.hash(password));
+                    c.password_changed_at = Some(now);
+                    c.roles = roles;
+                },
+            )
+            .await?;
+        Ok(user)
+    }
+
+    /// Inserts a new user and its credentials (set by `fill`), and audits `action` with the
+    /// roles given. `EmailTaken` when the address has an account.
+    pub(crate) async fn insert_account(
+        &self,
+        new: NewUser,
+        action: &str,
+        actor: &str,
+        now: i64,
+        fill: impl FnOnce(&mut Credentials),
+    ) -> Result<(User, Credentials), AuthError> {
         let created = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default();
-        let user = User::create(NewUser { name, email }, created);
+        let user = User::create(new, created);
         match self.users.insert(&user).await {
             Err(StoreError::Conflict { field: "email" }) => return Err(AuthError::EmailTaken),
             other => other?,
         }
         let mut credentials = Credentials::new(user.id);
-        credentials.password_hash = Some(self.hasher.hash(password));
-        credentials.password_changed_at = Some(now);
-        credentials.roles = roles;
+        fill(&mut credentials);
         self.store.put_credentials(&credentials).await?;
         self.record(
             now,
             actor,
-            "account_created",
+            action,
             Some(&user.id.to_string()),
             None,
             json!({ "roles": credentials.roles }),
         )
         .await?;
-        Ok(user)
+        Ok((user, credentials))
     }
 
     /// The roles an account acts with: all of its roles, unless one of them needs a second

@@ -118,13 +118,86 @@ pub struct Expect {
 /// Verifies tokens against a set of public keys by `kid`.
 #[derive(Debug, Clone, Default)]
 pub struct Verifier {
-    keys: HashMap<String, VerifyingKey>,
+    keys: HashMap<String, PublicKey>,
+}
+
+/// A verification key, which fixes the one algorithm a token under it may use: `EdDSA` for an
+/// Ed25519 key (keel's own), `RS256` for an RSA key (external providers' ID tokens). The token
+/// cannot choose: a token whose `alg` is not its key's is refused before any verification.
+#[derive(Debug, Clone)]
+enum PublicKey {
+    Ed25519(VerifyingKey),
+    Rs256(rsa::pkcs1v15::VerifyingKey<sha2::Sha256>),
+}
+
+impl PublicKey {
+    fn algorithm(&self) -> &'static str {
+        match self {
+            Self::Ed25519(_) => ALGORITHM,
+            Self::Rs256(_) => "RS256",
+        }
+    }
+
+    fn verify(&self, signed: &[u8], signature: &[u8]) -> Result<(), TokenError> {
+        match self {
+            Self::Ed25519(key) => {
+                let signature: [u8; 64] =
+                    signature.try_into().map_err(|_| TokenError::Malformed)?;
+                // Strict: refuses the malleable and small-order edge cases plain verification
+                // allows.
+                key.verify_strict(signed, &Signature::from_bytes(&signature))
+                    .map_err(|_| TokenError::Signature)
+            }
+            Self::Rs256(key) => {
+                use rsa::signature::Verifier as _;
+                let signature = rsa::pkcs1v15::Signature::try_from(signature)
+                    .map_err(|_| TokenError::Malformed)?;
+                key.verify(signed, &signature)
+                    .map_err(|_| TokenError::Signature)
+            }
+        }
+    }
+}
+
+/// Fewest bits of an RSA key accepted (NIST SP 800-131A: 2048).
+const RSA_MIN_BITS: usize = 2048;
+
+fn b64_field(key: &Value, name: &str) -> Result<Vec<u8>, TokenError> {
+    URL_SAFE_NO_PAD
+        .decode(
+            key.get(name)
+                .and_then(Value::as_str)
+                .ok_or(TokenError::Malformed)?,
+        )
+        .map_err(|_| TokenError::Malformed)
+}
+
+/// An RSA JWK's key for RS256 signatures; `None` for a key under 2048 bits (skipped: a JWKS
+/// may still list an old weak key beside its good ones, and nothing it signs is accepted).
+fn rsa_key(key: &Value) -> Result<Option<PublicKey>, TokenError> {
+    let n = b64_field(key, "n")?;
+    let e = b64_field(key, "e")?;
+    let n = n.strip_prefix(&[0][..]).unwrap_or(&n);
+    if n.len() * 8 < RSA_MIN_BITS {
+        return Ok(None);
+    }
+    if e.is_empty() || e.len() > 8 {
+        return Err(TokenError::Malformed);
+    }
+    let public = rsa::PublicKey::new(
+        rsa::BoxedUint::from_be_slice_vartime(n),
+        rsa::BoxedUint::from_be_slice_vartime(&e),
+    )
+    .map_err(|_| TokenError::Malformed)?;
+    Ok(Some(PublicKey::Rs256(rsa::pkcs1v15::VerifyingKey::new(
+        public,
+    ))))
 }
 
 impl Verifier {
-    /// The Ed25519 keys of a JWKS document (`{"keys": [...]}`); keys of other types or
-    /// algorithms are skipped (a JWKS may publish keys for other uses), malformed Ed25519 keys
-    /// are an error.
+    /// The Ed25519 and RSA (RS256) signing keys of a JWKS document (`{"keys": [...]}`); keys
+    /// of other types, algorithms or uses, and RSA keys under 2048 bits, are skipped (a JWKS may
+    /// publish keys for other uses); malformed ones are an error.
     pub fn from_jwks(jwks: &Value) -> Result<Self, TokenError> {
         let keys = jwks
             .get("keys")
@@ -133,21 +206,25 @@ impl Verifier {
         let mut verifier = Self::default();
         for key in keys {
             let field = |name: &str| key.get(name).and_then(Value::as_str);
-            if field("kty") != Some("OKP") || field("crv") != Some("Ed25519") {
+            if field("use").is_some_and(|u| u != "sig") {
                 continue;
             }
-            if field("alg").is_some_and(|alg| alg != ALGORITHM)
-                || field("use").is_some_and(|u| u != "sig")
-            {
-                continue;
-            }
+            let public = match (field("kty"), field("crv"), field("alg")) {
+                (Some("OKP"), Some("Ed25519"), None | Some(ALGORITHM)) => {
+                    let x = b64_field(key, "x")?;
+                    let x: [u8; 32] = x.try_into().map_err(|_| TokenError::Malformed)?;
+                    PublicKey::Ed25519(
+                        VerifyingKey::from_bytes(&x).map_err(|_| TokenError::Malformed)?,
+                    )
+                }
+                (Some("RSA"), _, None | Some("RS256")) => match rsa_key(key)? {
+                    Some(public) => public,
+                    None => continue,
+                },
+                _ => continue,
+            };
             let kid = field("kid").ok_or(TokenError::Malformed)?;
-            let x = URL_SAFE_NO_PAD
-                .decode(field("x").ok_or(TokenError::Malformed)?)
-                .map_err(|_| TokenError::Malformed)?;
-            let x: [u8; 32] = x.try_into().map_err(|_| TokenError::Malformed)?;
-            let key = VerifyingKey::from_bytes(&x).map_err(|_| TokenError::Malformed)?;
-            verifier.keys.insert(kid.to_owned(), key);
+            verifier.keys.insert(kid.to_owned(), public);
         }
         Ok(verifier)
     }
@@ -165,7 +242,7 @@ impl Verifier {
             return Err(TokenError::Malformed);
         };
         let header: Header = decode_json(header_b64)?;
-        if header.alg != ALGORITHM {
+        if header.alg != ALGORITHM && header.alg != "RS256" {
             return Err(TokenError::Algorithm(header.alg));
         }
         if header.crit.is_some() {
@@ -176,14 +253,15 @@ impl Verifier {
             .as_deref()
             .and_then(|kid| self.keys.get(kid))
             .ok_or(TokenError::UnknownKey)?;
+        // The key decides the algorithm; the token's header only has to agree.
+        if header.alg != key.algorithm() {
+            return Err(TokenError::Algorithm(header.alg));
+        }
         let signature = URL_SAFE_NO_PAD
             .decode(signature_b64)
             .map_err(|_| TokenError::Malformed)?;
-        let signature: [u8; 64] = signature.try_into().map_err(|_| TokenError::Malformed)?;
         let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
-        // Strict: refuses the malleable and small-order edge cases plain verification allows.
-        key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&signature))
-            .map_err(|_| TokenError::Signature)?;
+        key.verify(signed.as_bytes(), &signature)?;
         let claims: Claims = decode_json(payload_b64)?;
         if now >= claims.exp.saturating_add(expect.leeway_secs) {
             return Err(TokenError::Expired);

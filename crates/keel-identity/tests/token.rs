@@ -369,3 +369,118 @@ fn a_jwks_keeps_its_ed25519_signing_keys_and_skips_the_others() {
         TokenError::Malformed
     );
 }
+
+/// RS256, as external providers sign ID tokens: an RSA key from a JWKS verifies its tokens,
+/// and the key fixes the algorithm (no RS256 under an Ed25519 key, no EdDSA under an RSA key).
+mod rs256 {
+    use rsa::signature::{SignatureEncoding as _, Signer as _};
+    use rsa::traits::PublicKeyParts as _;
+
+    use super::*;
+
+    fn rsa_key(bits: usize) -> rsa::PrivateKey {
+        rsa::PrivateKey::new(&mut getrandom::SysRng, bits).unwrap()
+    }
+
+    fn jwk(key: &rsa::PrivateKey, kid: &str) -> Value {
+        let public = key.to_public_key();
+        json!({
+            "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+            "n": URL_SAFE_NO_PAD.encode(public.n_bytes()),
+            "e": URL_SAFE_NO_PAD.encode(public.e_bytes()),
+        })
+    }
+
+    fn signed(key: &rsa::PrivateKey, header: &Value, claims: &Value) -> String {
+        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key.clone());
+        let input = format!("{}.{}", b64(header), b64(claims));
+        let signature = signer.sign(input.as_bytes()).to_vec();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    #[test]
+    fn rsa_keys_verify_their_tokens_and_fix_the_algorithm() {
+        let key = rsa_key(2048);
+        let set = KeySet::generate(OVERLAP);
+        let ed_kid = kid_of(&set);
+        let mut jwks = set.jwks();
+        jwks["keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(jwk(&key, "rsa-1"));
+        let verifier = Verifier::from_jwks(&jwks).unwrap();
+        let claims = serde_json::to_value(super::claims()).unwrap();
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": "rsa-1"});
+
+        let token = signed(&key, &header, &claims);
+        let verified = verifier.verify(&token, &expect(), NOW).unwrap();
+        assert_eq!(verified.sub, "user-1");
+
+        // Tampered payload.
+        let mut forged = super::claims();
+        forged.sub = "admin".into();
+        let p = parts(&token);
+        let tampered = format!(
+            "{}.{}.{}",
+            p[0],
+            b64(&serde_json::to_value(forged).unwrap()),
+            p[2]
+        );
+        assert_eq!(
+            verifier.verify(&tampered, &expect(), NOW).unwrap_err(),
+            TokenError::Signature
+        );
+
+        // The header cannot pick another algorithm than its key's.
+        let as_eddsa = json!({"alg": "EdDSA", "kid": "rsa-1"});
+        assert!(matches!(
+            verifier.verify(&signed(&key, &as_eddsa, &claims), &expect(), NOW),
+            Err(TokenError::Algorithm(_))
+        ));
+        let under_ed_kid = json!({"alg": "RS256", "kid": ed_kid});
+        assert!(matches!(
+            verifier.verify(&signed(&key, &under_ed_kid, &claims), &expect(), NOW),
+            Err(TokenError::Algorithm(_))
+        ));
+        // Another RSA key's signature under this kid.
+        let other = rsa_key(2048);
+        assert_eq!(
+            verifier
+                .verify(&signed(&other, &header, &claims), &expect(), NOW)
+                .unwrap_err(),
+            TokenError::Signature
+        );
+        // keel's own access tokens (Ed25519) still verify beside it.
+        let own = set.sign(&super::claims());
+        assert!(verifier.verify(&own, &expect(), NOW).is_ok());
+    }
+
+    #[test]
+    fn short_rsa_keys_and_keys_for_other_uses_verify_nothing() {
+        let weak = rsa_key(1024);
+        let verifier = Verifier::from_jwks(&json!({"keys": [jwk(&weak, "weak")]})).unwrap();
+        let header = json!({"alg": "RS256", "kid": "weak"});
+        let claims = serde_json::to_value(super::claims()).unwrap();
+        assert_eq!(
+            verifier
+                .verify(&signed(&weak, &header, &claims), &expect(), NOW)
+                .unwrap_err(),
+            TokenError::UnknownKey,
+            "a 1024-bit key is skipped"
+        );
+        // Keys for encryption, or of other algorithms, are skipped too.
+        let strong = rsa_key(2048);
+        let mut enc = jwk(&strong, "enc");
+        enc["use"] = json!("enc");
+        let mut ps = jwk(&strong, "ps");
+        ps["alg"] = json!("PS256");
+        let verifier = Verifier::from_jwks(&json!({"keys": [enc, ps]})).unwrap();
+        let header = json!({"alg": "RS256", "kid": "enc"});
+        assert_eq!(
+            verifier
+                .verify(&signed(&strong, &header, &claims), &expect(), NOW)
+                .unwrap_err(),
+            TokenError::UnknownKey
+        );
+    }
+}

@@ -14,22 +14,28 @@ use keel_identity::totp::{Totp, TotpSecret};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "a fine long passphrase";
+
+/// keel's defaults on a port of its own, with its SQLite database in `dir`.
+fn settings_in(dir: &std::path::Path) -> Settings {
+    let mut settings = Settings {
+        data_dir: dir.to_owned(),
+        ..Settings::default()
+    };
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.database.url = Some(Secret::new(format!(
+        "sqlite://{}",
+        dir.join("keel.db").display()
+    )));
+    settings.telemetry.access_log = false;
+    settings
+}
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_with_a_password_and_an_authenticator_code_in_a_real_browser() {
     keel_test_support::browser::require_toolchain();
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings {
-        data_dir: dir.path().to_owned(),
-        ..Settings::default()
-    };
-    settings.server.listen = "127.0.0.1:0".parse().unwrap();
-    settings.database.url = Some(Secret::new(format!(
-        "sqlite://{}",
-        dir.path().join("keel.db").display()
-    )));
-    settings.telemetry.access_log = false;
+    let settings = settings_in(dir.path());
     let app = Application::build(settings.clone(), None).await.unwrap();
     let base = format!("http://{}", app.local_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -180,16 +186,7 @@ async fn a_person_signs_in_with_a_password_and_an_authenticator_code_in_a_real_b
 async fn an_operator_enrols_an_authenticator_app_and_opens_the_console_in_a_real_browser() {
     keel_test_support::browser::require_toolchain();
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings {
-        data_dir: dir.path().to_owned(),
-        ..Settings::default()
-    };
-    settings.server.listen = "127.0.0.1:0".parse().unwrap();
-    settings.database.url = Some(Secret::new(format!(
-        "sqlite://{}",
-        dir.path().join("keel.db").display()
-    )));
-    settings.telemetry.access_log = false;
+    let mut settings = settings_in(dir.path());
     settings.identity.mfa_required_roles = vec!["operator".into()];
     let app = Application::build(settings, None).await.unwrap();
     let operator = app

@@ -297,6 +297,18 @@ async fn a_second_keel_signs_people_in_to_the_first() {
     b.stop().await;
 }
 
+/// The `state` of the authorization request a start sends the browser to.
+fn state_of(res: &reqwest::Response) -> String {
+    let location = res.headers()["location"].to_str().unwrap();
+    reqwest::Url::parse(location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
 #[tokio::test]
 async fn a_callback_this_browser_did_not_start_is_refused() {
     let (a, b) = two_keels(Backend::Sqlite).await;
@@ -304,14 +316,7 @@ async fn a_callback_this_browser_did_not_start_is_refused() {
     let mut browser = Browser::new();
     let res = browser.get_a(&a.url("/federation/corp/start")).await;
     assert_eq!(res.status(), 303);
-    let location = res.headers()["location"].to_str().unwrap().to_owned();
-    let state = reqwest::Url::parse(&location)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
+    let state = state_of(&res);
     // Another browser (no cookie), and this one with a state of its own: both refused.
     let forged = a.url(&format!("/federation/corp/callback?code=x&state={state}"));
     let res = Browser::new().get_a(&forged).await;
@@ -324,14 +329,7 @@ async fn a_callback_this_browser_did_not_start_is_refused() {
     // The provider's refusal is shown, not followed.
     let mut browser = Browser::new();
     let res = browser.get_a(&a.url("/federation/corp/start")).await;
-    let location = res.headers()["location"].to_str().unwrap().to_owned();
-    let state = reqwest::Url::parse(&location)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
+    let state = state_of(&res);
     let res = browser
         .get_a(&a.url(&format!(
             "/federation/corp/callback?error=access_denied&state={state}"

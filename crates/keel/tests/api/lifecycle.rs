@@ -26,6 +26,15 @@ fn id(user: &Value) -> &str {
     user["id"].as_str().unwrap()
 }
 
+/// The account's data export, read by the test's admin.
+async fn data_of(app: &TestApp, user: &Value) -> Value {
+    app.get(&format!("/users/{}/data", id(user)))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn as_user(
     app: &TestApp,
     method: reqwest::Method,
@@ -228,12 +237,7 @@ async fn email_verification_and_password_reset_through_the_mailbox(backend: Back
     let ada = sign_up(&app, "ada@example.com").await;
     let mail = mail_containing(&app, id(&ada), "Confirm that ada@example.com").await;
     let token = link_token(&mail);
-    let data: Value = app
-        .get(&format!("/users/{}/data", id(&ada)))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let data: Value = data_of(&app, &ada).await;
     assert_eq!(data["account"]["email_verified_at"], Value::Null);
     let page = app
         .client
@@ -243,12 +247,7 @@ async fn email_verification_and_password_reset_through_the_mailbox(backend: Back
         .unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("verified"));
-    let data: Value = app
-        .get(&format!("/users/{}/data", id(&ada)))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let data: Value = data_of(&app, &ada).await;
     assert!(data["account"]["email_verified_at"].is_i64(), "{data}");
     let res = app
         .post_json("/auth/verify-email", &json!({"token": format!("{token}x")}))
@@ -314,12 +313,7 @@ async fn email_verification_and_password_reset_through_the_mailbox(backend: Back
         )
         .await;
     assert_eq!(res.status(), 200);
-    let data: Value = app
-        .get(&format!("/users/{}/data", id(&ada)))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let data: Value = data_of(&app, &ada).await;
     assert_eq!(data["account"]["email_verified_at"], Value::Null);
     mail_containing(&app, id(&ada), "Confirm that ada@new.example").await;
     app.stop().await;

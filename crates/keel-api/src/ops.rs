@@ -138,16 +138,39 @@ async fn metrics(State(state): State<AppState>) -> Response {
         crate::users::get_user,
         crate::users::update_user,
         crate::users::delete_user,
+        crate::users::user_data,
         crate::jobs::export_user,
         crate::jobs::get_job,
         healthz,
         readyz,
         metrics,
     ),
-    components(schemas(keel_domain::User, crate::users::UserInput, crate::users::UserPage, crate::error::ErrorBody, crate::jobs::JobAccepted, crate::jobs::JobView, keel_domain::JobState)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(keel_domain::User, crate::users::UserInput, crate::users::NewAccountInput, crate::users::UserPage, crate::error::ErrorBody, crate::jobs::JobAccepted, crate::jobs::JobView, keel_domain::JobState)),
     tags((name = "users", description = "Users, read through the cache"), (name = "jobs", description = "Fire-and-forget jobs: 202 at once, then poll"), (name = "operations", description = "Health, readiness, metrics")),
 )]
 struct ApiDoc;
+
+/// Every route but the public ones wants `Authorization: Bearer <access token>` from
+/// `POST /auth/login` (the access rule of each is in `policy::RULES`).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The OpenAPI 3.1 document of this API.
 pub fn openapi_json() -> &'static str {

@@ -153,10 +153,21 @@ async fn openapi_and_docs_are_served_and_the_docs_need_no_internet() {
     let app = spawn_app(Backend::Sqlite).await;
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/users", "/users/{id}", "/healthz", "/readyz", "/metrics"] {
+    for path in [
+        "/users",
+        "/users/{id}",
+        "/users/{id}/data",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
     }
     assert!(doc["components"]["schemas"].get("User").is_some());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
     let html = app.get("/docs").await.text().await.unwrap();
     assert!(html.contains("/openapi.json"));
     for external in ["http://", "https://", "//cdn"] {

@@ -86,7 +86,7 @@ pub fn router_with(state: AppState, extra: Router) -> Router {
         .merge(jobs::router())
         .merge(ops::router())
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            policy::GuardState(state.identity.clone()),
             policy::guard,
         ))
         .fallback(|| async { ApiError::RouteNotFound })

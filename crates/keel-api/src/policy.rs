@@ -17,8 +17,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use keel_domain::{Caller, Permission, UserId};
 
+use std::sync::Arc;
+
+use keel_identity::service::Idp;
+
+use crate::ApiError;
 use crate::auth::now;
-use crate::{ApiError, AppState};
 
 /// What a route requires of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,11 +156,11 @@ fn path_id(pattern: &str, path: &str) -> Option<UserId> {
 /// Who sent the request, if anyone: a valid bearer token, or on the console a browser session.
 /// `Err` for a bearer token that is not valid (a client sending a bad token learns so).
 async fn caller(
-    state: &AppState,
+    idp: Option<&Idp>,
     parts: &axum::http::request::Parts,
     console: bool,
 ) -> Result<Option<Caller>, ApiError> {
-    let Some(idp) = state.identity.as_ref() else {
+    let Some(idp) = idp else {
         return Ok(None);
     };
     if let Some(token) = bearer_token(parts) {
@@ -170,7 +174,12 @@ async fn caller(
 }
 
 /// The guard: runs around every matched route (a `route_layer`), before its handler.
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// What the guard needs: the IdP alone (cloned per request by axum, so one `Arc`, not the
+/// whole `AppState`).
+#[derive(Clone)]
+pub struct GuardState(pub Option<Arc<Idp>>);
+
+pub async fn guard(State(state): State<GuardState>, request: Request, next: Next) -> Response {
     let Some(route) = request.extensions().get::<MatchedPath>().cloned() else {
         return next.run(request).await;
     };
@@ -180,7 +189,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     };
     let console = route.as_str().starts_with("/admin/");
     let (mut parts, body) = request.into_parts();
-    let caller = match caller(&state, &parts, console).await {
+    let caller = match caller(state.0.as_deref(), &parts, console).await {
         Ok(caller) => caller,
         Err(e) if access == Public => {
             // A public route serves anyone; a bad token there only names no one.

@@ -203,12 +203,15 @@ pub struct Idp {
     /// Access tokens verified lately, by signature (with the whole token, compared on a hit):
     /// a request repeating a token (every request of a session does) costs a lookup, not an
     /// Ed25519 verification (39 µs here; `bench/identity.sh`).
-    verified: std::sync::Mutex<std::collections::HashMap<Box<str>, (Box<str>, Arc<Claims>)>>,
+    verified: std::sync::Mutex<std::collections::HashMap<Box<str>, VerifiedToken>>,
     /// When a token naming an unknown key last made this process reload the keys (unix
     /// seconds): at most once per [`KEY_RELOAD_SECS`], so tokens with made-up `kid`s cannot
     /// turn every request into a database read.
     reloaded_at: std::sync::atomic::AtomicI64,
 }
+
+/// A token verified before (the whole token) and its claims, kept under its signature.
+type VerifiedToken = (Box<str>, Arc<Claims>);
 
 /// Shortest time between two key reloads caused by unknown `kid`s.
 const KEY_RELOAD_SECS: i64 = 10;
@@ -645,6 +648,11 @@ impl Idp {
         } else {
             credentials.roles.clone()
         }
+    }
+
+    /// Whether any account holds `role` (`keel up` says how to make the first admin).
+    pub async fn anyone_holds(&self, role: &str) -> Result<bool, AuthError> {
+        Ok(!self.store.holders_of(role, 1).await?.is_empty())
     }
 
     /// Whether the account must enrol a second factor before its roles apply.

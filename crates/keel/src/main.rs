@@ -167,6 +167,14 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
             println!(
                 "keel {role}: API on http://{addr}  docs on http://{addr}/docs  (Ctrl-C to stop)"
             );
+            if let Some(idp) = app.identity()
+                && matches!(idp.anyone_holds("admin").await, Ok(false))
+            {
+                println!(
+                    "keel {role}: no admin account yet; make the first one with \
+                     `keel admin create --email <address>` (the password is read from standard input)"
+                );
+            }
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Worker => {

@@ -22,8 +22,32 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A keel process the test started: killed when dropped, so that a failing test leaves no
+/// server or worker running behind it.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `keel serve` on `port` with `data_dir` and extra environment, and waits until ready.
-fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
+fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Running {
     let mut cmd = Command::new(KEEL);
     cmd.arg("serve")
         .arg("--data-dir")
@@ -54,7 +78,7 @@ fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
         }
         if http(port, "GET", "/readyz", None).is_ok_and(|(status, _)| status == 200) {
             sign_in_admin(data_dir, port, env);
-            return child;
+            return Running(child);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -517,7 +541,7 @@ fn sigterm_gives_up_on_a_stuck_request_at_the_drain_deadline() {
 }
 
 /// Starts `keel worker` (the relay and the subscriber groups' workers) on `data_dir`.
-fn start_worker(data_dir: &Path, env: &[(&str, &str)]) -> Child {
+fn start_worker(data_dir: &Path, env: &[(&str, &str)]) -> Running {
     let mut cmd = Command::new(KEEL);
     cmd.arg("worker")
         .arg("--data-dir")
@@ -529,7 +553,7 @@ fn start_worker(data_dir: &Path, env: &[(&str, &str)]) -> Child {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("keel worker starts")
+    Running(cmd.spawn().expect("keel worker starts"))
 }
 
 /// Per user id, the rows of `table` (the effects of the audit and notifier groups) in keel's
@@ -844,7 +868,7 @@ async fn kill_workers_mid_stream(
     env.extend_from_slice(extra_env);
     let port = free_port();
     let mut api = start(dir.path(), port, &env);
-    let mut workers: Vec<Child> = (0..2).map(|_| start_worker(dir.path(), &env)).collect();
+    let mut workers: Vec<Running> = (0..2).map(|_| start_worker(dir.path(), &env)).collect();
 
     let writer = std::thread::spawn(move || {
         (0..USERS)

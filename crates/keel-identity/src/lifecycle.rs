@@ -345,6 +345,16 @@ impl Idp {
         let Ok(email) = UserEmail::parse(email) else {
             return Ok(());
         };
+        // Each request counts against the address like a failed sign-in (the throttle's free
+        // attempts, then waits doubling to 15 minutes), so nobody can flood a mailbox with
+        // reset mails. A refused request answers the same as any other.
+        let key = format!("reset:{}", email.as_str());
+        let mut requests = self.store.failures(&key).await?;
+        if self.settings.lockout.check(&requests, now).is_err() {
+            return Ok(());
+        }
+        self.settings.lockout.fail(&mut requests, now);
+        self.store.put_failures(&key, requests).await?;
         let Some(account) = self.users.get_by_email(&email).await? else {
             return Ok(());
         };

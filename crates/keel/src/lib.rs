@@ -103,7 +103,7 @@ impl Application {
             listener.local_addr()?,
         )
         .await?;
-        let state = AppState {
+        let state = AppState::new(keel_api::Shared {
             users: users.clone(),
             readiness: readiness.clone(),
             metrics,
@@ -122,7 +122,7 @@ impl Application {
             },
             identity: identity.clone(),
             federation: Arc::default(),
-        };
+        });
         // The hospital console needs the queue; it is opened here only when the console is on,
         // and shared with the worker role if this process runs it too.
         let console_on = settings.hospital.console && state.identity.is_some();

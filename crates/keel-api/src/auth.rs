@@ -110,18 +110,6 @@ pub struct Bearer {
     pub claims: Arc<Claims>,
 }
 
-impl Bearer {
-    pub fn roles(&self) -> impl Iterator<Item = &str> {
-        self.claims
-            .extra
-            .get("roles")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-    }
-}
-
 impl FromRequestParts<AppState> for Bearer {
     type Rejection = ApiError;
 
@@ -341,7 +329,7 @@ async fn me(State(state): State<AppState>, bearer: Bearer) -> Result<Response, A
         serde_json::from_slice(&user.json).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Json(json!({
         "user": user,
-        "roles": bearer.roles().collect::<Vec<_>>(),
+        "roles": keel_identity::service::caller_of(&bearer.claims)?.roles,
         "amr": bearer.claims.extra.get("amr"),
         // The account holds a role that needs a second factor and has none: its roles apply
         // once it enrols (POST /auth/totp) and signs in again.

@@ -8,15 +8,12 @@
 // OPERATOR (the account id), SCREENSHOTS (a directory, optional). Prints one JSON line of what
 // it saw; exits non-zero on the first failed check.
 
-import { launch, screenshots } from './launch.mjs';
+import { run, screenshots } from './launch.mjs';
 import assert from 'node:assert/strict';
 import { totp } from './totp.mjs';
 
 const { BASE_URL: base, EMAIL, PASSWORD, OPERATOR } = process.env;
 
-const browser = await launch();
-const seen = { steps: [] };
-const step = (name) => seen.steps.push(name);
 const shot = screenshots();
 
 async function signIn(page, code) {
@@ -31,7 +28,8 @@ async function signIn(page, code) {
   }
 }
 
-try {
+await run(async (browser, seen) => {
+  const step = seen.step;
   const context = await browser.newContext();
   const page = await context.newPage();
   page.setDefaultTimeout(20_000);
@@ -82,14 +80,4 @@ try {
   assert.equal(new URL(page.url()).pathname, '/admin/hospital');
   await shot(page, '4-console');
   step('console open with the second factor');
-
-  seen.ok = true;
-} catch (e) {
-  seen.ok = false;
-  seen.error = String(e && e.stack || e);
-  console.log(JSON.stringify(seen));
-  await browser.close();
-  process.exit(1);
-}
-console.log(JSON.stringify(seen));
-await browser.close();
+});

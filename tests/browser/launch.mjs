@@ -1,5 +1,5 @@
 // What every browser script here shares: Debian's chromium launched for this closed machine,
-// and screenshots into $SCREENSHOTS when it is set.
+// screenshots into $SCREENSHOTS when it is set, and the run with its one JSON line.
 
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
@@ -25,4 +25,24 @@ export function screenshots() {
   return async (page, name) => {
     if (dir) await page.screenshot({ path: `${dir}/${name}.png`, fullPage: true });
   };
+}
+
+// Runs `steps(browser, seen)` with a fresh browser and prints one JSON line of what it saw:
+// `seen` (with `steps`, filled by `seen.step(name)`) and `ok`, or the first failed check as
+// `error`, then exit status 1. The Rust side reads that line.
+export async function run(steps) {
+  const browser = await launch();
+  const seen = { steps: [] };
+  Object.defineProperty(seen, 'step', { value: (name) => seen.steps.push(name) });
+  try {
+    await steps(browser, seen);
+    seen.ok = true;
+  } catch (e) {
+    seen.ok = false;
+    seen.error = String(e && e.stack || e);
+  } finally {
+    await browser.close();
+  }
+  console.log(JSON.stringify(seen));
+  if (!seen.ok) process.exit(1);
 }

@@ -7,18 +7,16 @@
 // PASSWORD, TOTP_SECRET (base32), SCREENSHOTS (a directory, optional). Prints one JSON line of
 // what it saw; exits non-zero on the first failed check.
 
-import { launch, screenshots } from './launch.mjs';
+import { run, screenshots } from './launch.mjs';
 import assert from 'node:assert/strict';
 import { totp } from './totp.mjs';
 
 const { AUTHORIZE_URL, REDIRECT_URI, EMAIL, PASSWORD, TOTP_SECRET } = process.env;
 
-const browser = await launch();
-const seen = { steps: [] };
-const step = (name) => seen.steps.push(name);
 const shot = screenshots();
 
-try {
+await run(async (browser, seen) => {
+  const step = seen.step;
   const context = await browser.newContext();
   const page = await context.newPage();
   page.setDefaultTimeout(20_000);
@@ -65,14 +63,4 @@ try {
   await page.getByText('Signed in as').waitFor();
   await shot(page, '3-consent');
   step('consent only, once signed in');
-
-  seen.ok = true;
-} catch (e) {
-  seen.ok = false;
-  seen.error = String(e && e.stack || e);
-  console.log(JSON.stringify(seen));
-  await browser.close();
-  process.exit(1);
-}
-console.log(JSON.stringify(seen));
-await browser.close();
+});

@@ -26,7 +26,7 @@ use crate::policy::Signed;
 use crate::{ApiError, AppState};
 
 pub(crate) const SESSION_COOKIE: &str = "keel_session";
-pub(crate) const CSRF_COOKIE: &str = "keel_csrf";
+const CSRF_COOKIE: &str = "keel_csrf";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -253,6 +253,14 @@ fn refused(e: AuthorizeError) -> Response {
 }
 
 /// The CSRF cookie of this browser, made if it has none yet, and the token for its forms.
+/// Whether a form's CSRF token belongs to this browser's CSRF cookie.
+pub(crate) fn csrf_ok(idp: &Idp, headers: &HeaderMap, token: Option<&str>) -> bool {
+    match (cookie(headers, CSRF_COOKIE), token) {
+        (Some(cookie), Some(token)) => idp.check_csrf(cookie, token),
+        _ => false,
+    }
+}
+
 pub(crate) fn csrf_for(idp: &Idp, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     match cookie(headers, CSRF_COOKIE) {
         Some(value) if !value.is_empty() => (idp.csrf_token(value), None),
@@ -352,11 +360,7 @@ async fn authorize_submit(
     Form(form): Form<AuthorizeForm>,
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
-    let csrf_ok = match (cookie(&headers, CSRF_COOKIE), form.csrf.as_deref()) {
-        (Some(cookie), Some(token)) => idp.check_csrf(cookie, token),
-        _ => false,
-    };
-    if !csrf_ok {
+    if !csrf_ok(idp, &headers, form.csrf.as_deref()) {
         return Ok(error_page(
             StatusCode::FORBIDDEN,
             "the form expired or came from another site; go back to the application and try again",

@@ -15,9 +15,7 @@ use keel_identity::service::{AuthError, Idp, SignIn};
 use serde::Deserialize;
 
 use crate::auth::{ClientAddr, idp, now};
-use crate::oidc::{
-    CSRF_COOKIE, SESSION_COOKIE, cookie, csrf_for, escape, no_store, page, set_cookie,
-};
+use crate::oidc::{SESSION_COOKIE, cookie, csrf_for, csrf_ok, escape, no_store, page, set_cookie};
 use crate::{ApiError, AppState};
 
 /// The OAuth client id sign-ins through these pages are recorded under.
@@ -94,13 +92,6 @@ async fn signed_in(
         return Ok(None);
     };
     Ok(state.users.get(caller.user).await?.map(|u| u.value.clone()))
-}
-
-fn csrf_ok(idp: &Idp, headers: &HeaderMap, token: Option<&str>) -> bool {
-    match (cookie(headers, CSRF_COOKIE), token) {
-        (Some(cookie), Some(token)) => idp.check_csrf(cookie, token),
-        _ => false,
-    }
 }
 
 fn respond(

@@ -20,6 +20,7 @@ use keel_domain::{Caller, Permission, UserId};
 use std::sync::Arc;
 
 use keel_identity::service::Idp;
+use keel_identity::token::Claims;
 
 use crate::ApiError;
 use crate::auth::now;
@@ -153,32 +154,36 @@ fn path_id(pattern: &str, path: &str) -> Option<UserId> {
     path.split('/').nth(at)?.parse().ok()
 }
 
-/// Who sent the request, if anyone: a valid bearer token, or on the console a browser session.
-/// `Err` for a bearer token that is not valid (a client sending a bad token learns so).
+/// Who sent the request, if anyone: a valid bearer token (with its claims), or on the console
+/// a browser session. `Err` for a bearer token that is not valid (a client sending a bad token
+/// learns so).
 async fn caller(
     idp: Option<&Idp>,
     parts: &axum::http::request::Parts,
     console: bool,
-) -> Result<Option<Caller>, ApiError> {
+) -> Result<Option<(Caller, Option<Arc<Claims>>)>, ApiError> {
     let Some(idp) = idp else {
         return Ok(None);
     };
     if let Some(token) = bearer_token(parts) {
         let claims = idp.verify_access(token, now()).await?;
-        return Ok(Some(keel_identity::service::caller_of(&claims)?));
+        let caller = keel_identity::service::caller_of(&claims)?;
+        return Ok(Some((caller, Some(claims))));
     }
     if console && let Some(value) = crate::oidc::session_cookie(&parts.headers) {
-        return Ok(idp.session_caller(value, now()).await?);
+        return Ok(idp.session_caller(value, now()).await?.map(|c| (c, None)));
     }
     Ok(None)
 }
 
-/// The guard: runs around every matched route (a `route_layer`), before its handler.
 /// What the guard needs: the IdP alone (cloned per request by axum, so one `Arc`, not the
 /// whole `AppState`).
 #[derive(Clone)]
 pub struct GuardState(pub Option<Arc<Idp>>);
 
+/// The guard: runs around every matched route (a `route_layer`), before its handler. It leaves
+/// the [`Caller`] in the request's extensions, and the access token's claims when there was
+/// one, so no handler verifies the token again.
 pub async fn guard(State(state): State<GuardState>, request: Request, next: Next) -> Response {
     let Some(route) = request.extensions().get::<MatchedPath>().cloned() else {
         return next.run(request).await;
@@ -198,6 +203,7 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
         }
         Err(e) => return e.into_response(),
     };
+    let (caller, claims) = caller.unzip();
     let allowed = match (access, &caller) {
         (Public, _) => true,
         (_, None) => {
@@ -221,6 +227,9 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
     }
     if let Some(caller) = caller {
         parts.extensions.insert(caller);
+    }
+    if let Some(claims) = claims.flatten() {
+        parts.extensions.insert(claims);
     }
     next.run(Request::from_parts(parts, body)).await
 }

@@ -46,16 +46,6 @@ pub struct Provider {
     pub link_by_verified_email: bool,
 }
 
-impl Provider {
-    /// Whether `name` can name a provider.
-    pub fn valid_name(name: &str) -> bool {
-        (1..=32).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    }
-}
-
 /// The provider's endpoints, from its discovery document.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProviderMetadata {

@@ -401,20 +401,15 @@ impl Idp {
     ) -> Result<(), AuthError> {
         let (account, mut credentials) =
             self.check_link(Purpose::ResetPassword, token, now).await?;
-        self.check_policy(&account, password)?;
-        credentials.password_hash = Some(self.hasher.hash(password));
-        credentials.password_changed_at = Some(now);
-        credentials.version += 1;
-        self.store
-            .put_credentials(&credentials)
+        let ended = match self
+            .replace_password(&account, &mut credentials, password, now)
             .await
-            .map_err(|e| match e {
-                // Two resets racing with one token: the second finds the hash changed.
-                StoreError::StaleVersion => AuthError::InvalidLink,
-                other => other.into(),
-            })?;
+        {
+            // Two resets racing with one token: the second finds the hash changed.
+            Err(AuthError::Store(StoreError::StaleVersion)) => Err(AuthError::InvalidLink),
+            other => other,
+        }?;
         let subject = account.id.to_string();
-        let ended = self.store.revoke_families_of(&subject).await?;
         self.record_own(
             now,
             &subject,

@@ -1059,12 +1059,9 @@ impl Idp {
             .await?;
             return Err(AuthError::InvalidCredentials);
         }
-        self.check_policy(&account, new)?;
-        credentials.password_hash = Some(self.hasher.hash(new));
-        credentials.password_changed_at = Some(now);
-        credentials.version += 1;
-        self.store.put_credentials(&credentials).await?;
-        let ended = self.store.revoke_families_of(&subject).await?;
+        let ended = self
+            .replace_password(&account, &mut credentials, new, now)
+            .await?;
         self.record_own(
             now,
             &subject,
@@ -1073,6 +1070,26 @@ impl Idp {
             json!({ "sessions_ended": ended }),
         )
         .await
+    }
+
+    /// Sets a new password (checked by the policy) over the stored `credentials`, and ends
+    /// every sign-in of the account: a change and a reset alike. Returns the sign-ins ended.
+    pub(crate) async fn replace_password(
+        &self,
+        account: &User,
+        credentials: &mut Credentials,
+        password: &str,
+        now: i64,
+    ) -> Result<u64, AuthError> {
+        self.check_policy(account, password)?;
+        credentials.password_hash = Some(self.hasher.hash(password));
+        credentials.password_changed_at = Some(now);
+        credentials.version += 1;
+        self.store.put_credentials(credentials).await?;
+        Ok(self
+            .store
+            .revoke_families_of(&account.id.to_string())
+            .await?)
     }
 
     /// Ends every sign-in of the account; returns how many were live.

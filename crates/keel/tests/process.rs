@@ -427,6 +427,90 @@ async fn sigterm_drains_in_flight_requests_and_flushes_the_write_back_journal() 
     );
 }
 
+/// Secrets stay out of the logs (issue 4 §8): with every request logged and debug on, a
+/// sign-up, a sign-in, a refresh, a signed-in read and a reset request write neither the
+/// password, nor a token, nor the address asked about.
+#[test]
+fn passwords_and_tokens_are_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [
+        ("KEEL_TELEMETRY__ACCESS_LOG", "true"),
+        ("KEEL_TELEMETRY__LOG_LEVEL", "debug"),
+    ];
+    let mut keel = start(dir.path(), port, &env);
+    let password = "a secret never to be logged 42";
+    let (status, user) = http(
+        port,
+        "POST",
+        "/auth/signup",
+        Some(&json!({"name": "Ada", "email": "ada@logs.test", "password": password})),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{user}");
+    let (status, tokens) = http(
+        port,
+        "POST",
+        "/auth/login",
+        Some(&json!({"email": "ada@logs.test", "password": password})),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{tokens}");
+    let (status, _) = http(
+        port,
+        "POST",
+        "/auth/refresh",
+        Some(&json!({"refresh_token": tokens["refresh_token"]})),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = http(
+        port,
+        "GET",
+        &format!("/users/{}", user["id"].as_str().unwrap()),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "the admin reads Ada");
+    let (status, _) = http(
+        port,
+        "POST",
+        "/auth/password/forgot",
+        Some(&json!({"email": "ada@logs.test"})),
+    )
+    .unwrap();
+    assert_eq!(status, 202);
+    keel.kill().unwrap();
+    keel.wait().unwrap();
+    let mut log = String::new();
+    keel.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        log.contains("/auth/login"),
+        "the requests were logged: {log}"
+    );
+    let admin_token = TOKENS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| *p == port)
+        .map(|(_, t)| t.clone())
+        .unwrap();
+    for secret in [
+        password,
+        ADMIN_PASSWORD,
+        tokens["access_token"].as_str().unwrap(),
+        tokens["refresh_token"].as_str().unwrap(),
+        admin_token.as_str(),
+        "ada@logs.test",
+    ] {
+        assert!(!log.contains(secret), "the log holds a secret: {secret}");
+    }
+}
+
 #[tokio::test]
 async fn an_internal_error_is_logged_with_its_error_id_and_request_id() {
     let dir = tempfile::tempdir().unwrap();

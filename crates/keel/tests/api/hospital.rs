@@ -133,6 +133,20 @@ pub async fn browser_session(app: &TestApp, email: &str, return_to: &str) -> Str
     );
     assert_eq!(res.headers()["location"], return_to);
     let session = set_cookie(&res, "keel_session").expect("a session cookie");
+    let attributes = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|v| v.starts_with("keel_session="))
+        .unwrap();
+    for flag in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(attributes.contains(flag), "{attributes}");
+    }
+    assert!(
+        !attributes.contains("Secure"),
+        "plain http here: {attributes}"
+    );
     format!("keel_csrf={csrf_cookie}; keel_session={session}")
 }
 
@@ -217,5 +231,25 @@ async fn the_worker_role_posts_a_notice_when_a_message_is_admitted() {
         notice["last_error"].as_str().unwrap().contains("job id"),
         "{notice}"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn browser_cookies_are_secure_behind_an_https_issuer() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.identity.issuer = Some("https://keel.example".into());
+    })
+    .await;
+    let page = app.anonymous_get("/signin").await;
+    let csrf = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with("keel_csrf="))
+        .expect("a CSRF cookie");
+    for flag in ["HttpOnly", "SameSite=Lax", "Secure"] {
+        assert!(csrf.contains(flag), "{csrf}");
+    }
     app.stop().await;
 }

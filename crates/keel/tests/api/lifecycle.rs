@@ -378,8 +378,14 @@ async fn an_invited_account_chooses_its_password(backend: Backend) {
 }
 
 async fn erasure_leaves_a_tombstone_and_no_personal_data(backend: Backend) {
-    // No worker role: the account's events and mails wait in the outbox.
-    let app = spawn_app(backend).await;
+    // No worker role: the account's events and mails wait in the outbox. Redis as the shared
+    // cache: its copy must go too.
+    let app = spawn_app_with(backend, |s| {
+        s.cache.redis_url = Some(keel_config::Secret::new(
+            keel_test_support::services::redis_url(),
+        ));
+    })
+    .await;
     let ada = sign_up(&app, "ada@example.com").await;
     let bo = sign_up(&app, "bo@example.com").await;
     let tokens = tokens_of(&app, "ada@example.com", PASSWORD).await;

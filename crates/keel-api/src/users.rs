@@ -235,10 +235,13 @@ pub async fn delete_user(
 ) -> Result<StatusCode, ApiError> {
     state.jobs.check_backpressure()?;
     let id = parse_id(&id)?;
+    // The copies first, the user last: if a step fails, the account is still there and a
+    // retry erases again (every step is idempotent); the other way round, a failure after
+    // the delete would leave copies no request could reach any more.
+    let erased = state.jobs.events.erase_user_data(id).await?;
     if !state.users.delete(id).await? {
         return Err(ApiError::UserNotFound);
     }
-    let erased = state.jobs.events.erase_user_data(id).await?;
     tracing::info!(user_id = %id, ?erased, "account erased");
     if let Some(idp) = &state.identity {
         idp.record_erasure(id, &caller.user.to_string(), crate::auth::now())

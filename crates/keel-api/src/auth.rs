@@ -87,19 +87,47 @@ impl From<AuthError> for ApiError {
     }
 }
 
-/// The client's address, as the listener saw it (no forwarded header is trusted here: the
-/// gateway of issue 5 will pass it on).
+/// The client's address: the connection's peer, or, when the peer is a trusted proxy
+/// (`server.trusted_proxies`), the last address in `X-Forwarded-For` that is not itself a
+/// trusted proxy. Entries left of it were written by the client and prove nothing.
 pub struct ClientAddr(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let addr = parts
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(peer) = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
-        Ok(Self(addr))
+            .map(|c| c.0.ip().to_canonical())
+        else {
+            return Ok(Self("unknown".to_owned()));
+        };
+        let trusted = &state.http.trusted_proxies;
+        let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+        if !is_trusted(peer) {
+            return Ok(Self(peer.to_string()));
+        }
+        let forwarded: Vec<std::net::IpAddr> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|hop| hop.trim().parse::<std::net::IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
+            .collect();
+        let client = forwarded
+            .iter()
+            .rev()
+            .find(|ip| !is_trusted(**ip))
+            .or(forwarded.first())
+            .copied()
+            .unwrap_or(peer);
+        Ok(Self(client.to_string()))
     }
 }
 

@@ -45,6 +45,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     pub max_in_flight: usize,
     pub access_log: bool,
+    /// Proxies whose `X-Forwarded-For` names the client (`server.trusted_proxies`).
+    pub trusted_proxies: Vec<keel_domain::net::Cidr>,
 }
 
 /// What every handler can reach: one `Arc`, since axum clones the state for every request

@@ -10,10 +10,14 @@
 //!   latency of keel's `Broker` and `Worker` on each backend beside the broker's raw client;
 //!   prints the table and the keel/raw ratios against the targets and writes
 //!   `bench/out/queue.json`. `bash bench/queue.sh` builds it and calls this.
+//! * `keel-bench gateway` — keel's gateway beside nginx in front of the same `keel serve`
+//!   instances (one, then two), with a direct row as the ceiling: req/s, p50 and p99 per row,
+//!   the ratios against the targets; writes `bench/out/gateway.json`. `bash bench/gateway.sh`.
 //! * `keel-bench identity` — access-token verifications per second and login latency at the
 //!   chosen argon2id parameters; writes `bench/out/identity.json`. `bash bench/identity.sh`.
 
 mod bare;
+mod gateway;
 mod http;
 mod identity;
 mod queue;
@@ -31,7 +35,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "keel-bench",
-    about = "keel's benchmarks: HTTP (keel vs a bare axum ceiling vs the seed's Flask example) and queue (keel vs each broker's raw client)"
+    about = "keel's benchmarks: HTTP (keel vs a bare axum ceiling vs the seed's Flask example), gateway (keel's gateway vs nginx in front of keel), queue (keel vs each broker's raw client) and identity"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,6 +53,8 @@ enum Cmd {
     Run(Box<run::RunArgs>),
     /// Run the queue benchmark (keel's broker and worker vs each broker's raw client).
     Queue(Box<queue::QueueArgs>),
+    /// Run the gateway benchmark (keel gateway vs nginx in front of keel serve instances).
+    Gateway(Box<gateway::GatewayArgs>),
     /// Run the identity benchmark (token verification, login latency).
     Identity(Box<identity::IdentityArgs>),
 }
@@ -59,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bare { listen } => bare::serve(&listen),
         Cmd::Run(args) => run::run(*args),
         Cmd::Queue(args) => queue::run(*args),
+        Cmd::Gateway(args) => gateway::run(*args),
         Cmd::Identity(args) => identity::run(*args),
     }
 }

@@ -165,7 +165,7 @@ fn cell_ms(r: &Option<WrkResult>, f: fn(&WrkResult) -> f64) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn fmt_ms(ms: f64) -> String {
+pub(crate) fn fmt_ms(ms: f64) -> String {
     if ms < 10.0 {
         format!("{ms:.2} ms")
     } else if ms < 100.0 {
@@ -205,6 +205,45 @@ pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// A Markdown table: the first column left-aligned, the others right-aligned (figures).
+pub(crate) fn table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, c) in row.as_ref().iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::from("|");
+        for (i, c) in cells.iter().enumerate() {
+            if i == 0 {
+                s.push_str(&format!(" {:<w$} |", c, w = width[i]));
+            } else {
+                s.push_str(&format!(" {:>w$} |", c, w = width[i]));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut o = line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    let sep: Vec<String> = width
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == 0 {
+                format!(":{}", "-".repeat(*w - 1))
+            } else {
+                format!("{}:", "-".repeat(*w - 1))
+            }
+        })
+        .collect();
+    o.push_str(&line(&sep));
+    for row in rows {
+        o.push_str(&line(row.as_ref()));
+    }
+    o
 }
 
 pub fn render(ctx: &Ctx, rs: &[SysResult]) -> String {
@@ -258,40 +297,7 @@ pub fn render(ctx: &Ctx, rs: &[SysResult]) -> String {
             cell_ms(&r.miss, |w| w.p99_ms),
         ]);
     }
-    let mut width = header.map(|h| h.len());
-    for row in &rows {
-        for (i, c) in row.iter().enumerate() {
-            width[i] = width[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut s = String::from("|");
-        for (i, c) in cells.iter().enumerate() {
-            if i == 0 {
-                s.push_str(&format!(" {:<w$} |", c, w = width[i]));
-            } else {
-                s.push_str(&format!(" {:>w$} |", c, w = width[i]));
-            }
-        }
-        s.push('\n');
-        s
-    };
-    o.push_str(&line(&header.map(String::from)));
-    let sep: Vec<String> = width
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            if i == 0 {
-                format!(":{}", "-".repeat(*w - 1))
-            } else {
-                format!("{}:", "-".repeat(*w - 1))
-            }
-        })
-        .collect();
-    o.push_str(&line(&sep));
-    for row in &rows {
-        o.push_str(&line(row));
-    }
+    o.push_str(&table(&header, &rows));
 
     // failures and notes, loudly
     let mut problems = String::new();
@@ -397,7 +403,7 @@ pub fn render(ctx: &Ctx, rs: &[SysResult]) -> String {
     o
 }
 
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         s.lines().find_map(|l| {
             l.strip_prefix("model name")

@@ -288,7 +288,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn which(prog: &str) -> anyhow::Result<()> {
+pub(crate) fn which(prog: &str) -> anyhow::Result<()> {
     let ok = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {prog}"))
@@ -399,14 +399,31 @@ access_log = false
 }
 
 fn keel_migrate(ctx: &Ctx, config: &Path, log_path: &Path) -> anyhow::Result<()> {
-    if !ctx.args.keel_bin.exists() {
+    migrate(&ctx.args.keel_bin, config, log_path)
+}
+
+/// keel reads every `KEEL_*` variable as a setting and refuses unknown ones, so the bench's
+/// own variables (`KEEL_BENCH_*`, `KEEL_BIN`) must not reach it; real keel settings still pass.
+pub(crate) fn scrub_bench_env(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("KEEL_BENCH_") || name == "KEEL_BIN" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// `keel migrate --config CONFIG`, its output appended to `log_path`.
+pub(crate) fn migrate(keel_bin: &Path, config: &Path, log_path: &Path) -> anyhow::Result<()> {
+    if !keel_bin.exists() {
         bail!(
             "{} not found (cargo build --release -p keel)",
-            ctx.args.keel_bin.display()
+            keel_bin.display()
         );
     }
     let logf = File::options().create(true).append(true).open(log_path)?;
-    let status = Command::new(&ctx.args.keel_bin)
+    let status = scrub_bench_env(&mut Command::new(keel_bin))
         .arg("migrate")
         .arg("--config")
         .arg(config)
@@ -580,6 +597,7 @@ fn server_command(ctx: &Ctx, sys: &System) -> anyhow::Result<Command> {
                 );
             }
             let config = ctx.out.join(engine_key(engine)).join("keel.toml");
+            scrub_bench_env(&mut cmd);
             cmd.arg(ctx.args.keel_bin.canonicalize()?)
                 .arg("serve")
                 .arg("--config")
@@ -624,7 +642,7 @@ fn addr_of(sys: &System) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], sys.port))
 }
 
-fn port_busy(addr: SocketAddr) -> bool {
+pub(crate) fn port_busy(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
@@ -690,7 +708,7 @@ fn tree_rss_kb(pid: u32) -> Option<u64> {
     Some(kb)
 }
 
-fn children(pid: u32) -> Vec<u32> {
+pub(crate) fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
@@ -714,7 +732,17 @@ fn bench_token(ctx: &Ctx, sys: &System) -> anyhow::Result<Option<String>> {
         return Ok(None);
     };
     let config = ctx.out.join(engine_key(engine)).join("keel.toml");
-    let mut child = Command::new(&ctx.args.keel_bin)
+    admin_token(&ctx.args.keel_bin, &config, addr_of(sys)).map(Some)
+}
+
+/// Make the bench's admin on the database `config` names (once; `keel admin create`) and sign
+/// it in at the keel listening on `addr`: its access token.
+pub(crate) fn admin_token(
+    keel_bin: &Path,
+    config: &Path,
+    addr: SocketAddr,
+) -> anyhow::Result<String> {
+    let mut child = scrub_bench_env(&mut Command::new(keel_bin))
         .args([
             "admin",
             "create",
@@ -724,7 +752,7 @@ fn bench_token(ctx: &Ctx, sys: &System) -> anyhow::Result<Option<String>> {
             "keel-bench",
         ])
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -742,7 +770,7 @@ fn bench_token(ctx: &Ctx, sys: &System) -> anyhow::Result<Option<String>> {
     }
     let body = serde_json::json!({"email": BENCH_ADMIN, "password": BENCH_PASSWORD}).to_string();
     let r = http::request(
-        addr_of(sys),
+        addr,
         "POST",
         "/auth/login",
         &[],
@@ -761,12 +789,22 @@ fn bench_token(ctx: &Ctx, sys: &System) -> anyhow::Result<Option<String>> {
     let token = tokens["access_token"]
         .as_str()
         .context("no access_token in the sign-in answer")?;
-    Ok(Some(token.to_owned()))
+    Ok(token.to_owned())
 }
 
 /// GET each id once; every answer must be 200 and (for real servers) carry the id.
 fn check_ids(sys: &System, token: Option<&str>, ids: &[String]) -> anyhow::Result<()> {
-    let addr = addr_of(sys);
+    check_users(addr_of(sys), token, ids, sys.kind != Kind::Bare)
+}
+
+/// `GET /users/{id}` at `addr` for each id, on a fresh connection each (so a load balancer in
+/// between spreads them); every answer must be 200 and, with `body_names_id`, carry the id.
+pub(crate) fn check_users(
+    addr: SocketAddr,
+    token: Option<&str>,
+    ids: &[String],
+    body_names_id: bool,
+) -> anyhow::Result<()> {
     let headers: Vec<String> = token
         .map(|t| format!("Authorization: Bearer {t}"))
         .into_iter()
@@ -781,7 +819,7 @@ fn check_ids(sys: &System, token: Option<&str>, ids: &[String]) -> anyhow::Resul
             Duration::from_secs(10),
         )
         .with_context(|| format!("GET /users/{id}"))?;
-        if r.status != 200 || (sys.kind != Kind::Bare && !r.body.contains(id.as_str())) {
+        if r.status != 200 || (body_names_id && !r.body.contains(id.as_str())) {
             bail!(
                 "GET /users/{id} answered {}: {}",
                 r.status,
@@ -814,7 +852,7 @@ fn wrk_run(
     })
 }
 
-fn validate(r: &WrkResult, what: &str) -> anyhow::Result<()> {
+pub(crate) fn validate(r: &WrkResult, what: &str) -> anyhow::Result<()> {
     if r.requests == 0 {
         bail!("{what}: wrk completed no request");
     }

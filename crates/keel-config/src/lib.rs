@@ -10,10 +10,12 @@
 //! - [`settings`]: the tree, with a doc comment on every key (README's table mirrors them).
 //! - [`secret`]: [`Secret`], a value that never prints.
 
+pub mod gateway;
 mod load;
 pub mod secret;
 pub mod settings;
 
+pub use gateway::*;
 pub use load::{ConfigError, load};
 pub use secret::Secret;
 pub use settings::*;

@@ -27,6 +27,7 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub hospital: HospitalSettings,
     pub identity: IdentitySettings,
+    pub gateway: crate::GatewaySettings,
 }
 
 impl Default for Settings {
@@ -41,6 +42,7 @@ impl Default for Settings {
             queue: QueueSettings::default(),
             hospital: HospitalSettings::default(),
             identity: IdentitySettings::default(),
+            gateway: crate::GatewaySettings::default(),
         }
     }
 }
@@ -58,6 +60,10 @@ pub struct ServerSettings {
     /// Requests handled at once; beyond it requests are shed with 503 rather than queued without
     /// bound.
     pub max_in_flight: usize,
+    /// Proxies (CIDR) whose `X-Forwarded-For` is believed: the client's address is then the
+    /// last one in it not itself a trusted proxy. Empty (the default) trusts no header, so a
+    /// client cannot pick its own address. `keel up`'s in-process gateway needs no entry.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSettings {
@@ -67,6 +73,7 @@ impl Default for ServerSettings {
             request_timeout_ms: 30_000,
             body_limit_bytes: 64 * 1024,
             max_in_flight: 10_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -529,12 +536,25 @@ impl Settings {
         }
     }
 
+    /// `server.trusted_proxies`, parsed.
+    pub fn trusted_proxies(&self) -> Result<Vec<keel_domain::net::Cidr>, String> {
+        self.server
+            .trusted_proxies
+            .iter()
+            .map(|entry| {
+                keel_domain::net::Cidr::parse(entry)
+                    .map_err(|e| format!("server.trusted_proxies: {e}"))
+            })
+            .collect()
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.server.request_timeout_ms)
     }
 
     /// Cross-field checks that serde cannot express; each message names the key.
     pub fn validate(&self) -> Result<(), String> {
+        self.trusted_proxies()?;
         if self.database_kind().is_none() {
             return Err(format!(
                 "database.url: unsupported scheme in {:?}; use sqlite://, postgres:// or mysql://",

@@ -21,6 +21,7 @@ pub mod events;
 pub mod hospital;
 pub mod identity;
 pub mod ledger;
+pub mod net;
 pub mod queue;
 pub mod rbac;
 pub mod repo;

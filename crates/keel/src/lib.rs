@@ -9,6 +9,7 @@
 //!   signal, draining as DESIGN.md C1 requires.
 
 pub mod database;
+pub mod gateway;
 pub mod identity;
 pub mod queue;
 pub mod workers;
@@ -49,6 +50,8 @@ pub struct Application {
     /// The broker and hospital, when opened for the console before the worker role starts.
     queue: Option<queue::Queue>,
     identity: Option<Arc<keel_identity::service::Idp>>,
+    /// Serve through the in-process gateway (`keel up`) rather than the bare API (`keel serve`).
+    gateway: bool,
 }
 
 impl Application {
@@ -92,8 +95,7 @@ impl Application {
         }
         let readiness = Arc::new(Readiness::new(probes));
         let backlog = Arc::new(AtomicU64::new(0));
-        let listener = TcpListener::bind(settings.server.listen)
-            .await
+        let listener = keel_gateway::server::bind(settings.server.listen)
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let identity = identity::build(
             &settings,
@@ -112,6 +114,7 @@ impl Application {
                 request_timeout: settings.request_timeout(),
                 max_in_flight: settings.server.max_in_flight,
                 access_log: settings.telemetry.access_log,
+                trusted_proxies: settings.trusted_proxies().map_err(anyhow::Error::msg)?,
             },
             jobs: JobsState {
                 events: events.clone(),
@@ -152,7 +155,16 @@ impl Application {
             workers: None,
             queue,
             identity,
+            gateway: false,
         })
+    }
+
+    /// Puts the gateway in front of the API in this process (`keel up`): requests pass its
+    /// duties (limits, CORS, compression, cache, TLS when configured) and reach the router as a
+    /// function call, with no second socket.
+    pub fn with_gateway(mut self) -> Self {
+        self.gateway = true;
+        self
     }
 
     /// Also runs the worker role in this process (`keel up`): the relay, the subscriber groups'
@@ -209,15 +221,43 @@ impl Application {
             settings,
             workers,
             poller,
+            gateway,
             ..
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        // With the peer's address in each request (the IdP throttles and audits by it).
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
-        let mut server = tokio::spawn(server.into_future());
+        let drain = Duration::from_millis(settings.shutdown.drain_deadline_ms);
+        let mut server = if gateway {
+            let api = tower::util::BoxCloneSyncService::new(router);
+            let front = keel_gateway::Gateway::new(&settings.gateway, Some(api), Vec::new())
+                .map_err(anyhow::Error::msg)?;
+            let tls = match &settings.gateway.tls {
+                Some(tls) => Some(
+                    keel_gateway::tls::Terminator::start(tls)
+                        .map_err(anyhow::Error::msg)?
+                        .acceptor(),
+                ),
+                None => None,
+            };
+            tokio::spawn(async move {
+                keel_gateway::server::serve(
+                    front,
+                    listener,
+                    tls,
+                    async move {
+                        let _ = stop_rx.await;
+                    },
+                    drain,
+                )
+                .await
+            })
+        } else {
+            // With the peer's address in each request (the IdP throttles and audits by it).
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let server = axum::serve(listener, service).with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            });
+            tokio::spawn(server.into_future())
+        };
 
         tokio::select! {
             res = &mut server => {
@@ -235,8 +275,8 @@ impl Application {
         readiness.start_draining();
         tokio::time::sleep(Duration::from_millis(settings.shutdown.readiness_grace_ms)).await;
         let _ = stop_tx.send(());
-        let deadline = Duration::from_millis(settings.shutdown.drain_deadline_ms);
-        match tokio::time::timeout(deadline, &mut server).await {
+        // The gateway keeps its own drain deadline; this one is the backstop for both.
+        match tokio::time::timeout(drain + Duration::from_millis(500), &mut server).await {
             Ok(res) => {
                 res.context("server task failed")?
                     .context("server failed")?;

@@ -33,6 +33,10 @@ enum Command {
     Up,
     /// Run the API role alone (for several instances behind a load balancer).
     Serve,
+    /// Run the gateway alone: keel's load balancer and API gateway in front of `keel serve`
+    /// instances (`[gateway]` settings: pools, routes, TLS, limits). SIGHUP reloads the
+    /// configuration without dropping a connection.
+    Gateway,
     /// Run the worker role alone: the outbox relay and the subscriber groups' workers. Run as many
     /// as needed; they compete for the same queues.
     Worker,
@@ -70,7 +74,13 @@ enum AdminCommand {
 fn main() -> std::process::ExitCode {
     let started = Instant::now();
     let cli = Cli::parse();
-    let settings = match load_settings(&cli) {
+    let overrides = Overrides {
+        config: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+        listen: cli.listen,
+        gateway: matches!(cli.command, Command::Gateway),
+    };
+    let settings = match overrides.load() {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("keel: {e:#}");
@@ -92,7 +102,7 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli.command, settings, started)) {
+    match runtime.block_on(run(cli.command, settings, overrides, started)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "keel failed");
@@ -102,19 +112,40 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
-    let mut settings = keel_config::load(cli.config.as_deref(), std::env::vars())?;
-    if let Some(dir) = &cli.data_dir {
-        settings.data_dir = dir.clone();
-    }
-    if let Some(listen) = cli.listen {
-        settings.server.listen = listen;
-    }
-    settings.validate().map_err(anyhow::Error::msg)?;
-    Ok(settings)
+/// What the command line says over the configuration file, kept to load it again on SIGHUP.
+#[derive(Debug, Clone)]
+struct Overrides {
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    /// `--listen` names the gateway's listener under `keel gateway`.
+    gateway: bool,
 }
 
-async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::Result<()> {
+impl Overrides {
+    fn load(&self) -> anyhow::Result<Settings> {
+        let mut settings = keel_config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(dir) = &self.data_dir {
+            settings.data_dir = dir.clone();
+        }
+        if let Some(listen) = self.listen {
+            if self.gateway {
+                settings.gateway.listen = listen;
+            } else {
+                settings.server.listen = listen;
+            }
+        }
+        settings.validate().map_err(anyhow::Error::msg)?;
+        Ok(settings)
+    }
+}
+
+async fn run(
+    command: Command,
+    settings: Settings,
+    overrides: Overrides,
+    started: Instant,
+) -> anyhow::Result<()> {
     if let Command::Hospital { command } = command {
         // Before telemetry: the command's output and progress bar own the terminal.
         return hospital(command, &settings).await;
@@ -153,7 +184,7 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
             };
             let mut app = Application::build(settings.clone(), Some(metrics)).await?;
             if matches!(command, Command::Up) {
-                app = app.with_workers().await?;
+                app = app.with_workers().await?.with_gateway();
             }
             let addr = app.local_addr();
             tracing::info!(
@@ -176,6 +207,13 @@ async fn run(command: Command, settings: Settings, started: Instant) -> anyhow::
                 );
             }
             app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Gateway => {
+            let metrics = keel_telemetry::init_metrics()?;
+            keel::gateway::run(settings, metrics, started, shutdown_signal(), move || {
+                overrides.load()
+            })
+            .await
         }
         Command::Worker => {
             keel_telemetry::init_metrics()?;

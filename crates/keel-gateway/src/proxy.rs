@@ -1,0 +1,554 @@
+//! The request path through the gateway, in order:
+//!
+//! 1. protocol checks (ambiguous framing), hidden paths, the address allow/deny lists;
+//! 2. routing (host, longest prefix), CORS preflight;
+//! 3. the body, read whole within the size and time limits (so an upstream never sees a slow or
+//!    partial request, and a retry can send it again);
+//! 4. the inspection phase (the WAF's place), edge JWT, the rate limit;
+//! 5. the response cache;
+//! 6. the upstream: a server from the pool, retries of what may be retried, within the route's
+//!    timeout and the pool's retry budget;
+//! 7. on the way out: hop-by-hop headers dropped, request id, CORS, compression, cache store,
+//!    metrics and the access log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+
+use crate::Edge;
+use crate::inspect::Verdict;
+use crate::pool::Pool;
+use crate::route::{LimitKey, Route, host_of};
+use crate::upstream::UpstreamError;
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Headers that describe one connection, not the message: never passed on (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Request ids: a random per-process prefix and a counter: unique without a syscall per request.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self {
+            prefix: fastrand::u32(..),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    /// The client's id when it is sane, else a new one.
+    pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
+        if let Some(given) = headers.get(&REQUEST_ID) {
+            let sane = !given.is_empty()
+                && given.len() <= 128
+                && given
+                    .as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+            if sane {
+                return given.clone();
+            }
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:08x}{:012x}", self.prefix, n & 0xffff_ffff_ffff);
+        HeaderValue::from_str(&id).expect("hex is a valid header value")
+    }
+}
+
+/// What one request carried through the pipeline, for the access log and metrics.
+pub(crate) struct Outcome<'a> {
+    pub(crate) route: Option<&'a Route>,
+    pub(crate) upstream: Option<String>,
+    pub(crate) tries: u32,
+    pub(crate) cache: Option<&'static str>,
+}
+
+pub async fn handle(
+    edge: Arc<Edge>,
+    req: Request<Body>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = edge.ids.for_request(req.headers());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut outcome = Outcome {
+        route: None,
+        upstream: None,
+        tries: 0,
+        cache: None,
+    };
+    let mut res = match pipeline(&edge, req, peer, tls, &request_id, &mut outcome).await {
+        Ok(res) | Err(res) => res,
+    };
+    let status = res.status().as_u16();
+    let elapsed = started.elapsed();
+    match outcome.route {
+        Some(route) => route.metrics.record(status, elapsed.as_secs_f64()),
+        None => edge.unrouted.record(status, elapsed.as_secs_f64()),
+    }
+    if edge.settings.access_log {
+        tracing::info!(
+            target: "keel_gateway::access",
+            request_id = request_id.to_str().unwrap_or_default(),
+            client = %peer.ip(),
+            method = %method,
+            path = %path,
+            status,
+            route = outcome.route.map_or("-", |r| r.name.as_str()),
+            upstream = outcome.upstream.as_deref().unwrap_or("-"),
+            tries = outcome.tries,
+            cache = outcome.cache.unwrap_or("-"),
+            latency_us = elapsed.as_micros() as u64,
+            "request"
+        );
+    }
+    res.headers_mut().insert(REQUEST_ID.clone(), request_id);
+    res
+}
+
+type Answer = Result<Response<Body>, Response<Body>>;
+
+async fn pipeline<'e>(
+    edge: &'e Edge,
+    req: Request<Body>,
+    peer: SocketAddr,
+    tls: bool,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome<'e>,
+) -> Answer {
+    let (mut head, body) = req.into_parts();
+    let client = canonical(peer.ip());
+
+    // 1. Framing both ways at once is how requests are smuggled past proxies (RFC 9112 §6.1):
+    // refused, and the connection closed.
+    if head.headers.contains_key(header::TRANSFER_ENCODING)
+        && head.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        let mut res = error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "both Content-Length and Transfer-Encoding",
+        );
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(res);
+    }
+    let path = head.uri.path();
+    if edge.hidden.iter().any(|hidden| {
+        path.strip_prefix(hidden.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }) {
+        return Err(error(StatusCode::NOT_FOUND, "not_found", "no such route"));
+    }
+    if let Some(acl) = &edge.acl
+        && !acl.permits(client)
+    {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "address not allowed",
+        ));
+    }
+
+    // 2. Routing.
+    let host = host_of(&head.uri, &head.headers);
+    let Some(route) = edge.routes.find(host.as_deref(), head.uri.path()) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            "no route for this host and path",
+        ));
+    };
+    outcome.route = Some(route);
+    if let Some(cors) = &edge.cors
+        && let Some(preflight) = cors.preflight(&head.method, &head.headers)
+    {
+        return Ok(preflight.map(|()| Body::empty()));
+    }
+
+    // 3. The body, whole, within limits.
+    let body = read_body(edge, &head.headers, body).await?;
+
+    // 4. Inspection, identity at the edge, rate limits.
+    for inspector in &edge.inspectors {
+        if let Verdict::Reject { status, reason } = inspector.inspect(&head, &body, client) {
+            tracing::warn!(
+                inspector = inspector.name(),
+                request_id = request_id.to_str().unwrap_or_default(),
+                client = %client,
+                reason,
+                "request rejected"
+            );
+            return Err(error(status, "rejected", &reason));
+        }
+    }
+    let mut subject = None;
+    if let Some(jwt) = &route.jwt {
+        match jwt.verify(head.headers.get(header::AUTHORIZATION)).await {
+            Ok(claims) => subject = Some(claims.sub.clone()),
+            Err(e) => {
+                let mut res = error(e.status(), "unauthenticated", e.message());
+                if e.status() == StatusCode::UNAUTHORIZED {
+                    res.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
+                return Err(res);
+            }
+        }
+    }
+    if let Some((limiter, key)) = &route.limit {
+        let ip;
+        let key = match (key, &subject) {
+            (LimitKey::Subject, Some(sub)) => sub.as_str(),
+            _ => {
+                ip = client.to_string();
+                ip.as_str()
+            }
+        };
+        if let Err(wait) = limiter.check(key, Instant::now()) {
+            route.metrics.rate_limited.increment(1);
+            let mut res = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; retry later",
+            );
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::limit::retry_after_secs(wait)),
+            );
+            return Err(res);
+        }
+    }
+
+    // Headers for the upstream: hop-by-hop ones out, the forwarding ones in.
+    strip_hop_by_hop(&mut head.headers);
+    forwarding_headers(&mut head, client, tls, request_id);
+
+    // 5 and 6: the cache, then the upstream.
+    let cached = route.cache && edge.cache.is_some();
+    let mut res = if cached {
+        crate::cache_path::serve(edge, route, &head, body, peer, outcome).await
+    } else {
+        forward(route, &head, body, peer, outcome).await
+    };
+
+    // 7. On the way out.
+    strip_hop_by_hop(res.headers_mut());
+    if let Some(cors) = &edge.cors {
+        cors.apply(&head.headers, res.headers_mut());
+    }
+    if edge.settings.compression.enabled && head.method != Method::HEAD {
+        res = compress(edge, &head.headers, res).await;
+    }
+    Ok(res)
+}
+
+/// The request body, read whole: 413 past `max_body_bytes` (announced or sent), 408 when the
+/// client is slower than `body_read_timeout_ms`.
+async fn read_body(edge: &Edge, headers: &HeaderMap, body: Body) -> Result<Bytes, Response<Body>> {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let limit = edge.settings.max_body_bytes;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    let timeout = Duration::from_millis(edge.settings.body_read_timeout_ms.max(1));
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(closing(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request body could not be read",
+        ))),
+        Err(_) => Err(closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body was not sent in time",
+        ))),
+    }
+}
+
+fn too_large() -> Response<Body> {
+    closing(error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is too large",
+    ))
+}
+
+fn closing(mut res: Response<Body>) -> Response<Body> {
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
+/// Whether a request may be sent twice without changing the outcome (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Sends the request to the route's pool: a server the request has not tried, again after a
+/// failure when the request may be repeated, the route allows more tries, the pool's retry
+/// budget has room and the route's timeout has not run out.
+pub(crate) async fn forward(
+    route: &Route,
+    head: &http::request::Parts,
+    body: Bytes,
+    peer: SocketAddr,
+    outcome: &mut Outcome<'_>,
+) -> Response<Body> {
+    let pool: &Pool = &route.pool;
+    let deadline = Instant::now() + route.timeout;
+    let repeatable = idempotent(&head.method);
+    let path = head.uri.path();
+    pool.count_request();
+    let mut tried = Vec::new();
+    let mut last: Option<Response<Body>> = None;
+    let mut failure: Option<UpstreamError> = None;
+    loop {
+        let Some(lease) = pool.pick(path, &head.headers, &tried) else {
+            break;
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            failure = Some(UpstreamError::Timeout);
+            break;
+        }
+        outcome.tries += 1;
+        outcome.upstream = Some(lease.server.addr.as_str().to_owned());
+        let mut req = Request::new(if body.is_empty() {
+            Body::empty()
+        } else {
+            Body::from(body.clone())
+        });
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = head.uri.clone();
+        *req.headers_mut() = head.headers.clone();
+        let server = lease.server.clone();
+        server.metrics.requests.increment(1);
+        let sent = Instant::now();
+        let result = tokio::time::timeout(remaining, pool.transport.send(&server.addr, req, peer))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout));
+        server.metrics.latency.record(sent.elapsed().as_secs_f64());
+        let retry_ok = |unsent: bool| {
+            outcome.tries <= route.retries && (unsent || repeatable) && pool.allow_retry()
+        };
+        match result {
+            Ok(res) if is_retryable_status(res.status()) => {
+                server.metrics.error("status");
+                pool.report(&server, false);
+                if !retry_ok(false) {
+                    return res;
+                }
+                last = Some(res);
+            }
+            Ok(res) => {
+                pool.report(&server, !res.status().is_server_error());
+                if res.status().is_server_error() {
+                    server.metrics.error("status");
+                }
+                return res;
+            }
+            Err(e) => {
+                server.metrics.error(e.kind());
+                pool.report(&server, false);
+                tracing::warn!(
+                    pool = %pool.name,
+                    upstream = server.addr.as_str(),
+                    error = %e,
+                    "upstream request failed"
+                );
+                let retry = retry_ok(e.unsent());
+                failure = Some(e);
+                if !retry {
+                    break;
+                }
+            }
+        }
+        route.metrics.retries.increment(1);
+        tried.push(server);
+        drop(lease);
+    }
+    if let Some(res) = last {
+        return res;
+    }
+    match failure {
+        Some(UpstreamError::Timeout) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the upstream did not answer in time",
+        ),
+        Some(_) => error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_failed",
+            "the upstream failed to answer",
+        ),
+        None if pool.saturated() => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_busy",
+            "every upstream is at its limit",
+        ),
+        None => error(
+            StatusCode::BAD_GATEWAY,
+            "no_upstream",
+            "no healthy upstream for this route",
+        ),
+    }
+}
+
+fn is_retryable_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    if headers.get(header::UPGRADE).is_some() {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn forwarding_headers(
+    head: &mut http::request::Parts,
+    client: IpAddr,
+    tls: bool,
+    request_id: &HeaderValue,
+) {
+    let headers = &mut head.headers;
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {client}"),
+        None => client.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    // HTTP/2 clients name the host in the URI; the upstream speaks HTTP/1.1 and reads Host.
+    let host = head
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    if let Some(host) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        headers.entry(header::HOST).or_insert(host);
+    }
+    headers.insert(REQUEST_ID.clone(), request_id.clone());
+}
+
+/// IPv4-mapped IPv6 addresses as the IPv4 address they are.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// gzip when the client takes it and the response is worth it; responses of unknown or large
+/// size stream through as they are.
+async fn compress(edge: &Edge, request: &HeaderMap, res: Response<Body>) -> Response<Body> {
+    if !crate::compress::accepts_gzip(request) || !crate::compress::compressible(res.headers()) {
+        return res;
+    }
+    let Some(len) = content_length(res.headers()) else {
+        return res;
+    };
+    if len < edge.settings.compression.min_bytes as u64
+        || len > edge.settings.max_buffered_response_bytes as u64
+    {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_failed",
+            "the upstream response broke off",
+        );
+    };
+    let body = crate::compress::compress_response(
+        request,
+        &mut parts.headers,
+        collected.to_bytes(),
+        edge.settings.compression.min_bytes,
+    );
+    Response::from_parts(parts, Body::from(body))
+}
+
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The gateway's own answers, in the API's error shape.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": message, "code": code }).to_string();
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}

@@ -216,10 +216,12 @@ pub fn run(mut args: GatewayArgs) -> anyhow::Result<()> {
     run::which("taskset")?;
     run::which("sqlite3")?;
     let nginx = find_nginx(args.nginx.as_deref())?;
-    let keel_bin = args
-        .keel_bin
-        .canonicalize()
-        .with_context(|| format!("{} (cargo build --release -p keel)", args.keel_bin.display()))?;
+    let keel_bin = args.keel_bin.canonicalize().with_context(|| {
+        format!(
+            "{} (cargo build --release -p keel)",
+            args.keel_bin.display()
+        )
+    })?;
     let duration = args.duration.unwrap_or(if args.quick { 3 } else { 10 });
     let warmup = args.warmup.unwrap_or(if args.quick { 1 } else { 2 });
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
@@ -242,7 +244,10 @@ pub fn run(mut args: GatewayArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     for i in 0..UPSTREAM_PORTS.len() {
         if run::port_busy(upstream_addr(i)) {
-            bail!("port {} is already in use by another process", UPSTREAM_PORTS[i]);
+            bail!(
+                "port {} is already in use by another process",
+                UPSTREAM_PORTS[i]
+            );
         }
     }
     for port in [GATEWAY_PORT, NGINX_PORT] {
@@ -370,7 +375,10 @@ pub fn run(mut args: GatewayArgs) -> anyhow::Result<()> {
         .map(|(row, _)| row.key)
         .collect();
     if !failed.is_empty() {
-        bail!("rows failed: {} (see the problems above)", failed.join(", "));
+        bail!(
+            "rows failed: {} (see the problems above)",
+            failed.join(", ")
+        );
     }
     Ok(())
 }
@@ -481,7 +489,12 @@ fn get_user(addr: SocketAddr, id: &str, token: &str) -> anyhow::Result<http::Res
 
 /// A proxy's correctness before its row: the same JSON as the upstream's for one user, byte for
 /// byte, then 200 with the right user for a sample of the hit set.
-fn check_entry(ctx: &Ctx, row: &Row, token: &str, reference: &(String, String)) -> anyhow::Result<()> {
+fn check_entry(
+    ctx: &Ctx,
+    row: &Row,
+    token: &str,
+    reference: &(String, String),
+) -> anyhow::Result<()> {
     let addr = entry_addr(row);
     let (id, body) = reference;
     let r = get_user(addr, id, token)?;
@@ -519,7 +532,9 @@ fn run_row(
         }
     }
     // The nginx directory lives while the row runs (its temp paths and pid file are in it).
-    let nginx_dir = tempfile::Builder::new().prefix("keel-bench-nginx-").tempdir()?;
+    let nginx_dir = tempfile::Builder::new()
+        .prefix("keel-bench-nginx-")
+        .tempdir()?;
     let mut proxy = match row.proxy {
         Proxy::Direct => None,
         Proxy::Keel => Some(start_gateway(ctx, row, &dir, &proxy_log)?),
@@ -786,7 +801,6 @@ impl Proc {
     fn wait_ready(&mut self, addr: SocketAddr, log_path: &Path) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(30);
-        let mut last = String::from("no answer");
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
@@ -796,11 +810,11 @@ impl Proc {
                     tail(log_path, 15)
                 );
             }
-            match http::get(addr, "/healthz", Duration::from_secs(2)) {
+            let last = match http::get(addr, "/healthz", Duration::from_secs(2)) {
                 Ok(r) if r.status == 200 => return Ok(started.elapsed()),
-                Ok(r) => last = format!("{} {}", r.status, http::truncate(&r.body, 200)),
-                Err(e) => last = e.to_string(),
-            }
+                Ok(r) => format!("{} {}", r.status, http::truncate(&r.body, 200)),
+                Err(e) => e.to_string(),
+            };
             if Instant::now() > deadline {
                 bail!(
                     "{}: no 200 on http://{addr}/healthz within 30 s (last: {last}); {}:\n{}",
@@ -836,7 +850,9 @@ impl Proc {
         descendants(pid, &mut tree);
         let _ = self.child.kill();
         for p in tree {
-            let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &p.to_string()])
+                .status();
         }
         let _ = self.child.wait();
     }
@@ -908,16 +924,18 @@ impl Ratio {
 
     fn target_text(&self) -> String {
         match self.target {
-            Some(t) => format!("{} {}", if self.at_least { ">=" } else { "<=" }, self.fmt(t)),
+            Some(t) => format!(
+                "{} {}",
+                if self.at_least { ">=" } else { "<=" },
+                self.fmt(t)
+            ),
             None => "(no target)".into(),
         }
     }
 }
 
 fn row_index(key: &str) -> usize {
-    ROWS.iter()
-        .position(|r| r.key == key)
-        .expect("a known row")
+    ROWS.iter().position(|r| r.key == key).expect("a known row")
 }
 
 fn ratios(ctx: &Ctx, rs: &[RowResult]) -> Vec<Ratio> {

@@ -32,8 +32,9 @@ const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: i64 = 30;
 
-/// How many verified tokens are remembered, and for how long at most.
-const TOKEN_CACHE_CAPACITY: u64 = 10_000;
+/// How much verified tokens may take in memory (their text counted), and how long one is
+/// remembered at most.
+const TOKEN_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// Why a request was refused.
@@ -157,7 +158,10 @@ impl EdgeJwt {
             keys: RwLock::new(None),
             fetches: Mutex::new(FetchTimes::default()),
             verified: moka::sync::Cache::builder()
-                .max_capacity(TOKEN_CACHE_CAPACITY)
+                .max_capacity(TOKEN_CACHE_BYTES)
+                .weigher(|signature: &String, verified: &Arc<VerifiedToken>| {
+                    u32::try_from(signature.len() + verified.token.len()).unwrap_or(u32::MAX)
+                })
                 .time_to_live(TOKEN_CACHE_TTL)
                 .build(),
         }

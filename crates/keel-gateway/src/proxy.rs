@@ -32,7 +32,6 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Headers that describe one connection, not the message: never passed on (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -187,7 +186,7 @@ async fn pipeline<'e>(
             "no route for this host and path",
         ));
     };
-    outcome.route = Some(route);
+    outcome.route = Some(&**route);
     if let Some(cors) = &edge.cors
         && let Some(preflight) = cors.preflight(&head.method, &head.headers)
     {
@@ -255,7 +254,7 @@ async fn pipeline<'e>(
     // 5 and 6: the cache, then the upstream.
     let cached = route.cache && edge.cache.is_some();
     let mut res = if cached {
-        crate::cache_path::serve(edge, route, &head, body, peer, outcome).await
+        crate::cache_path::serve(edge, route, head.clone(), body, peer, outcome).await
     } else {
         forward(route, &head, body, peer, outcome).await
     };

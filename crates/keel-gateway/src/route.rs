@@ -77,10 +77,11 @@ impl Route {
 
 /// Routes in match order: routes for a host before host-less ones, longer prefixes first.
 #[derive(Debug, Default)]
-pub struct Routes(Vec<Route>);
+pub struct Routes(Vec<Arc<Route>>);
 
 impl Routes {
-    pub fn new(mut routes: Vec<Route>) -> Self {
+    pub fn new(routes: Vec<Route>) -> Self {
+        let mut routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
         routes.sort_by(|a, b| {
             b.host
                 .is_some()
@@ -91,12 +92,12 @@ impl Routes {
     }
 
     /// The route for a request: `host` without its port, lower-cased.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         self.0.iter().find(|r| r.matches(host, path))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.0.iter()
+        self.0.iter().map(|r| &**r)
     }
 }
 

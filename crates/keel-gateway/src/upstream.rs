@@ -21,7 +21,8 @@ pub const IN_PROCESS: &str = "in-process";
 
 #[derive(Clone)]
 pub enum Transport {
-    Http(Client<HttpConnector, Body>),
+    /// Boxed: the client is large and a pool holds one transport for its whole life.
+    Http(Box<Client<HttpConnector, Body>>),
     InProcess(InProcess),
 }
 
@@ -78,7 +79,7 @@ impl Transport {
             // again on a new connection: it never reached the server.
             .retry_canceled_requests(true)
             .build(connector);
-        Self::Http(client)
+        Self::Http(Box::new(client))
     }
 
     pub async fn send(

@@ -59,10 +59,10 @@ pub async fn run(
                         "new configuration refused; the old one stays"
                     ),
                 }
-                if let Some(cert) = &certificate {
-                    if let Err(e) = cert.reload_now() {
-                        tracing::error!(error = %e, "certificate reload failed; the old one stays");
-                    }
+                if let Some(cert) = &certificate
+                    && let Err(e) = cert.reload_now()
+                {
+                    tracing::error!(error = %e, "certificate reload failed; the old one stays");
                 }
             }
         });

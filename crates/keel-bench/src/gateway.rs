@@ -242,15 +242,7 @@ pub fn run(mut args: GatewayArgs) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir)?;
-    for i in 0..UPSTREAM_PORTS.len() {
-        if run::port_busy(upstream_addr(i)) {
-            bail!(
-                "port {} is already in use by another process",
-                UPSTREAM_PORTS[i]
-            );
-        }
-    }
-    for port in [GATEWAY_PORT, NGINX_PORT] {
+    for port in UPSTREAM_PORTS.into_iter().chain([GATEWAY_PORT, NGINX_PORT]) {
         if run::port_busy(SocketAddr::from(([127, 0, 0, 1], port))) {
             bail!("port {port} is already in use by another process");
         }

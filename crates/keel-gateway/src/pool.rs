@@ -153,6 +153,19 @@ impl Pool {
         Ok(true)
     }
 
+    pub fn len(&self) -> usize {
+        self.members.load().servers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether requests go to the in-process API (no copies kept, no network headers).
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.transport, Transport::InProcess(_))
+    }
+
     pub fn servers(&self) -> Vec<Arc<Server>> {
         self.members.load().servers.clone()
     }

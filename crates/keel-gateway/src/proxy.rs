@@ -83,7 +83,7 @@ impl RequestIds {
 /// What one request carried through the pipeline, for the access log and metrics.
 pub(crate) struct Outcome<'a> {
     pub(crate) route: Option<&'a Route>,
-    pub(crate) upstream: Option<String>,
+    pub(crate) upstream: Option<Arc<crate::pool::Server>>,
     pub(crate) tries: u32,
     pub(crate) cache: Option<&'static str>,
 }
@@ -122,7 +122,7 @@ pub async fn handle(
             path = %path,
             status,
             route = outcome.route.map_or("-", |r| r.name.as_str()),
-            upstream = outcome.upstream.as_deref().unwrap_or("-"),
+            upstream = outcome.upstream.as_ref().map_or("-", |s| s.addr.as_str()),
             tries = outcome.tries,
             cache = outcome.cache.unwrap_or("-"),
             latency_us = elapsed.as_micros() as u64,
@@ -247,27 +247,49 @@ async fn pipeline<'e>(
         }
     }
 
-    // Headers for the upstream: hop-by-hop ones out, the forwarding ones in.
+    // Headers for the upstream: hop-by-hop ones out, the forwarding ones in (the in-process API
+    // reads the client's address from the connection, as if it had accepted it).
     strip_hop_by_hop(&mut head.headers);
-    forwarding_headers(&mut head, client, tls, request_id);
+    if route.pool.is_in_process() {
+        head.headers.insert(REQUEST_ID.clone(), request_id.clone());
+    } else {
+        forwarding_headers(&mut head, client, tls, request_id);
+    }
+
+    // What the way out needs of the request, kept before the request moves on.
+    let compress = edge.settings.compression.enabled
+        && head.method != Method::HEAD
+        && crate::compress::accepts_gzip(&head.headers);
+    let mut asked = HeaderMap::new();
+    if compress {
+        copy_header(&head.headers, &mut asked, header::ACCEPT_ENCODING);
+    }
+    if edge.cors.is_some() {
+        copy_header(&head.headers, &mut asked, header::ORIGIN);
+    }
 
     // 5 and 6: the cache, then the upstream.
-    let cached = route.cache && edge.cache.is_some();
-    let mut res = if cached {
-        crate::cache_path::serve(edge, route, head.clone(), body, peer, outcome).await
+    let mut res = if route.cache && edge.cache.is_some() {
+        crate::cache_path::serve(edge, route, head, body, peer, outcome).await
     } else {
-        forward(route, &head, body, peer, outcome).await
+        forward_owned(route, head, body, peer, outcome).await
     };
 
     // 7. On the way out.
     strip_hop_by_hop(res.headers_mut());
     if let Some(cors) = &edge.cors {
-        cors.apply(&head.headers, res.headers_mut());
+        cors.apply(&asked, res.headers_mut());
     }
-    if edge.settings.compression.enabled && head.method != Method::HEAD {
-        res = compress(edge, &head.headers, res).await;
+    if compress {
+        res = compress_body(edge, &asked, res).await;
     }
     Ok(res)
+}
+
+fn copy_header(from: &HeaderMap, to: &mut HeaderMap, name: HeaderName) {
+    for value in from.get_all(&name) {
+        to.append(name.clone(), value.clone());
+    }
 }
 
 /// The request body, read whole: 413 past `max_body_bytes` (announced or sent), 408 when the
@@ -325,6 +347,50 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
+/// [`forward`], but a request that can have only one try moves to the upstream as it is
+/// (no copy of its head kept for a second try): the `keel up` path to the in-process API.
+pub(crate) async fn forward_owned(
+    route: &Route,
+    head: http::request::Parts,
+    body: Bytes,
+    peer: SocketAddr,
+    outcome: &mut Outcome<'_>,
+) -> Response<Body> {
+    let pool: &Pool = &route.pool;
+    if route.retries > 0 || pool.len() > 1 {
+        return forward(route, &head, body, peer, outcome).await;
+    }
+    let Some(lease) = pool.pick(head.uri.path(), &head.headers, &[]) else {
+        return no_server(pool, None);
+    };
+    let server = lease.server.clone();
+    outcome.tries = 1;
+    outcome.upstream = Some(server.clone());
+    server.metrics.requests.increment(1);
+    let sent = Instant::now();
+    let req = Request::from_parts(head, if body.is_empty() { Body::empty() } else { Body::from(body) });
+    let result = tokio::time::timeout(route.timeout, pool.transport.send(&server.addr, req, peer))
+        .await
+        .unwrap_or(Err(UpstreamError::Timeout));
+    server.metrics.latency.record(sent.elapsed().as_secs_f64());
+    match result {
+        Ok(res) => {
+            let failed = res.status().is_server_error();
+            pool.report(&server, !failed);
+            if failed {
+                server.metrics.error("status");
+            }
+            res
+        }
+        Err(e) => {
+            server.metrics.error(e.kind());
+            pool.report(&server, false);
+            tracing::warn!(pool = %pool.name, upstream = server.addr.as_str(), error = %e, "upstream request failed");
+            no_server(pool, Some(e))
+        }
+    }
+}
+
 /// Sends the request to the route's pool: a server the request has not tried, again after a
 /// failure when the request may be repeated, the route allows more tries, the pool's retry
 /// budget has room and the route's timeout has not run out.
@@ -353,7 +419,7 @@ pub(crate) async fn forward(
             break;
         }
         outcome.tries += 1;
-        outcome.upstream = Some(lease.server.addr.as_str().to_owned());
+        outcome.upstream = Some(lease.server.clone());
         let mut req = Request::new(if body.is_empty() {
             Body::empty()
         } else {
@@ -411,6 +477,11 @@ pub(crate) async fn forward(
     if let Some(res) = last {
         return res;
     }
+    no_server(pool, failure)
+}
+
+/// The answer when no upstream answered: why, as far as the gateway knows.
+fn no_server(pool: &Pool, failure: Option<UpstreamError>) -> Response<Body> {
     match failure {
         Some(UpstreamError::Timeout) => error(
             StatusCode::GATEWAY_TIMEOUT,
@@ -500,10 +571,10 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// gzip when the client takes it and the response is worth it; responses of unknown or large
+/// gzip (the client takes it) when the response is worth it; responses of unknown or large
 /// size stream through as they are.
-async fn compress(edge: &Edge, request: &HeaderMap, res: Response<Body>) -> Response<Body> {
-    if !crate::compress::accepts_gzip(request) || !crate::compress::compressible(res.headers()) {
+async fn compress_body(edge: &Edge, request: &HeaderMap, res: Response<Body>) -> Response<Body> {
+    if !crate::compress::compressible(res.headers()) {
         return res;
     }
     let Some(len) = content_length(res.headers()) else {

@@ -289,19 +289,6 @@ pub fn acceptor(resolver: Arc<ReloadingCert>, http2: bool) -> TlsAcceptor {
     TlsAcceptor::from(server_config(resolver, http2))
 }
 
-/// Loads the pair, starts polling the files every `reload_interval_ms` and (on Unix) reloading
-/// at SIGHUP, and returns an HTTP/2-capable acceptor. Needs a running tokio runtime; the
-/// background tasks live as long as the process.
-pub fn acceptor_from_settings(settings: &TlsSettings) -> Result<TlsAcceptor, TlsError> {
-    let resolver = Arc::new(ReloadingCert::load(settings)?);
-    resolver
-        .clone()
-        .spawn_watcher(Duration::from_millis(settings.reload_interval_ms));
-    #[cfg(unix)]
-    spawn_sighup_reload(resolver.clone());
-    Ok(acceptor(resolver, true))
-}
-
 /// Reloads at every SIGHUP, the usual "read your files again" signal of servers.
 #[cfg(unix)]
 fn spawn_sighup_reload(resolver: Arc<ReloadingCert>) {
@@ -317,6 +304,38 @@ fn spawn_sighup_reload(resolver: Arc<ReloadingCert>) {
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; tls reloads by polling only")
         }
+    }
+}
+
+/// TLS termination for a listener: loads the pair, polls the files every
+/// `reload_interval_ms` and (on Unix) reloads at SIGHUP; offers HTTP/2 by ALPN. Needs a running
+/// tokio runtime; the background tasks live as long as the process.
+#[derive(Clone)]
+pub struct Terminator {
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for Terminator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Terminator")
+    }
+}
+
+impl Terminator {
+    pub fn start(settings: &TlsSettings) -> Result<Self, String> {
+        let certificate = Arc::new(ReloadingCert::load(settings).map_err(|e| e.to_string())?);
+        certificate
+            .clone()
+            .spawn_watcher(Duration::from_millis(settings.reload_interval_ms));
+        #[cfg(unix)]
+        spawn_sighup_reload(certificate.clone());
+        Ok(Self {
+            acceptor: acceptor(certificate, true),
+        })
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
     }
 }
 
@@ -668,37 +687,3 @@ mod tests {
     }
 }
 
-/// TLS termination for a listener: the acceptor, and the certificate behind it for reloads.
-#[derive(Clone)]
-pub struct Terminator {
-    certificate: Arc<ReloadingCert>,
-    acceptor: TlsAcceptor,
-}
-
-impl std::fmt::Debug for Terminator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Terminator")
-    }
-}
-
-impl Terminator {
-    /// Loads the pair and starts watching the files (HTTP/2 offered by ALPN).
-    pub fn start(settings: &TlsSettings) -> Result<Self, String> {
-        let certificate = Arc::new(ReloadingCert::load(settings).map_err(|e| e.to_string())?);
-        certificate
-            .clone()
-            .spawn_watcher(Duration::from_millis(settings.reload_interval_ms));
-        Ok(Self {
-            acceptor: acceptor(certificate.clone(), true),
-            certificate,
-        })
-    }
-
-    pub fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor.clone()
-    }
-
-    pub fn certificate(&self) -> Arc<ReloadingCert> {
-        self.certificate.clone()
-    }
-}

@@ -43,11 +43,11 @@ pub async fn run(
     #[cfg(unix)]
     {
         let gateway = gateway.clone();
-        let certificate = tls.as_ref().map(|t| t.certificate());
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot watch SIGHUP")?;
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
+                // The certificate reloads itself on SIGHUP too (`tls::Terminator`).
                 tracing::info!(signal = "SIGHUP", "reloading the configuration");
                 match reload().map(|s| gateway.reload(&s.gateway)) {
                     Ok(Ok(())) => {}
@@ -58,11 +58,6 @@ pub async fn run(
                         error = format!("{e:#}"),
                         "new configuration refused; the old one stays"
                     ),
-                }
-                if let Some(cert) = &certificate
-                    && let Err(e) = cert.reload_now()
-                {
-                    tracing::error!(error = %e, "certificate reload failed; the old one stays");
                 }
             }
         });

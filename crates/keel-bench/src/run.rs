@@ -601,7 +601,11 @@ fn server_command(ctx: &Ctx, sys: &System) -> anyhow::Result<Command> {
             // The embedded row is `keel up` itself, so the in-process gateway it puts in front
             // of the API is measured (issue 5: no proxy tax in the one-process default); the
             // engine rows are `keel serve`, the role that runs behind a load balancer.
-            let role = if engine == Engine::Sqlite { "up" } else { "serve" };
+            let role = if engine == Engine::Sqlite {
+                "up"
+            } else {
+                "serve"
+            };
             cmd.arg(ctx.args.keel_bin.canonicalize()?)
                 .arg(role)
                 .arg("--config")

@@ -463,7 +463,10 @@ mod tests {
         assert!(p.check_result(&a, false, "503"));
         assert!(!a.is_healthy());
         let b = p.servers()[1].clone();
-        assert!(p.pick("/", &HeaderMap::new(), std::slice::from_ref(&b)).is_none());
+        assert!(
+            p.pick("/", &HeaderMap::new(), std::slice::from_ref(&b))
+                .is_none()
+        );
         assert!(!p.check_result(&a, true, ""));
         assert!(p.check_result(&a, true, ""));
         assert!(a.is_healthy());

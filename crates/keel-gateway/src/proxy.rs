@@ -368,7 +368,14 @@ pub(crate) async fn forward_owned(
     outcome.upstream = Some(server.clone());
     server.metrics.requests.increment(1);
     let sent = Instant::now();
-    let req = Request::from_parts(head, if body.is_empty() { Body::empty() } else { Body::from(body) });
+    let req = Request::from_parts(
+        head,
+        if body.is_empty() {
+            Body::empty()
+        } else {
+            Body::from(body)
+        },
+    );
     let result = tokio::time::timeout(route.timeout, pool.transport.send(&server.addr, req, peer))
         .await
         .unwrap_or(Err(UpstreamError::Timeout));
@@ -456,6 +463,7 @@ pub(crate) async fn forward(
             }
             Err(e) => {
                 server.metrics.error(e.kind());
+                eprintln!("DEBUGXX {e} {:?}", head);
                 pool.report(&server, false);
                 tracing::warn!(
                     pool = %pool.name,

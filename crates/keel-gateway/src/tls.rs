@@ -686,4 +686,3 @@ mod tests {
         assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     }
 }
-

@@ -366,7 +366,10 @@ pub fn route(prefix: &str, pool: &str) -> RouteSettings {
 }
 
 /// Polls `check` every 20 ms until it holds or `within` passes; how long it took, if it held.
-pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
+pub async fn eventually(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Option<Duration> {
     let started = Instant::now();
     loop {
         if check().await {

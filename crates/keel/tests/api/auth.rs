@@ -446,3 +446,67 @@ async fn an_admin_disables_and_enables_an_account(backend: Backend) {
         "{actions:?}"
     );
 }
+
+/// The client address the IdP audits: the peer, unless the peer is a trusted proxy; then the
+/// first address from the right of `X-Forwarded-For` that is not a trusted proxy.
+async fn audited_client_of_a_failed_login(app: &TestApp, forwarded_for: &str) -> String {
+    let email = format!("{}@proxy.test", uuid::Uuid::new_v4().simple());
+    let res = app
+        .client
+        .post(format!("{}/auth/login", app.address))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"email": email, "password": "not the password at all"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // Newest first, and this test signs in one at a time: the first is this attempt's.
+    let events: Value = app
+        .get("/auth/audit?action=login_failed&limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    events["events"][0]["client"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no audited client: {events}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+    let untrusting = spawn_app(Backend::Sqlite).await;
+    assert_eq!(
+        audited_client_of_a_failed_login(&untrusting, "198.51.100.7").await,
+        "127.0.0.1",
+        "without trusted proxies a client cannot choose its address"
+    );
+    untrusting.stop().await;
+
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.server.trusted_proxies = vec!["127.0.0.1/32".to_owned(), "10.0.0.0/8".to_owned()];
+    })
+    .await;
+    assert_eq!(
+        audited_client_of_a_failed_login(&app, "198.51.100.7").await,
+        "198.51.100.7"
+    );
+    // What the client wrote left of the last untrusted hop proves nothing.
+    assert_eq!(
+        audited_client_of_a_failed_login(&app, "203.0.113.1, 198.51.100.7, 10.1.2.3").await,
+        "198.51.100.7"
+    );
+    assert_eq!(
+        audited_client_of_a_failed_login(&app, "garbage").await,
+        "127.0.0.1"
+    );
+    app.stop().await;
+}
+
+#[test]
+fn bad_trusted_proxies_are_refused_with_the_key_named() {
+    let mut settings = keel_config::Settings::default();
+    settings.server.trusted_proxies = vec!["10.0.0.1/8".to_owned()];
+    let err = settings.validate().unwrap_err();
+    assert!(err.contains("server.trusted_proxies"), "{err}");
+}

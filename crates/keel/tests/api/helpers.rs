@@ -143,7 +143,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
 }
 
 /// Like `keel up`: the API and the worker role (relay, workers) in one process, with the
-/// embedded queue under the test's directory.
+/// embedded queue under the test's directory, served through the in-process gateway.
 pub async fn spawn_up_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database(backend, dir.path()).await;
@@ -162,7 +162,12 @@ async fn spawn(settings: Settings, dir: tempfile::TempDir, workers: bool) -> Tes
         .await
         .expect("app builds");
     if workers {
-        app = app.with_workers().await.expect("workers start");
+        // As `keel up` does: the workers, and the gateway in front of the API.
+        app = app
+            .with_workers()
+            .await
+            .expect("workers start")
+            .with_gateway();
     }
     // Without a database there is no admin to make; such tests use only public routes.
     let admin_account = match app.identity() {

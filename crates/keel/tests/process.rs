@@ -48,8 +48,14 @@ impl Drop for Running {
 
 /// Starts `keel serve` on `port` with `data_dir` and extra environment, and waits until ready.
 fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Running {
+    start_role("serve", data_dir, port, env)
+}
+
+/// Starts `keel <role>` (`serve`, or `up`: the API behind its in-process gateway, and the
+/// workers) and waits until ready.
+fn start_role(role: &str, data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Running {
     let mut cmd = Command::new(KEEL);
-    cmd.arg("serve")
+    cmd.arg(role)
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--listen")
@@ -362,6 +368,16 @@ async fn kill_under_write_back_load(dir: tempfile::TempDir, url: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_flushes_the_write_back_journal() {
+    sigterm_drains("serve").await;
+}
+
+/// The same through `keel up`'s in-process gateway, which holds the half-sent body itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_keel_up_through_its_gateway() {
+    sigterm_drains("up").await;
+}
+
+async fn sigterm_drains(role: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let env = [
@@ -370,7 +386,7 @@ async fn sigterm_drains_in_flight_requests_and_flushes_the_write_back_journal() 
         ("KEEL_SHUTDOWN__READINESS_GRACE_MS", "400"),
         ("KEEL_SHUTDOWN__DRAIN_DEADLINE_MS", "5000"),
     ];
-    let mut keel = start(dir.path(), port, &env);
+    let mut keel = start_role(role, dir.path(), port, &env);
     let (status, acked) = http(
         port,
         "POST",
@@ -601,10 +617,19 @@ fn migrate_creates_the_schema_and_exits() {
 
 #[test]
 fn sigterm_gives_up_on_a_stuck_request_at_the_drain_deadline() {
+    gives_up_at_the_drain_deadline("serve");
+}
+
+#[test]
+fn keel_up_gives_up_on_a_stuck_request_at_the_drain_deadline() {
+    gives_up_at_the_drain_deadline("up");
+}
+
+fn gives_up_at_the_drain_deadline(role: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let env = [("KEEL_SHUTDOWN__DRAIN_DEADLINE_MS", "500")];
-    let mut keel = start(dir.path(), port, &env);
+    let mut keel = start_role(role, dir.path(), port, &env);
     // A client that sends half a body and then nothing: it would hold the drain forever.
     let mut stuck = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(stuck, "POST /users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{").unwrap();

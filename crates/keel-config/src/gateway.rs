@@ -23,8 +23,6 @@ pub struct GatewaySettings {
     pub header_read_timeout_ms: u64,
     /// Longest time a client may take to send a request's body once its headers are in.
     pub body_read_timeout_ms: u64,
-    /// Idle keep-alive connections are closed after this long.
-    pub idle_timeout_ms: u64,
     /// Largest request head (request line and headers); larger gets 431.
     pub max_header_bytes: usize,
     /// Largest request body; larger (announced or sent) gets 413.
@@ -65,7 +63,6 @@ impl Default for GatewaySettings {
             tls: None,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
-            idle_timeout_ms: 60_000,
             max_header_bytes: 16 * 1024,
             max_body_bytes: 1024 * 1024,
             max_buffered_response_bytes: 1024 * 1024,

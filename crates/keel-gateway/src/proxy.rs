@@ -104,8 +104,24 @@ pub async fn handle(
         tries: 0,
         cache: None,
     };
+    // The gateway's own refusals (401, 429, 413, ...) carry the CORS grants too: a browser app
+    // could not read them otherwise, and would see a network error instead.
+    let origin = edge
+        .cors
+        .as_ref()
+        .and_then(|_| req.headers().get(header::ORIGIN).cloned());
     let mut res = match pipeline(&edge, req, peer, tls, &request_id, &mut outcome).await {
-        Ok(res) | Err(res) => res,
+        Ok(res) => res,
+        Err(mut res) => {
+            if let Some(cors) = &edge.cors {
+                let mut asked = HeaderMap::new();
+                if let Some(origin) = origin {
+                    asked.insert(header::ORIGIN, origin);
+                }
+                cors.apply(&asked, res.headers_mut());
+            }
+            res
+        }
     };
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
@@ -147,7 +163,9 @@ async fn pipeline<'e>(
     let client = canonical(peer.ip());
 
     // 1. Framing both ways at once is how requests are smuggled past proxies (RFC 9112 §6.1):
-    // refused, and the connection closed.
+    // refused, and the connection closed. (hyper's HTTP/1 parser already drops the length of
+    // such a request, reads the body as chunked and closes the connection after the answer, as
+    // §6.1 allows; this check is the second line.)
     if head.headers.contains_key(header::TRANSFER_ENCODING)
         && head.headers.contains_key(header::CONTENT_LENGTH)
     {
@@ -159,6 +177,15 @@ async fn pipeline<'e>(
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Err(res);
+    }
+    // hyper undoes only the final `chunked`: what another coding (`gzip, chunked`) left would
+    // reach the upstream, and the inspectors, as if it were the content (RFC 9112 §6.1: 501).
+    if head.headers.contains_key(header::TRANSFER_ENCODING) && !chunked_only(&head.headers) {
+        return Err(closing(error(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_coding",
+            "only the chunked transfer coding is supported",
+        )));
     }
     let path = head.uri.path();
     if edge.hidden.iter().any(|hidden| {
@@ -178,7 +205,12 @@ async fn pipeline<'e>(
     }
 
     // 2. Routing.
-    let host = host_of(&head.uri, &head.headers);
+    // Only read (and lower-case) the host when some route asks for one.
+    let host = if edge.routes.by_host() {
+        host_of(&head.uri, &head.headers)
+    } else {
+        None
+    };
     let Some(route) = edge.routes.find(host.as_deref(), head.uri.path()) else {
         return Err(error(
             StatusCode::NOT_FOUND,
@@ -249,17 +281,17 @@ async fn pipeline<'e>(
 
     // Headers for the upstream: hop-by-hop ones out, the forwarding ones in (the in-process API
     // reads the client's address from the connection, as if it had accepted it).
-    strip_hop_by_hop(&mut head.headers);
-    if route.pool.is_in_process() {
+    let in_process = route.pool.is_in_process();
+    if in_process {
         head.headers.insert(REQUEST_ID.clone(), request_id.clone());
     } else {
+        strip_hop_by_hop(&mut head.headers);
         forwarding_headers(&mut head, client, tls, request_id);
     }
 
     // What the way out needs of the request, kept before the request moves on.
-    let compress = edge.settings.compression.enabled
-        && head.method != Method::HEAD
-        && crate::compress::accepts_gzip(&head.headers);
+    // Clients that do not take gzip pass too: their copy still needs `Vary: Accept-Encoding`.
+    let compress = edge.settings.compression.enabled && head.method != Method::HEAD;
     let mut asked = HeaderMap::new();
     if compress {
         copy_header(&head.headers, &mut asked, header::ACCEPT_ENCODING);
@@ -275,8 +307,10 @@ async fn pipeline<'e>(
         forward_owned(route, head, body, peer, outcome).await
     };
 
-    // 7. On the way out.
-    strip_hop_by_hop(res.headers_mut());
+    // 7. On the way out (the in-process API's responses carry no connection headers).
+    if !in_process {
+        strip_hop_by_hop(res.headers_mut());
+    }
     if let Some(cors) = &edge.cors {
         cors.apply(&asked, res.headers_mut());
     }
@@ -323,6 +357,20 @@ async fn read_body(edge: &Edge, headers: &HeaderMap, body: Body) -> Result<Bytes
             "the request body was not sent in time",
         ))),
     }
+}
+
+/// Whether the request's transfer codings are `chunked` alone, once.
+fn chunked_only(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    codings
+        .next()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none()
 }
 
 fn too_large() -> Response<Body> {
@@ -463,7 +511,6 @@ pub(crate) async fn forward(
             }
             Err(e) => {
                 server.metrics.error(e.kind());
-                eprintln!("DEBUGXX {e} {:?}", head);
                 pool.report(&server, false);
                 tracing::warn!(
                     pool = %pool.name,
@@ -542,9 +589,18 @@ fn forwarding_headers(
     request_id: &HeaderValue,
 ) {
     let headers = &mut head.headers;
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client.to_string(),
+    // Several field lines are one comma-separated list (RFC 9110 §5.3): all of them are kept.
+    let earlier: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let forwarded_for = if earlier.is_empty() {
+        client.to_string()
+    } else {
+        format!("{}, {client}", earlier.join(", "))
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
@@ -581,7 +637,11 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// gzip (the client takes it) when the response is worth it; responses of unknown or large
 /// size stream through as they are.
-async fn compress_body(edge: &Edge, request: &HeaderMap, res: Response<Body>) -> Response<Body> {
+async fn compress_body(
+    edge: &Edge,
+    request: &HeaderMap,
+    mut res: Response<Body>,
+) -> Response<Body> {
     if !crate::compress::compressible(res.headers()) {
         return res;
     }
@@ -591,6 +651,11 @@ async fn compress_body(edge: &Edge, request: &HeaderMap, res: Response<Body>) ->
     if len < edge.settings.compression.min_bytes as u64
         || len > edge.settings.max_buffered_response_bytes as u64
     {
+        return res;
+    }
+    if !crate::compress::accepts_gzip(request) {
+        // Sent plain, but another client gets it gzipped: caches must keep the two apart.
+        crate::compress::add_vary(res.headers_mut(), "accept-encoding");
         return res;
     }
     let (mut parts, body) = res.into_parts();

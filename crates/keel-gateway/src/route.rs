@@ -77,7 +77,7 @@ impl Route {
 
 /// Routes in match order: routes for a host before host-less ones, longer prefixes first.
 #[derive(Debug, Default)]
-pub struct Routes(Vec<Arc<Route>>);
+pub struct Routes(Vec<Arc<Route>>, bool);
 
 impl Routes {
     pub fn new(routes: Vec<Route>) -> Self {
@@ -88,7 +88,13 @@ impl Routes {
                 .cmp(&a.host.is_some())
                 .then(b.prefix.len().cmp(&a.prefix.len()))
         });
-        Self(routes)
+        let by_host = routes.iter().any(|r| r.host.is_some());
+        Self(routes, by_host)
+    }
+
+    /// Whether any route names a host (else the host need not be read).
+    pub fn by_host(&self) -> bool {
+        self.1
     }
 
     /// The route for a request: `host` without its port, lower-cased.

@@ -635,8 +635,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// gzip (the client takes it) when the response is worth it; responses of unknown or large
-/// size stream through as they are.
+/// gzip when the client takes it and the response is worth it (`Vary: Accept-Encoding` either
+/// way); responses of unknown or large size stream through as they are.
 async fn compress_body(
     edge: &Edge,
     request: &HeaderMap,

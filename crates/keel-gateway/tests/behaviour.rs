@@ -358,6 +358,72 @@ async fn a_post_that_got_a_503_is_not_retried() {
     );
 }
 
+/// A server that reads a request and closes the connection without answering; counts them.
+async fn slammer() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                if let Ok(n) = stream.read(&mut buf).await
+                    && n > 0
+                {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_broken_after_sending_is_retried_only_when_idempotent() {
+    let (broken, received) = slammer().await;
+    let good = Upstream::start("good").await;
+    let mut p = pool_of("p", vec![broken, good.authority()]);
+    p.health_path = String::new();
+    let mut r = route("/", "p");
+    r.retries = 1;
+    let gw = Gw::start(settings(vec![p], vec![r])).await;
+    let client = client();
+
+    for _ in 0..4 {
+        assert_eq!(gw.get("/").await, (200, "good".to_owned()));
+    }
+    assert!(
+        received.load(Ordering::SeqCst) >= 1,
+        "no GET met the broken server"
+    );
+    assert_eq!(good.hits(), 4);
+
+    // The POST may have been acted on: not sent again.
+    let mut failed = 0;
+    for _ in 0..4 {
+        let res = client
+            .post(gw.url("/orders"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            200 => {}
+            502 => {
+                assert_eq!(code(&res.text().await.unwrap()), "upstream_failed");
+                failed += 1;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(failed >= 1, "no POST met the broken server");
+    let posts = good.seen().iter().filter(|s| s.method == "POST").count();
+    assert_eq!(posts + failed, 4, "a POST that broke was sent again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stop_at_the_routes_limit() {
     let ups = [
@@ -597,7 +663,17 @@ async fn request_ids_are_generated_kept_or_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_set_and_hop_by_hop_headers_dropped() {
-    let up = Upstream::start("a").await;
+    // The upstream's answer carries hop-by-hop headers of its own.
+    let up = Upstream::with("a", |_, _| {
+        Response::builder()
+            .header("connection", "x-up-secret")
+            .header("x-up-secret", "1")
+            .header("keep-alive", "timeout=1")
+            .header("x-up-kept", "yes")
+            .body(Body::from("a"))
+            .unwrap()
+    })
+    .await;
     let gw = Gw::start(settings(vec![pool("p", &[&up])], vec![route("/", "p")])).await;
     let client = client();
 
@@ -613,6 +689,11 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_dropped() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    let back = res.headers();
+    assert_eq!(back["x-up-kept"], "yes");
+    for dropped in ["x-up-secret", "keep-alive"] {
+        assert!(!back.contains_key(dropped), "{dropped} reached the client");
+    }
 
     let seen = up.last();
     assert_eq!(
@@ -639,6 +720,26 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_dropped() {
     // Without an earlier hop the client's address starts the list.
     client.get(gw.url("/fwd")).send().await.unwrap();
     assert_eq!(up.last().header("x-forwarded-for"), Some("127.0.0.1"));
+
+    // Several field lines are one list (RFC 9110 §5.3): every hop is kept, in order.
+    client
+        .get(gw.url("/fwd"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .header("x-forwarded-for", "198.51.100.2, 198.51.100.3")
+        .send()
+        .await
+        .unwrap();
+    let seen = up.last();
+    let lines: Vec<&str> = seen
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        ["198.51.100.1, 198.51.100.2, 198.51.100.3, 127.0.0.1"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -965,6 +1066,66 @@ async fn cors_preflights_are_answered_at_the_edge() {
     assert_eq!(up.hits(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_refusals_carry_cors_grants() {
+    // A browser app must be able to read a 401 or a 429 (and its Retry-After), or it sees a
+    // network error instead.
+    let idp = Idp::start().await;
+    let up = Upstream::start("a").await;
+    let mut secured = route("/me", "p");
+    secured.jwt = Some("edge".to_owned());
+    let mut limited = route("/limited", "p");
+    limited.rate_limit = Some("per-ip".to_owned());
+    let mut s = settings(vec![pool("p", &[&up])], vec![secured, limited]);
+    s.jwt = vec![idp.settings("edge", "keel")];
+    s.rate_limits = vec![limit("per-ip", "ip", 1)];
+    s.cors = Some(CorsSettings {
+        allow_origins: vec!["https://app.example.test".to_owned()],
+        ..CorsSettings::default()
+    });
+    let gw = Gw::start(s).await;
+    let client = client();
+    let get = async |path: &str, origin: &str| {
+        client
+            .get(gw.url(path))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap()
+    };
+
+    let res = get("/me", "https://app.example.test").await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example.test"
+    );
+    assert_eq!(res.headers()["vary"], "origin");
+    assert_eq!(
+        get("/limited", "https://app.example.test").await.status(),
+        200
+    );
+    let res = get("/limited", "https://app.example.test").await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example.test"
+    );
+    let exposed = res.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("x-request-id"), "{exposed}");
+    let res = get("/nowhere", "https://app.example.test").await;
+    assert_eq!(res.status(), 404);
+    assert!(res.headers().contains_key("access-control-allow-origin"));
+
+    // Other origins still get no grant.
+    let res = get("/me", "https://evil.example.test").await;
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(up.hits(), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 13. Compression
 // ---------------------------------------------------------------------------------------------
@@ -1012,6 +1173,7 @@ async fn large_json_is_gzipped_for_clients_that_accept_it() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-encoding"], "gzip");
+    assert_eq!(res.headers()["vary"], "accept-encoding");
     let compressed = res.bytes().await.unwrap();
     assert!(compressed.len() < big.len() / 2, "{}", compressed.len());
     let mut plain = Vec::new();
@@ -1020,8 +1182,11 @@ async fn large_json_is_gzipped_for_clients_that_accept_it() {
         .unwrap();
     assert_eq!(plain, big);
 
+    // The plain copy varies too: a cache in front must not hand it to the next gzip client
+    // as if it were the only representation.
     let res = client.get(gw.url("/big")).send().await.unwrap();
     assert!(res.headers().get("content-encoding").is_none());
+    assert_eq!(res.headers()["vary"], "accept-encoding");
     assert_eq!(res.bytes().await.unwrap().as_ref(), big.as_slice());
 
     let res = client
@@ -1031,7 +1196,65 @@ async fn large_json_is_gzipped_for_clients_that_accept_it() {
         .await
         .unwrap();
     assert!(res.headers().get("content-encoding").is_none());
+    assert!(res.headers().get("vary").is_none());
     assert_eq!(res.bytes().await.unwrap().as_ref(), small.as_slice());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_responses_are_compressed_per_client() {
+    let big = json_of_size(5000);
+    let body = big.clone();
+    let up = Upstream::with("origin", move |_, _| {
+        Response::builder()
+            .header("content-type", "application/json")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"big1\"")
+            .body(Body::from(body.clone()))
+            .unwrap()
+    })
+    .await;
+    let gw = cached_gateway(&up).await;
+    let client = client();
+
+    for want in ["MISS", "HIT"] {
+        let res = client
+            .get(gw.url("/big"))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(x_cache(&res), want);
+        assert_eq!(res.headers()["content-encoding"], "gzip");
+        // The gzip bytes are not the stored ones: the validator is weakened.
+        assert_eq!(res.headers()["etag"], "W/\"big1\"");
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(res.bytes().await.unwrap().as_ref())
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, big);
+    }
+    let res = client.get(gw.url("/big")).send().await.unwrap();
+    assert_eq!(x_cache(&res), "HIT");
+    assert!(res.headers().get("content-encoding").is_none());
+    assert_eq!(res.headers()["etag"], "\"big1\"");
+    assert_eq!(res.bytes().await.unwrap().as_ref(), big.as_slice());
+    // The weak validator the gzip client holds still matches (weak comparison).
+    let res = client
+        .get(gw.url("/big"))
+        .header("accept-encoding", "gzip")
+        .header("if-none-match", "W/\"big1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 304);
+    assert_eq!(up.hits(), 1);
+
+    // An unsafe method goes through and drops the stored copy.
+    let res = client.post(gw.url("/big")).body("x").send().await.unwrap();
+    assert_eq!(x_cache(&res), "BYPASS");
+    let res = client.get(gw.url("/big")).send().await.unwrap();
+    assert_eq!(x_cache(&res), "MISS");
+    assert_eq!(up.hits(), 3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1187,6 +1410,16 @@ async fn fresh_responses_are_served_from_the_cache() {
     let res = client.get(gw.url("/fresh")).send().await.unwrap();
     assert_eq!(x_cache(&res), "HIT");
     assert_eq!(up.hits_on("/fresh"), 2);
+
+    // The host is part of the key.
+    let res = client
+        .get(gw.url("/fresh"))
+        .header("host", "other.example.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&res), "MISS");
+    assert_eq!(up.hits_on("/fresh"), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1509,7 +1742,7 @@ async fn reloads_under_load_drop_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_with_prior_knowledge_reaches_an_http1_upstream() {
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::{BodyExt, Full};
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let up = Upstream::start("a").await;
@@ -1524,7 +1757,7 @@ async fn h2c_with_prior_knowledge_reaches_an_http1_upstream() {
     for i in 0..3 {
         let req = http::Request::get(format!("http://{}/h2/{i}", gw.addr))
             .header("x-stream", i.to_string())
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(Bytes::new()))
             .unwrap();
         let res = sender.send_request(req).await.unwrap();
         assert_eq!(res.status(), 200);
@@ -1534,7 +1767,17 @@ async fn h2c_with_prior_knowledge_reaches_an_http1_upstream() {
         assert_eq!(body.as_ref(), b"a");
     }
 
-    let seen = up.seen();
+    // A body over HTTP/2 arrives whole, with its length, over HTTP/1.1.
+    let req = http::Request::post(format!("http://{}/h2/upload", gw.addr))
+        .body(Full::new(Bytes::from_static(b"over h2")))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let post = up.last();
+    assert_eq!(post.body.as_ref(), b"over h2");
+    assert_eq!(post.header("content-length"), Some("7"));
+
+    let seen = &up.seen()[..3];
     assert_eq!(seen.len(), 3);
     let host = gw.addr.to_string();
     for (i, s) in seen.iter().enumerate() {

@@ -104,6 +104,9 @@ impl Transport {
                     .path_and_query(pq)
                     .build()
                     .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+                // Upstreams are spoken to in HTTP/1.1 whatever the client spoke: a request that
+                // came in over HTTP/2 and moved here whole would be refused by the client.
+                *req.version_mut() = http::Version::HTTP_11;
                 match client.request(req).await {
                     Ok(res) => Ok(res.map(Body::new)),
                     Err(e) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),

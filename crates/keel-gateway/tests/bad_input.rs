@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use http::{HeaderMap, Method};
 use http_body_util::{BodyExt, Empty};
@@ -285,22 +285,28 @@ async fn a_slowloris_head_is_cut_off_at_the_header_timeout_while_others_are_serv
         }
     });
 
-    // Meanwhile another client is served at once.
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let parallel = Instant::now();
-    front.still_serves("/parallel").await;
-    assert!(
-        parallel.elapsed() < Duration::from_millis(400),
-        "the other client waited {:?}",
-        parallel.elapsed()
-    );
+    // When the gateway closes the slow connection, and what it said first.
+    let closed = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut rest)).await;
+        (outcome.is_ok(), Instant::now(), rest)
+    });
 
-    let mut rest = Vec::new();
-    let outcome = tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut rest)).await;
-    let elapsed = started.elapsed();
+    // Meanwhile another client is served, while the slow one still holds its connection.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    front.still_serves("/parallel").await;
+    let parallel_done = Instant::now();
+
+    let (was_closed, closed_at, rest) = closed.await.unwrap();
+    let elapsed = closed_at - started;
     assert!(
-        outcome.is_ok(),
+        was_closed,
         "the slow client must be disconnected; still open after {elapsed:?}"
+    );
+    assert!(
+        parallel_done < closed_at,
+        "the other client was served only after the slow one was gone"
     );
     assert!(
         elapsed >= Duration::from_millis(400) && elapsed <= Duration::from_millis(2_000),
@@ -363,9 +369,9 @@ async fn absurd_or_oversized_content_lengths_are_refused_before_the_upstream() {
     }
     assert!(front.seen().is_empty(), "{:?}", front.seen_lines());
 
-    // Over max_body_bytes (1 KiB) as announced: 413 at once, without waiting for the body.
+    // Over max_body_bytes (1 KiB) as announced: 413 at once, without waiting for the body
+    // (which never comes: had the gateway waited, the answer would be the body timeout's 408).
     let mut stream = TcpStream::connect(front.addr).await.unwrap();
-    let started = Instant::now();
     stream
         .write_all(b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
         .await
@@ -373,11 +379,6 @@ async fn absurd_or_oversized_content_lengths_are_refused_before_the_upstream() {
     let reply = read_reply(&mut stream, Duration::from_secs(3)).await;
     assert_eq!(reply.status, Some(413), "{reply:?}");
     assert!(reply.closed, "{reply:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(400),
-        "413 must come before the body timeout, took {:?}",
-        started.elapsed()
-    );
     // Sent without announcing (chunked), the limit holds as well.
     let chunk = "x".repeat(1500);
     let reply = exchange(

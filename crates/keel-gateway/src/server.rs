@@ -21,6 +21,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::Gateway;
 
+/// How long connections accepted just before a shutdown get to send their first request.
+const FRESH_CONNECTION_GRACE: Duration = Duration::from_millis(250);
+
 /// A listener with `SO_REUSEPORT`, so that a new gateway process can bind the same port while
 /// the old one drains (graceful restart): the kernel spreads new connections over both until
 /// the old one closes its listener. (With `net.ipv4.tcp_migrate_req=1`, connections waiting in
@@ -87,11 +90,20 @@ pub async fn serve(
         let builder = builder.clone();
         let is_tls = tls.is_some();
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let edge = gateway.edge();
+            let gateway = gateway.clone();
             async move {
-                Ok::<_, Infallible>(
-                    crate::proxy::handle(edge, req.map(Body::new), peer, is_tls).await,
-                )
+                let http1 = req.version() <= http::Version::HTTP_11;
+                let mut res =
+                    crate::proxy::handle(gateway.edge(), req.map(Body::new), peer, is_tls).await;
+                // A draining gateway asks HTTP/1.1 clients to reconnect (to its successor, or
+                // elsewhere behind the balancer) instead of sending more on this connection.
+                if http1 && gateway.is_draining() {
+                    res.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(res)
             }
         });
         match &tls {
@@ -135,7 +147,13 @@ pub async fn serve(
     }
     drop(listener);
     gateway.start_draining();
-    match tokio::time::timeout(drain, graceful.shutdown()).await {
+    // A connection accepted just before the listener closed has not sent its request yet, and
+    // a graceful shutdown closes such "idle" connections at once: the client would see a reset.
+    // It gets a moment to send it (and is then served, answered with `Connection: close`).
+    let settle = FRESH_CONNECTION_GRACE.min(drain);
+    let deadline = tokio::time::Instant::now() + drain;
+    tokio::time::sleep(settle).await;
+    match tokio::time::timeout_at(deadline, graceful.shutdown()).await {
         Ok(()) => tracing::info!("gateway connections drained"),
         Err(_) => tracing::warn!(
             drain_ms = drain.as_millis() as u64,

@@ -787,3 +787,106 @@ pool = "nowhere"
     let log = gateway.log();
     assert!(log.contains("nowhere"), "the message names the pool: {log}");
 }
+
+/// Lets the kernel move connections still queued on a closing `SO_REUSEPORT` listener to
+/// another listener of the group (Linux 5.14+). Without it, closing the old gateway's listener
+/// resets the connections that were accepted by the kernel but not yet by the process.
+fn enable_request_migration() -> bool {
+    let path = "/proc/sys/net/ipv4/tcp_migrate_req";
+    std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1")
+        || std::fs::write(path, "1").is_ok()
+}
+
+/// A restart without a dropped connection: a second gateway binds the same port
+/// (`SO_REUSEPORT`), the first is stopped with SIGTERM and drains, and clients opening a new
+/// connection for every request (the worst case for a listener handover) see no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_gateway_takes_the_port_over_while_the_old_one_drains() {
+    let _heavy = HEAVY.lock().await;
+    if !enable_request_migration() {
+        eprintln!("skipped: net.ipv4.tcp_migrate_req cannot be set on this machine");
+        return;
+    }
+    let mut cluster = Cluster::start(2, &[], &[]).await;
+    let users = cluster.create_users(CLIENTS).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<JoinHandle<Tally>> = users
+        .iter()
+        .map(|(id, _)| {
+            let stop = stop.clone();
+            let token = cluster.token.clone();
+            let user = cluster.url(&format!("/users/{id}"));
+            tokio::spawn(async move {
+                // No keep-alive: every request is a new connection through the handover.
+                let http = reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(0)
+                    .timeout(Duration::from_secs(15))
+                    .build()
+                    .unwrap();
+                let mut tally = Tally::default();
+                while !stop.load(Ordering::Relaxed) {
+                    record(&mut tally, "GET", http.get(&user).bearer_auth(&token), 200).await;
+                }
+                tally
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // The successor: same port, its own operations port.
+    let admin = free_port();
+    let config = cluster.config.with_file_name("successor.toml");
+    std::fs::write(
+        &config,
+        gateway_config(cluster.gateway_port, admin, &cluster.ports),
+    )
+    .unwrap();
+    let mut cmd = Command::new(KEEL);
+    cmd.arg("gateway")
+        .arg("--config")
+        .arg(&config)
+        .current_dir(config.parent().unwrap());
+    let mut successor = Running::spawn(&mut cmd);
+    wait_ready(&mut successor, &format!("http://127.0.0.1:{admin}/readyz")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    cluster.gateway.signal("TERM");
+    let exit = cluster
+        .gateway
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("the old gateway did not stop\n{}", cluster.logs()));
+    assert!(exit.success(), "{exit}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut tally = Tally::default();
+    for client in clients {
+        tally.merge(client.await.unwrap());
+    }
+    assert!(
+        tally.failures.is_empty(),
+        "{} failed of {:?}: {:#?}\n--- successor\n{}\n{}",
+        tally.failures.len(),
+        tally.ok,
+        &tally.failures[..tally.failures.len().min(10)],
+        tail(&successor.log()),
+        cluster.logs()
+    );
+    assert!(tally.ok("GET") > 100, "the load ran: {:?}", tally.ok);
+    // The successor served the clients after the old gateway left.
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let served: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("keel_gateway_requests_total") && l.contains("2xx"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(served > 10.0, "the successor served {served}: {metrics}");
+}

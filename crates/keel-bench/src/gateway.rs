@@ -14,6 +14,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -186,6 +187,8 @@ struct Ctx {
     data: Dataset,
     upstream_configs: Vec<PathBuf>,
     clk_tck: f64,
+    /// Every child alive now, for the signal watcher.
+    children: Registry,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -262,8 +265,10 @@ pub fn run(mut args: GatewayArgs) -> anyhow::Result<()> {
         data,
         upstream_configs: Vec::new(),
         clk_tck: clock_ticks(),
+        children: Registry::default(),
         args,
     };
+    watch_signals(ctx.children.clone()).context("watching for signals")?;
     let started = chrono::Utc::now();
     let load_start = report::loadavg();
 
@@ -294,7 +299,7 @@ pub fn run(mut args: GatewayArgs) -> anyhow::Result<()> {
             .arg(config)
             .arg("serve");
         // One after the other: the first makes the token signing key, the second finds it.
-        let mut p = Proc::spawn(&format!("upstream-{i}"), cmd, &log_path)?;
+        let mut p = Proc::spawn(&ctx.children, &format!("upstream-{i}"), cmd, &log_path)?;
         let t = p.wait_ready(upstream_addr(i), &log_path)?;
         log(format!(
             "upstream-{i}: keel serve on {} (core {}) up in {:.0} ms",
@@ -648,7 +653,7 @@ pool = "api"
         .arg("--config")
         .arg(&config)
         .arg("gateway");
-    Proc::spawn(row.key, cmd, log_path)
+    Proc::spawn(&ctx.children, row.key, cmd, log_path)
 }
 
 /// nginx as one would run it in front of these upstreams: keep-alive to them (`keepalive`,
@@ -722,7 +727,7 @@ http {{
         // The error log before the configuration is read (otherwise the default under /var/log).
         .arg("-e")
         .arg(dir.join("error.log"));
-    Proc::spawn(row.key, cmd, log_path)
+    Proc::spawn(&ctx.children, row.key, cmd, log_path)
 }
 
 /// CPU seconds (user and system) a process and its descendants have used so far; 0 for a
@@ -745,15 +750,117 @@ fn tree_cpu_secs(pid: u32, clk_tck: f64) -> f64 {
         .sum::<f64>()
 }
 
-/// A child process that is stopped when dropped: SIGTERM, then SIGKILL for it and what it
-/// started (nginx's workers) if it has not exited within 10 s.
+/// The children alive now (pid and name), for [`watch_signals`] to stop.
+#[derive(Clone, Default)]
+struct Registry(Arc<Mutex<Vec<(u32, String)>>>);
+
+impl Registry {
+    fn add(&self, pid: u32, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((pid, name.to_owned()));
+    }
+
+    fn remove(&self, pid: u32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, _)| *p != pid);
+    }
+
+    fn all(&self) -> Vec<(u32, String)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, stop every registered child and exit: a signal ends the process
+/// without unwinding, so no `Drop` would run, and the upstreams and nginx (whose workers outlive
+/// a killed master) would be left running.
+fn watch_signals(children: Registry) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut int, mut term, mut hup) = rt.block_on(async {
+        anyhow::Ok((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        ))
+    })?;
+    std::thread::spawn(move || {
+        let (name, code) = rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => ("SIGINT", 130),
+                _ = term.recv() => ("SIGTERM", 143),
+                _ = hup.recv() => ("SIGHUP", 129),
+            }
+        });
+        let children = children.all();
+        log(format!(
+            "{name}: stopping {} child process(es)",
+            children.len()
+        ));
+        for (pid, child) in children {
+            terminate(&child, pid, || !pid_alive(pid));
+        }
+        std::process::exit(code);
+    });
+    Ok(())
+}
+
+/// A process that has exited but not been reaped is a zombie: not alive.
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// SIGTERM to `pid`; if `exited` is not true within 10 s, SIGKILL to it and its descendants
+/// (nginx's workers outlive a killed master).
+fn terminate(name: &str, pid: u32, mut exited: impl FnMut() -> bool) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if exited() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log(format!(
+        "{name} (pid {pid}) ignored SIGTERM for 10 s; killing it and its children"
+    ));
+    let mut tree = vec![pid];
+    descendants(pid, &mut tree);
+    for p in tree {
+        let _ = Command::new("kill")
+            .args(["-KILL", &p.to_string()])
+            .status();
+    }
+}
+
+/// A child process that is stopped when dropped, on every way out of the benchmark (errors and
+/// panics included; signals through [`watch_signals`]).
 struct Proc {
     name: String,
     child: Child,
+    registry: Registry,
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log_path: &Path) -> anyhow::Result<Proc> {
+    fn spawn(
+        registry: &Registry,
+        name: &str,
+        mut cmd: Command,
+        log_path: &Path,
+    ) -> anyhow::Result<Proc> {
         let mut logf = File::options().create(true).append(true).open(log_path)?;
         writeln!(
             logf,
@@ -767,9 +874,11 @@ impl Proc {
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        registry.add(child.id(), name);
         Ok(Proc {
             name: name.to_owned(),
             child,
+            registry: registry.clone(),
         })
     }
 
@@ -778,14 +887,7 @@ impl Proc {
     }
 
     fn alive(&self) -> bool {
-        // `try_wait` needs `&mut`; a process that has exited but not been reaped is a zombie.
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.rfind(')')
-                    .and_then(|i| s[i + 1..].split_whitespace().next().map(|st| st != "Z"))
-            })
-            .unwrap_or(false)
+        pid_alive(self.pid())
     }
 
     /// Poll `GET /healthz` at `addr` until it answers 200 (through a proxy: until the whole
@@ -819,34 +921,15 @@ impl Proc {
         }
     }
 
+    /// SIGTERM, then SIGKILL for it and its children after 10 s; reaps it.
     fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
         let pid = self.pid();
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let child = &mut self.child;
+            terminate(&self.name, pid, || matches!(child.try_wait(), Ok(Some(_))));
+            let _ = self.child.wait();
         }
-        log(format!(
-            "{} (pid {pid}) ignored SIGTERM for 10 s; killing it and its children",
-            self.name
-        ));
-        let mut tree = Vec::new();
-        descendants(pid, &mut tree);
-        let _ = self.child.kill();
-        for p in tree {
-            let _ = Command::new("kill")
-                .args(["-KILL", &p.to_string()])
-                .status();
-        }
-        let _ = self.child.wait();
+        self.registry.remove(pid);
     }
 }
 

@@ -17,6 +17,10 @@ pub struct GatewaySettings {
     /// purge API. Kept off the public listener so that metrics and purges are not on the edge.
     /// Unset: no operations listener.
     pub admin_listen: Option<SocketAddr>,
+    /// Threads `keel gateway` serves on, each with its own listener on the same port
+    /// (`SO_REUSEPORT`), event loop and upstream connections, as nginx's worker processes;
+    /// 0: one per CPU. (`keel up` serves on the API's runtime.)
+    pub workers: usize,
     /// TLS termination; unset serves plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge).
     pub tls: Option<TlsSettings>,
     /// Longest time a client may take to send a request's headers (slow clients are closed).
@@ -60,6 +64,7 @@ impl Default for GatewaySettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             admin_listen: None,
+            workers: 0,
             tls: None,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
@@ -79,6 +84,16 @@ impl Default for GatewaySettings {
             jwt: Vec::new(),
             pools: Vec::new(),
             routes: Vec::new(),
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// `workers`, with 0 resolved to the number of CPUs.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
         }
     }
 }

@@ -205,6 +205,7 @@ impl Gateway {
                 (_, false) => Transport::http(
                     Duration::from_millis(p.connect_timeout_ms.max(1)),
                     p.max_idle_per_server,
+                    settings.worker_threads(),
                 ),
             };
             if p.servers.is_empty() && p.discovery_file.is_none() {

@@ -393,7 +393,13 @@ mod tests {
             ..PoolSettings::default()
         };
         tweak(&mut settings);
-        Pool::new(settings, Transport::http(Duration::from_secs(1), 4), 0.2, 2).unwrap()
+        Pool::new(
+            settings,
+            Transport::http(Duration::from_secs(1), 4, 0),
+            0.2,
+            2,
+        )
+        .unwrap()
     }
 
     #[tokio::test]

@@ -74,9 +74,14 @@ impl RequestIds {
                 return given.clone();
             }
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:08x}{:012x}", self.prefix, n & 0xffff_ffff_ffff);
-        HeaderValue::from_str(&id).expect("hex is a valid header value")
+        // 8 hex digits of process prefix, 12 of counter, without a formatting call.
+        let n = self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff;
+        let digits = (u128::from(self.prefix) << 48) | u128::from(n);
+        let mut id = [0u8; 20];
+        for (i, slot) in id.iter_mut().enumerate() {
+            *slot = b"0123456789abcdef"[((digits >> (4 * (19 - i))) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&id).expect("hex is a valid header value")
     }
 }
 
@@ -97,7 +102,10 @@ pub async fn handle(
     let started = Instant::now();
     let request_id = edge.ids.for_request(req.headers());
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = edge
+        .settings
+        .access_log
+        .then(|| req.uri().path().to_owned());
     let mut outcome = Outcome {
         route: None,
         upstream: None,
@@ -135,7 +143,7 @@ pub async fn handle(
             request_id = request_id.to_str().unwrap_or_default(),
             client = %peer.ip(),
             method = %method,
-            path = %path,
+            path = path.as_deref().unwrap_or_default(),
             status,
             route = outcome.route.map_or("-", |r| r.name.as_str()),
             upstream = outcome.upstream.as_ref().map_or("-", |s| s.addr.as_str()),

@@ -162,3 +162,64 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// `n` listeners on one address (`SO_REUSEPORT`: the kernel spreads connections over them), as
+/// standard listeners, to be served each on its own thread. Port 0 picks one free port for all.
+pub fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind(addr)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first.into_std()?];
+    for _ in 1..n.max(1) {
+        listeners.push(bind(addr)?.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// Serves each listener on a thread of its own with a single-threaded runtime (thread per
+/// core, as nginx's workers): a connection, its requests and their upstream connections stay
+/// on one thread, so no request pays a cross-thread wake-up. Must be called from a runtime
+/// (`shutdown` is awaited there); returns when every worker has drained.
+pub async fn serve_workers(
+    gateway: Arc<Gateway>,
+    listeners: Vec<std::net::TcpListener>,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let gateway = gateway.clone();
+        let tls = tls.clone();
+        let mut stopped = stopped.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("keel-gateway-{}", i + 1))
+            .spawn(move || -> std::io::Result<()> {
+                crate::upstream::set_worker(i + 1);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    let shutdown = async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    };
+                    serve(gateway, listener, tls, shutdown, drain).await
+                })
+            })?;
+        workers.push(worker);
+    }
+    shutdown.await;
+    let _ = stop.send(true);
+    tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            match worker.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "gateway worker failed"),
+                Err(_) => tracing::error!("gateway worker panicked"),
+            }
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)
+}

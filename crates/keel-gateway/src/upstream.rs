@@ -1,8 +1,10 @@
 //! How a request reaches an upstream server: over pooled HTTP/1.1 connections, or handed to the
 //! in-process API (`keel up`) as a tower service call, with no socket and no serialisation.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -21,8 +23,10 @@ pub const IN_PROCESS: &str = "in-process";
 
 #[derive(Clone)]
 pub enum Transport {
-    /// Boxed: the client is large and a pool holds one transport for its whole life.
-    Http(Box<Client<HttpConnector, Body>>),
+    /// A pooled client per gateway worker thread, and one (the first) for everything else
+    /// (health checks, `keel up`): a request, its pooled connection and that connection's task
+    /// stay on one thread, with no cross-thread wake-up per request.
+    Http(Arc<[Client<HttpConnector, Body>]>),
     InProcess(InProcess),
 }
 
@@ -63,23 +67,39 @@ impl UpstreamError {
     }
 }
 
+thread_local! {
+    /// This thread's gateway worker number (1…); 0 on every other thread.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as gateway worker `n` (from 1): its requests use their own
+/// upstream connections.
+pub fn set_worker(n: usize) {
+    WORKER.with(|w| w.set(n));
+}
+
 impl Transport {
-    /// Pooled HTTP/1.1 to upstreams: keep-alive connections, `TCP_NODELAY`, a connect timeout.
-    pub fn http(connect_timeout: Duration, max_idle_per_server: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(max_idle_per_server)
-            // A request on a pooled connection the server closed before it was written is sent
-            // again on a new connection: it never reached the server.
-            .retry_canceled_requests(true)
-            .build(connector);
-        Self::Http(Box::new(client))
+    /// Pooled HTTP/1.1 to upstreams for `workers` worker threads: keep-alive connections,
+    /// `TCP_NODELAY`, a connect timeout.
+    pub fn http(connect_timeout: Duration, max_idle_per_server: usize, workers: usize) -> Self {
+        let clients: Vec<_> = (0..=workers)
+            .map(|_| {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(connect_timeout));
+                connector.enforce_http(true);
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .pool_max_idle_per_host(max_idle_per_server)
+                    // A request on a pooled connection the server closed before it was written
+                    // is sent again on a new connection: it never reached the server.
+                    .retry_canceled_requests(true)
+                    .build(connector)
+            })
+            .collect();
+        Self::Http(clients.into())
     }
 
     pub async fn send(
@@ -89,20 +109,19 @@ impl Transport {
         peer: SocketAddr,
     ) -> Result<Response<Body>, UpstreamError> {
         match self {
-            Self::Http(client) => {
+            Self::Http(clients) => {
                 let SocketOrName::Name(authority) = server else {
                     return Err(UpstreamError::Connect("not an HTTP server".to_owned()));
                 };
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |pq| pq.as_str())
-                    .to_owned();
-                *req.uri_mut() = http::Uri::builder()
-                    .scheme("http")
-                    .authority(authority.as_str())
-                    .path_and_query(pq)
-                    .build()
+                let client = &clients[WORKER.with(Cell::get) % clients.len()];
+                // The client's path and query as they are (no second parse), on the server.
+                let mut parts = std::mem::take(req.uri_mut()).into_parts();
+                parts.scheme = Some(http::uri::Scheme::HTTP);
+                parts.authority = Some(authority.clone());
+                if parts.path_and_query.is_none() {
+                    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+                }
+                *req.uri_mut() = http::Uri::from_parts(parts)
                     .map_err(|e| UpstreamError::Connect(e.to_string()))?;
                 // Upstreams are spoken to in HTTP/1.1 whatever the client spoke: a request that
                 // came in over HTTP/2 and moved here whole would be refused by the client.

@@ -21,9 +21,10 @@ pub async fn run(
     reload: impl Fn() -> anyhow::Result<Settings> + Send + 'static,
 ) -> anyhow::Result<()> {
     let gateway = Gateway::new(&settings.gateway, None, Vec::new()).map_err(anyhow::Error::msg)?;
-    let listener = keel_gateway::server::bind(settings.gateway.listen)
+    let workers = settings.gateway.worker_threads();
+    let listeners = keel_gateway::server::bind_workers(settings.gateway.listen, workers)
         .with_context(|| format!("cannot listen on {}", settings.gateway.listen))?;
-    let addr = listener.local_addr()?;
+    let addr = listeners[0].local_addr()?;
     let tls = match &settings.gateway.tls {
         Some(tls) => Some(keel_gateway::tls::Terminator::start(tls).map_err(anyhow::Error::msg)?),
         None => None,
@@ -69,6 +70,7 @@ pub async fn run(
         listen = %addr,
         routes = edge.routes.iter().count(),
         pools = edge.pools.len(),
+        workers,
         startup_ms = started.elapsed().as_millis() as u64,
         "keel is ready"
     );
@@ -91,9 +93,9 @@ pub async fn run(
         draining.start_draining();
         tokio::time::sleep(grace).await;
     };
-    keel_gateway::server::serve(
+    keel_gateway::server::serve_workers(
         gateway,
-        listener,
+        listeners,
         tls.map(|t| t.acceptor()),
         stop,
         Duration::from_millis(settings.shutdown.drain_deadline_ms),

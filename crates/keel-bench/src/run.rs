@@ -17,6 +17,10 @@ use crate::wrk::{self, WrkResult, WrkSpec};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
+    /// The role of the embedded row: `up` (the default: `keel up`, the in-process gateway in
+    /// front of the API, and the workers) or `serve` (the API alone), for an A/B of the two.
+    #[arg(long, env = "KEEL_BENCH_EMBEDDED_ROLE", default_value = "up")]
+    pub embedded_role: String,
     /// Quick mode: 3 s runs after a 1 s warm-up (and 500,000 users unless --users is given).
     #[arg(long, env = "KEEL_BENCH_QUICK")]
     pub quick: bool,
@@ -602,7 +606,7 @@ fn server_command(ctx: &Ctx, sys: &System) -> anyhow::Result<Command> {
             // of the API is measured (issue 5: no proxy tax in the one-process default); the
             // engine rows are `keel serve`, the role that runs behind a load balancer.
             let role = if engine == Engine::Sqlite {
-                "up"
+                ctx.args.embedded_role.as_str()
             } else {
                 "serve"
             };

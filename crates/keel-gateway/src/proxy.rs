@@ -432,9 +432,16 @@ pub(crate) async fn forward_owned(
             Body::from(body)
         },
     );
-    let result = tokio::time::timeout(route.timeout, pool.transport.send(&server.addr, req, peer))
-        .await
-        .unwrap_or(Err(UpstreamError::Timeout));
+    let send = pool.transport.send(&server.addr, req, peer);
+    // The in-process API keeps its own request timeout (`server.request_timeout_ms`): a second
+    // timer per request here would only cost.
+    let result = if pool.is_in_process() {
+        send.await
+    } else {
+        tokio::time::timeout(route.timeout, send)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    };
     server.metrics.latency.record(sent.elapsed().as_secs_f64());
     match result {
         Ok(res) => {

@@ -2,7 +2,6 @@
 //! in-process API (`keel up`) as a tower service call, with no socket and no serialisation.
 
 use std::cell::Cell;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +12,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
 
-/// The in-process API: the axum router as a service.
-pub type InProcess = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+/// The in-process API: the axum router itself (a clone is an `Arc` increment, and its future
+/// is not boxed again, as a type-erased service's would be).
+pub type InProcess = axum::Router;
 
 /// The address the in-process upstream is known by in metrics and logs.
 pub const IN_PROCESS: &str = "in-process";

@@ -227,8 +227,7 @@ impl Application {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let drain = Duration::from_millis(settings.shutdown.drain_deadline_ms);
         let mut server = if gateway {
-            let api = tower::util::BoxCloneSyncService::new(router);
-            let front = keel_gateway::Gateway::new(&settings.gateway, Some(api), Vec::new())
+            let front = keel_gateway::Gateway::new(&settings.gateway, Some(router), Vec::new())
                 .map_err(anyhow::Error::msg)?;
             let tls = match &settings.gateway.tls {
                 Some(tls) => Some(

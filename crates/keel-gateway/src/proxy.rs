@@ -403,8 +403,9 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-/// [`forward`], but a request that can have only one try moves to the upstream as it is
-/// (no copy of its head kept for a second try): the `keel up` path to the in-process API.
+/// [`forward`], but a request that can have only one try (no retries, or one server) moves to
+/// the upstream as it is, with no copy of its head kept for a second try: among others the
+/// `keel up` path to the in-process API.
 pub(crate) async fn forward_owned(
     route: &Route,
     head: http::request::Parts,
@@ -413,7 +414,8 @@ pub(crate) async fn forward_owned(
     outcome: &mut Outcome<'_>,
 ) -> Response<Body> {
     let pool: &Pool = &route.pool;
-    if route.retries > 0 || pool.len() > 1 {
+    // A second try needs a second server: with one, nothing is kept for it.
+    if route.retries > 0 && pool.len() > 1 {
         return forward(route, &head, body, peer, outcome).await;
     }
     let Some(lease) = pool.pick(head.uri.path(), &head.headers, &[]) else {

@@ -4,8 +4,8 @@
 //! directory, or `--config FILE`), then `KEEL_*` environment variables, where `__` separates
 //! sections: `KEEL_SERVER__LISTEN=0.0.0.0:8080`, `KEEL_CACHE__USERS__STRATEGY=write-back`.
 //! Unknown keys in any layer are an error, so a typo never silently falls back to a default.
-//! Environment values are read as TOML scalars when they look like one (`true`, `42`, `0.5`) and
-//! as strings otherwise; quote a value (`KEEL_X='"42"'`) to force a string.
+//! Environment values are read as TOML scalars or arrays when they look like one (`true`, `42`,
+//! `0.5`, `["a", "b"]`) and as strings otherwise; quote a value (`KEEL_X='"42"'`) to force a string.
 //!
 //! - [`settings`]: the tree, with a doc comment on every key (README's table mirrors them).
 //! - [`secret`]: [`Secret`], a value that never prints.

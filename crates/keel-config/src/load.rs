@@ -77,7 +77,8 @@ pub fn load(
     Ok(settings)
 }
 
-/// An environment value as a TOML scalar when it reads as one, else as a plain string.
+/// An environment value as a TOML scalar or array when it reads as one (`42`, `true`,
+/// `["127.0.0.1/32"]`), else as a plain string.
 fn env_value(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut table) => match table.remove("v") {
@@ -85,7 +86,8 @@ fn env_value(raw: &str) -> toml::Value {
                 value @ (toml::Value::String(_)
                 | toml::Value::Integer(_)
                 | toml::Value::Float(_)
-                | toml::Value::Boolean(_)),
+                | toml::Value::Boolean(_)
+                | toml::Value::Array(_)),
             ) => value,
             _ => toml::Value::String(raw.to_owned()),
         },
@@ -225,6 +227,25 @@ mod tests {
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
         let err = load(Some(Path::new("/definitely/not/here.toml")), env(&[])).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn environment_arrays_set_lists() {
+        let settings = load(
+            None,
+            env(&[(
+                "KEEL_SERVER__TRUSTED_PROXIES",
+                r#"["127.0.0.1/32", "10.0.0.0/8"]"#,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.server.trusted_proxies,
+            ["127.0.0.1/32", "10.0.0.0/8"]
+        );
+        // Not an array, so a string: which this key refuses, naming it.
+        let err = load(None, env(&[("KEEL_SERVER__TRUSTED_PROXIES", "[not toml")])).unwrap_err();
+        assert!(err.to_string().contains("server.trusted_proxies"), "{err}");
     }
 
     #[test]

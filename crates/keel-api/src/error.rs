@@ -180,7 +180,7 @@ impl IntoResponse for ApiError {
                 body.error_id = Some(error_id.clone());
                 cause = Some(InternalCause {
                     error_id,
-                    cause: error_chain(&**source),
+                    cause: keel_domain::error_chain(&**source),
                 });
             }
             _ => {}
@@ -207,16 +207,4 @@ impl IntoResponse for ApiError {
         }
         res
     }
-}
-
-/// `error: cause: cause…`, the whole chain on one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -4,7 +4,6 @@
 //! logging of internal errors under their error id, HTTP metrics and the access log.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use keel_domain::trace::RequestIds;
 use metrics::{Counter, Histogram};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -27,7 +27,7 @@ pub struct Limiter {
     in_flight: Arc<Semaphore>,
     timeout: Duration,
     access_log: bool,
-    ids: Arc<IdSource>,
+    ids: Arc<RequestIds>,
     metrics: Arc<HttpMetrics>,
 }
 
@@ -84,12 +84,6 @@ impl HttpMetrics {
     }
 }
 
-/// Request ids: a random per-process prefix and a counter, unique without a syscall per request.
-struct IdSource {
-    prefix: u32,
-    next: AtomicU64,
-}
-
 impl Limiter {
     pub fn new(http: &HttpSettings) -> Self {
         Self {
@@ -97,44 +91,19 @@ impl Limiter {
             timeout: http.request_timeout,
             access_log: http.access_log,
             metrics: Arc::default(),
-            ids: Arc::new(IdSource {
-                prefix: fastrand_u32(),
-                next: AtomicU64::new(1),
-            }),
+            ids: Arc::default(),
         }
     }
 
+    /// The caller's id when sane, else a new one.
     fn request_id(&self, req: &Request) -> HeaderValue {
-        if let Some(given) = req.headers().get(&REQUEST_ID) {
-            let sane = given.len() <= 128
-                && !given.is_empty()
-                && given
-                    .as_bytes()
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
-            if sane {
-                return given.clone();
-            }
+        if let Some(given) = req.headers().get(&REQUEST_ID)
+            && RequestIds::sane(given.as_bytes())
+        {
+            return given.clone();
         }
-        // 8 hex digits of process prefix, 12 of counter, written without a format call.
-        let n = self.ids.next.fetch_add(1, Ordering::Relaxed);
-        let mut id = [0u8; 20];
-        let digits = (u64::from(self.ids.prefix) << 48) | (n & 0xffff_ffff_ffff);
-        let high = u64::from(self.ids.prefix) >> 16;
-        for (i, slot) in id.iter_mut().enumerate() {
-            let nibble = if i < 4 {
-                (high >> (4 * (3 - i))) & 0xf
-            } else {
-                (digits >> (4 * (19 - i))) & 0xf
-            };
-            *slot = b"0123456789abcdef"[nibble as usize];
-        }
-        HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+        HeaderValue::from_bytes(&self.ids.next()).expect("hex is a valid header value")
     }
-}
-
-fn fastrand_u32() -> u32 {
-    uuid::Uuid::new_v4().as_u128() as u32
 }
 
 pub async fn around_request(State(limiter): State<Limiter>, req: Request, next: Next) -> Response {

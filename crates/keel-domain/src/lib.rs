@@ -14,6 +14,9 @@
 //! - [`ledger`]: the deliveries a broker adapter holds in its process and the rules that hand
 //!   them out (per-key order, leases, retry delays), for brokers that do not keep them.
 //!
+//! - [`net`]: IP networks (CIDR), for allow/deny lists and trusted proxies.
+//! - [`error_chain`]: an error and its sources on one line, for logs and messages.
+//!
 //! **Invariant:** this crate does no I/O and knows no HTTP status codes.
 
 pub mod caching;
@@ -45,3 +48,15 @@ pub use queue::{
 pub use rbac::{Caller, Permission, SignupMode};
 pub use repo::{Page, PageRequest, StoreError, UserRepo};
 pub use user::{NewUser, User, UserEmail, UserId, UserName, UserPatch, ValidationError};
+
+/// An error and its sources, one line: `error: cause: cause…`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -54,7 +54,7 @@ pub struct Edge {
     /// The response cache outlives reloads (it belongs to the gateway, not to one configuration).
     pub cache: Option<Arc<cache::WebCache>>,
     pub inspectors: Vec<Arc<dyn Inspector>>,
-    pub ids: Arc<proxy::RequestIds>,
+    pub ids: Arc<keel_domain::trace::RequestIds>,
     /// Metrics of requests no route matched.
     pub unrouted: metrics::RouteMetrics,
     tasks: Vec<JoinHandle<()>>,
@@ -82,7 +82,7 @@ pub struct Gateway {
     edge: ArcSwap<Edge>,
     in_process: Option<InProcess>,
     cache: Option<Arc<cache::WebCache>>,
-    ids: Arc<proxy::RequestIds>,
+    ids: Arc<keel_domain::trace::RequestIds>,
     inspectors: Vec<Arc<dyn Inspector>>,
     draining: AtomicBool,
     http: reqwest::Client,

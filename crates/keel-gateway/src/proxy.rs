@@ -13,7 +13,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -21,6 +20,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+
+use keel_domain::trace::RequestIds;
 
 use crate::Edge;
 use crate::inspect::Verdict;
@@ -44,45 +45,14 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Request ids: a random per-process prefix and a counter: unique without a syscall per request.
-#[derive(Debug)]
-pub struct RequestIds {
-    prefix: u32,
-    next: AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self {
-            prefix: fastrand::u32(..),
-            next: AtomicU64::new(1),
-        }
+/// The client's `x-request-id` when sane, else a new one from `ids`.
+fn request_id(ids: &RequestIds, headers: &HeaderMap) -> HeaderValue {
+    if let Some(given) = headers.get(&REQUEST_ID)
+        && RequestIds::sane(given.as_bytes())
+    {
+        return given.clone();
     }
-}
-
-impl RequestIds {
-    /// The client's id when it is sane, else a new one.
-    pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
-        if let Some(given) = headers.get(&REQUEST_ID) {
-            let sane = !given.is_empty()
-                && given.len() <= 128
-                && given
-                    .as_bytes()
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
-            if sane {
-                return given.clone();
-            }
-        }
-        // 8 hex digits of process prefix, 12 of counter, without a formatting call.
-        let n = self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff;
-        let digits = (u128::from(self.prefix) << 48) | u128::from(n);
-        let mut id = [0u8; 20];
-        for (i, slot) in id.iter_mut().enumerate() {
-            *slot = b"0123456789abcdef"[((digits >> (4 * (19 - i))) & 0xf) as usize];
-        }
-        HeaderValue::from_bytes(&id).expect("hex is a valid header value")
-    }
+    HeaderValue::from_bytes(&ids.next()).expect("hex is a valid header value")
 }
 
 /// What one request carried through the pipeline, for the access log and metrics.
@@ -100,7 +70,7 @@ pub async fn handle(
     tls: bool,
 ) -> Response<Body> {
     let started = Instant::now();
-    let request_id = edge.ids.for_request(req.headers());
+    let request_id = request_id(&edge.ids, req.headers());
     let method = req.method().clone();
     let path = edge
         .settings

@@ -127,8 +127,10 @@ impl Transport {
                 *req.version_mut() = http::Version::HTTP_11;
                 match client.request(req).await {
                     Ok(res) => Ok(res.map(Body::new)),
-                    Err(e) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-                    Err(e) => Err(UpstreamError::Broken(error_chain(&e))),
+                    Err(e) if e.is_connect() => {
+                        Err(UpstreamError::Connect(keel_domain::error_chain(&e)))
+                    }
+                    Err(e) => Err(UpstreamError::Broken(keel_domain::error_chain(&e))),
                 }
             }
             Self::InProcess(service) => {
@@ -169,15 +171,4 @@ impl SocketOrName {
             Self::InProcess => IN_PROCESS,
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

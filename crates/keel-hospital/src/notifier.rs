@@ -180,7 +180,7 @@ impl Notifier {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(
-                        error = %crate::service::error_chain(&e),
+                        error = %keel_domain::error_chain(&e),
                         failures,
                         "hospital notice not delivered; it will be sent again"
                     );

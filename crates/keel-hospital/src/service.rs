@@ -299,7 +299,7 @@ impl HospitalService {
             .redeliver(&patient.group, &patient.topic, message)
             .await
         {
-            let why = format!("not sent: {}", error_chain(&e));
+            let why = format!("not sent: {}", keel_domain::error_chain(&e));
             tracing::warn!(patient = id, error = %why, "replay failed");
             if let Err(release) = self.hospital.release_replay(id, token).await {
                 // The claim's lease ends by itself; the patient is free again then.
@@ -326,7 +326,7 @@ impl HospitalService {
             Err(e) => ReplayOutcome::Failed(format!(
                 "sent, but not marked replayed ({}): it will be waiting again when the claim \
                  ends",
-                error_chain(&e)
+                keel_domain::error_chain(&e)
             )),
         };
         if let ReplayOutcome::Failed(why) = &outcome {
@@ -377,18 +377,6 @@ fn item(patient: &Patient, outcome: ReplayOutcome) -> ReplayItem {
         summary: Some(Summary::from(patient)),
         outcome,
     }
-}
-
-/// An error and its sources, one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// A filter as JSON, for the audit log: the conditions it sets.

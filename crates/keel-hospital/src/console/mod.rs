@@ -94,7 +94,7 @@ impl IntoResponse for ConsoleError {
             Self::Forbidden(why) => (StatusCode::FORBIDDEN, why.to_owned()),
             Self::NotFound(why) => (StatusCode::NOT_FOUND, why),
             Self::Hospital(e @ HospitalError::Unavailable(_)) => {
-                tracing::warn!(error = %crate::service::error_chain(&e), "hospital console: hospital unavailable");
+                tracing::warn!(error = %keel_domain::error_chain(&e), "hospital console: hospital unavailable");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the hospital is unavailable; try again shortly".to_owned(),
@@ -102,7 +102,7 @@ impl IntoResponse for ConsoleError {
             }
             Self::Hospital(e) => {
                 let error_id = uuid::Uuid::new_v4();
-                tracing::error!(%error_id, error = %crate::service::error_chain(&e), "hospital console failed");
+                tracing::error!(%error_id, error = %keel_domain::error_chain(&e), "hospital console failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("internal error (error id {error_id})"),

@@ -205,7 +205,12 @@ impl Gateway {
                 (_, false) => Transport::http(
                     Duration::from_millis(p.connect_timeout_ms.max(1)),
                     p.max_idle_per_server,
-                    settings.worker_threads(),
+                    // `keel up` serves on its one runtime: no worker threads.
+                    if self.in_process.is_some() {
+                        0
+                    } else {
+                        settings.worker_threads()
+                    },
                 ),
             };
             if p.servers.is_empty() && p.discovery_file.is_none() {

@@ -140,24 +140,12 @@ async fn pipeline<'e>(
     let (mut head, body) = req.into_parts();
     let client = canonical(peer.ip());
 
-    // 1. Framing both ways at once is how requests are smuggled past proxies (RFC 9112 §6.1):
-    // refused, and the connection closed. (hyper's HTTP/1 parser already drops the length of
-    // such a request, reads the body as chunked and closes the connection after the answer, as
-    // §6.1 allows; this check is the second line.)
-    if head.headers.contains_key(header::TRANSFER_ENCODING)
-        && head.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        let mut res = error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "both Content-Length and Transfer-Encoding",
-        );
-        res.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Err(res);
-    }
-    // hyper undoes only the final `chunked`: what another coding (`gzip, chunked`) left would
-    // reach the upstream, and the inspectors, as if it were the content (RFC 9112 §6.1: 501).
+    // 1. Framing. hyper's HTTP/1 parser already refuses bad lengths, and re-frames a request
+    // with both Content-Length and Transfer-Encoding (it drops the length, reads the body as
+    // chunked and closes the connection after the answer, as RFC 9112 §6.1 allows), so no
+    // ambiguous request gets this far. But it undoes only a final `chunked`: what another
+    // coding (`gzip, chunked`) left would reach the upstream, and the inspectors, as if it were
+    // the content (§6.1: 501).
     if head.headers.contains_key(header::TRANSFER_ENCODING) && !chunked_only(&head.headers) {
         return Err(closing(error(
             StatusCode::NOT_IMPLEMENTED,

@@ -8,9 +8,11 @@
 //! writer. Segments are deleted once the caller releases every sequence number they hold, that is
 //! once their records are in the database.
 //!
-//! On open, every segment is read back. A torn record at the very end of the newest segment is a
-//! write that was never acknowledged (its sync had not returned): it is cut off. Damage anywhere
-//! else is refused with an error, since skipping it could drop an acknowledged write.
+//! On open, every segment is read back. A torn record after the last whole one is a write that
+//! was never acknowledged (its sync had not returned): it is cut off, and segments holding no
+//! whole record are removed. Damage anywhere else is refused with an error, since skipping it
+//! could drop an acknowledged write. Sequence numbers never restart below a segment's name, so
+//! segments sort in the order they were written even after crashes in a row.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -30,7 +32,7 @@ const MAX_GROUP: usize = 4096;
 /// Records read back on open, in sequence order.
 #[derive(Debug, Default)]
 pub struct Replayed {
-    pub records: Vec<(u64, Vec<u8>)>,
+    pub records: Records,
     pub last_seq: u64,
 }
 
@@ -74,23 +76,64 @@ struct Writer {
 
 impl Journal {
     /// Opens the journal `name` in `dir` (created if missing) and reads back what it holds.
+    ///
+    /// Every state a kill can leave is recovered: segments holding no whole record (created just
+    /// before a crash, or cut by one mid-way through their first record) are removed, and a torn
+    /// record is cut off the end of the last segment that holds a whole one. Damage anywhere
+    /// before that last whole record is refused, since skipping it could drop an acknowledged
+    /// write. Sequence numbers continue after every number a segment was named with, so a new
+    /// segment always sorts after the ones already on disk.
     pub fn open(dir: &Path, name: &str) -> io::Result<(Self, Replayed)> {
         fs::create_dir_all(dir)?;
-        let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
+        let mut paths: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_segment(p, name))
+            .filter_map(|p| segment_seq(&p, name).map(|seq| (seq, p)))
             .collect();
         paths.sort();
+        let mut read = Vec::with_capacity(paths.len());
+        for (named, path) in paths {
+            let (records, torn_at) = read_segment(&path)?;
+            read.push((named, path, records, torn_at));
+        }
+        let last_whole = read
+            .iter()
+            .rposition(|(_, _, records, _)| !records.is_empty());
         let mut replayed = Replayed::default();
         let mut closed = Vec::new();
-        let n_paths = paths.len();
-        for (i, path) in paths.into_iter().enumerate() {
-            let newest = i + 1 == n_paths;
-            let before = replayed.records.len();
-            read_segment(&path, newest, &mut replayed.records)?;
-            let last_seq = replayed.records[before..].last().map_or(0, |(seq, _)| *seq);
+        let mut removed = false;
+        for (i, (named, path, records, torn_at)) in read.into_iter().enumerate() {
+            replayed.last_seq = replayed.last_seq.max(named);
+            if last_whole.is_none_or(|last| i > last) {
+                // No whole record here, and none after: nothing in it was ever acknowledged.
+                tracing::warn!(path = %path.display(), "removing a journal segment that holds no whole record");
+                fs::remove_file(&path)?;
+                removed = true;
+                continue;
+            }
+            if let Some(at) = torn_at {
+                if Some(i) != last_whole {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "journal segment {} is damaged at byte {at}; refusing to start rather than lose writes",
+                            path.display()
+                        ),
+                    ));
+                }
+                // The last record written: its sync had not returned, so it was never
+                // acknowledged.
+                tracing::warn!(path = %path.display(), offset = at, "cutting a torn, unacknowledged record off the journal");
+                let file = OpenOptions::new().write(true).open(&path)?;
+                file.set_len(at as u64)?;
+                file.sync_all()?;
+            }
+            let last_seq = records.last().map_or(named, |(seq, _)| *seq);
             replayed.last_seq = replayed.last_seq.max(last_seq);
+            replayed.records.extend(records);
             closed.push(Segment { path, last_seq });
+        }
+        if removed {
+            sync_dir(dir)?;
         }
         let mut writer = Writer {
             dir: dir.to_path_buf(),
@@ -149,41 +192,41 @@ fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "journal closed")
 }
 
-fn is_segment(path: &Path, name: &str) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(&format!("{name}-")) && n.ends_with(".wal"))
+/// The sequence number a segment of journal `name` is named with, if `path` is one.
+fn segment_seq(path: &Path, name: &str) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix(name)?
+        .strip_prefix('-')?
+        .strip_suffix(".wal")?
+        .parse()
+        .ok()
 }
 
-fn read_segment(path: &Path, newest: bool, out: &mut Vec<(u64, Vec<u8>)>) -> io::Result<()> {
+/// Makes the directory's entries (created or removed files) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Records as (sequence number, payload).
+type Records = Vec<(u64, Vec<u8>)>;
+
+/// The whole records of a segment, and the offset of the first byte that does not start one.
+fn read_segment(path: &Path) -> io::Result<(Records, Option<usize>)> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
+    let mut records = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
         match decode(&bytes[at..]) {
             Some((seq, payload, used)) => {
-                out.push((seq, payload.to_vec()));
+                records.push((seq, payload.to_vec()));
                 at += used;
             }
-            None if newest => {
-                tracing::warn!(path = %path.display(), offset = at, "cutting a torn, unacknowledged record off the journal");
-                let file = OpenOptions::new().write(true).open(path)?;
-                file.set_len(at as u64)?;
-                file.sync_all()?;
-                break;
-            }
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "journal segment {} is damaged at byte {at}; refusing to start rather than lose writes",
-                        path.display()
-                    ),
-                ));
-            }
+            None => return Ok((records, Some(at))),
         }
     }
-    Ok(())
+    Ok((records, None))
 }
 
 /// One record from the start of `buf`: (seq, payload, bytes used), or None if torn or damaged.
@@ -276,7 +319,7 @@ impl Writer {
                 .append(true)
                 .open(&path)?;
             // The new file's directory entry must be durable before records in it are acknowledged.
-            File::open(&self.dir)?.sync_all()?;
+            sync_dir(&self.dir)?;
             self.current = Some((
                 BufWriter::with_capacity(256 * 1024, file),
                 Segment {
@@ -311,10 +354,11 @@ impl Writer {
             self.closed.push(segment);
         }
         let mut kept = Vec::new();
+        let mut removed = false;
         for segment in self.closed.drain(..) {
             if segment.last_seq <= upto {
                 match fs::remove_file(&segment.path) {
-                    Ok(()) => {}
+                    Ok(()) => removed = true,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
@@ -323,6 +367,11 @@ impl Writer {
             }
         }
         self.closed = kept;
+        // A removal lost to a power cut would bring back records the database already has,
+        // replayed out of order with newer ones.
+        if removed {
+            sync_dir(&self.dir)?;
+        }
         Ok(())
     }
 }
@@ -418,5 +467,152 @@ mod tests {
         fs::write(&segments[0], bytes).unwrap();
         let err = Journal::open(dir.path(), "t").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// Writes a segment of journal `t` named after `named`, holding `records` and then `tail`.
+    fn segment(dir: &Path, named: u64, records: &[(u64, &[u8])], tail: &[u8]) -> PathBuf {
+        let path = dir.join(format!("t-{named:020}.wal"));
+        let mut bytes = Vec::new();
+        for (seq, payload) in records {
+            encode(*seq, payload, &mut bytes);
+        }
+        bytes.extend_from_slice(tail);
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Half a record as a kill mid-write leaves it: a whole header, part of the payload.
+    fn torn() -> Vec<u8> {
+        let mut frame = Vec::new();
+        encode(99, b"never acknowledged", &mut frame);
+        frame.truncate(HEADER + 4);
+        frame
+    }
+
+    fn seqs(replayed: &Replayed) -> Vec<u64> {
+        replayed.records.iter().map(|(s, _)| *s).collect()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Appends `seqs` and closes; every record must be acknowledged.
+    async fn append(dir: &Path, seqs: std::ops::RangeInclusive<u64>) {
+        let (journal, _) = Journal::open(dir, "t").unwrap();
+        for seq in seqs {
+            journal.enqueue(seq, vec![seq as u8]).await.unwrap();
+        }
+        journal.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_empty_segment_left_by_a_kill_after_its_creation_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 7, &[], &[]);
+        let (journal, replayed) = Journal::open(dir.path(), "t").unwrap();
+        assert!(replayed.records.is_empty());
+        assert_eq!(replayed.last_seq, 7, "numbers continue after the name");
+        journal.close().await;
+        assert!(names(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_segment_holding_only_half_a_first_record_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 1, &[(1, b"a"), (2, b"b")], &[]);
+        segment(dir.path(), 3, &[], &torn());
+        let (journal, replayed) = Journal::open(dir.path(), "t").unwrap();
+        assert_eq!(seqs(&replayed), vec![1, 2]);
+        assert_eq!(replayed.last_seq, 3);
+        journal.close().await;
+        assert_eq!(names(dir.path()), vec![format!("t-{:020}.wal", 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_torn_record_before_an_empty_segment_is_cut_two_crashes_in_a_row() {
+        // The state two kills in a row left before numbers continued after segment names: an
+        // empty segment named 900 (the first kill), then numbering restarted at 1 and the second
+        // kill tore the last record of segment 1, which sorts before the empty one.
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 1, &[(1, b"a"), (2, b"b")], &torn());
+        segment(dir.path(), 900, &[], &[]);
+        let (journal, replayed) = Journal::open(dir.path(), "t").unwrap();
+        assert_eq!(seqs(&replayed), vec![1, 2]);
+        assert_eq!(replayed.last_seq, 900);
+        journal.enqueue(901, b"c".to_vec()).await.unwrap();
+        journal.close().await;
+        let (_journal, replayed) = Journal::open(dir.path(), "t").unwrap();
+        assert_eq!(seqs(&replayed), vec![1, 2, 901]);
+    }
+
+    #[tokio::test]
+    async fn numbers_continue_after_every_segment_so_new_ones_sort_last() {
+        let dir = tempfile::tempdir().unwrap();
+        append(dir.path(), 1..=3).await;
+        // A kill right after the next segment was created leaves it empty.
+        segment(dir.path(), 4, &[], &[]);
+        let (journal, replayed) = Journal::open(dir.path(), "t").unwrap();
+        let next = replayed.last_seq + 1;
+        assert_eq!(next, 5);
+        journal.enqueue(next, b"after".to_vec()).await.unwrap();
+        journal.close().await;
+        // A second kill tears a record at the end of the newest segment.
+        let newest = dir.path().join(names(dir.path()).pop().unwrap());
+        let mut file = OpenOptions::new().append(true).open(&newest).unwrap();
+        file.write_all(&torn()).unwrap();
+        drop(file);
+        let (_journal, replayed) = Journal::open(dir.path(), "t").unwrap();
+        assert_eq!(seqs(&replayed), vec![1, 2, 3, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_torn_record_followed_by_whole_ones_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 1, &[(1, b"a")], &torn());
+        segment(dir.path(), 2, &[(2, b"b")], &[]);
+        let err = Journal::open(dir.path(), "t").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("damaged at byte"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_kill_after_a_release_before_the_next_write_restarts_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), "t").unwrap();
+        for seq in 1..=4u64 {
+            journal.enqueue(seq, vec![seq as u8]).await.unwrap();
+        }
+        journal.release(4);
+        journal.close().await;
+        assert!(
+            names(dir.path()).is_empty(),
+            "released segments are removed"
+        );
+        let (journal, replayed) = Journal::open(dir.path(), "t").unwrap();
+        assert!(replayed.records.is_empty());
+        journal
+            .enqueue(replayed.last_seq + 1, b"x".to_vec())
+            .await
+            .unwrap();
+        journal.close().await;
+        let (_journal, replayed) = Journal::open(dir.path(), "t").unwrap();
+        assert_eq!(replayed.records.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn files_that_are_not_segments_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("t-notanumber.wal"), b"junk").unwrap();
+        fs::write(dir.path().join("users.rejected.jsonl"), b"{}").unwrap();
+        let (journal, replayed) = Journal::open(dir.path(), "t").unwrap();
+        assert!(replayed.records.is_empty());
+        journal.close().await;
+        assert_eq!(names(dir.path()).len(), 2);
     }
 }

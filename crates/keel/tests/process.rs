@@ -366,6 +366,82 @@ async fn kill_under_write_back_load(dir: tempfile::TempDir, url: String) {
     keel.wait().unwrap();
 }
 
+/// Creates and renames `n` users one by one; returns the (id, new name) of each rename the
+/// server acknowledged.
+fn create_and_rename_users(port: u16, prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let email = format!("{prefix}-{i}@example.com");
+            let body = json!({"name": format!("{prefix} {i}"), "email": email});
+            let (status, user) = http(port, "POST", "/users", Some(&body)).unwrap();
+            assert_eq!(status, 201, "{user}");
+            let id = user["id"].as_str().unwrap().to_owned();
+            let name = format!("{prefix} {i} renamed");
+            let body = json!({"name": name, "email": email});
+            let (status, user) = http(port, "PUT", &format!("/users/{id}"), Some(&body)).unwrap();
+            assert_eq!(status, 200, "{user}");
+            (id, name)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_restarts_after_two_kills_in_a_row_that_left_an_empty_segment_and_a_torn_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let port = free_port();
+    // No flush before the kills: everything acknowledged is in the journal only.
+    let env = [
+        ("KEEL_CACHE__USERS__STRATEGY", "write-back"),
+        ("KEEL_CACHE__WRITE_BACK__FLUSH_INTERVAL_MS", "600000"),
+        ("KEEL_DATABASE__URL", url.as_str()),
+    ];
+    let mut keel = start(dir.path(), port, &env);
+    let mut acked = create_and_rename_users(port, "first", 20);
+    keel.kill().unwrap();
+    keel.wait().unwrap();
+
+    // Build on disk what two kills in a row could leave: a segment created just before the first
+    // kill, still empty and named after every other, and the last record of the newest segment
+    // with records torn by the second.
+    let journal = dir.path().join("writeback");
+    let mut segments: Vec<_> = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    let newest = segments.last().expect("the kill leaves a journal").clone();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .unwrap();
+    // A header announcing 200 bytes, then 10 of them.
+    let mut torn = 200u32.to_le_bytes().to_vec();
+    torn.extend_from_slice(&[0xab; 22]);
+    file.write_all(&torn).unwrap();
+    drop(file);
+    std::fs::write(journal.join(format!("users-{:020}.wal", 1u64 << 40)), b"").unwrap();
+
+    let mut keel = start(dir.path(), port, &env);
+    acked.extend(create_and_rename_users(port, "second", 20));
+    keel.kill().unwrap();
+    keel.wait().unwrap();
+    let keel = start(dir.path(), port, &env);
+    let rows = stored(dir.path(), &url).await;
+    let names: std::collections::HashMap<_, _> =
+        rows.iter().map(|(id, name, _)| (id, name)).collect();
+    for (id, name) in &acked {
+        assert_eq!(
+            names.get(id).map(|n| n.as_str()),
+            Some(name.as_str()),
+            "acknowledged user {id} was lost"
+        );
+    }
+    assert_eq!(rows.len(), acked.len(), "nothing but what was acknowledged");
+    drop(keel);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_flushes_the_write_back_journal() {
     sigterm_drains("serve").await;

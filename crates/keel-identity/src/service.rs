@@ -1289,12 +1289,13 @@ impl Idp {
             self.store.put_credentials(&credentials).await?;
         }
         let ended = if disabled {
-            let ended = self.store.revoke_families_of(&subject).await?;
-            self.tokens_revoked(user).await;
-            ended
+            self.store.revoke_families_of(&subject).await?
         } else {
             0
         };
+        // Either way the cached floors are wrong now: "nothing" after enabling, the old
+        // generation after disabling.
+        self.tokens_revoked(user).await;
         let action = if disabled {
             "account_disabled"
         } else {

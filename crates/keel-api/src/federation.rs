@@ -343,7 +343,8 @@ async fn callback(
     .await;
     let mut res = match outcome {
         Ok((user, return_to)) => {
-            let (session, value) = idp.browser_session(user.id, now);
+            let generation = idp.token_generation(user.id).await?;
+            let (session, value) = idp.browser_session(user.id, generation, now);
             let mut res = Redirect::to(&return_to).into_response();
             res.headers_mut().append(
                 header::SET_COOKIE,

@@ -295,8 +295,10 @@ async fn authorize_page(
         Ok(authorized) => authorized,
         Err(e) => return Ok(refused(e)),
     };
-    let session =
-        cookie(&headers, SESSION_COOKIE).and_then(|value| idp.check_browser_session(value, now()));
+    let session = match cookie(&headers, SESSION_COOKIE) {
+        Some(value) => idp.current_browser_session(value, now()).await?,
+        None => None,
+    };
     let signed_in_as = match &session {
         Some(session) => session_email(&state, session).await?,
         None => None,
@@ -381,7 +383,10 @@ async fn authorize_submit(
         ));
     }
     let now = now();
-    let existing = cookie(&headers, SESSION_COOKIE).and_then(|v| idp.check_browser_session(v, now));
+    let existing = match cookie(&headers, SESSION_COOKIE) {
+        Some(value) => idp.current_browser_session(value, now).await?,
+        None => None,
+    };
     let (session, new_cookie) = match existing {
         Some(session) => (session, None),
         None => {
@@ -414,7 +419,8 @@ async fn authorize_submit(
             };
             match idp.authenticate(&attempt, now).await {
                 Ok(signed_in) => {
-                    let (session, value) = idp.browser_session(signed_in.user.id, now);
+                    let (session, value) =
+                        idp.browser_session(signed_in.user.id, signed_in.generation, now);
                     let max_age = session.expires_at - now;
                     (
                         session,

@@ -197,8 +197,10 @@ pub async fn guard(State(state): State<GuardState>, request: Request, next: Next
     let caller = match caller(state.0.as_deref(), &parts, console).await {
         Ok(caller) => caller,
         Err(e) if access == Public => {
-            // A public route serves anyone; a bad token there only names no one.
+            // A public route serves anyone; a bad token there only names no one, unless the
+            // handler acts on who calls (see `MaybeSigned`).
             tracing::debug!(error = %e, "public route: bearer token ignored");
+            parts.extensions.insert(UnverifiedBearer);
             None
         }
         Err(e) => return e.into_response(),
@@ -279,16 +281,27 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Signed {
     }
 }
 
-/// The caller of a public route, if it named one.
+/// Left by the guard on a public route whose request sent a bearer token that did not verify
+/// (expired, revoked, forged).
+#[derive(Clone, Copy)]
+struct UnverifiedBearer;
+
+/// The caller of a public route, if it named one. A request whose bearer token did not verify
+/// is refused (401) rather than served as anonymous: a route that acts on who calls
+/// (`POST /users`: an admin creates accounts with roles) must not guess, and a client whose
+/// token was revoked learns so.
 pub struct MaybeSigned(pub Option<Caller>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for MaybeSigned {
-    type Rejection = std::convert::Infallible;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
+        if parts.extensions.get::<UnverifiedBearer>().is_some() {
+            return Err(ApiError::Unauthenticated);
+        }
         Ok(Self(parts.extensions.get::<Caller>().cloned()))
     }
 }

@@ -322,6 +322,11 @@ pub struct IdentitySettings {
     pub session_ttl_secs: u64,
     /// How often the token signing key rotates (seconds).
     pub key_rotation_secs: u64,
+    /// How long an instance trusts what it read of an account's token generation (seconds):
+    /// after a revocation (sign out everywhere, password change, disable, erasure), the
+    /// longest another instance sharing the database keeps accepting the account's old
+    /// tokens when no Redis (`cache.redis_url`) tells it at once. 0: read on every request.
+    pub revocation_check_secs: u64,
     /// argon2id memory (KiB); at least OWASP's minimum, 19456.
     pub argon2_memory_kib: u32,
     /// argon2id passes; at least 2.
@@ -384,6 +389,7 @@ impl Default for IdentitySettings {
             access_ttl_secs: 15 * 60,
             session_ttl_secs: 30 * 24 * 3600,
             key_rotation_secs: 30 * 24 * 3600,
+            revocation_check_secs: 5,
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_parallelism: 1,

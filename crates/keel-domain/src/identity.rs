@@ -32,6 +32,12 @@ pub struct Credentials {
     /// Hashes of the unused recovery codes.
     pub recovery_codes: Vec<String>,
     pub last_login_at: Option<i64>,
+    /// Raised by every event that ends the account's sign-ins (sign out everywhere, a password
+    /// change or reset, disabling, erasure). Access tokens, browser sessions and authorization
+    /// codes carry the generation they were issued under and are refused once it is raised: a
+    /// counter, not a time, so two events in one second, or instances whose clocks differ,
+    /// cannot blur "before" and "after".
+    pub token_generation: i64,
     pub version: i64,
 }
 
@@ -49,6 +55,7 @@ impl Credentials {
             totp_last_step: None,
             recovery_codes: Vec::new(),
             last_login_at: None,
+            token_generation: 0,
             version: 1,
         }
     }

@@ -10,6 +10,8 @@
 //!   overlap, their JWKS, and a strict verifier (no `alg: none`, no algorithm confusion, no
 //!   unknown key, times, issuer and audience checked);
 //! - [`refresh`]: refresh tokens that rotate on every use, a reused one revoking its family;
+//! - [`revocation`]: an account's token generation, cached per instance and dropped across
+//!   instances, that refuses every token issued before its sign-ins were ended;
 //! - [`lockout`]: brute-force slow-down per client, per account, and per trusted device, never
 //!   a lockout without end;
 //! - [`pkce`]: RFC 7636 proof keys, `S256` only;
@@ -34,6 +36,7 @@ pub mod password;
 pub mod pkce;
 pub mod recovery;
 pub mod refresh;
+pub mod revocation;
 pub mod sealed;
 pub mod service;
 pub mod token;

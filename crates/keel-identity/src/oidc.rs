@@ -117,6 +117,8 @@ struct Grant<'a> {
     auth_time: Option<i64>,
     /// Whether the account's address is verified (the `email_verified` claim).
     email_verified: bool,
+    /// The account's token generation, carried by the access token.
+    generation: i64,
 }
 
 /// A client registration's result: the secret is shown once and stored only as a hash.
@@ -133,6 +135,8 @@ pub struct BrowserSession {
     pub user: UserId,
     pub auth_time: i64,
     pub expires_at: i64,
+    /// The account's token generation when it signed in: raising it ends the session.
+    pub generation: i64,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -292,7 +296,19 @@ impl Idp {
         session: &BrowserSession,
         now: i64,
     ) -> Result<String, AuthError> {
-        let code = random_token();
+        // The handlers check the session first; this keeps a revoked one from ever getting a
+        // code, whichever handler forgot to.
+        if !self
+            .floor(session.user, now)
+            .await?
+            .admits(session.generation)
+        {
+            return Err(AuthError::InvalidCredentials);
+        }
+        // The code names the generation it was issued under (it is stored only as a hash, so
+        // the suffix cannot be changed): a revocation between the code and its exchange
+        // refuses the exchange.
+        let code = format!("{}.{}", random_token(), session.generation);
         self.store
             .insert_code(&AuthorizationCode {
                 code_hash: sha256_hex(&code),
@@ -382,6 +398,15 @@ impl Idp {
             .await?
             .filter(|c| c.disabled_at.is_none())
             .ok_or_else(|| invalid("the account is not available"))?;
+        let issued_under = code
+            .rsplit_once('.')
+            .and_then(|(_, generation)| generation.parse::<i64>().ok())
+            .unwrap_or(0);
+        if issued_under < credentials.token_generation {
+            return Err(invalid(
+                "the account's sign-ins ended after the code was issued",
+            ));
+        }
         let user = self
             .users
             .get(stored.user_id)
@@ -404,6 +429,7 @@ impl Idp {
                 nonce: stored.nonce.as_deref(),
                 auth_time: Some(stored.auth_time),
                 email_verified: credentials.email_verified_at.is_some(),
+                generation: credentials.token_generation,
             },
             refresh_token,
             now,
@@ -448,6 +474,7 @@ impl Idp {
                 nonce: None,
                 auth_time: None,
                 email_verified: rotated.credentials.email_verified_at.is_some(),
+                generation: rotated.credentials.token_generation,
             },
             rotated.token,
             now,
@@ -467,6 +494,10 @@ impl Idp {
         let mut extra = serde_json::Map::new();
         extra.insert("client_id".into(), json!(client.id));
         extra.insert("scope".into(), json!(scope));
+        extra.insert(
+            crate::service::GENERATION_CLAIM.into(),
+            json!(grant.generation),
+        );
         let access_token = self.access_token_with(user, roles, &["pwd"], extra, now)?;
         let mut id = serde_json::Map::new();
         if let Some(auth_time) = grant.auth_time {
@@ -565,11 +596,16 @@ impl Idp {
 
     // ---- the browser session at the IdP ----
 
-    /// A browser session for `user` signing in now, and its cookie value:
-    /// `<user>.<auth_time>.<expires_at>.<mac>`.
-    pub fn browser_session(&self, user: UserId, now: i64) -> (BrowserSession, String) {
+    /// A browser session for `user` signing in now under token `generation`, and its cookie
+    /// value: `<user>.<auth_time>.<expires_at>.<generation>.<mac>`.
+    pub fn browser_session(
+        &self,
+        user: UserId,
+        generation: i64,
+        now: i64,
+    ) -> (BrowserSession, String) {
         let expires_at = now + self.settings.session_ttl_secs.min(12 * 3600);
-        let body = format!("{user}.{now}.{expires_at}");
+        let body = format!("{user}.{now}.{expires_at}.{generation}");
         let tag = mac(&self.session_key, &[body.as_bytes()])
             .finalize()
             .into_bytes();
@@ -577,11 +613,13 @@ impl Idp {
             user,
             auth_time: now,
             expires_at,
+            generation,
         };
         (session, format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag)))
     }
 
-    /// The session a cookie value proves at `now`, if it is genuine and current.
+    /// The session a cookie value proves at `now`, if it is genuine and unexpired; whether its
+    /// account's sign-ins were ended since is [`Self::current_browser_session`]'s question.
     pub fn check_browser_session(&self, value: &str, now: i64) -> Option<BrowserSession> {
         let (body, tag) = value.rsplit_once('.')?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
@@ -592,16 +630,38 @@ impl Idp {
         let user: UserId = parts.next()?.parse().ok()?;
         let auth_time: i64 = parts.next()?.parse().ok()?;
         let expires_at: i64 = parts.next()?.parse().ok()?;
+        // Cookies made before generations existed have none: generation 0.
+        let generation: i64 = parts.next().map_or(Some(0), |g| g.parse().ok())?;
         (now < expires_at).then_some(BrowserSession {
             user,
             auth_time,
             expires_at,
+            generation,
         })
     }
 
+    /// The session a cookie value proves at `now`, if it is genuine, unexpired, and its
+    /// account's sign-ins have not been ended since (sign out everywhere, a password change,
+    /// the account disabled or erased).
+    pub async fn current_browser_session(
+        &self,
+        value: &str,
+        now: i64,
+    ) -> Result<Option<BrowserSession>, AuthError> {
+        let Some(session) = self.check_browser_session(value, now) else {
+            return Ok(None);
+        };
+        let current = self
+            .floor(session.user, now)
+            .await?
+            .admits(session.generation);
+        Ok(current.then_some(session))
+    }
+
     /// The caller of a browser session cookie at `now`: the account and its roles as stored
-    /// now. `None` when the cookie is not genuine or current, the account is gone or disabled,
-    /// or its password changed after the session began (a changed password ends sessions).
+    /// now. `None` when the cookie is not genuine or current, or the account's sign-ins ended
+    /// since the session began (it is gone or disabled, signed out everywhere, or changed
+    /// its password).
     pub async fn session_caller(
         &self,
         cookie: &str,
@@ -613,10 +673,7 @@ impl Idp {
         let Some(credentials) = self.store.credentials(session.user).await? else {
             return Ok(None);
         };
-        let current = credentials.disabled_at.is_none()
-            && credentials
-                .password_changed_at
-                .is_none_or(|changed| changed <= session.auth_time);
+        let current = crate::revocation::Floor::of(Some(&credentials)).admits(session.generation);
         Ok(current.then(|| keel_domain::Caller {
             user: session.user,
             roles: self.effective_roles(&credentials),

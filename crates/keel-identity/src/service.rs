@@ -24,6 +24,7 @@ use crate::envelope::{EnvelopeError, Keyring};
 use crate::lockout::LockoutPolicy;
 use crate::password::{PasswordHasher, PasswordPolicy, PolicyViolation};
 use crate::refresh::{Redeemed, RefreshError, RefreshTokens};
+use crate::revocation::{Floor, Floors, RevocationFeed};
 use crate::token::{Claims, Expect, KeySet, KeyState, StoredKey, TokenError, Verifier};
 use crate::totp::{Totp, TotpSecret};
 
@@ -55,6 +56,10 @@ pub struct IdpSettings {
     pub mfa_required_roles: Vec<String>,
     /// External OpenID Connect providers people may sign in through.
     pub providers: Vec<crate::federation::Provider>,
+    /// How long an instance trusts what it read of an account's token generation (seconds):
+    /// the longest another instance keeps accepting a revoked token when no revocation feed
+    /// reaches it (the instance that revokes, and those the feed reaches, refuse at once).
+    pub revocation_check_secs: i64,
 }
 
 impl Default for IdpSettings {
@@ -73,6 +78,7 @@ impl Default for IdpSettings {
             dormant_after_secs: None,
             mfa_required_roles: Vec::new(),
             providers: Vec::new(),
+            revocation_check_secs: 5,
         }
     }
 }
@@ -155,6 +161,8 @@ pub struct Authenticated {
     pub roles: Vec<String>,
     /// How: `pwd`, then `otp` or `recovery` when a second factor was used.
     pub amr: Vec<&'static str>,
+    /// The account's token generation: what its tokens and browser session carry.
+    pub generation: i64,
 }
 
 /// A refresh token rotated: its family as now stored, the account's credentials, the new token.
@@ -208,10 +216,25 @@ pub struct Idp {
     /// seconds): at most once per [`KEY_RELOAD_SECS`], so tokens with made-up `kid`s cannot
     /// turn every request into a database read.
     reloaded_at: std::sync::atomic::AtomicI64,
+    /// The token generation each account's tokens must carry, as lately read.
+    floors: Floors,
+    /// Tells the other instances when an account's tokens are revoked; `None`: one instance,
+    /// or several that converge within `revocation_check_secs`.
+    feed: Option<Arc<dyn RevocationFeed>>,
 }
 
-/// A token verified before (the whole token) and its claims, kept under its signature.
-type VerifiedToken = (Box<str>, Arc<Claims>);
+/// A token verified before: the whole token, its claims, and the subject and token
+/// generation read from them once.
+struct VerifiedToken {
+    token: Box<str>,
+    claims: Arc<Claims>,
+    user: UserId,
+    generation: i64,
+}
+
+/// The claim carrying the account's token generation at issue (absent: 0, tokens issued
+/// before generations existed).
+pub(crate) const GENERATION_CLAIM: &str = "gen";
 
 /// Shortest time between two key reloads caused by unknown `kid`s.
 const KEY_RELOAD_SECS: i64 = 10;
@@ -315,6 +338,7 @@ impl Idp {
     ) -> Self {
         assert!(secret.len() >= 32, "the IdP secret needs 32 bytes");
         let derive = |label: &[u8]| mac(secret, &[label]).finalize().into_bytes().to_vec();
+        let settings_ttl = settings.revocation_check_secs.max(0);
         Self {
             users,
             store,
@@ -329,6 +353,83 @@ impl Idp {
             keys: RwLock::new(None),
             verified: std::sync::Mutex::default(),
             reloaded_at: std::sync::atomic::AtomicI64::new(i64::MIN),
+            floors: Floors::new(settings_ttl),
+            feed: None,
+        }
+    }
+
+    /// Tells other instances through `feed` when an account's tokens are revoked.
+    pub fn with_revocation_feed(mut self, feed: Arc<dyn RevocationFeed>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// Forgets what this instance read of `user`'s token generation (another instance revoked
+    /// its tokens).
+    pub fn forget_floor(&self, user: UserId) {
+        self.floors.drop_one(user);
+    }
+
+    /// Forgets every account's token generation (the revocation feed may have missed some).
+    pub fn forget_floors(&self) {
+        self.floors.drop_all();
+    }
+
+    /// The token generation `user`'s tokens must carry at least, from memory when read less
+    /// than `revocation_check_secs` ago.
+    pub(crate) async fn floor(&self, user: UserId, now: i64) -> Result<Floor, AuthError> {
+        if let Some(floor) = self.floors.cached(user, now) {
+            return Ok(floor);
+        }
+        let ticket = self.floors.ticket();
+        let floor = Floor::of(self.store.credentials(user).await?.as_ref());
+        self.floors.remember(user, floor, now, ticket);
+        Ok(floor)
+    }
+
+    /// `user`'s token generation as stored now (0 for an account without credentials), for a
+    /// browser session begun outside [`Self::authenticate`] (federation).
+    pub async fn token_generation(&self, user: UserId) -> Result<i64, AuthError> {
+        Ok(self
+            .store
+            .credentials(user)
+            .await?
+            .map_or(0, |c| c.token_generation))
+    }
+
+    /// After `user`'s token generation was raised or its account disabled or erased: this
+    /// instance forgets its copy, then the others are told (and have dropped theirs when this
+    /// returns, as far as the feed reaches).
+    pub(crate) async fn tokens_revoked(&self, user: UserId) {
+        self.floors.drop_one(user);
+        if let Some(feed) = &self.feed {
+            feed.publish(user).await;
+        }
+    }
+
+    /// Raises `user`'s token generation (every token, session and code issued before stops),
+    /// and disables the account too when `disable` says when. `false` when it has no
+    /// credentials (nothing to revoke: its tokens are refused already).
+    pub(crate) async fn raise_generation(
+        &self,
+        user: UserId,
+        disable: Option<i64>,
+    ) -> Result<bool, AuthError> {
+        loop {
+            let Some(mut credentials) = self.store.credentials(user).await? else {
+                return Ok(false);
+            };
+            credentials.token_generation += 1;
+            if let Some(at) = disable {
+                credentials.disabled_at.get_or_insert(at);
+            }
+            credentials.version += 1;
+            match self.store.put_credentials(&credentials).await {
+                // A sign-in recorded itself meanwhile: read again and raise over it.
+                Err(StoreError::StaleVersion) => continue,
+                other => other?,
+            }
+            return Ok(true);
         }
     }
 
@@ -496,16 +597,16 @@ impl Idp {
             .lock()
             .expect("verified lock")
             .get(signature)
-            .filter(|(whole, _)| whole.as_ref() == token)
-            .map(|(_, claims)| claims.clone());
-        if let Some(claims) = known {
+            .filter(|known| known.token.as_ref() == token)
+            .map(|known| (known.claims.clone(), known.user, known.generation));
+        if let Some((claims, user, generation)) = known {
             if now >= claims.exp.saturating_add(LEEWAY) {
                 return Err(TokenError::Expired.into());
             }
             if claims.nbf > now.saturating_add(LEEWAY) {
                 return Err(TokenError::NotYetValid.into());
             }
-            return Ok(claims);
+            return self.unrevoked(claims, user, generation, now).await;
         }
         let expect = Expect {
             issuer: self.settings.issuer.clone(),
@@ -519,30 +620,63 @@ impl Idp {
             }
             other => other?,
         };
+        let user: UserId = claims.sub.parse().map_err(|_| TokenError::Malformed)?;
+        let generation = match claims.extra.get(GENERATION_CLAIM) {
+            None => 0,
+            Some(value) => value.as_i64().ok_or(TokenError::Malformed)?,
+        };
         let claims = Arc::new(claims);
-        let mut verified = self.verified.lock().expect("verified lock");
-        if verified.len() >= VERIFIED_MAX {
-            verified.retain(|_, (_, c)| now < c.exp.saturating_add(LEEWAY));
+        {
+            let mut verified = self.verified.lock().expect("verified lock");
             if verified.len() >= VERIFIED_MAX {
-                verified.clear();
+                verified.retain(|_, known| now < known.claims.exp.saturating_add(LEEWAY));
+                if verified.len() >= VERIFIED_MAX {
+                    verified.clear();
+                }
             }
+            verified.insert(
+                signature.into(),
+                VerifiedToken {
+                    token: token.into(),
+                    claims: claims.clone(),
+                    user,
+                    generation,
+                },
+            );
         }
-        verified.insert(signature.into(), (token.into(), claims.clone()));
-        Ok(claims)
+        self.unrevoked(claims, user, generation, now).await
+    }
+
+    /// `claims` if the account's tokens of `generation` still hold.
+    async fn unrevoked(
+        &self,
+        claims: Arc<Claims>,
+        user: UserId,
+        generation: i64,
+        now: i64,
+    ) -> Result<Arc<Claims>, AuthError> {
+        if self.floor(user, now).await?.admits(generation) {
+            Ok(claims)
+        } else {
+            Err(TokenError::Revoked.into())
+        }
     }
 
     pub(crate) fn access_token(
         &self,
         user: UserId,
+        generation: i64,
         roles: &[String],
         amr: &[&str],
         now: i64,
     ) -> Result<String, AuthError> {
-        self.access_token_with(user, roles, amr, serde_json::Map::new(), now)
+        let mut extra = serde_json::Map::new();
+        extra.insert(GENERATION_CLAIM.into(), json!(generation));
+        self.access_token_with(user, roles, amr, extra, now)
     }
 
-    /// An access token for keel's API with `extra` claims besides roles and `amr` (an OpenID
-    /// Connect client's `client_id` and `scope`).
+    /// An access token for keel's API with `extra` claims besides roles and `amr` (the token
+    /// generation; an OpenID Connect client's `client_id` and `scope`).
     pub(crate) fn access_token_with(
         &self,
         user: UserId,
@@ -718,7 +852,13 @@ impl Idp {
             None => Some(self.device_token(user)),
         };
         Ok(Tokens {
-            access_token: self.access_token(user, &signed_in.roles, &signed_in.amr, now)?,
+            access_token: self.access_token(
+                user,
+                signed_in.generation,
+                &signed_in.roles,
+                &signed_in.amr,
+                now,
+            )?,
             token_type: "Bearer".into(),
             expires_in: self.settings.access_ttl_secs,
             refresh_token,
@@ -810,9 +950,11 @@ impl Idp {
             let active = credentials.last_login_at.unwrap_or(created);
             if now - active > dormant {
                 credentials.disabled_at = Some(now);
+                credentials.token_generation += 1;
                 credentials.version += 1;
                 self.store.put_credentials(&credentials).await?;
                 self.store.revoke_families_of(&subject).await?;
+                self.tokens_revoked(user.id).await;
                 self.record(
                     now,
                     "system",
@@ -904,6 +1046,7 @@ impl Idp {
             roles: self.effective_roles(&credentials),
             user,
             amr,
+            generation: credentials.token_generation,
         })
     }
 
@@ -948,6 +1091,7 @@ impl Idp {
         Ok(Tokens {
             access_token: self.access_token(
                 credentials.user_id,
+                credentials.token_generation,
                 &self.effective_roles(credentials),
                 &["pwd"],
                 now,
@@ -1084,15 +1228,19 @@ impl Idp {
         self.check_policy(account, password)?;
         credentials.password_hash = Some(self.hasher.hash(password));
         credentials.password_changed_at = Some(now);
+        credentials.token_generation += 1;
         credentials.version += 1;
         self.store.put_credentials(credentials).await?;
-        Ok(self
+        let ended = self
             .store
             .revoke_families_of(&account.id.to_string())
-            .await?)
+            .await?;
+        self.tokens_revoked(account.id).await;
+        Ok(ended)
     }
 
-    /// Ends every sign-in of the account; returns how many were live.
+    /// Ends every sign-in of the account: its refresh tokens, access tokens and browser
+    /// sessions stop. Returns how many sign-ins (refresh-token families) were live.
     pub async fn sign_out_everywhere(
         &self,
         user: UserId,
@@ -1100,7 +1248,9 @@ impl Idp {
         now: i64,
     ) -> Result<u64, AuthError> {
         let subject = user.to_string();
+        self.raise_generation(user, None).await?;
         let ended = self.store.revoke_families_of(&subject).await?;
+        self.tokens_revoked(user).await;
         self.record_own(
             now,
             &subject,
@@ -1113,7 +1263,8 @@ impl Idp {
     }
 
     /// Disables or enables an account (admins). A disabled account cannot sign in or refresh,
-    /// and its sign-ins end at once; its access tokens expire within their lifetime.
+    /// and its sign-ins end at once, access tokens and browser sessions included; enabling it
+    /// again does not bring those back.
     pub async fn set_disabled(
         &self,
         actor: &str,
@@ -1127,7 +1278,9 @@ impl Idp {
         let subject = user.to_string();
         if credentials.disabled_at.is_some() != disabled {
             credentials.disabled_at = disabled.then_some(now);
-            if !disabled {
+            if disabled {
+                credentials.token_generation += 1;
+            } else {
                 // Enabling counts as activity: an account disabled as dormant would otherwise
                 // be disabled again at its next sign-in.
                 credentials.last_login_at = Some(now);
@@ -1140,6 +1293,9 @@ impl Idp {
         } else {
             0
         };
+        // Either way the cached floors are wrong now: "nothing" after enabling, the old
+        // generation after disabling.
+        self.tokens_revoked(user).await;
         let action = if disabled {
             "account_disabled"
         } else {

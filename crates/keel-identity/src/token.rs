@@ -104,6 +104,10 @@ pub enum TokenError {
     Issuer,
     #[error("the token is not meant for this audience")]
     Audience,
+    /// Its account signed out everywhere, changed its password, or was disabled or erased
+    /// after it was issued.
+    #[error("the token was revoked")]
+    Revoked,
 }
 
 /// What a verifier expects of a token besides its signature.

@@ -54,6 +54,11 @@ impl StoreDialect for MariaDbDialect {
             "sealed names",
             include_str!("../migrations/0006_sealed_names.sql"),
         ),
+        (
+            7,
+            "token generation",
+            include_str!("../migrations/0007_token_generation.sql"),
+        ),
     ];
 
     fn connect_options(url: &str) -> Result<MySqlConnectOptions, StoreError> {

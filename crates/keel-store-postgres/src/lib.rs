@@ -48,6 +48,11 @@ impl StoreDialect for PostgresDialect {
             "federation",
             include_str!("../migrations/0005_federation.sql"),
         ),
+        (
+            6,
+            "token generation",
+            include_str!("../migrations/0006_token_generation.sql"),
+        ),
     ];
 
     fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {

@@ -26,10 +26,11 @@ type CredentialsRow = (
     String,
     Option<i64>,
     i64,
+    i64,
 );
 
 const CREDENTIALS_COLUMNS: &str = "password_hash, password_changed_at, email_verified_at, disabled_at, roles, \
-     totp_secret, totp_last_step, recovery_codes, last_login_at, version";
+     totp_secret, totp_last_step, recovery_codes, last_login_at, token_generation, version";
 
 /// Binds `c`'s columns in [`CREDENTIALS_COLUMNS`]' order (`roles` and `codes` as JSON).
 fn bind_credentials<D: StoreDialect>(
@@ -54,6 +55,7 @@ where
         .bind(c.totp_last_step)
         .bind(codes.to_owned())
         .bind(c.last_login_at)
+        .bind(c.token_generation)
         .bind(c.version)
 }
 
@@ -72,7 +74,8 @@ fn credentials(user_id: UserId, row: CredentialsRow) -> Result<Credentials, Stor
         totp_last_step: row.6,
         recovery_codes: list(&row.7, "recovery codes")?,
         last_login_at: row.8,
-        version: row.9,
+        token_generation: row.9,
+        version: row.10,
     })
 }
 
@@ -166,7 +169,7 @@ where
         let written = if c.version == 1 {
             let insert = query::<D>(&format!(
                 "INSERT INTO identity_credentials ({CREDENTIALS_COLUMNS}, user_id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ));
             let res = bind_credentials::<D>(insert, c, &roles, &codes)
                 .bind(user.clone())

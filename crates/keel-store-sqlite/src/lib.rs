@@ -55,6 +55,11 @@ impl StoreDialect for SqliteDialect {
             "federation",
             include_str!("../migrations/0005_federation.sql"),
         ),
+        (
+            6,
+            "token generation",
+            include_str!("../migrations/0006_token_generation.sql"),
+        ),
     ];
 
     /// `url` is `sqlite://path` or `sqlite::memory:`; a missing file is created.

@@ -9,11 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use keel_cache::RedisTier;
+use keel_cache::redis_tier::Event;
 use keel_config::Settings;
 use keel_domain::{EventStore, IdentityStore, UserRepo};
 use keel_identity::envelope::Keyring;
 use keel_identity::lockout::LockoutPolicy;
 use keel_identity::password::{Argon2Params, PasswordHasher, PasswordPolicy};
+use keel_identity::revocation::RevocationFeed;
 use keel_identity::service::{Idp, IdpSettings};
 
 /// The IdP of these settings, or `None` when `identity.enabled` is off.
@@ -23,6 +26,7 @@ pub async fn build(
     store: Arc<dyn IdentityStore>,
     outbox: Arc<dyn EventStore>,
     listen: std::net::SocketAddr,
+    redis: Option<Arc<RedisTier>>,
 ) -> anyhow::Result<Option<Arc<Idp>>> {
     let config = &settings.identity;
     if !config.enabled {
@@ -58,48 +62,55 @@ pub async fn build(
     .map_err(|e| anyhow::anyhow!("identity.argon2_*: {e}"))?;
     let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let days = |d: u32| (d > 0).then(|| i64::from(d) * 86_400);
-    let idp = Arc::new(
-        Idp::new(
-            users,
-            store,
-            PasswordHasher::new(params),
-            keyring,
-            &secret,
-            IdpSettings {
-                issuer: config
-                    .issuer
-                    .clone()
-                    .unwrap_or_else(|| format!("http://{listen}")),
-                audience: config.audience.clone(),
-                access_ttl_secs: secs(config.access_ttl_secs),
-                session_ttl_secs: secs(config.session_ttl_secs),
-                key_rotation_secs: secs(config.key_rotation_secs),
-                lockout: LockoutPolicy::default(),
-                policy: PasswordPolicy {
-                    min_chars: config.password_min_chars,
-                    ..PasswordPolicy::default()
-                },
-                totp_issuer: "keel".into(),
-                signup: config.signup,
-                password_max_age_secs: days(config.password_max_age_days),
-                dormant_after_secs: days(config.dormant_after_days),
-                mfa_required_roles: config.mfa_required_roles.clone(),
-                providers: config
-                    .providers
-                    .iter()
-                    .map(|p| keel_identity::federation::Provider {
-                        name: p.name.clone(),
-                        issuer: p.issuer.clone(),
-                        client_id: p.client_id.clone(),
-                        client_secret: p.client_secret.as_ref().map(|s| s.expose().to_owned()),
-                        scopes: p.scopes.clone(),
-                        link_by_verified_email: p.link_by_verified_email,
-                    })
-                    .collect(),
+    let idp = Idp::new(
+        users,
+        store,
+        PasswordHasher::new(params),
+        keyring,
+        &secret,
+        IdpSettings {
+            issuer: config
+                .issuer
+                .clone()
+                .unwrap_or_else(|| format!("http://{listen}")),
+            audience: config.audience.clone(),
+            access_ttl_secs: secs(config.access_ttl_secs),
+            session_ttl_secs: secs(config.session_ttl_secs),
+            key_rotation_secs: secs(config.key_rotation_secs),
+            revocation_check_secs: secs(config.revocation_check_secs),
+            lockout: LockoutPolicy::default(),
+            policy: PasswordPolicy {
+                min_chars: config.password_min_chars,
+                ..PasswordPolicy::default()
             },
-        )
-        .with_outbox(outbox),
-    );
+            totp_issuer: "keel".into(),
+            signup: config.signup,
+            password_max_age_secs: days(config.password_max_age_days),
+            dormant_after_secs: days(config.dormant_after_days),
+            mfa_required_roles: config.mfa_required_roles.clone(),
+            providers: config
+                .providers
+                .iter()
+                .map(|p| keel_identity::federation::Provider {
+                    name: p.name.clone(),
+                    issuer: p.issuer.clone(),
+                    client_id: p.client_id.clone(),
+                    client_secret: p.client_secret.as_ref().map(|s| s.expose().to_owned()),
+                    scopes: p.scopes.clone(),
+                    link_by_verified_email: p.link_by_verified_email,
+                })
+                .collect(),
+        },
+    )
+    .with_outbox(outbox);
+    let idp = match redis {
+        Some(redis) => {
+            let idp = Arc::new(idp.with_revocation_feed(Arc::new(RedisRevocations(redis.clone()))));
+            subscribe_revocations(&redis, Arc::downgrade(&idp));
+            idp
+        }
+        None => Arc::new(idp),
+    };
     let loaded = match idp.ensure_keys(now()).await {
         Ok(()) => true,
         Err(e) => {
@@ -111,6 +122,47 @@ pub async fn build(
     };
     tokio::spawn(keep_keys(Arc::downgrade(&idp), loaded));
     Ok(Some(idp))
+}
+
+/// The Redis channel (`keel:inval:<this>`) revocations travel on between instances.
+const REVOCATIONS: &str = "token-generations";
+
+/// Tells the other instances through Redis, on the invalidation channel the users cache uses,
+/// that an account's tokens were revoked.
+struct RedisRevocations(Arc<RedisTier>);
+
+#[async_trait::async_trait]
+impl RevocationFeed for RedisRevocations {
+    async fn publish(&self, user: keel_domain::UserId) {
+        // Waits until Redis has handed the message to every subscribed instance; when Redis
+        // fails, the other instances refuse within `identity.revocation_check_secs` anyway.
+        if let Err(e) = self
+            .0
+            .publish_and_wait(REVOCATIONS, &user.to_string(), 0)
+            .await
+        {
+            tracing::warn!(error = %e, "revocation not published; other instances refuse within identity.revocation_check_secs");
+        }
+    }
+}
+
+/// Drops the floors other instances revoke; all of them when the subscription was lost
+/// (messages may have been missed).
+fn subscribe_revocations(redis: &Arc<RedisTier>, idp: std::sync::Weak<Idp>) {
+    redis.clone().spawn_subscriber(REVOCATIONS, move |event| {
+        let Some(idp) = idp.upgrade() else {
+            return false;
+        };
+        match event {
+            Event::Resubscribed => idp.forget_floors(),
+            Event::Invalidated { key, .. } => {
+                if let Ok(user) = key.parse() {
+                    idp.forget_floor(user);
+                }
+            }
+        }
+        true
+    });
 }
 
 fn now() -> i64 {

@@ -90,8 +90,8 @@ impl Application {
         let users = build_users(&settings, repo.clone(), l2.clone()).await?;
 
         let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(DatabaseProbe(repo.clone()))];
-        if let Some(l2) = l2 {
-            probes.push(Arc::new(RedisProbe(l2)));
+        if let Some(l2) = &l2 {
+            probes.push(Arc::new(RedisProbe(l2.clone())));
         }
         let readiness = Arc::new(Readiness::new(probes));
         let backlog = Arc::new(AtomicU64::new(0));
@@ -103,6 +103,7 @@ impl Application {
             database.identity(),
             events.clone(),
             listener.local_addr()?,
+            l2,
         )
         .await?;
         let state = AppState::new(keel_api::Shared {

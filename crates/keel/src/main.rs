@@ -256,6 +256,8 @@ async fn run(
                 db.identity(),
                 db.events(),
                 settings.server.listen,
+                // Creating an account revokes nothing: no instance needs telling.
+                None,
             )
             .await?
             .context("identity.enabled is off")?;

@@ -1,8 +1,9 @@
 //! `keel gateway` in front of `keel serve` instances, as an operator runs them: the real
 //! binaries, one PostgreSQL database shared by the instances, and client load through the
 //! gateway while an instance is killed with SIGKILL, drained with SIGTERM, or dropped from the
-//! pool by a SIGHUP reload; the gateway itself stopped with SIGTERM mid-request; and a
-//! configuration naming an unknown pool refused.
+//! pool by a SIGHUP reload; the gateway itself stopped with SIGTERM mid-request; a
+//! configuration naming an unknown pool refused; and a token revoked on one instance refused
+//! by the other (at once with Redis, within `identity.revocation_check_secs` without).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -43,7 +44,11 @@ struct Running {
 
 impl Running {
     fn spawn(cmd: &mut Command) -> Self {
+        // The tests' own server overrides share keel's `KEEL_` prefix, which keel would read
+        // as unknown settings.
         let mut child = cmd
+            .env_remove("KEEL_TEST_POSTGRES_URL")
+            .env_remove("KEEL_TEST_MARIADB_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -315,6 +320,8 @@ async fn sign_in_admin(dir: &Path, port: u16, env: &[(String, String)]) -> Strin
     let mut cmd = Command::new(KEEL);
     cmd.args(["admin", "create", "--email", ADMIN, "--data-dir"])
         .arg(dir)
+        .env_remove("KEEL_TEST_POSTGRES_URL")
+        .env_remove("KEEL_TEST_MARIADB_URL")
         .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -889,4 +896,104 @@ async fn a_new_gateway_takes_the_port_over_while_the_old_one_drains() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(served > 10.0, "the successor served {served}: {metrics}");
+}
+
+/// Signs `email` up through the cluster's admin and in; its access token.
+async fn signed_in_account(cluster: &Cluster, email: &str) -> String {
+    let http = client();
+    let res = http
+        .post(cluster.url("/users"))
+        .bearer_auth(&cluster.token)
+        .json(&json!({"name": "Ada", "email": email, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let tokens: Value = http
+        .post(cluster.url("/auth/login"))
+        .json(&json!({"email": email, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Signs `token`'s account out everywhere on instance `a`, and measures how long instance `b`
+/// (which verified and cached the token before) keeps accepting it: `None` if it still does
+/// after `within`.
+async fn revoked_on_a_refused_on_b_after(
+    cluster: &Cluster,
+    token: &str,
+    within: Duration,
+) -> Option<Duration> {
+    let http = client();
+    let on = |i: usize, path: &str| format!("http://127.0.0.1:{}{path}", cluster.ports[i]);
+    for i in [0, 1, 0, 1] {
+        let res = http.get(on(i, "/auth/me")).bearer_auth(token).send().await;
+        assert_eq!(res.unwrap().status(), 200, "instance {i} accepts the token");
+    }
+    let res = http
+        .post(on(0, "/auth/logout-all"))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let revoked = Instant::now();
+    loop {
+        let res = http.get(on(1, "/auth/me")).bearer_auth(token).send().await;
+        match res.unwrap().status().as_u16() {
+            401 => return Some(revoked.elapsed()),
+            200 if revoked.elapsed() < within => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            200 => return None,
+            other => panic!("instance 1 answered {other}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_instance_is_refused_by_the_other_at_once_with_redis() {
+    let _heavy = HEAVY.lock().await;
+    let cluster = Cluster::start(
+        2,
+        &[("KEEL_CACHE__REDIS_URL", "redis://127.0.0.1:6379")],
+        &[],
+    )
+    .await;
+    let token = signed_in_account(&cluster, "ada@revoke.test").await;
+    let took = revoked_on_a_refused_on_b_after(&cluster, &token, Duration::from_secs(5)).await;
+    // Redis handed the revocation to the other instance before the revoking request answered:
+    // its first look refuses.
+    let took = took.unwrap_or_else(|| panic!("still accepted after 5 s\n{}", cluster.logs()));
+    println!("with Redis: the other instance refused {took:?} after the revocation answered");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    for _ in 0..4 {
+        let res = client()
+            .get(cluster.url("/users"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "through the gateway, on either instance");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_instances_refuse_a_revoked_token_within_the_revocation_check() {
+    let _heavy = HEAVY.lock().await;
+    let cluster = Cluster::start(2, &[("KEEL_IDENTITY__REVOCATION_CHECK_SECS", "2")], &[]).await;
+    let token = signed_in_account(&cluster, "ada@revoke.test").await;
+    // Whole seconds: a floor read in second s is trusted until s + 2, so up to 2 s.
+    let took = revoked_on_a_refused_on_b_after(&cluster, &token, Duration::from_secs(4)).await;
+    let took = took.unwrap_or_else(|| panic!("still accepted after 4 s\n{}", cluster.logs()));
+    println!(
+        "without Redis (revocation_check_secs = 2): the other instance refused after {took:?}"
+    );
+    assert!(took <= Duration::from_millis(2_200), "{took:?}");
 }

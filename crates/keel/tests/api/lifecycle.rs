@@ -326,6 +326,14 @@ async fn email_verification_and_password_reset_through_the_mailbox(backend: Back
         .await
         .unwrap();
     assert_eq!(res.status(), 401, "a reset ends every sign-in");
+    let res = app
+        .client
+        .get(app.url("/auth/me"))
+        .bearer_auth(before["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "and its access tokens");
 
     // A new address is unverified until its link is used.
     let res = app

@@ -9,4 +9,5 @@ mod lifecycle;
 mod oidc;
 mod ops;
 mod policy;
+mod revocation;
 mod users;

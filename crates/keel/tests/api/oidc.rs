@@ -22,10 +22,10 @@ on_every_backend!(
     the_provider_refuses_what_it_must,
 );
 
-const REDIRECT: &str = "http://127.0.0.1:9/callback";
+pub(crate) const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
 /// Registers a client through the admin API; returns its secret (none for a public client).
-async fn register(app: &TestApp, id: &str, public: bool) -> Option<String> {
+pub(crate) async fn register(app: &TestApp, id: &str, public: bool) -> Option<String> {
     let root = sign_up(app, &format!("root-{id}@example.com")).await;
     grant(app, &root, &["admin"]).await;
     let admin = tokens_of(app, &format!("root-{id}@example.com"), PASSWORD).await;
@@ -42,7 +42,7 @@ async fn register(app: &TestApp, id: &str, public: bool) -> Option<String> {
     body["client_secret"].as_str().map(str::to_owned)
 }
 
-fn no_redirects() -> reqwest::Client {
+pub(crate) fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -50,7 +50,7 @@ fn no_redirects() -> reqwest::Client {
 }
 
 /// The `name="…" value="…"` pairs of a page's hidden inputs.
-fn hidden_inputs(html: &str) -> Vec<(String, String)> {
+pub(crate) fn hidden_inputs(html: &str) -> Vec<(String, String)> {
     html.split("<input type=\"hidden\" ")
         .skip(1)
         .filter_map(|rest| {
@@ -64,7 +64,7 @@ fn hidden_inputs(html: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn set_cookie_value(res: &reqwest::Response, name: &str) -> Option<String> {
+pub(crate) fn set_cookie_value(res: &reqwest::Response, name: &str) -> Option<String> {
     res.headers()
         .get_all("set-cookie")
         .iter()
@@ -76,6 +76,15 @@ fn set_cookie_value(res: &reqwest::Response, name: &str) -> Option<String> {
 /// What a person does in the browser: open the authorization URL, sign in on the page, allow.
 /// Returns the redirect's Location.
 async fn sign_in_on_the_page(http: &reqwest::Client, url: &str, email: &str) -> String {
+    signed_in_on_the_page(http, url, email).await.0
+}
+
+/// [`sign_in_on_the_page`], also returning the browser session cookie's value.
+pub(crate) async fn signed_in_on_the_page(
+    http: &reqwest::Client,
+    url: &str,
+    email: &str,
+) -> (String, String) {
     let page = http.get(url).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let csrf_cookie = set_cookie_value(&page, "keel_csrf").expect("a CSRF cookie");
@@ -94,11 +103,14 @@ async fn sign_in_on_the_page(http: &reqwest::Client, url: &str, email: &str) -> 
         .await
         .unwrap();
     assert_eq!(res.status(), 303, "{:?}", res.text().await);
-    assert!(set_cookie_value(&res, "keel_session").is_some());
-    res.headers()["location"].to_str().unwrap().to_owned()
+    let session = set_cookie_value(&res, "keel_session").expect("a session cookie");
+    (
+        res.headers()["location"].to_str().unwrap().to_owned(),
+        session,
+    )
 }
 
-fn query_param(url: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(url: &str, name: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;

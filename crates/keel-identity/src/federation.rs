@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::service::{AuthError, Idp, mac};
+use crate::service::{AccountMail, AuthError, Idp, mac};
 use crate::token::{Expect, TokenError, Verifier};
 
 /// How long a started sign-in may take at the provider.
@@ -376,6 +376,11 @@ impl Idp {
                 |c| {
                     c.email_verified_at = external.email_verified.then_some(now);
                 },
+                if external.email_verified {
+                    AccountMail::None
+                } else {
+                    AccountMail::Verification
+                },
             )
             .await;
         let user = match made {
@@ -385,9 +390,6 @@ impl Idp {
             Err(e) => return Err(e.into()),
         };
         self.link_external(provider, external, user.id, now).await?;
-        if !external.email_verified {
-            self.send_verification(user.id, now).await?;
-        }
         Ok((user.id, "login_succeeded"))
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keel_config::Settings;
-use keel_domain::{EventStore, IdentityStore, UserRepo};
+use keel_domain::{Accounts, EventStore, IdentityStore};
 use keel_identity::envelope::Keyring;
 use keel_identity::lockout::LockoutPolicy;
 use keel_identity::password::{Argon2Params, PasswordHasher, PasswordPolicy};
@@ -19,7 +19,7 @@ use keel_identity::service::{Idp, IdpSettings};
 /// The IdP of these settings, or `None` when `identity.enabled` is off.
 pub async fn build(
     settings: &Settings,
-    users: Arc<dyn UserRepo>,
+    users: Arc<dyn Accounts>,
     store: Arc<dyn IdentityStore>,
     outbox: Arc<dyn EventStore>,
     listen: std::net::SocketAddr,

@@ -157,6 +157,8 @@ pub struct NewAccount {
     pub audit: AuthEvent,
     /// Outbox messages as (topic, message): the verification or invitation mail, if any.
     pub mails: Vec<(String, Outgoing)>,
+    /// Its identity at an external provider, for an account made by a federated sign-in.
+    pub link: Option<FederatedLink>,
 }
 
 /// The users as the identity provider reads and makes them: as acknowledged, which under the

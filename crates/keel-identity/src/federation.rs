@@ -367,6 +367,8 @@ impl Idp {
                 UserName::parse(local).unwrap_or_else(|_| UserName::parse("user").expect("valid"))
             });
         let actor = format!("federation:{}", provider.name);
+        // The account and its link commit together: a crash cannot leave an account made for
+        // this identity that the identity does not sign in to.
         let made = self
             .insert_account(
                 NewUser { name, email },
@@ -381,15 +383,25 @@ impl Idp {
                 } else {
                     AccountMail::Verification
                 },
+                |user_id| {
+                    Some(FederatedLink {
+                        provider: provider.name.clone(),
+                        subject: external.subject.clone(),
+                        user_id,
+                        linked_at: now,
+                    })
+                },
             )
             .await;
         let user = match made {
             Ok((user, _)) => user,
-            // Made by another sign-in a moment ago: the next attempt links or refuses.
-            Err(AuthError::EmailTaken) => return Err(FederationError::Expired),
+            // Made by another sign-in a moment ago (the address, or this identity's link, is
+            // taken): the next attempt signs in, links or refuses.
+            Err(AuthError::EmailTaken | AuthError::Store(StoreError::Conflict { .. })) => {
+                return Err(FederationError::Expired);
+            }
             Err(e) => return Err(e.into()),
         };
-        self.link_external(provider, external, user.id, now).await?;
         Ok((user.id, "login_succeeded"))
     }
 }

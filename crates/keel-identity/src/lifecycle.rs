@@ -272,6 +272,7 @@ impl Idp {
                     c.roles = roles;
                 },
                 AccountMail::Invitation,
+                |_| None,
             )
             .await?;
         Ok(user)

@@ -673,14 +673,17 @@ impl Idp {
                     c.roles = roles;
                 },
                 mail,
+                |_| None,
             )
             .await?;
         Ok(user)
     }
 
     /// Makes a new user, its credentials (set by `fill`), the audit entry of `action` with the
-    /// roles given, and `mail`, all in one transaction: the account exists whole or not at all.
-    /// `EmailTaken` when the address has an account.
+    /// roles given, `mail` and the external identity `link` (a federated sign-up), all in one
+    /// transaction: the account exists whole or not at all. `EmailTaken` when the address has
+    /// an account.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn insert_account(
         &self,
         new: NewUser,
@@ -689,6 +692,7 @@ impl Idp {
         now: i64,
         fill: impl FnOnce(&mut Credentials),
         mail: AccountMail,
+        link: impl FnOnce(UserId) -> Option<keel_domain::FederatedLink>,
     ) -> Result<(User, Credentials), AuthError> {
         let created = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default();
         let user = User::create(new, created);
@@ -709,6 +713,7 @@ impl Idp {
                 client: None,
                 detail: json!({ "roles": credentials.roles }),
             },
+            link: link(user.id),
             user,
             credentials,
             mails: mails.into_iter().collect(),

@@ -231,6 +231,31 @@ where
     .map(drop)
 }
 
+/// Links an external identity in the caller's transaction; `Conflict` when it is linked already.
+pub(crate) async fn insert_link<D: StoreDialect>(
+    conn: &mut <Db<D> as Database>::Connection,
+    link: &FederatedLink,
+) -> Result<(), StoreError>
+where
+    for<'a> &'a str: Encode<'a, Db<D>> + Type<Db<D>>,
+    i64: Column<Db<D>>,
+    String: Column<Db<D>>,
+    <Db<D> as Database>::Arguments: IntoArguments<Db<D>>,
+    for<'c> &'c mut <Db<D> as Database>::Connection: Executor<'c, Database = Db<D>>,
+{
+    query::<D>(
+        "INSERT INTO identity_links (provider, subject, user_id, linked_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(link.provider.as_str())
+    .bind(link.subject.as_str())
+    .bind(link.user_id.to_string())
+    .bind(link.linked_at)
+    .execute(conn)
+    .await
+    .map_err(map_err::<D>)
+    .map(drop)
+}
+
 #[async_trait]
 impl<D: StoreDialect> IdentityStore for SqlStore<D>
 where
@@ -433,17 +458,8 @@ where
     }
 
     async fn link_identity(&self, link: &FederatedLink) -> Result<bool, StoreError> {
-        let res = query::<D>(
-            "INSERT INTO identity_links (provider, subject, user_id, linked_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(link.provider.as_str())
-        .bind(link.subject.as_str())
-        .bind(link.user_id.to_string())
-        .bind(link.linked_at)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err::<D>);
-        match res {
+        let mut conn = self.pool.acquire().await.map_err(map_err::<D>)?;
+        match insert_link::<D>(&mut conn, link).await {
             Ok(_) => Ok(true),
             Err(StoreError::Conflict { .. }) => Ok(false),
             Err(e) => Err(e),

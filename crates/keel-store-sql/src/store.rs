@@ -360,6 +360,9 @@ where
         for (topic, mail) in &account.mails {
             Self::enqueue(&mut tx, topic, mail).await?;
         }
+        if let Some(link) = &account.link {
+            crate::identity::insert_link::<D>(&mut tx, link).await?;
+        }
         tx.commit().await.map_err(map_err::<D>)
     }
 

@@ -37,7 +37,8 @@ pub async fn run_all<S: UserRepo + IdentityStore>(store: &S) {
 
 /// `UserRepo::insert_account` (not in [`run_all`]: it needs the outbox too, and each engine runs
 /// it as its own test): an account is stored whole — user, `user.created` event, credentials,
-/// roles, audit entry, mail — and one refused for a taken address leaves nothing behind.
+/// roles, audit entry, mail, external identity — and one refused for a taken address leaves
+/// nothing behind.
 pub async fn an_account_is_made_whole_or_not_at_all<S: UserRepo + IdentityStore + EventStore>(
     store: &S,
 ) {
@@ -59,6 +60,12 @@ pub async fn an_account_is_made_whole_or_not_at_all<S: UserRepo + IdentityStore 
                 "mail.verify_email".into(),
                 Outgoing::new(b"confirm".to_vec()).with_key(user.id.to_string()),
             )],
+            link: Some(FederatedLink {
+                provider: "corp".into(),
+                subject: format!("sub-{}", user.id),
+                user_id: user.id,
+                linked_at: 1_800_000_000,
+            }),
             credentials,
             user,
         }
@@ -94,6 +101,13 @@ pub async fn an_account_is_made_whole_or_not_at_all<S: UserRepo + IdentityStore 
             .collect()
     };
     assert_eq!(topics(ada.user.id), ["user.created", "mail.verify_email"]);
+    assert_eq!(
+        store
+            .linked_account("corp", &format!("sub-{}", ada.user.id))
+            .await
+            .unwrap(),
+        Some(ada.user.id)
+    );
 
     // The same address again: refused, and none of its parts is stored.
     let twin = account(user("ada@accounts.test"));

@@ -124,11 +124,8 @@ pub async fn create_user(
         let (name, email) = (body.required_str("name")?, body.required_str("email")?);
         match body.optional_str("password")? {
             Some(password) => {
-                let user = idp
-                    .create_account(name, email, password, &roles, &actor, now)
-                    .await?;
-                idp.send_verification(user.id, now).await?;
-                user
+                idp.register(name, email, password, &roles, &actor, now)
+                    .await?
             }
             None => idp.invite(name, email, &roles, &actor, now).await?,
         }
@@ -139,18 +136,15 @@ pub async fn create_user(
             SignupMode::Closed => return Err(ApiError::SignupClosed("closed")),
         }
         body.deny_unknown(&["name", "email", "password"])?;
-        let user = idp
-            .create_account(
-                body.required_str("name")?,
-                body.required_str("email")?,
-                body.required_str("password")?,
-                &[],
-                "anonymous",
-                now,
-            )
-            .await?;
-        idp.send_verification(user.id, now).await?;
-        user
+        idp.register(
+            body.required_str("name")?,
+            body.required_str("email")?,
+            body.required_str("password")?,
+            &[],
+            "anonymous",
+            now,
+        )
+        .await?
     };
     let location = format!("/users/{}", user.id);
     let mut res = (StatusCode::CREATED, Json(user)).into_response();
@@ -216,7 +210,7 @@ pub async fn update_user(
     };
     // A new address is unverified until its owner follows the link mailed to it.
     if let (true, Some(idp)) = (email_changed, &state.identity) {
-        idp.email_changed(id, crate::auth::now()).await?;
+        idp.email_changed(&user.value, crate::auth::now()).await?;
     }
     Ok(user_response(StatusCode::OK, &user))
 }

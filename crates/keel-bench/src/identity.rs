@@ -173,7 +173,7 @@ fn cached_verifications(n: u64) -> anyhow::Result<f64> {
         .await?;
         store.migrate().await?;
         let idp = Idp::new(
-            Arc::new(store.clone()),
+            Arc::new(keel_domain::Uncached(Arc::new(store.clone()))),
             Arc::new(store),
             PasswordHasher::default(),
             Keyring::parse([Keyring::generate_entry("k1").as_str()])?,

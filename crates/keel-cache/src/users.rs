@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chrono::{DurationRound, TimeDelta, Utc};
 use keel_domain::CacheStrategy as Strategy;
 use keel_domain::{
-    NewUser, Page, PageRequest, StoreError, User, UserEmail, UserId, UserPatch, UserRepo,
+    Accounts, NewAccount, NewUser, Page, PageRequest, StoreError, User, UserEmail, UserId,
+    UserPatch, UserRepo,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -137,6 +138,29 @@ impl CachedUsers {
         Ok(cached)
     }
 
+    /// Makes an account (user, credentials, audit entry, mails) in one database transaction,
+    /// under every strategy. Under write-back too: the account's other parts live in tables the
+    /// journal does not carry, so the user row commits with them rather than through the journal,
+    /// and the acknowledgement is that commit. It is still checked against the journal (see
+    /// [`WriteBack::create_account`]) so that it never takes an address a pending write holds.
+    pub async fn create_account(
+        &self,
+        account: &NewAccount,
+    ) -> Result<Arc<Cached<User>>, StoreError> {
+        if let Some(wb) = &self.write_back {
+            return wb.create_account(account).await;
+        }
+        self.repo.insert_account(account).await?;
+        let cached = Cached::new(account.user.clone());
+        let key = cached.value.id;
+        match self.strategy {
+            Strategy::Lazy => self.cache.invalidate(&key, cached.value.version).await,
+            Strategy::WriteThrough => self.cache.put(&key, cached.clone()).await,
+            Strategy::Ttl | Strategy::WriteBack => {}
+        }
+        Ok(cached)
+    }
+
     /// Applies `patch`; `None` when the user does not exist.
     pub async fn update(
         &self,
@@ -215,6 +239,32 @@ impl CachedUsers {
         if let Some(wb) = &self.write_back {
             wb.shutdown(deadline).await;
         }
+    }
+}
+
+/// The users as the identity provider sees them: as acknowledged. Under write-back that is the
+/// journal's pending state before the database's; under the other strategies the database is
+/// current (their caches may lag it, and sign-in must not).
+#[async_trait::async_trait]
+impl Accounts for CachedUsers {
+    async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        if let Some(wb) = &self.write_back
+            && let Some(state) = wb.pending(id)
+        {
+            return Ok(state.map(|c| c.value.clone()));
+        }
+        self.repo.get(id).await
+    }
+
+    async fn get_by_email(&self, email: &UserEmail) -> Result<Option<User>, StoreError> {
+        match &self.write_back {
+            Some(wb) => wb.holder_of(email).await,
+            None => self.repo.get_by_email(email).await,
+        }
+    }
+
+    async fn create(&self, account: &NewAccount) -> Result<(), StoreError> {
+        self.create_account(account).await.map(drop)
     }
 }
 
@@ -448,6 +498,47 @@ impl WriteBack {
             self.wake.notify_one();
         }
         Ok(state)
+    }
+
+    /// The user holding `email` as acknowledged: a pending state first, else the database's
+    /// holder unless a pending write of it released the address.
+    async fn holder_of(&self, email: &UserEmail) -> Result<Option<User>, StoreError> {
+        let pending = {
+            let dirty = self.dirty.lock().expect("dirty lock");
+            dirty
+                .emails
+                .get(email)
+                .and_then(|id| dirty.by_id.get(id))
+                .and_then(|p| p.state.as_ref())
+                .map(|c| c.value.clone())
+        };
+        if pending.is_some() {
+            return Ok(pending);
+        }
+        let Some(stored) = self.repo.get_by_email(email).await? else {
+            return Ok(None);
+        };
+        Ok(match self.pending(stored.id) {
+            None => Some(stored),
+            Some(state) => state.map(|c| c.value.clone()).filter(|u| &u.email == email),
+        })
+    }
+
+    /// Makes an account in the database, consistent with the journal: under the gate, so no
+    /// write-back write can claim its address between the check and the commit; refused when a
+    /// pending write holds the address; and when the database still holds it for a user whose
+    /// pending write released it, that write is flushed first so the database agrees.
+    async fn create_account(&self, account: &NewAccount) -> Result<Arc<Cached<User>>, StoreError> {
+        let user = &account.user;
+        let _gate = self.gate.lock().await;
+        self.check_email_free(&user.email, user.id).await?;
+        if self.repo.get_by_email(&user.email).await?.is_some() {
+            self.flush_all(self.opts.backpressure_timeout).await?;
+        }
+        self.repo.insert_account(account).await?;
+        let cached = Cached::new(user.clone());
+        self.cache.put(&user.id, cached.clone()).await;
+        Ok(cached)
     }
 
     async fn check_email_free(&self, email: &UserEmail, id: UserId) -> Result<(), StoreError> {

@@ -26,6 +26,9 @@ impl UserRepo for Counted {
     async fn insert(&self, user: &User) -> Result<(), StoreError> {
         self.inner.insert(user).await
     }
+    async fn insert_account(&self, account: &keel_domain::NewAccount) -> Result<(), StoreError> {
+        self.inner.insert_account(account).await
+    }
     async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         // A slow read widens the window in which concurrent misses pile up.

@@ -9,8 +9,9 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::queue::Outgoing;
 use crate::repo::StoreError;
-use crate::user::UserId;
+use crate::user::{User, UserEmail, UserId};
 
 /// An account's credentials and security state. `version` grows by one per write; a write
 /// applies only over the version before it (optimistic concurrency: two logins racing to record
@@ -150,6 +151,33 @@ pub struct AuthorizationCode {
     /// When the account signed in (unix seconds), for the ID token's `auth_time`.
     pub auth_time: i64,
     pub expires_at: i64,
+}
+
+/// A new account as one unit: its user, its credentials (roles included), the audit entry of its
+/// making and the mails it sends. Stores write it in one transaction, so an account exists whole
+/// or not at all: a crash can no longer leave a user without credentials or without its mail.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub user: User,
+    /// Version 1.
+    pub credentials: Credentials,
+    pub audit: AuthEvent,
+    /// Outbox messages as (topic, message): the verification or invitation mail, if any.
+    pub mails: Vec<(String, Outgoing)>,
+    /// Its identity at an external provider, for an account made by a federated sign-in.
+    pub link: Option<FederatedLink>,
+}
+
+/// The users as the identity provider reads and makes them: as acknowledged, which under the
+/// `write-back` cache includes writes still in its journal. The users cache implements it;
+/// [`crate::repo::Uncached`] is the database alone, for a process with no cache.
+#[async_trait]
+pub trait Accounts: Send + Sync + 'static {
+    async fn get(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    async fn get_by_email(&self, email: &UserEmail) -> Result<Option<User>, StoreError>;
+    /// Makes the account whole or not at all; `Conflict { field: "email" }` when its address is
+    /// taken, by a stored user or by an acknowledged write not yet stored.
+    async fn create(&self, account: &NewAccount) -> Result<(), StoreError>;
 }
 
 /// Storage of the IdP's state. Every relational backend implements it with the same behaviour,

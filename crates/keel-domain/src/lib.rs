@@ -39,14 +39,14 @@ pub use hospital::{
     Transition,
 };
 pub use identity::{
-    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, FederatedLink,
-    IdentityStore, OidcClient, RefreshFamily,
+    Accounts, AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, FederatedLink,
+    IdentityStore, NewAccount, OidcClient, RefreshFamily,
 };
 pub use queue::{
     Broker, BrokerError, Capabilities, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth,
 };
 pub use rbac::{Caller, Permission, SignupMode};
-pub use repo::{Page, PageRequest, StoreError, UserRepo};
+pub use repo::{Page, PageRequest, StoreError, Uncached, UserRepo};
 pub use user::{NewUser, User, UserEmail, UserId, UserName, UserPatch, ValidationError};
 
 /// An error and its sources, one line: `error: cause: cause…`.

@@ -1,7 +1,10 @@
 //! The relational repository port: what keel needs from a database, whichever engine it is.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
+use crate::identity::{Accounts, NewAccount};
 use crate::user::{User, UserEmail, UserId};
 
 /// Why a repository call failed, split into what the caller can fix and what it cannot.
@@ -46,6 +49,10 @@ pub struct Page<T> {
 pub trait UserRepo: Send + Sync + 'static {
     /// Inserts a new user; `Conflict { field: "email" }` if the email is taken.
     async fn insert(&self, user: &User) -> Result<(), StoreError>;
+    /// Inserts a new account in one transaction: the user (and its `user.created` event), its
+    /// credentials and roles, its audit entry and its mails; `Conflict { field: "email" }` if
+    /// the email is taken, and then nothing of it is stored.
+    async fn insert_account(&self, account: &NewAccount) -> Result<(), StoreError>;
     async fn get(&self, id: UserId) -> Result<Option<User>, StoreError>;
     /// The user holding `email` (already lower-cased by [`crate::UserEmail`]), if any.
     async fn get_by_email(&self, email: &UserEmail) -> Result<Option<User>, StoreError>;
@@ -62,6 +69,25 @@ pub trait UserRepo: Send + Sync + 'static {
     async fn apply_batch(&self, upserts: &[User], deletes: &[UserId]) -> Result<(), StoreError>;
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The users straight from the database, as [`Accounts`]: for a process with no users cache in
+/// front of the database (`keel admin create`, the IdP's own tests, the bench).
+pub struct Uncached(pub Arc<dyn UserRepo>);
+
+#[async_trait]
+impl Accounts for Uncached {
+    async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.0.get(id).await
+    }
+
+    async fn get_by_email(&self, email: &UserEmail) -> Result<Option<User>, StoreError> {
+        self.0.get_by_email(email).await
+    }
+
+    async fn create(&self, account: &NewAccount) -> Result<(), StoreError> {
+        self.0.insert_account(account).await
+    }
 }
 
 impl Page<User> {

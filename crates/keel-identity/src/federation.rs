@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::service::{AuthError, Idp, mac};
+use crate::service::{AccountMail, AuthError, Idp, mac};
 use crate::token::{Expect, TokenError, Verifier};
 
 /// How long a started sign-in may take at the provider.
@@ -367,6 +367,8 @@ impl Idp {
                 UserName::parse(local).unwrap_or_else(|_| UserName::parse("user").expect("valid"))
             });
         let actor = format!("federation:{}", provider.name);
+        // The account and its link commit together: a crash cannot leave an account made for
+        // this identity that the identity does not sign in to.
         let made = self
             .insert_account(
                 NewUser { name, email },
@@ -376,18 +378,30 @@ impl Idp {
                 |c| {
                     c.email_verified_at = external.email_verified.then_some(now);
                 },
+                if external.email_verified {
+                    AccountMail::None
+                } else {
+                    AccountMail::Verification
+                },
+                |user_id| {
+                    Some(FederatedLink {
+                        provider: provider.name.clone(),
+                        subject: external.subject.clone(),
+                        user_id,
+                        linked_at: now,
+                    })
+                },
             )
             .await;
         let user = match made {
             Ok((user, _)) => user,
-            // Made by another sign-in a moment ago: the next attempt links or refuses.
-            Err(AuthError::EmailTaken) => return Err(FederationError::Expired),
+            // Made by another sign-in a moment ago (the address, or this identity's link, is
+            // taken): the next attempt signs in, links or refuses.
+            Err(AuthError::EmailTaken | AuthError::Store(StoreError::Conflict { .. })) => {
+                return Err(FederationError::Expired);
+            }
             Err(e) => return Err(e.into()),
         };
-        self.link_external(provider, external, user.id, now).await?;
-        if !external.email_verified {
-            self.send_verification(user.id, now).await?;
-        }
         Ok((user.id, "login_succeeded"))
     }
 }

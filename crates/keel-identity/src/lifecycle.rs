@@ -18,7 +18,7 @@ use keel_domain::{Credentials, NewUser, Outgoing, StoreError, User, UserEmail, U
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::service::{AuthError, Idp, mac};
+use crate::service::{AccountMail, AuthError, Idp, OutboxMail, mac};
 
 /// How long links stay valid.
 pub const VERIFY_TTL_SECS: i64 = 48 * 3600;
@@ -133,19 +133,19 @@ impl Idp {
         Ok((account, credentials))
     }
 
-    /// Sends a mail through the outbox (when the IdP has one; without, the mail is dropped
-    /// with a warning: tests of the core run without a notifier).
-    async fn mail(
+    /// A mail for the outbox (when the IdP has one; without, the mail is dropped with a
+    /// warning: tests of the core run without a notifier).
+    fn outbox_mail(
         &self,
         kind: &str,
         user: &User,
         subject: &str,
         text: String,
-    ) -> Result<(), AuthError> {
-        let Some(outbox) = &self.outbox else {
+    ) -> Option<OutboxMail> {
+        if self.outbox.is_none() {
             tracing::warn!(kind, "no outbox: mail not sent");
-            return Ok(());
-        };
+            return None;
+        }
         let mail = Mail {
             user_id: user.id,
             to: user.email.as_str().to_owned(),
@@ -155,9 +155,14 @@ impl Idp {
         let mut message = Outgoing::new(serde_json::to_vec(&mail).expect("mails serialize"))
             .with_key(user.id.to_string());
         message.headers = keel_domain::trace::headers();
-        outbox
-            .publish(&format!("{MAIL_TOPIC_PREFIX}{kind}"), &message)
-            .await?;
+        Some((format!("{MAIL_TOPIC_PREFIX}{kind}"), message))
+    }
+
+    /// Sends a mail through the outbox on its own.
+    async fn send(&self, mail: Option<OutboxMail>) -> Result<(), AuthError> {
+        if let (Some(outbox), Some((topic, message))) = (&self.outbox, mail) {
+            outbox.publish(&topic, &message).await?;
+        }
         Ok(())
     }
 
@@ -182,10 +187,21 @@ impl Idp {
         if credentials.email_verified_at.is_some() {
             return Ok(());
         }
+        self.send(self.verification_mail(&account, &credentials, now))
+            .await
+    }
+
+    /// The mail with the link that verifies `account`'s address, as `account` says it is.
+    pub(crate) fn verification_mail(
+        &self,
+        account: &User,
+        credentials: &Credentials,
+        now: i64,
+    ) -> Option<OutboxMail> {
         let token = self.link_token(
             Purpose::VerifyEmail,
-            &account,
-            &credentials,
+            account,
+            credentials,
             now + VERIFY_TTL_SECS,
         );
         let text = format!(
@@ -193,8 +209,7 @@ impl Idp {
             account.email.as_str(),
             self.link("/auth/verify-email", &token)
         );
-        self.mail("verify_email", &account, "Confirm your email address", text)
-            .await
+        self.outbox_mail("verify_email", account, "Confirm your email address", text)
     }
 
     /// Marks the address a verification link was sent to as verified.
@@ -218,16 +233,19 @@ impl Idp {
         Ok(account)
     }
 
-    /// After an address change: the new address is not verified until its link is used.
-    pub async fn email_changed(&self, user: UserId, now: i64) -> Result<(), AuthError> {
-        let Some(mut credentials) = self.store.credentials(user).await? else {
+    /// After an address change: the new address is not verified until its link is used. The
+    /// mail goes to `user` as the change acknowledged it, which under the write-back cache the
+    /// database may not show yet.
+    pub async fn email_changed(&self, user: &User, now: i64) -> Result<(), AuthError> {
+        let Some(mut credentials) = self.store.credentials(user.id).await? else {
             return Ok(());
         };
         if credentials.email_verified_at.take().is_some() {
             credentials.version += 1;
             self.store.put_credentials(&credentials).await?;
         }
-        self.send_verification(user, now).await
+        self.send(self.verification_mail(user, &credentials, now))
+            .await
     }
 
     // ---- invitations ----
@@ -244,7 +262,7 @@ impl Idp {
         let name = UserName::parse(name)?;
         let email = UserEmail::parse(email)?;
         let roles = crate::service::role_list(roles)?;
-        let (user, credentials) = self
+        let (user, _) = self
             .insert_account(
                 NewUser { name, email },
                 "account_invited",
@@ -253,18 +271,20 @@ impl Idp {
                 |c| {
                     c.roles = roles;
                 },
+                AccountMail::Invitation,
+                |_| None,
             )
             .await?;
-        self.send_invitation(&user, &credentials, now).await?;
         Ok(user)
     }
 
-    /// Mails (again) the invitation of an account that has no password yet.
+    /// Mails (again) the invitation of an account that has no password yet (and repairs one
+    /// left without credentials by a crash of an older version).
     pub async fn reinvite(&self, user: UserId, actor: &str, now: i64) -> Result<bool, AuthError> {
         let Some(account) = self.users.get(user).await? else {
             return Ok(false);
         };
-        let credentials = self.credentials_of(user).await?;
+        let credentials = self.credentials_or_repair(user, now).await?;
         if credentials.password_hash.is_some() {
             return Err(AuthError::AlreadyActive);
         }
@@ -277,16 +297,18 @@ impl Idp {
             json!({ "again": true }),
         )
         .await?;
-        self.send_invitation(&account, &credentials, now).await?;
+        self.send(self.invitation_mail(&account, &credentials, now))
+            .await?;
         Ok(true)
     }
 
-    async fn send_invitation(
+    /// The invitation mail of `user`, with the link that lets it choose a password.
+    pub(crate) fn invitation_mail(
         &self,
         user: &User,
         credentials: &Credentials,
         now: i64,
-    ) -> Result<(), AuthError> {
+    ) -> Option<OutboxMail> {
         let token = self.link_token(
             Purpose::Invitation,
             user,
@@ -298,7 +320,7 @@ impl Idp {
              a password to POST /auth/invitation/accept: {token}\n\nLink: {}\n",
             self.link("/auth/invitation/accept", &token)
         );
-        self.mail("invitation", user, "Your invitation", text).await
+        self.outbox_mail("invitation", user, "Your invitation", text)
     }
 
     /// Accepts an invitation: the account gets its password, and its address counts as
@@ -334,7 +356,7 @@ impl Idp {
 
     // ---- forgotten passwords ----
 
-    /// Mails a reset link if `email` names an enabled account with a password. Answers the
+    /// Mails a reset link if `email` names an enabled account. Answers the
     /// same whether or not it does (no enumeration); the caller answers 202 either way.
     pub async fn forgot_password(
         &self,
@@ -358,10 +380,11 @@ impl Idp {
         let Some(account) = self.users.get_by_email(&email).await? else {
             return Ok(());
         };
-        let Some(credentials) = self.store.credentials(account.id).await? else {
-            return Ok(());
-        };
-        if credentials.disabled_at.is_some() || credentials.password_hash.is_none() {
+        // An account without a password gets the link too: it lets its owner choose one, as an
+        // invitation would (both prove the mailbox). That is how an account a crash of an older
+        // version left without credentials (its password lost with them) is repaired.
+        let credentials = self.credentials_or_repair(account.id, now).await?;
+        if credentials.disabled_at.is_some() {
             return Ok(());
         }
         let token = self.link_token(
@@ -387,7 +410,7 @@ impl Idp {
             json!({}),
         )
         .await?;
-        self.mail("reset_password", &account, "Reset your password", text)
+        self.send(self.outbox_mail("reset_password", &account, "Reset your password", text))
             .await
     }
 

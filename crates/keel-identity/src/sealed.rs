@@ -11,7 +11,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keel_domain::{Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo};
+use keel_domain::{
+    NewAccount, Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo,
+};
 
 use crate::envelope::Keyring;
 
@@ -67,6 +69,14 @@ impl SealedNames {
 impl UserRepo for SealedNames {
     async fn insert(&self, user: &User) -> Result<(), StoreError> {
         self.inner.insert(&self.seal(user)).await
+    }
+
+    async fn insert_account(&self, account: &NewAccount) -> Result<(), StoreError> {
+        let sealed = NewAccount {
+            user: self.seal(&account.user),
+            ..account.clone()
+        };
+        self.inner.insert_account(&sealed).await
     }
 
     async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {

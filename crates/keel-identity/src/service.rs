@@ -13,8 +13,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use keel_domain::{
-    AuthEvent, Credentials, IdentityStore, NewUser, StoreError, User, UserEmail, UserId, UserName,
-    UserRepo, ValidationError,
+    Accounts, AuthEvent, Credentials, IdentityStore, NewAccount, NewUser, Outgoing, StoreError,
+    User, UserEmail, UserId, UserName, ValidationError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -181,6 +181,17 @@ pub struct Enrolment {
     pub qr_svg: String,
 }
 
+/// The mail a new account sends, in the transaction that makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AccountMail {
+    None,
+    Verification,
+    Invitation,
+}
+
+/// A mail ready for the outbox: its topic and message.
+pub(crate) type OutboxMail = (String, Outgoing);
+
 /// The signing keys as stored (sealed): the set and when it last rotated.
 #[derive(Serialize, Deserialize)]
 struct StoredKeySet {
@@ -194,7 +205,9 @@ pub(crate) const PENDING: &str = "pending:";
 
 /// The built-in identity provider.
 pub struct Idp {
-    pub(crate) users: Arc<dyn UserRepo>,
+    /// The users as acknowledged (through the users cache in `keel`): an account is made, and
+    /// an address looked up, against the same state the API's user writes answer from.
+    pub(crate) users: Arc<dyn Accounts>,
     pub(crate) store: Arc<dyn IdentityStore>,
     pub(crate) hasher: PasswordHasher,
     keyring: Keyring,
@@ -329,7 +342,7 @@ impl Idp {
     /// `secret`: at least 32 bytes, from which the refresh-token and device-token keys are
     /// derived; `keyring`: the master keys that seal TOTP secrets and signing keys.
     pub fn new(
-        users: Arc<dyn UserRepo>,
+        users: Arc<dyn Accounts>,
         store: Arc<dyn IdentityStore>,
         hasher: PasswordHasher,
         keyring: Keyring,
@@ -468,6 +481,33 @@ impl Idp {
             })
             .await?;
         Ok(())
+    }
+
+    /// The credentials of `user`, made empty (no password, no roles) when it has none: the
+    /// repair of an account a crash left half-made before accounts were made in one transaction.
+    pub(crate) async fn credentials_or_repair(
+        &self,
+        user: UserId,
+        now: i64,
+    ) -> Result<Credentials, AuthError> {
+        if let Some(credentials) = self.store.credentials(user).await? {
+            return Ok(credentials);
+        }
+        match self.store.put_credentials(&Credentials::new(user)).await {
+            // Repaired at the same moment by another request: take theirs.
+            Ok(()) | Err(StoreError::StaleVersion) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.record(
+            now,
+            "system",
+            "account_repaired",
+            Some(&user.to_string()),
+            None,
+            json!({ "reason": "credentials_missing" }),
+        )
+        .await?;
+        self.credentials_of(user).await
     }
 
     /// An entry of the account acting on itself.
@@ -705,7 +745,8 @@ impl Idp {
     // ---- accounts ----
 
     /// Makes an account: a user and its credentials, with `password` checked by the policy.
-    /// `roles` are given only by admins and `keel admin create`.
+    /// `roles` are given only by admins and `keel admin create`. No mail goes out (see
+    /// [`Self::register`]).
     pub async fn create_account(
         &self,
         name: &str,
@@ -715,10 +756,45 @@ impl Idp {
         actor: &str,
         now: i64,
     ) -> Result<User, AuthError> {
+        self.make_account(name, email, password, roles, actor, now, false)
+            .await
+    }
+
+    /// Makes an account as [`Self::create_account`] does, and mails it the link that verifies
+    /// its address in the same transaction (sign-up, and an admin's account with a password).
+    pub async fn register(
+        &self,
+        name: &str,
+        email: &str,
+        password: &str,
+        roles: &[&str],
+        actor: &str,
+        now: i64,
+    ) -> Result<User, AuthError> {
+        self.make_account(name, email, password, roles, actor, now, true)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn make_account(
+        &self,
+        name: &str,
+        email: &str,
+        password: &str,
+        roles: &[&str],
+        actor: &str,
+        now: i64,
+        verify: bool,
+    ) -> Result<User, AuthError> {
         let name = UserName::parse(name)?;
         let email = UserEmail::parse(email)?;
         check_policy(&self.settings.policy, &name, &email, password)?;
         let roles = role_list(roles)?;
+        let mail = if verify {
+            AccountMail::Verification
+        } else {
+            AccountMail::None
+        };
         let (user, _) = self
             .insert_account(
                 NewUser { name, email },
@@ -730,13 +806,18 @@ impl Idp {
                     c.password_changed_at = Some(now);
                     c.roles = roles;
                 },
+                mail,
+                |_| None,
             )
             .await?;
         Ok(user)
     }
 
-    /// Inserts a new user and its credentials (set by `fill`), and audits `action` with the
-    /// roles given. `EmailTaken` when the address has an account.
+    /// Makes a new user, its credentials (set by `fill`), the audit entry of `action` with the
+    /// roles given, `mail` and the external identity `link` (a federated sign-up), all in one
+    /// transaction: the account exists whole or not at all. `EmailTaken` when the address has
+    /// an account.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn insert_account(
         &self,
         new: NewUser,
@@ -744,26 +825,38 @@ impl Idp {
         actor: &str,
         now: i64,
         fill: impl FnOnce(&mut Credentials),
+        mail: AccountMail,
+        link: impl FnOnce(UserId) -> Option<keel_domain::FederatedLink>,
     ) -> Result<(User, Credentials), AuthError> {
         let created = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default();
         let user = User::create(new, created);
-        match self.users.insert(&user).await {
+        let mut credentials = Credentials::new(user.id);
+        fill(&mut credentials);
+        let mails = match mail {
+            AccountMail::None => None,
+            AccountMail::Verification => self.verification_mail(&user, &credentials, now),
+            AccountMail::Invitation => self.invitation_mail(&user, &credentials, now),
+        };
+        let account = NewAccount {
+            audit: AuthEvent {
+                id: 0,
+                at: now,
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                subject: Some(user.id.to_string()),
+                client: None,
+                detail: json!({ "roles": credentials.roles }),
+            },
+            link: link(user.id),
+            user,
+            credentials,
+            mails: mails.into_iter().collect(),
+        };
+        match self.users.create(&account).await {
             Err(StoreError::Conflict { field: "email" }) => return Err(AuthError::EmailTaken),
             other => other?,
         }
-        let mut credentials = Credentials::new(user.id);
-        fill(&mut credentials);
-        self.store.put_credentials(&credentials).await?;
-        self.record(
-            now,
-            actor,
-            action,
-            Some(&user.id.to_string()),
-            None,
-            json!({ "roles": credentials.roles }),
-        )
-        .await?;
-        Ok((user, credentials))
+        Ok((account.user, account.credentials))
     }
 
     /// The roles an account acts with: all of its roles, unless one of them needs a second

@@ -22,7 +22,7 @@ fn keyring() -> Keyring {
 
 fn idp_on<S: UserRepo + IdentityStore + Clone>(store: &S) -> Idp {
     Idp::new(
-        Arc::new(store.clone()),
+        Arc::new(keel_domain::Uncached(Arc::new(store.clone()))),
         Arc::new(store.clone()),
         PasswordHasher::default(),
         keyring(),

@@ -33,3 +33,9 @@ async fn mariadb_identity_audit_rows_cannot_change() {
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
 }
+
+#[tokio::test]
+async fn mariadb_makes_an_account_whole_or_not_at_all() {
+    let store = store().await;
+    keel_test_support::identity_suite::an_account_is_made_whole_or_not_at_all(&store).await;
+}

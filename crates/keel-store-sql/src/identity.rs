@@ -136,6 +136,129 @@ fn generation(g: u64) -> Result<i64, StoreError> {
     i64::try_from(g).map_err(|_| crate::corrupt("generation"))
 }
 
+/// Writes `c` in the caller's transaction if the stored version is `c.version - 1` (or there is
+/// no row and the version is 1), with its roles; `StaleVersion` otherwise.
+pub(crate) async fn write_credentials<D: StoreDialect>(
+    conn: &mut <Db<D> as Database>::Connection,
+    c: &Credentials,
+) -> Result<(), StoreError>
+where
+    for<'a> &'a str: Encode<'a, Db<D>> + Type<Db<D>>,
+    Option<i64>: for<'q> Encode<'q, Db<D>>,
+    Option<String>: for<'q> Encode<'q, Db<D>>,
+    i64: Column<Db<D>>,
+    String: Column<Db<D>>,
+    <Db<D> as Database>::Arguments: IntoArguments<Db<D>>,
+    for<'c> &'c mut <Db<D> as Database>::Connection: Executor<'c, Database = Db<D>>,
+{
+    let roles = serde_json::to_string(&c.roles).expect("strings serialize");
+    let codes = serde_json::to_string(&c.recovery_codes).expect("strings serialize");
+    let user = c.user_id.to_string();
+    let written = if c.version == 1 {
+        let insert = query::<D>(&format!(
+            "INSERT INTO identity_credentials ({CREDENTIALS_COLUMNS}, user_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ));
+        let res = bind_credentials::<D>(insert, c, &roles, &codes)
+            .bind(user.clone())
+            .execute(&mut *conn)
+            .await;
+        match res.map_err(map_err::<D>) {
+            Ok(_) => true,
+            // Another writer created the row first.
+            Err(StoreError::Conflict { .. }) => false,
+            Err(e) => return Err(e),
+        }
+    } else {
+        let set: Vec<String> = CREDENTIALS_COLUMNS
+            .split(", ")
+            .map(|column| format!("{column} = ?"))
+            .collect();
+        let update = query::<D>(&format!(
+            "UPDATE identity_credentials SET {} WHERE user_id = ? AND version = ?",
+            set.join(", ")
+        ));
+        let res = bind_credentials::<D>(update, c, &roles, &codes)
+            .bind(user.clone())
+            .bind(c.version - 1)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err::<D>)?;
+        D::rows_affected(&res) == 1
+    };
+    if !written {
+        return Err(StoreError::StaleVersion);
+    }
+    query::<D>("DELETE FROM identity_roles WHERE user_id = ?")
+        .bind(user.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err::<D>)?;
+    for role in &c.roles {
+        query::<D>("INSERT INTO identity_roles (role, user_id) VALUES (?, ?)")
+            .bind(role.as_str())
+            .bind(user.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err::<D>)?;
+    }
+    Ok(())
+}
+
+/// Appends `e` to the audit log in the caller's transaction.
+pub(crate) async fn insert_audit<D: StoreDialect>(
+    conn: &mut <Db<D> as Database>::Connection,
+    e: &AuthEvent,
+) -> Result<(), StoreError>
+where
+    for<'a> &'a str: Encode<'a, Db<D>> + Type<Db<D>>,
+    Option<String>: for<'q> Encode<'q, Db<D>>,
+    i64: Column<Db<D>>,
+    String: Column<Db<D>>,
+    <Db<D> as Database>::Arguments: IntoArguments<Db<D>>,
+    for<'c> &'c mut <Db<D> as Database>::Connection: Executor<'c, Database = Db<D>>,
+{
+    query::<D>(
+        "INSERT INTO identity_audit (at, actor, action, subject, client, detail) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(e.at)
+    .bind(e.actor.as_str())
+    .bind(e.action.as_str())
+    .bind(e.subject.clone())
+    .bind(e.client.clone())
+    .bind(e.detail.to_string())
+    .execute(conn)
+    .await
+    .map_err(map_err::<D>)
+    .map(drop)
+}
+
+/// Links an external identity in the caller's transaction; `Conflict` when it is linked already.
+pub(crate) async fn insert_link<D: StoreDialect>(
+    conn: &mut <Db<D> as Database>::Connection,
+    link: &FederatedLink,
+) -> Result<(), StoreError>
+where
+    for<'a> &'a str: Encode<'a, Db<D>> + Type<Db<D>>,
+    i64: Column<Db<D>>,
+    String: Column<Db<D>>,
+    <Db<D> as Database>::Arguments: IntoArguments<Db<D>>,
+    for<'c> &'c mut <Db<D> as Database>::Connection: Executor<'c, Database = Db<D>>,
+{
+    query::<D>(
+        "INSERT INTO identity_links (provider, subject, user_id, linked_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(link.provider.as_str())
+    .bind(link.subject.as_str())
+    .bind(link.user_id.to_string())
+    .bind(link.linked_at)
+    .execute(conn)
+    .await
+    .map_err(map_err::<D>)
+    .map(drop)
+}
+
 #[async_trait]
 impl<D: StoreDialect> IdentityStore for SqlStore<D>
 where
@@ -161,59 +284,8 @@ where
     }
 
     async fn put_credentials(&self, c: &Credentials) -> Result<(), StoreError> {
-        let roles = serde_json::to_string(&c.roles).expect("strings serialize");
-        let codes = serde_json::to_string(&c.recovery_codes).expect("strings serialize");
-        let user = c.user_id.to_string();
         let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
-        let conn: &mut <Db<D> as Database>::Connection = &mut tx;
-        let written = if c.version == 1 {
-            let insert = query::<D>(&format!(
-                "INSERT INTO identity_credentials ({CREDENTIALS_COLUMNS}, user_id) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ));
-            let res = bind_credentials::<D>(insert, c, &roles, &codes)
-                .bind(user.clone())
-                .execute(&mut *conn)
-                .await;
-            match res.map_err(map_err::<D>) {
-                Ok(_) => true,
-                // Another writer created the row first.
-                Err(StoreError::Conflict { .. }) => false,
-                Err(e) => return Err(e),
-            }
-        } else {
-            let set: Vec<String> = CREDENTIALS_COLUMNS
-                .split(", ")
-                .map(|column| format!("{column} = ?"))
-                .collect();
-            let update = query::<D>(&format!(
-                "UPDATE identity_credentials SET {} WHERE user_id = ? AND version = ?",
-                set.join(", ")
-            ));
-            let res = bind_credentials::<D>(update, c, &roles, &codes)
-                .bind(user.clone())
-                .bind(c.version - 1)
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err::<D>)?;
-            D::rows_affected(&res) == 1
-        };
-        if !written {
-            return Err(StoreError::StaleVersion);
-        }
-        query::<D>("DELETE FROM identity_roles WHERE user_id = ?")
-            .bind(user.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err::<D>)?;
-        for role in &c.roles {
-            query::<D>("INSERT INTO identity_roles (role, user_id) VALUES (?, ?)")
-                .bind(role.as_str())
-                .bind(user.as_str())
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err::<D>)?;
-        }
+        write_credentials::<D>(&mut tx, c).await?;
         tx.commit().await.map_err(map_err::<D>)
     }
 
@@ -389,17 +461,8 @@ where
     }
 
     async fn link_identity(&self, link: &FederatedLink) -> Result<bool, StoreError> {
-        let res = query::<D>(
-            "INSERT INTO identity_links (provider, subject, user_id, linked_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(link.provider.as_str())
-        .bind(link.subject.as_str())
-        .bind(link.user_id.to_string())
-        .bind(link.linked_at)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err::<D>);
-        match res {
+        let mut conn = self.pool.acquire().await.map_err(map_err::<D>)?;
+        match insert_link::<D>(&mut conn, link).await {
             Ok(_) => Ok(true),
             Err(StoreError::Conflict { .. }) => Ok(false),
             Err(e) => Err(e),

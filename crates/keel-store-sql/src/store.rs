@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keel_domain::{
-    AuditEntry, Erased, EventStore, Job, JobState, Notification, OutboxRecord, Outgoing, Page,
-    PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo,
+    AuditEntry, Erased, EventStore, Job, JobState, NewAccount, Notification, OutboxRecord,
+    Outgoing, Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo,
 };
 use sqlx::error::DatabaseError;
 use sqlx::migrate::Migrate;
@@ -347,6 +347,22 @@ where
         Self::insert_user(&mut tx, user).await?;
         let (topic, event) = keel_domain::events::user_written(user, true);
         Self::enqueue(&mut tx, topic, &event).await?;
+        tx.commit().await.map_err(map_err::<D>)
+    }
+
+    async fn insert_account(&self, account: &NewAccount) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
+        Self::insert_user(&mut tx, &account.user).await?;
+        let (topic, event) = keel_domain::events::user_written(&account.user, true);
+        Self::enqueue(&mut tx, topic, &event).await?;
+        crate::identity::write_credentials::<D>(&mut tx, &account.credentials).await?;
+        crate::identity::insert_audit::<D>(&mut tx, &account.audit).await?;
+        for (topic, mail) in &account.mails {
+            Self::enqueue(&mut tx, topic, mail).await?;
+        }
+        if let Some(link) = &account.link {
+            crate::identity::insert_link::<D>(&mut tx, link).await?;
+        }
         tx.commit().await.map_err(map_err::<D>)
     }
 

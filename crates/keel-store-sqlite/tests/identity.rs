@@ -34,3 +34,10 @@ async fn sqlite_identity_audit_rows_cannot_change() {
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
 }
+
+#[tokio::test]
+async fn sqlite_makes_an_account_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    keel_test_support::identity_suite::an_account_is_made_whole_or_not_at_all(&store).await;
+}

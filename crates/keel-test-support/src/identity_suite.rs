@@ -3,9 +3,9 @@
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use keel_domain::{
-    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, FederatedLink,
-    IdentityStore, NewUser, OidcClient, RefreshFamily, StoreError, User, UserEmail, UserId,
-    UserName, UserRepo,
+    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, EventStore, Failures, FederatedLink,
+    IdentityStore, NewAccount, NewUser, OidcClient, Outgoing, RefreshFamily, StoreError, User,
+    UserEmail, UserId, UserName, UserRepo,
 };
 use serde_json::json;
 
@@ -33,6 +33,108 @@ pub async fn run_all<S: UserRepo + IdentityStore>(store: &S) {
     the_audit_log_reads_newest_first_with_filters(store).await;
     clients_register_and_codes_are_taken_once(store).await;
     external_identities_link_once_and_go_with_the_account(store).await;
+}
+
+/// `UserRepo::insert_account` (not in [`run_all`]: it needs the outbox too, and each engine runs
+/// it as its own test): an account is stored whole — user, `user.created` event, credentials,
+/// roles, audit entry, mail, external identity — and one refused for a taken address leaves
+/// nothing behind.
+pub async fn an_account_is_made_whole_or_not_at_all<S: UserRepo + IdentityStore + EventStore>(
+    store: &S,
+) {
+    let account = |user: User| {
+        let mut credentials = Credentials::new(user.id);
+        credentials.password_hash = Some("$argon2id$stub".into());
+        credentials.roles = vec!["operator".into()];
+        NewAccount {
+            audit: AuthEvent {
+                id: 0,
+                at: 1_800_000_000,
+                actor: "system".into(),
+                action: "account_created".into(),
+                subject: Some(user.id.to_string()),
+                client: None,
+                detail: json!({ "roles": ["operator"] }),
+            },
+            mails: vec![(
+                "mail.verify_email".into(),
+                Outgoing::new(b"confirm".to_vec()).with_key(user.id.to_string()),
+            )],
+            link: Some(FederatedLink {
+                provider: "corp".into(),
+                subject: format!("sub-{}", user.id),
+                user_id: user.id,
+                linked_at: 1_800_000_000,
+            }),
+            credentials,
+            user,
+        }
+    };
+    let ada = account(user("ada@accounts.test"));
+    store.insert_account(&ada).await.unwrap();
+    assert_eq!(
+        store.get(ada.user.id).await.unwrap(),
+        Some(ada.user.clone())
+    );
+    assert_eq!(
+        store.credentials(ada.user.id).await.unwrap(),
+        Some(ada.credentials.clone())
+    );
+    assert_eq!(
+        store.holders_of("operator", 10).await.unwrap(),
+        vec![ada.user.id]
+    );
+    let subject = |id: UserId| AuthEventQuery {
+        subject: Some(id.to_string()),
+        limit: 10,
+        ..AuthEventQuery::default()
+    };
+    let audit = store.audit(&subject(ada.user.id)).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, "account_created");
+    let outbox = store.outbox_pending(100).await.unwrap();
+    let topics = |id: UserId| -> Vec<String> {
+        outbox
+            .iter()
+            .filter(|r| r.message.key.as_deref() == Some(&id.to_string()))
+            .map(|r| r.topic.clone())
+            .collect()
+    };
+    assert_eq!(topics(ada.user.id), ["user.created", "mail.verify_email"]);
+    assert_eq!(
+        store
+            .linked_account("corp", &format!("sub-{}", ada.user.id))
+            .await
+            .unwrap(),
+        Some(ada.user.id)
+    );
+
+    // The same address again: refused, and none of its parts is stored.
+    let twin = account(user("ada@accounts.test"));
+    assert!(matches!(
+        store.insert_account(&twin).await,
+        Err(StoreError::Conflict { field: "email" })
+    ));
+    assert_eq!(store.get(twin.user.id).await.unwrap(), None);
+    assert_eq!(store.credentials(twin.user.id).await.unwrap(), None);
+    assert_eq!(
+        store.holders_of("operator", 10).await.unwrap(),
+        vec![ada.user.id]
+    );
+    assert!(
+        store
+            .audit(&subject(twin.user.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let outbox = store.outbox_pending(100).await.unwrap();
+    assert!(
+        outbox
+            .iter()
+            .all(|r| r.message.key.as_deref() != Some(&twin.user.id.to_string())),
+        "no event or mail of the refused account"
+    );
 }
 
 pub async fn external_identities_link_once_and_go_with_the_account<S: UserRepo + IdentityStore>(

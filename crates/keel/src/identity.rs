@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use keel_cache::RedisTier;
 use keel_cache::redis_tier::Event;
 use keel_config::Settings;
-use keel_domain::{EventStore, IdentityStore, UserRepo};
+use keel_domain::{Accounts, EventStore, IdentityStore};
 use keel_identity::envelope::Keyring;
 use keel_identity::lockout::LockoutPolicy;
 use keel_identity::password::{Argon2Params, PasswordHasher, PasswordPolicy};
@@ -22,7 +22,7 @@ use keel_identity::service::{Idp, IdpSettings};
 /// The IdP of these settings, or `None` when `identity.enabled` is off.
 pub async fn build(
     settings: &Settings,
-    users: Arc<dyn UserRepo>,
+    users: Arc<dyn Accounts>,
     store: Arc<dyn IdentityStore>,
     outbox: Arc<dyn EventStore>,
     listen: std::net::SocketAddr,

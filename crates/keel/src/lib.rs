@@ -99,7 +99,7 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let identity = identity::build(
             &settings,
-            repo.clone(),
+            users.clone(),
             database.identity(),
             events.clone(),
             listener.local_addr()?,

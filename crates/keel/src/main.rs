@@ -250,9 +250,11 @@ async fn run(
             command: AdminCommand::Create { email, name, roles },
         } => {
             let db = open_database(&settings).await?;
+            // The database alone: this process has no users cache. Under write-back, a running
+            // instance's journal is out of its sight, as it is of a second instance's.
             let idp = keel::identity::build(
                 &settings,
-                db.repo(),
+                std::sync::Arc::new(keel_domain::Uncached(db.repo())),
                 db.identity(),
                 db.events(),
                 settings.server.listen,

@@ -1129,3 +1129,127 @@ async fn kill_workers_mid_stream(
         "no message was given up on"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_killed_mid_creation_are_whole_or_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    kill_during_account_creation(dir, url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_accounts_killed_mid_creation_are_whole_or_absent() {
+    let url = keel_test_support::services::create_postgres_database().await;
+    kill_during_account_creation(tempfile::tempdir().unwrap(), url).await;
+}
+
+/// Kills keel with SIGKILL three times during a stream of account creations (sign-ups with a
+/// password and invitations with a role), then checks every account in the database: its
+/// credentials, its roles, its audit entry and its mail (still in the outbox: `keel serve` runs
+/// no relay) are all there. Before accounts were made in one transaction, each kill left the
+/// creations in flight half-made.
+async fn kill_during_account_creation(dir: tempfile::TempDir, url: String) {
+    let port = free_port();
+    let env = [("KEEL_DATABASE__URL", url.as_str())];
+    let acked: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    for round in 0..3 {
+        let mut keel = start(dir.path(), port, &env);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..6)
+            .map(|w| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let email = format!("r{round}-w{w}-n{n}@example.com");
+                        // Even writers sign people up, odd ones invite operators.
+                        let body = if w % 2 == 0 {
+                            json!({"name": "Sign-up", "email": email, "password": "a fine long passphrase"})
+                        } else {
+                            json!({"name": "Invited", "email": email, "roles": ["operator"]})
+                        };
+                        let Ok((201, user)) = http(port, "POST", "/users", Some(&body)) else {
+                            break;
+                        };
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push(user["id"].as_str().unwrap().to_owned());
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1200));
+        keel.kill().unwrap();
+        keel.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for writer in writers {
+            writer.join().unwrap();
+        }
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 30, "too few accounts made: {}", acked.len());
+
+    let mut settings = keel_config::Settings {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
+    settings.database.url = Some(keel_config::Secret::new(url.as_str()));
+    let database = keel::database::Database::open(&settings).await.unwrap();
+    let (identity, events) = (database.identity(), database.events());
+    let users = stored(dir.path(), &url).await;
+    let stored_ids: std::collections::HashSet<&String> = users.iter().map(|(id, ..)| id).collect();
+    for id in &acked {
+        assert!(
+            stored_ids.contains(id),
+            "acknowledged account {id} was lost"
+        );
+    }
+    let operators: std::collections::HashSet<String> = identity
+        .holders_of("operator", 1_000_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let outbox = events.outbox_pending(1_000_000).await.unwrap();
+    let mails: std::collections::HashSet<&str> = outbox
+        .iter()
+        .filter(|r| r.topic.starts_with("mail."))
+        .filter_map(|r| r.message.key.as_deref())
+        .collect();
+    let mut half_made = Vec::new();
+    for (id, name, _) in &users {
+        let user_id: keel_domain::UserId = id.parse().unwrap();
+        let credentials = identity.credentials(user_id).await.unwrap();
+        let audited = !identity
+            .audit(&keel_domain::AuthEventQuery {
+                subject: Some(id.clone()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty();
+        let invited = name == "Invited";
+        let whole = credentials.as_ref().is_some_and(|c| {
+            c.password_hash.is_some() != invited && (c.roles == ["operator"]) == invited
+        }) && operators.contains(id) == invited
+            && audited
+            && mails.contains(id.as_str());
+        if !whole {
+            half_made.push(format!(
+                "{id} ({name}): credentials {:?}, audited {audited}, mail {}",
+                credentials.map(|c| c.roles),
+                mails.contains(id.as_str())
+            ));
+        }
+    }
+    assert!(
+        half_made.is_empty(),
+        "{} of {} accounts half-made: {half_made:#?}",
+        half_made.len(),
+        users.len()
+    );
+}

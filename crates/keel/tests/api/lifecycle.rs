@@ -22,7 +22,7 @@ on_every_backend!(
     expired_passwords_and_dormant_accounts,
 );
 
-fn id(user: &Value) -> &str {
+pub(crate) fn id(user: &Value) -> &str {
     user["id"].as_str().unwrap()
 }
 
@@ -54,7 +54,7 @@ async fn as_user(
 
 /// The mails the notifier sent to `user`, waiting until one whose text contains `needle`
 /// arrives (the outbox, the relay, the broker and the notifier are all in the way).
-async fn mail_containing(app: &TestApp, user: &str, needle: &str) -> String {
+pub(crate) async fn mail_containing(app: &TestApp, user: &str, needle: &str) -> String {
     for _ in 0..200 {
         let mailbox: Value = app
             .get(&format!("/auth/dev/mailbox?user={user}"))
@@ -77,7 +77,7 @@ async fn mail_containing(app: &TestApp, user: &str, needle: &str) -> String {
 }
 
 /// The token of the link in a mail.
-fn link_token(mail: &str) -> String {
+pub(crate) fn link_token(mail: &str) -> String {
     mail.split("?token=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())

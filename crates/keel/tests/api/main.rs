@@ -1,5 +1,6 @@
 //! API tests: the real application on a real port, against every database backend.
 
+mod accounts;
 mod auth;
 mod federation;
 mod helpers;

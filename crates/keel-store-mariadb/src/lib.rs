@@ -54,6 +54,11 @@ impl StoreDialect for MariaDbDialect {
             "sealed names",
             include_str!("../migrations/0006_sealed_names.sql"),
         ),
+        (
+            7,
+            "oidc consent",
+            include_str!("../migrations/0007_oidc_consent.sql"),
+        ),
     ];
 
     fn connect_options(url: &str) -> Result<MySqlConnectOptions, StoreError> {

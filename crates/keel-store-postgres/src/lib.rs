@@ -48,6 +48,11 @@ impl StoreDialect for PostgresDialect {
             "federation",
             include_str!("../migrations/0005_federation.sql"),
         ),
+        (
+            7,
+            "oidc consent",
+            include_str!("../migrations/0007_oidc_consent.sql"),
+        ),
     ];
 
     fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {

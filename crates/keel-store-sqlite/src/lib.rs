@@ -55,6 +55,11 @@ impl StoreDialect for SqliteDialect {
             "federation",
             include_str!("../migrations/0005_federation.sql"),
         ),
+        (
+            7,
+            "oidc consent",
+            include_str!("../migrations/0007_oidc_consent.sql"),
+        ),
     ];
 
     /// `url` is `sqlite://path` or `sqlite::memory:`; a missing file is created.

@@ -343,7 +343,7 @@ async fn callback(
     .await;
     let mut res = match outcome {
         Ok((user, return_to)) => {
-            let (session, value) = idp.browser_session(user.id, now);
+            let (session, value) = idp.browser_session(user.id, &["fed"], now);
             let mut res = Redirect::to(&return_to).into_response();
             res.headers_mut().append(
                 header::SET_COOKIE,

@@ -384,12 +384,14 @@ impl Idp {
     }
 
     /// Whether `session` may stand for the person on this request at `now`: not when the
-    /// request asks for a sign-in (`prompt=login`) or the session is older than `max_age`.
+    /// request asks for a sign-in (`prompt=login`) or the session has reached `max_age` (so
+    /// `max_age=0` always signs in again, and a relying party checking `auth_time + max_age`
+    /// against its clock never sees an older sign-in).
     pub fn session_suffices(request: &Authorized, session: &BrowserSession, now: i64) -> bool {
         !request.prompt.login
             && request
                 .max_age
-                .is_none_or(|max_age| now.saturating_sub(session.auth_time) <= max_age)
+                .is_none_or(|max_age| now.saturating_sub(session.auth_time) < max_age)
     }
 
     /// What the request needs from the person whose browser holds `session` (already checked

@@ -31,10 +31,10 @@ on_every_backend!(
     amr_says_a_second_factor_was_used,
 );
 
-const REDIRECT: &str = "http://127.0.0.1:9/callback";
+pub(crate) const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
 /// Registers a client through the admin API; returns its secret (none for a public client).
-async fn register(app: &TestApp, id: &str, public: bool) -> Option<String> {
+pub(crate) async fn register(app: &TestApp, id: &str, public: bool) -> Option<String> {
     let root = sign_up(app, &format!("root-{id}@example.com")).await;
     grant(app, &root, &["admin"]).await;
     let admin = tokens_of(app, &format!("root-{id}@example.com"), PASSWORD).await;

@@ -344,7 +344,7 @@ async fn callback(
     let mut res = match outcome {
         Ok((user, return_to)) => {
             let generation = idp.token_generation(user.id).await?;
-            let (session, value) = idp.browser_session(user.id, generation, now);
+            let (session, value) = idp.browser_session(user.id, generation, &["fed"], now);
             let mut res = Redirect::to(&return_to).into_response();
             res.headers_mut().append(
                 header::SET_COOKIE,

@@ -4,6 +4,12 @@
 //!
 //! The page keeps a browser session at the IdP in an HttpOnly, SameSite=Lax cookie (Secure when
 //! the issuer is https), and every form carries a CSRF token bound to a second cookie.
+//!
+//! The authorization endpoint takes a request by GET or by POST (Core §3.1.2.1). A POST that
+//! carries the page's own fields (`csrf`, `decision`, credentials) is the page's form and must
+//! pass the CSRF check; any other POST is an authentication request and is answered exactly as
+//! its GET would be, so it can do nothing a link could not. Every answer sent back to the client
+//! carries `iss` (RFC 9207).
 
 use axum::Form;
 use axum::Json;
@@ -13,9 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use base64::Engine as _;
-use keel_identity::oidc::{
-    AuthorizeError, AuthorizeRequest, Authorized, BrowserSession, OAuthError,
-};
+use keel_identity::oidc::{AuthorizeError, AuthorizeRequest, Authorized, Next, OAuthError};
 use keel_identity::service::{AuthError, Idp, SignIn};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,10 +35,7 @@ const CSRF_COOKIE: &str = "keel_csrf";
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
-        .route(
-            "/oauth/authorize",
-            get(authorize_page).post(authorize_submit),
-        )
+        .route("/oauth/authorize", get(authorize_get).post(authorize_post))
         .route("/oauth/token", axum::routing::post(token))
         .route("/oauth/userinfo", get(userinfo).post(userinfo))
         .route("/oauth/logout", get(logout))
@@ -121,6 +122,8 @@ fn hidden_fields(request: &AuthorizeRequest) -> String {
         ("nonce", &request.nonce),
         ("code_challenge", &request.code_challenge),
         ("code_challenge_method", &request.code_challenge_method),
+        ("prompt", &request.prompt),
+        ("max_age", &request.max_age),
     ];
     pairs
         .iter()
@@ -234,19 +237,49 @@ fn back_to(redirect_uri: &str, params: &[(&str, Option<&str>)]) -> Response {
     Redirect::to(&url).into_response()
 }
 
-fn refused(e: AuthorizeError) -> Response {
+/// An authorization response to the client: `params`, its `state` and the issuer's `iss`
+/// (RFC 9207: the client knows which provider answered).
+fn answer(
+    idp: &Idp,
+    redirect_uri: &str,
+    state: Option<&str>,
+    params: &[(&str, Option<&str>)],
+) -> Response {
+    let mut all = params.to_vec();
+    all.push(("state", state));
+    all.push(("iss", Some(&idp.settings().issuer)));
+    let mut res = back_to(redirect_uri, &all);
+    no_store(&mut res);
+    res
+}
+
+/// An error response to the client.
+fn answer_error(idp: &Idp, authorized: &Authorized, code: &str, description: &str) -> Response {
+    answer(
+        idp,
+        &authorized.redirect_uri,
+        authorized.state.as_deref(),
+        &[
+            ("error", Some(code)),
+            ("error_description", Some(description)),
+        ],
+    )
+}
+
+fn refused(idp: &Idp, e: AuthorizeError) -> Response {
     match e {
         AuthorizeError::Display(message) => error_page(StatusCode::BAD_REQUEST, &message),
         AuthorizeError::Redirect {
             redirect_uri,
             state,
             error,
-        } => back_to(
+        } => answer(
+            idp,
             &redirect_uri,
+            state.as_deref(),
             &[
                 ("error", Some(error.code)),
                 ("error_description", Some(&error.description)),
-                ("state", state.as_deref()),
             ],
         ),
     }
@@ -272,49 +305,102 @@ pub(crate) fn csrf_for(idp: &Idp, headers: &HeaderMap) -> (String, Option<Header
     }
 }
 
-async fn session_email(
-    state: &AppState,
-    session: &BrowserSession,
-) -> Result<Option<String>, ApiError> {
-    Ok(state
-        .users
-        .get(session.user)
-        .await?
-        .map(|u| u.value.email.as_str().to_owned()))
+/// The session of this browser that can stand for its person now, if any.
+async fn current_session(
+    idp: &Idp,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<Option<keel_identity::oidc::BrowserSession>, ApiError> {
+    Ok(match cookie(headers, SESSION_COOKIE) {
+        Some(value) => idp.current_session(value, now).await?.map(|(s, _)| s),
+        None => None,
+    })
 }
 
-/// `GET /oauth/authorize`: check the request, then the page (sign-in and consent, or consent
-/// alone for a browser already signed in).
-async fn authorize_page(
+/// `GET /oauth/authorize`.
+async fn authorize_get(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(request): Query<AuthorizeRequest>,
 ) -> Result<Response, ApiError> {
-    let idp = idp(&state)?;
-    let authorized = match idp.check_authorize(&request).await {
-        Ok(authorized) => authorized,
-        Err(e) => return Ok(refused(e)),
-    };
-    let session = match cookie(&headers, SESSION_COOKIE) {
-        Some(value) => idp.current_browser_session(value, now()).await?,
-        None => None,
-    };
-    let signed_in_as = match &session {
-        Some(session) => session_email(&state, session).await?,
-        None => None,
-    };
-    if request.prompt.as_deref() == Some("none") && signed_in_as.is_none() {
-        return Ok(back_to(
-            &authorized.redirect_uri,
-            &[
-                ("error", Some("login_required")),
-                ("state", authorized.state.as_deref()),
-            ],
-        ));
+    authorization_request(&state, &headers, &request).await
+}
+
+/// `POST /oauth/authorize`: the page's form (CSRF-checked), or an authentication request sent
+/// by POST (Core §3.1.2.1), answered as its GET.
+async fn authorize_post(
+    State(state): State<AppState>,
+    peer: ClientAddr,
+    headers: HeaderMap,
+    Form(form): Form<AuthorizeForm>,
+) -> Result<Response, ApiError> {
+    let from_the_page = form.csrf.is_some()
+        || form.decision.is_some()
+        || form.email.is_some()
+        || form.password.is_some()
+        || form.second_factor.is_some();
+    if from_the_page {
+        authorize_submit(&state, peer, &headers, form).await
+    } else {
+        authorization_request(&state, &headers, &form.request).await
     }
-    let (csrf, set) = csrf_for(idp, &headers);
+}
+
+/// An authentication request: checked, then answered with a code at once (a current session
+/// that already allowed these scopes), the page (sign-in and consent, or consent alone), or,
+/// under `prompt=none`, the error saying what the page would have asked.
+async fn authorization_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: &AuthorizeRequest,
+) -> Result<Response, ApiError> {
+    let idp = idp(state)?;
+    let authorized = match idp.check_authorize(request).await {
+        Ok(authorized) => authorized,
+        Err(e) => return Ok(refused(idp, e)),
+    };
+    let now = now();
+    let session = current_session(idp, headers, now).await?;
+    let next = idp.next_step(&authorized, session, now).await?;
+    let signed_in_as = match &next {
+        Next::Consent(session) => state
+            .users
+            .get(session.user)
+            .await?
+            .map(|u| u.value.email.as_str().to_owned()),
+        _ => None,
+    };
+    match (next, authorized.prompt.none) {
+        (Next::Code(session), _) => {
+            let code = idp.issue_code(&authorized, &session, now).await?;
+            return Ok(answer(
+                idp,
+                &authorized.redirect_uri,
+                authorized.state.as_deref(),
+                &[("code", Some(&code))],
+            ));
+        }
+        (Next::SignIn, true) => {
+            return Ok(answer_error(
+                idp,
+                &authorized,
+                "login_required",
+                "the person must sign in",
+            ));
+        }
+        (Next::Consent(_), true) => {
+            return Ok(answer_error(
+                idp,
+                &authorized,
+                "consent_required",
+                "the person must allow the client these scopes",
+            ));
+        }
+        _ => {}
+    }
+    let (csrf, set) = csrf_for(idp, headers);
     let mut res = authorize_form(&Form_ {
-        request: &request,
+        request,
         authorized: &authorized,
         csrf: &csrf,
         signed_in_as: signed_in_as.as_deref(),
@@ -353,16 +439,16 @@ struct AuthorizeForm {
     second_factor: Option<String>,
 }
 
-/// `POST /oauth/authorize`: the page's form: sign in if needed, then allow (a code back to the
-/// client) or deny.
+/// The page's form: sign in if needed (no session that suffices for this request), then allow
+/// (the consent is remembered and a code goes back to the client) or deny.
 async fn authorize_submit(
-    State(state): State<AppState>,
+    state: &AppState,
     ClientAddr(peer): ClientAddr,
-    headers: HeaderMap,
-    Form(form): Form<AuthorizeForm>,
+    headers: &HeaderMap,
+    form: AuthorizeForm,
 ) -> Result<Response, ApiError> {
-    let idp = idp(&state)?;
-    if !csrf_ok(idp, &headers, form.csrf.as_deref()) {
+    let idp = idp(state)?;
+    if !csrf_ok(idp, headers, form.csrf.as_deref()) {
         return Ok(error_page(
             StatusCode::FORBIDDEN,
             "the form expired or came from another site; go back to the application and try again",
@@ -370,23 +456,22 @@ async fn authorize_submit(
     }
     let authorized = match idp.check_authorize(&form.request).await {
         Ok(authorized) => authorized,
-        Err(e) => return Ok(refused(e)),
+        Err(e) => return Ok(refused(idp, e)),
     };
     if form.decision.as_deref() != Some("allow") {
-        return Ok(back_to(
-            &authorized.redirect_uri,
-            &[
-                ("error", Some("access_denied")),
-                ("error_description", Some("the person declined")),
-                ("state", authorized.state.as_deref()),
-            ],
+        return Ok(answer_error(
+            idp,
+            &authorized,
+            "access_denied",
+            "the person declined",
         ));
     }
     let now = now();
-    let existing = match cookie(&headers, SESSION_COOKIE) {
-        Some(value) => idp.current_browser_session(value, now).await?,
-        None => None,
-    };
+    // prompt=login and max_age hold here too: the page asked for credentials, so a session
+    // that does not suffice is not used in their place.
+    let existing = current_session(idp, headers, now)
+        .await?
+        .filter(|s| Idp::session_suffices(&authorized, s, now));
     let (session, new_cookie) = match existing {
         Some(session) => (session, None),
         None => {
@@ -420,7 +505,12 @@ async fn authorize_submit(
             match idp.authenticate(&attempt, now).await {
                 Ok(signed_in) => {
                     let (session, value) =
-                        idp.browser_session(signed_in.user.id, signed_in.generation, now);
+                        idp.browser_session(
+                            signed_in.user.id,
+                            signed_in.generation,
+                            &signed_in.amr,
+                            now,
+                        );
                     let max_age = session.expires_at - now;
                     (
                         session,
@@ -435,13 +525,13 @@ async fn authorize_submit(
             }
         }
     };
+    idp.remember_consent(session.user, &authorized, now).await?;
     let code = idp.issue_code(&authorized, &session, now).await?;
-    let mut res = back_to(
+    let mut res = answer(
+        idp,
         &authorized.redirect_uri,
-        &[
-            ("code", Some(&code)),
-            ("state", authorized.state.as_deref()),
-        ],
+        authorized.state.as_deref(),
+        &[("code", Some(&code))],
     );
     if let Some(cookie) = new_cookie {
         res.headers_mut().append(header::SET_COOKIE, cookie);
@@ -482,9 +572,9 @@ struct TokenForm {
 /// RFC 6749 §2.3.1: `client_id:client_secret`, each form-urlencoded, in Basic.
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value.strip_prefix("Basic ")?;
+    let encoded = keel_domain::auth_scheme::credentials(value, "Basic")?;
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
+        .decode(encoded)
         .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (id, secret) = text.split_once(':')?;
@@ -587,9 +677,9 @@ async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Result<R
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| keel_domain::auth_scheme::credentials(v, "Bearer"));
     let info = match token {
-        Some(token) => idp.userinfo(token.trim(), now()).await,
+        Some(token) => idp.userinfo(token, now()).await,
         None => Err(AuthError::InvalidCredentials),
     };
     match info {

@@ -1,5 +1,6 @@
 //! The IdP's browser pages outside OpenID Connect: sign-in (for keel's own consoles, such as
-//! the error hospital's), sign-out, and enrolment of an authenticator app (a QR code to scan).
+//! the error hospital's), sign-out, enrolment of an authenticator app (a QR code to scan), and
+//! the applications a person allowed (their OpenID Connect consents), each withdrawable.
 //!
 //! They share the OpenID Connect page's browser session (an HttpOnly, SameSite=Lax cookie) and
 //! its CSRF defence (a token bound to a second cookie, in every form), and answer with
@@ -26,6 +27,10 @@ pub fn router() -> Router<AppState> {
         .route("/signin", get(sign_in_page).post(sign_in_submit))
         .route("/signout", axum::routing::post(sign_out))
         .route("/account/mfa", get(mfa_page).post(mfa_submit))
+        .route(
+            "/account/consents",
+            get(consents_page).post(consent_withdraw),
+        )
 }
 
 /// Where to go after signing in: a path of this site only (no `//host`, no scheme), else the
@@ -169,7 +174,8 @@ async fn sign_in_page(
     let body = match signed_in(&state, idp, &headers).await? {
         Some(user) => format!(
             "<h1>Signed in</h1><p>Signed in as <strong>{email}</strong>.</p>\
-             <p><a href=\"{to}\">Continue</a> · <a href=\"/account/mfa\">Authenticator app</a></p>\
+             <p><a href=\"{to}\">Continue</a> · <a href=\"/account/mfa\">Authenticator app</a> · \
+             <a href=\"/account/consents\">Applications you allowed</a></p>\
              <form method=\"post\" action=\"/signout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <button type=\"submit\">Sign out</button></form>",
             email = escape(user.email.as_str()),
@@ -225,8 +231,12 @@ async fn sign_in_submit(
     let now = now();
     match idp.authenticate(&attempt, now).await {
         Ok(signed_in) => {
-            let (session, value) =
-                idp.browser_session(signed_in.user.id, signed_in.generation, now);
+            let (session, value) = idp.browser_session(
+                signed_in.user.id,
+                signed_in.generation,
+                &signed_in.amr,
+                now,
+            );
             let mut res = Redirect::to(return_to).into_response();
             res.headers_mut().append(
                 header::SET_COOKIE,
@@ -378,6 +388,99 @@ async fn mfa_submit(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What a scope lets a client see, in words.
+fn scope_words(scope: &str) -> String {
+    let mut words = vec!["who you are"];
+    for s in scope.split_whitespace() {
+        match s {
+            "email" => words.push("your email address"),
+            "profile" => words.push("your name"),
+            _ => {}
+        }
+    }
+    words.join(", ")
+}
+
+/// `GET /account/consents`: the applications the signed-in person allowed, what each sees, and
+/// a form per application to withdraw it.
+async fn consents_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let idp = idp(&state)?;
+    let Some(user) = signed_in(&state, idp, &headers).await? else {
+        return Ok(to_sign_in("/account/consents"));
+    };
+    let (csrf, set) = csrf_for(idp, &headers);
+    let mut items = String::new();
+    for consent in idp.consents(user.id).await? {
+        let name = idp
+            .client(&consent.client_id)
+            .await?
+            .map_or_else(|| consent.client_id.clone(), |c| c.name);
+        let since = chrono::DateTime::from_timestamp(consent.granted_at, 0)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        items.push_str(&format!(
+            "<li class=\"consent\" data-client=\"{id}\"><strong>{name}</strong> sees {words} \
+             <span class=\"muted\">(since {since})</span>\
+             <form method=\"post\" action=\"/account/consents\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input type=\"hidden\" name=\"client_id\" value=\"{id}\">\
+             <button type=\"submit\">Withdraw</button></form></li>",
+            id = escape(&consent.client_id),
+            name = escape(&name),
+            words = escape(&scope_words(&consent.scope)),
+            csrf = escape(&csrf),
+        ));
+    }
+    let body = if items.is_empty() {
+        "<h1>Applications you allowed</h1><p id=\"no-consents\">You have not allowed any \
+         application to sign you in.</p><p><a href=\"/signin\">Back</a></p>"
+            .to_owned()
+    } else {
+        format!(
+            "<h1>Applications you allowed</h1><p>Withdrawing signs you out of the application; \
+             it asks again the next time you use it.</p><ul>{items}</ul>\
+             <p><a href=\"/signin\">Back</a></p>"
+        )
+    };
+    Ok(respond(
+        StatusCode::OK,
+        "Applications you allowed",
+        &body,
+        set,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct WithdrawFields {
+    csrf: Option<String>,
+    client_id: Option<String>,
+}
+
+/// `POST /account/consents`: withdraws the consent to one application (and ends its sign-ins
+/// of the person), then back to the list.
+async fn consent_withdraw(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<WithdrawFields>,
+) -> Result<Response, ApiError> {
+    let idp = idp(&state)?;
+    if !csrf_ok(idp, &headers, form.csrf.as_deref()) {
+        return Ok(expired_form());
+    }
+    let Some(user) = signed_in(&state, idp, &headers).await? else {
+        return Ok(to_sign_in("/account/consents"));
+    };
+    if let Some(client_id) = form.client_id.as_deref() {
+        idp.withdraw_consent(user.id, client_id, now()).await?;
+    }
+    let mut res = Redirect::to("/account/consents").into_response();
+    no_store(&mut res);
+    Ok(res)
 }
 
 #[cfg(test)]

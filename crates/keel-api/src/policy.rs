@@ -88,6 +88,8 @@ pub const RULES: &[(&str, &str, Access)] = &[
     ("POST", "/signout", Public),
     ("GET", "/account/mfa", Public),
     ("POST", "/account/mfa", Public),
+    ("GET", "/account/consents", Public),
+    ("POST", "/account/consents", Public),
     // OpenID Connect: each endpoint authenticates by the protocol (client secret, PKCE,
     // the access token at userinfo)
     ("GET", "/.well-known/openid-configuration", Public),
@@ -141,11 +143,7 @@ pub(crate) fn bearer_token(request: &axum::http::request::Parts) -> Option<&str>
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(|v| keel_domain::auth_scheme::credentials(v, "Bearer"))
 }
 
 /// The value of `{id}` in `path` routed as `pattern`.

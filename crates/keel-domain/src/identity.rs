@@ -84,6 +84,12 @@ pub struct RefreshFamily {
     /// Unix seconds after which no token of the family works.
     pub expires_at: i64,
     pub revoked: bool,
+    /// How the person signed in (RFC 8176 values), repeated in every access token a refresh
+    /// gives.
+    pub amr: Vec<String>,
+    /// When the person signed in (unix seconds; 0 for families older than this field), the
+    /// `auth_time` of ID tokens a refresh gives (OpenID Connect Core §12.2).
+    pub auth_time: i64,
 }
 
 /// One entry of the authentication audit log: who did what, when, from where.
@@ -150,6 +156,9 @@ pub struct AuthorizationCode {
     pub challenge: Option<String>,
     /// When the account signed in (unix seconds), for the ID token's `auth_time`.
     pub auth_time: i64,
+    /// How the account signed in (RFC 8176 values: `pwd`, `otp`, `mfa`, `fed`), for the ID
+    /// token's `amr`.
+    pub amr: Vec<String>,
     pub expires_at: i64,
 }
 
@@ -178,6 +187,18 @@ pub trait Accounts: Send + Sync + 'static {
     /// Makes the account whole or not at all; `Conflict { field: "email" }` when its address is
     /// taken, by a stored user or by an acknowledged write not yet stored.
     async fn create(&self, account: &NewAccount) -> Result<(), StoreError>;
+}
+
+/// A person's consent to a client: the scopes they allowed it, so that a request within them
+/// asks nothing again (OpenID Connect Core §3.1.2.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub user_id: UserId,
+    pub client_id: String,
+    /// The scopes allowed, space-separated: every scope allowed so far.
+    pub scope: String,
+    /// Unix seconds of the latest allowance.
+    pub granted_at: i64,
 }
 
 /// Storage of the IdP's state. Every relational backend implements it with the same behaviour,
@@ -224,6 +245,16 @@ pub trait IdentityStore: Send + Sync + 'static {
     async fn insert_code(&self, code: &AuthorizationCode) -> Result<(), StoreError>;
     /// Removes and returns the code with this hash: a second take of one code finds nothing.
     async fn take_code(&self, code_hash: &str) -> Result<Option<AuthorizationCode>, StoreError>;
+
+    /// The person's consent to a client, if they gave one.
+    async fn consent(&self, user: UserId, client_id: &str) -> Result<Option<Consent>, StoreError>;
+    /// Records `consent`, replacing the person's earlier one to that client.
+    async fn put_consent(&self, consent: &Consent) -> Result<(), StoreError>;
+    /// The person's consents, by client id.
+    async fn consents_of(&self, user: UserId) -> Result<Vec<Consent>, StoreError>;
+    /// Withdraws the person's consent to a client and, in the same transaction, revokes the
+    /// refresh-token families that client holds for them; false when there was no consent.
+    async fn withdraw_consent(&self, user: UserId, client_id: &str) -> Result<bool, StoreError>;
 
     /// Appends to the audit log (append-only: the store refuses to change or remove entries);
     /// returns the entry's id.

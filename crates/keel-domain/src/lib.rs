@@ -14,11 +14,13 @@
 //! - [`ledger`]: the deliveries a broker adapter holds in its process and the rules that hand
 //!   them out (per-key order, leases, retry delays), for brokers that do not keep them.
 //!
+//! - [`auth_scheme`]: the `Authorization` header's scheme, case-insensitive (RFC 7235).
 //! - [`net`]: IP networks (CIDR), for allow/deny lists and trusted proxies.
 //! - [`error_chain`]: an error and its sources on one line, for logs and messages.
 //!
 //! **Invariant:** this crate does no I/O and knows no HTTP status codes.
 
+pub mod auth_scheme;
 pub mod caching;
 pub mod events;
 pub mod hospital;
@@ -39,8 +41,8 @@ pub use hospital::{
     Transition,
 };
 pub use identity::{
-    Accounts, AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, FederatedLink,
-    IdentityStore, NewAccount, OidcClient, RefreshFamily,
+    Accounts, AuthEvent, AuthEventQuery, AuthorizationCode, Consent, Credentials, Failures,
+    FederatedLink, IdentityStore, NewAccount, OidcClient, RefreshFamily,
 };
 pub use queue::{
     Broker, BrokerError, Capabilities, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth,

@@ -374,12 +374,9 @@ fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&str, EdgeJwtErro
     if value.is_empty() {
         return Err(EdgeJwtError::Missing);
     }
-    let (scheme, token) = value.split_once(' ').ok_or(EdgeJwtError::MalformedHeader)?;
-    let token = token.trim_start();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
-        return Err(EdgeJwtError::MalformedHeader);
-    }
-    Ok(token)
+    keel_domain::auth_scheme::credentials(value, "Bearer")
+        .filter(|token| !token.contains(' '))
+        .ok_or(EdgeJwtError::MalformedHeader)
 }
 
 fn unix_now() -> i64 {

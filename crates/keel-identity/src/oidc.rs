@@ -9,7 +9,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::Mac;
-use keel_domain::{AuthorizationCode, OidcClient, StoreError, UserId};
+use keel_domain::{AuthorizationCode, Consent, OidcClient, StoreError, UserId};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -60,7 +60,8 @@ impl From<AuthError> for OAuthError {
     }
 }
 
-/// An authorization request as received (`GET /oauth/authorize` query).
+/// An authorization request as received (`GET /oauth/authorize` query or `POST` form, Core
+/// §3.1.2.1).
 #[derive(Debug, Clone, Default, serde::Deserialize, Serialize)]
 pub struct AuthorizeRequest {
     pub response_type: Option<String>,
@@ -72,6 +73,36 @@ pub struct AuthorizeRequest {
     pub code_challenge: Option<String>,
     pub code_challenge_method: Option<String>,
     pub prompt: Option<String>,
+    /// Seconds: a sign-in older than this must be made again (Core §3.1.2.1).
+    pub max_age: Option<String>,
+    /// A request object (JAR), not supported: refused with `request_not_supported`.
+    pub request: Option<String>,
+    /// A request object by reference, not supported: refused with `request_uri_not_supported`.
+    pub request_uri: Option<String>,
+}
+
+/// The `prompt` values of a request (Core §3.1.2.1); `select_account` asks for a sign-in as
+/// `login` does (a browser holds one account's session here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Prompt {
+    /// No page may be shown: a code, or an error, at once.
+    pub none: bool,
+    /// Sign in again, whatever session the browser has.
+    pub login: bool,
+    /// Ask for consent again, whatever was allowed before.
+    pub consent: bool,
+}
+
+/// What an authorization request needs from the person now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Sign in (no current session, `prompt=login`, or a session older than `max_age`); the
+    /// sign-in page asks for consent with it.
+    SignIn,
+    /// Signed in; the client's consent to these scopes is missing or `prompt=consent` asks again.
+    Consent(BrowserSession),
+    /// Nothing: a code goes back at once.
+    Code(BrowserSession),
 }
 
 /// Why an authorization request is refused. `Display` errors (no client, or a redirect URI
@@ -96,6 +127,9 @@ pub struct Authorized {
     pub state: Option<String>,
     pub nonce: Option<String>,
     pub challenge: Option<String>,
+    pub prompt: Prompt,
+    /// Seconds, from `max_age`.
+    pub max_age: Option<i64>,
 }
 
 /// What the token endpoint answers.
@@ -115,6 +149,11 @@ struct Grant<'a> {
     scope: &'a str,
     nonce: Option<&'a str>,
     auth_time: Option<i64>,
+    /// How the person signed in (RFC 8176), for both tokens' `amr`.
+    amr: Vec<&'a str>,
+    /// The refresh-token family the tokens belong to: the access token names it, so userinfo
+    /// refuses it once the family is revoked (a replayed code, a withdrawn consent).
+    family: &'a str,
     /// Whether the account's address is verified (the `email_verified` claim).
     email_verified: bool,
     /// The account's token generation, carried by the access token.
@@ -130,13 +169,15 @@ pub struct Registered {
 }
 
 /// A person signed in at the IdP in a browser: the session cookie's content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrowserSession {
     pub user: UserId,
     pub auth_time: i64,
     pub expires_at: i64,
     /// The account's token generation when it signed in: raising it ends the session.
     pub generation: i64,
+    /// How the person signed in (RFC 8176 values: `pwd`, `otp`, `fed`).
+    pub amr: Vec<String>,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -153,6 +194,36 @@ fn random_token() -> String {
 }
 
 const SUPPORTED_SCOPES: [&str; 3] = ["openid", "email", "profile"];
+
+/// The access-token claim naming the refresh-token family of an OpenID Connect grant.
+const FAMILY_CLAIM: &str = "family";
+
+/// Whether every scope of `wanted` is among `allowed` (both space-separated).
+fn covers(allowed: &str, wanted: &str) -> bool {
+    wanted
+        .split_whitespace()
+        .all(|w| allowed.split_whitespace().any(|a| a == w))
+}
+
+/// `prompt`'s values: unknown ones are ignored (Core lists four); `none` with any other is an
+/// error.
+fn parse_prompt(prompt: Option<&str>) -> Result<Prompt, &'static str> {
+    let mut parsed = Prompt::default();
+    let mut others = false;
+    for value in prompt.unwrap_or_default().split_whitespace() {
+        match value {
+            "none" => parsed.none = true,
+            "login" | "select_account" => parsed.login = true,
+            "consent" => parsed.consent = true,
+            _ => continue,
+        }
+        others |= value != "none";
+    }
+    if parsed.none && others {
+        return Err("prompt=none cannot be combined with other prompt values");
+    }
+    Ok(parsed)
+}
 
 impl Idp {
     /// Registers (or replaces) a client. A confidential client gets a new secret, returned
@@ -250,6 +321,18 @@ impl Idp {
             state: request.state.clone(),
             error: OAuthError::new(code, description),
         };
+        if request.request.is_some() {
+            return Err(back(
+                "request_not_supported",
+                "request objects are not supported",
+            ));
+        }
+        if request.request_uri.is_some() {
+            return Err(back(
+                "request_uri_not_supported",
+                "request_uri is not supported",
+            ));
+        }
         if request.response_type.as_deref() != Some("code") {
             return Err(back(
                 "unsupported_response_type",
@@ -279,6 +362,19 @@ impl Idp {
             }
             (None, _) => None,
         };
+        let prompt =
+            parse_prompt(request.prompt.as_deref()).map_err(|e| back("invalid_request", e))?;
+        let max_age = match request.max_age.as_deref() {
+            None => None,
+            Some(text) => Some(
+                text.parse::<i64>()
+                    .ok()
+                    .filter(|secs| *secs >= 0)
+                    .ok_or_else(|| {
+                        back("invalid_request", "max_age must be a number of seconds")
+                    })?,
+            ),
+        };
         Ok(Authorized {
             client,
             redirect_uri,
@@ -286,7 +382,123 @@ impl Idp {
             state: request.state.clone(),
             nonce: request.nonce.clone(),
             challenge,
+            prompt,
+            max_age,
         })
+    }
+
+    /// Whether `session` may stand for the person on this request at `now`: not when the
+    /// request asks for a sign-in (`prompt=login`) or the session has reached `max_age` (so
+    /// `max_age=0` always signs in again, and a relying party checking `auth_time + max_age`
+    /// against its clock never sees an older sign-in).
+    pub fn session_suffices(request: &Authorized, session: &BrowserSession, now: i64) -> bool {
+        !request.prompt.login
+            && request
+                .max_age
+                .is_none_or(|max_age| now.saturating_sub(session.auth_time) < max_age)
+    }
+
+    /// What the request needs from the person whose browser holds `session` (already checked
+    /// by [`Self::current_session`]).
+    pub async fn next_step(
+        &self,
+        request: &Authorized,
+        session: Option<BrowserSession>,
+        now: i64,
+    ) -> Result<Next, AuthError> {
+        let Some(session) = session.filter(|s| Self::session_suffices(request, s, now)) else {
+            return Ok(Next::SignIn);
+        };
+        if request.prompt.consent || !self.has_consent(session.user, request).await? {
+            return Ok(Next::Consent(session));
+        }
+        Ok(Next::Code(session))
+    }
+
+    /// Whether the person allowed this client every scope of the request before.
+    pub async fn has_consent(&self, user: UserId, request: &Authorized) -> Result<bool, AuthError> {
+        Ok(self
+            .store
+            .consent(user, &request.client.id)
+            .await?
+            .is_some_and(|c| covers(&c.scope, &request.scope)))
+    }
+
+    /// Records that the person allowed the request's scopes to its client (added to what they
+    /// allowed before).
+    pub async fn remember_consent(
+        &self,
+        user: UserId,
+        request: &Authorized,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let before = self.store.consent(user, &request.client.id).await?;
+        let mut scopes: Vec<&str> = before
+            .as_ref()
+            .map(|c| c.scope.split_whitespace().collect())
+            .unwrap_or_default();
+        for scope in request.scope.split_whitespace() {
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+        let scope = scopes.join(" ");
+        if before.as_ref().is_some_and(|c| c.scope == scope) {
+            return Ok(());
+        }
+        self.store
+            .put_consent(&Consent {
+                user_id: user,
+                client_id: request.client.id.clone(),
+                scope: scope.clone(),
+                granted_at: now,
+            })
+            .await?;
+        self.record_own(
+            now,
+            &user.to_string(),
+            "consent_given",
+            None,
+            json!({ "client_id": request.client.id, "scope": scope }),
+        )
+        .await
+    }
+
+    /// The person's consents, by client id.
+    pub async fn consents(&self, user: UserId) -> Result<Vec<Consent>, AuthError> {
+        Ok(self.store.consents_of(user).await?)
+    }
+
+    /// Withdraws the person's consent to a client: the next request asks again, and the
+    /// client's refresh tokens for the person stop working. False when there was none.
+    pub async fn withdraw_consent(
+        &self,
+        user: UserId,
+        client_id: &str,
+        now: i64,
+    ) -> Result<bool, AuthError> {
+        let withdrawn = self.store.withdraw_consent(user, client_id).await?;
+        if withdrawn {
+            self.record_own(
+                now,
+                &user.to_string(),
+                "consent_withdrawn",
+                None,
+                json!({ "client_id": client_id }),
+            )
+            .await?;
+        }
+        Ok(withdrawn)
+    }
+
+    /// The refresh-token family the tokens of `code` start: derived from the code under a
+    /// server key, so a replayed code finds its family again (and revokes it) with nothing
+    /// stored beside the code, and nobody can name a family without holding its code.
+    fn code_family(&self, code: &str) -> String {
+        let tag = mac(&self.session_key, &[b"code-family", code.as_bytes()])
+            .finalize()
+            .into_bytes();
+        URL_SAFE_NO_PAD.encode(&tag[..16])
     }
 
     /// Issues a code for `user` to the checked request; returns the code.
@@ -319,6 +531,7 @@ impl Idp {
                 nonce: request.nonce.clone(),
                 challenge: request.challenge.clone(),
                 auth_time: session.auth_time,
+                amr: session.amr.clone(),
                 expires_at: now + CODE_TTL_SECS,
             })
             .await?;
@@ -368,11 +581,10 @@ impl Idp {
         now: i64,
     ) -> Result<OidcTokens, OAuthError> {
         let invalid = |why: &str| OAuthError::new("invalid_grant", why);
-        let stored = self
-            .store
-            .take_code(&sha256_hex(code))
-            .await?
-            .ok_or_else(|| invalid("the code is not valid or was used"))?;
+        let Some(stored) = self.store.take_code(&sha256_hex(code)).await? else {
+            self.revoke_code_family(code, client, now).await?;
+            return Err(invalid("the code is not valid or was used"));
+        };
         if stored.client_id != client.id {
             return Err(invalid("the code was issued to another client"));
         }
@@ -412,13 +624,16 @@ impl Idp {
             .get(stored.user_id)
             .await?
             .ok_or_else(|| invalid("the account is not available"))?;
-        let (family, refresh_token) = self.refresh_tokens().start(
+        let (mut family, refresh_token) = self.refresh_tokens().start_as(
+            self.code_family(code),
             &stored.user_id.to_string(),
             &client.id,
             &stored.scope,
             now,
             self.settings.session_ttl_secs,
         );
+        family.amr.clone_from(&stored.amr);
+        family.auth_time = stored.auth_time;
         self.store.insert_family(&family).await?;
         let tokens = self.oidc_tokens(
             client,
@@ -428,6 +643,8 @@ impl Idp {
                 scope: &stored.scope,
                 nonce: stored.nonce.as_deref(),
                 auth_time: Some(stored.auth_time),
+                amr: crate::service::family_amr(&family),
+                family: &family.id,
                 email_verified: credentials.email_verified_at.is_some(),
                 generation: credentials.token_generation,
             },
@@ -444,6 +661,35 @@ impl Idp {
         )
         .await?;
         Ok(tokens)
+    }
+
+    /// A code presented again (or never issued): the tokens its first use gave stop working
+    /// (RFC 6749 §4.1.2). Their refresh-token family is revoked; access tokens naming it are
+    /// refused by userinfo from now on. A made-up code names no family and changes nothing.
+    async fn revoke_code_family(
+        &self,
+        code: &str,
+        client: &OidcClient,
+        now: i64,
+    ) -> Result<(), OAuthError> {
+        let id = self.code_family(code);
+        let Some(family) = self.store.family(&id).await? else {
+            return Ok(());
+        };
+        if family.revoked {
+            return Ok(());
+        }
+        self.store.revoke_family(&id).await?;
+        self.record(
+            now,
+            "anonymous",
+            "authorization_code_reused",
+            Some(&family.subject),
+            None,
+            json!({ "client_id": client.id, "family": id }),
+        )
+        .await?;
+        Ok(())
     }
 
     /// The `refresh_token` grant for an OpenID Connect client (rotation and reuse detection as
@@ -463,8 +709,8 @@ impl Idp {
             .get(rotated.credentials.user_id)
             .await?
             .ok_or_else(|| OAuthError::new("invalid_grant", "the account is not available"))?;
-        // The scope the sign-in granted, no more; no auth_time, which would have to repeat the
-        // original sign-in's (Core §12.2) and the family does not keep it.
+        // The scope the sign-in granted, no more; the sign-in's own auth_time and amr (Core
+        // §12.2), unknown (0) only for families older than the columns that keep them.
         self.oidc_tokens(
             client,
             &account,
@@ -472,7 +718,9 @@ impl Idp {
             Grant {
                 scope: &rotated.family.scope,
                 nonce: None,
-                auth_time: None,
+                auth_time: (rotated.family.auth_time > 0).then_some(rotated.family.auth_time),
+                amr: crate::service::family_amr(&rotated.family),
+                family: &rotated.family.id,
                 email_verified: rotated.credentials.email_verified_at.is_some(),
                 generation: rotated.credentials.token_generation,
             },
@@ -498,11 +746,13 @@ impl Idp {
             crate::service::GENERATION_CLAIM.into(),
             json!(grant.generation),
         );
-        let access_token = self.access_token_with(user, roles, &["pwd"], extra, now)?;
+        extra.insert(FAMILY_CLAIM.into(), json!(grant.family));
+        let access_token = self.access_token_with(user, roles, &grant.amr, extra, now)?;
         let mut id = serde_json::Map::new();
         if let Some(auth_time) = grant.auth_time {
             id.insert("auth_time".into(), json!(auth_time));
         }
+        id.insert("amr".into(), json!(grant.amr));
         if let Some(nonce) = grant.nonce {
             id.insert("nonce".into(), json!(nonce));
         }
@@ -546,6 +796,14 @@ impl Idp {
             .sub
             .parse()
             .map_err(|_| AuthError::InvalidCredentials)?;
+        // A token of an OpenID Connect grant lives as long as its refresh-token family: a
+        // replayed code or a withdrawn consent revokes it.
+        if let Some(family) = claims.extra.get(FAMILY_CLAIM).and_then(Value::as_str) {
+            let live = self.store.family(family).await?.is_some_and(|f| !f.revoked);
+            if !live {
+                return Err(AuthError::InvalidCredentials);
+            }
+        }
         let account = self
             .users
             .get(user)
@@ -590,22 +848,30 @@ impl Idp {
             "scopes_supported": SUPPORTED_SCOPES,
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "code_challenge_methods_supported": ["S256"],
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "email", "email_verified", "name"],
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "email", "email_verified", "name"],
+            "prompt_values_supported": ["none", "login", "consent", "select_account"],
+            // Absent, these mean true for request_uri (Discovery §3): keel takes neither.
+            "request_parameter_supported": false,
+            "request_uri_parameter_supported": false,
+            "claims_parameter_supported": false,
+            // Every authorization response, code or error, carries `iss` (RFC 9207).
+            "authorization_response_iss_parameter_supported": true,
         })
     }
 
     // ---- the browser session at the IdP ----
 
-    /// A browser session for `user` signing in now under token `generation`, and its cookie
-    /// value: `<user>.<auth_time>.<expires_at>.<generation>.<mac>`.
+    /// A browser session for `user` signing in now under token `generation` as `amr` says, and
+    /// its cookie value: `<user>.<auth_time>.<expires_at>.<generation>.<amr, joined by '+'>.<mac>`.
     pub fn browser_session(
         &self,
         user: UserId,
         generation: i64,
+        amr: &[&str],
         now: i64,
     ) -> (BrowserSession, String) {
         let expires_at = now + self.settings.session_ttl_secs.min(12 * 3600);
-        let body = format!("{user}.{now}.{expires_at}.{generation}");
+        let body = format!("{user}.{now}.{expires_at}.{generation}.{}", amr.join("+"));
         let tag = mac(&self.session_key, &[body.as_bytes()])
             .finalize()
             .into_bytes();
@@ -614,6 +880,7 @@ impl Idp {
             auth_time: now,
             expires_at,
             generation,
+            amr: amr.iter().map(|m| (*m).to_owned()).collect(),
         };
         (session, format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag)))
     }
@@ -632,17 +899,23 @@ impl Idp {
         let expires_at: i64 = parts.next()?.parse().ok()?;
         // Cookies made before generations existed have none: generation 0.
         let generation: i64 = parts.next().map_or(Some(0), |g| g.parse().ok())?;
+        // Cookies made before sessions recorded `amr` were password sign-ins.
+        let amr = parts.next().map_or_else(
+            || vec!["pwd".to_owned()],
+            |amr| amr.split('+').map(str::to_owned).collect(),
+        );
         (now < expires_at).then_some(BrowserSession {
             user,
             auth_time,
             expires_at,
             generation,
+            amr,
         })
     }
 
     /// The session a cookie value proves at `now`, if it is genuine, unexpired, and its
     /// account's sign-ins have not been ended since (sign out everywhere, a password change,
-    /// the account disabled or erased).
+    /// the account disabled or erased). Answered from the cached token floor.
     pub async fn current_browser_session(
         &self,
         value: &str,
@@ -658,6 +931,23 @@ impl Idp {
         Ok(current.then_some(session))
     }
 
+    /// The session a cookie value proves at `now` with its account's stored credentials, if it
+    /// is genuine and current and its account's sign-ins have not been ended since.
+    pub async fn current_session(
+        &self,
+        cookie: &str,
+        now: i64,
+    ) -> Result<Option<(BrowserSession, keel_domain::Credentials)>, AuthError> {
+        let Some(session) = self.check_browser_session(cookie, now) else {
+            return Ok(None);
+        };
+        let Some(credentials) = self.store.credentials(session.user).await? else {
+            return Ok(None);
+        };
+        let current = crate::revocation::Floor::of(Some(&credentials)).admits(session.generation);
+        Ok(current.then_some((session, credentials)))
+    }
+
     /// The caller of a browser session cookie at `now`: the account and its roles as stored
     /// now. `None` when the cookie is not genuine or current, or the account's sign-ins ended
     /// since the session began (it is gone or disabled, signed out everywhere, or changed
@@ -667,17 +957,13 @@ impl Idp {
         cookie: &str,
         now: i64,
     ) -> Result<Option<keel_domain::Caller>, AuthError> {
-        let Some(session) = self.check_browser_session(cookie, now) else {
-            return Ok(None);
-        };
-        let Some(credentials) = self.store.credentials(session.user).await? else {
-            return Ok(None);
-        };
-        let current = crate::revocation::Floor::of(Some(&credentials)).admits(session.generation);
-        Ok(current.then(|| keel_domain::Caller {
-            user: session.user,
-            roles: self.effective_roles(&credentials),
-        }))
+        Ok(self
+            .current_session(cookie, now)
+            .await?
+            .map(|(session, credentials)| keel_domain::Caller {
+                user: session.user,
+                roles: self.effective_roles(&credentials),
+            }))
     }
 
     /// A CSRF token for a form, bound to the browser's CSRF cookie value (double submit,

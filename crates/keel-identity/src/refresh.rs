@@ -74,7 +74,8 @@ impl RefreshTokens {
     }
 
     /// Starts a family for a sign-in at `now` lasting `lifetime_secs`; returns it (to store) and
-    /// its first token.
+    /// its first token. The family records a password sign-in now; the caller sets its `amr`
+    /// and `auth_time` when the sign-in was another.
     pub fn start(
         &self,
         subject: &str,
@@ -85,14 +86,37 @@ impl RefreshTokens {
     ) -> (Family, String) {
         let mut id = [0u8; 16];
         crate::random_bytes(&mut id);
+        self.start_as(
+            URL_SAFE_NO_PAD.encode(id),
+            subject,
+            client_id,
+            scope,
+            now,
+            lifetime_secs,
+        )
+    }
+
+    /// [`Self::start`] with the family id chosen by the caller (an authorization code's family,
+    /// found again from the code when it is replayed).
+    pub fn start_as(
+        &self,
+        id: String,
+        subject: &str,
+        client_id: &str,
+        scope: &str,
+        now: i64,
+        lifetime_secs: i64,
+    ) -> (Family, String) {
         let family = Family {
-            id: URL_SAFE_NO_PAD.encode(id),
+            id,
             subject: subject.to_owned(),
             client_id: client_id.to_owned(),
             scope: scope.to_owned(),
             generation: 0,
             expires_at: now.saturating_add(lifetime_secs),
             revoked: false,
+            amr: vec!["pwd".to_owned()],
+            auth_time: now,
         };
         let token = self.token(&family.id, 0);
         (family, token)

@@ -159,7 +159,8 @@ pub struct SignIn<'a> {
 pub struct Authenticated {
     pub user: User,
     pub roles: Vec<String>,
-    /// How: `pwd`, then `otp` or `recovery` when a second factor was used.
+    /// How, in RFC 8176 values: `pwd`, then `otp` when a second factor was used (a TOTP code or
+    /// a recovery code, which is a one-time password too; the audit log tells them apart).
     pub amr: Vec<&'static str>,
     /// The account's token generation: what its tokens and browser session carry.
     pub generation: i64,
@@ -315,6 +316,14 @@ pub fn caller_of(claims: &Claims) -> Result<keel_domain::Caller, AuthError> {
         .map(str::to_owned)
         .collect();
     Ok(keel_domain::Caller { user, roles })
+}
+
+/// How a refresh token's sign-in was made, as its access tokens state it (`amr`).
+pub(crate) fn family_amr(family: &keel_domain::RefreshFamily) -> Vec<&str> {
+    match family.amr.is_empty() {
+        true => vec!["pwd"],
+        false => family.amr.iter().map(String::as_str).collect(),
+    }
 }
 
 /// The failure records a sign-in is checked against: `(key, failures)` of the client and of the
@@ -929,13 +938,14 @@ impl Idp {
     pub async fn sign_in(&self, attempt: &SignIn<'_>, now: i64) -> Result<Tokens, AuthError> {
         let signed_in = self.authenticate(attempt, now).await?;
         let user = signed_in.user.id;
-        let (family, refresh_token) = self.refresh.start(
+        let (mut family, refresh_token) = self.refresh.start(
             &user.to_string(),
             attempt.client_id,
             "",
             now,
             self.settings.session_ttl_secs,
         );
+        family.amr = signed_in.amr.iter().map(|m| (*m).to_owned()).collect();
         self.store.insert_family(&family).await?;
         let device_token = match attempt
             .device_token
@@ -1078,6 +1088,7 @@ impl Idp {
             return Err(AuthError::PasswordExpired);
         }
         let mut amr = vec!["pwd"];
+        let mut second_factor = None;
         let enrolled = credentials
             .totp_secret
             .as_deref()
@@ -1096,8 +1107,10 @@ impl Idp {
             if let Ok(step) = Totp::new(secret).verify(code, unix, last) {
                 credentials.totp_last_step = i64::try_from(step).ok();
                 amr.push("otp");
+                second_factor = Some("totp");
             } else if crate::recovery::redeem(code, &mut credentials.recovery_codes) {
-                amr.push("recovery");
+                amr.push("otp");
+                second_factor = Some("recovery_code");
             } else {
                 return self
                     .failed(
@@ -1132,7 +1145,7 @@ impl Idp {
             &subject,
             "login_succeeded",
             Some(attempt.client),
-            json!({ "amr": amr, "client_id": attempt.client_id }),
+            json!({ "amr": amr, "second_factor": second_factor, "client_id": attempt.client_id }),
         )
         .await?;
         Ok(Authenticated {
@@ -1186,7 +1199,7 @@ impl Idp {
                 credentials.user_id,
                 credentials.token_generation,
                 &self.effective_roles(credentials),
-                &["pwd"],
+                &family_amr(&rotated.family),
                 now,
             )?,
             token_type: "Bearer".into(),

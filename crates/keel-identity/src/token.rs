@@ -126,19 +126,25 @@ pub struct Verifier {
 }
 
 /// A verification key, which fixes the one algorithm a token under it may use: `EdDSA` for an
-/// Ed25519 key (keel's own), `RS256` for an RSA key (external providers' ID tokens). The token
-/// cannot choose: a token whose `alg` is not its key's is refused before any verification.
+/// Ed25519 key (keel's own), `RS256` for an RSA key and `ES256` for a P-256 key (external
+/// providers' ID tokens). The token cannot choose: a token whose `alg` is not its key's is
+/// refused before any verification.
 #[derive(Debug, Clone)]
 enum PublicKey {
     Ed25519(VerifyingKey),
     Rs256(rsa::pkcs1v15::VerifyingKey<sha2::Sha256>),
+    Es256(p256::ecdsa::VerifyingKey),
 }
+
+/// The algorithms a [`Verifier`] knows; any other `alg` is refused before a key is looked up.
+const KNOWN_ALGORITHMS: [&str; 3] = [ALGORITHM, "RS256", "ES256"];
 
 impl PublicKey {
     fn algorithm(&self) -> &'static str {
         match self {
             Self::Ed25519(_) => ALGORITHM,
             Self::Rs256(_) => "RS256",
+            Self::Es256(_) => "ES256",
         }
     }
 
@@ -159,8 +165,32 @@ impl PublicKey {
                 key.verify(signed, &signature)
                     .map_err(|_| TokenError::Signature)
             }
+            Self::Es256(key) => {
+                use p256::ecdsa::signature::Verifier as _;
+                // JWS carries `r || s`, 64 bytes (RFC 7518 §3.4), not DER.
+                let signature = p256::ecdsa::Signature::from_slice(signature)
+                    .map_err(|_| TokenError::Malformed)?;
+                key.verify(signed, &signature)
+                    .map_err(|_| TokenError::Signature)
+            }
         }
     }
+}
+
+/// A P-256 JWK's key for ES256 signatures: `x` and `y`, 32 bytes each, a point on the curve.
+fn p256_key(key: &Value) -> Result<PublicKey, TokenError> {
+    let x = b64_field(key, "x")?;
+    let y = b64_field(key, "y")?;
+    if x.len() != 32 || y.len() != 32 {
+        return Err(TokenError::Malformed);
+    }
+    let mut sec1 = Vec::with_capacity(65);
+    sec1.push(0x04);
+    sec1.extend_from_slice(&x);
+    sec1.extend_from_slice(&y);
+    let public =
+        p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| TokenError::Malformed)?;
+    Ok(PublicKey::Es256(public))
 }
 
 /// Fewest bits of an RSA key accepted (NIST SP 800-131A: 2048).
@@ -199,7 +229,7 @@ fn rsa_key(key: &Value) -> Result<Option<PublicKey>, TokenError> {
 }
 
 impl Verifier {
-    /// The Ed25519 and RSA (RS256) signing keys of a JWKS document (`{"keys": [...]}`); keys
+    /// The Ed25519, RSA (RS256) and P-256 (ES256) signing keys of a JWKS document (`{"keys": [...]}`); keys
     /// of other types, algorithms or uses, and RSA keys under 2048 bits, are skipped (a JWKS may
     /// publish keys for other uses); malformed ones are an error.
     pub fn from_jwks(jwks: &Value) -> Result<Self, TokenError> {
@@ -225,6 +255,7 @@ impl Verifier {
                     Some(public) => public,
                     None => continue,
                 },
+                (Some("EC"), Some("P-256"), None | Some("ES256")) => p256_key(key)?,
                 _ => continue,
             };
             let kid = field("kid").ok_or(TokenError::Malformed)?;
@@ -246,7 +277,7 @@ impl Verifier {
             return Err(TokenError::Malformed);
         };
         let header: Header = decode_json(header_b64)?;
-        if header.alg != ALGORITHM && header.alg != "RS256" {
+        if !KNOWN_ALGORITHMS.contains(&header.alg.as_str()) {
             return Err(TokenError::Algorithm(header.alg));
         }
         if header.crit.is_some() {

@@ -308,7 +308,18 @@ async fn totp_enrolment_then_sign_in_needs_a_fresh_code_or_a_recovery_code_once(
         .verify_access(&tokens.access_token, later + 2)
         .await
         .unwrap();
-    assert_eq!(claims.extra["amr"], serde_json::json!(["pwd", "recovery"]));
+    // A recovery code is a one-time password as well (RFC 8176 has no other value for it).
+    assert_eq!(claims.extra["amr"], serde_json::json!(["pwd", "otp"]));
+    // A refresh repeats how the person signed in.
+    let refreshed = idp
+        .refresh(&tokens.refresh_token, "keel", "203.0.113.7", later + 2)
+        .await
+        .unwrap();
+    let claims = idp
+        .verify_access(&refreshed.access_token, later + 2)
+        .await
+        .unwrap();
+    assert_eq!(claims.extra["amr"], serde_json::json!(["pwd", "otp"]));
     assert!(matches!(
         idp.sign_in(&with_recovery, later + 3).await,
         Err(AuthError::InvalidCredentials)

@@ -484,3 +484,95 @@ mod rs256 {
         );
     }
 }
+
+/// ES256, as several large providers sign ID tokens: a P-256 key from a JWKS verifies its
+/// tokens (the JWS `r || s` signature), and the key fixes the algorithm.
+mod es256 {
+    use p256::ecdsa::signature::Signer as _;
+
+    use super::*;
+
+    fn ec_key(seed: u8) -> p256::ecdsa::SigningKey {
+        p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap()
+    }
+
+    fn jwk(key: &p256::ecdsa::SigningKey, kid: &str) -> Value {
+        let point = key.verifying_key().to_sec1_point(false);
+        let bytes = point.as_bytes();
+        json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+            "x": URL_SAFE_NO_PAD.encode(&bytes[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&bytes[33..65]),
+        })
+    }
+
+    fn signed(key: &p256::ecdsa::SigningKey, header: &Value, claims: &Value) -> String {
+        let input = format!("{}.{}", b64(header), b64(claims));
+        let signature: p256::ecdsa::Signature = key.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+    }
+
+    #[test]
+    fn p256_keys_verify_their_es256_tokens_and_fix_the_algorithm() {
+        let key = ec_key(7);
+        let set = KeySet::generate(OVERLAP);
+        let ed_kid = kid_of(&set);
+        let mut jwks = set.jwks();
+        jwks["keys"].as_array_mut().unwrap().push(jwk(&key, "ec-1"));
+        let verifier = Verifier::from_jwks(&jwks).unwrap();
+        let claims = serde_json::to_value(super::claims()).unwrap();
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": "ec-1"});
+
+        let token = signed(&key, &header, &claims);
+        assert_eq!(
+            verifier.verify(&token, &expect(), NOW).unwrap().sub,
+            "user-1"
+        );
+
+        let mut forged = super::claims();
+        forged.sub = "admin".into();
+        let p = parts(&token);
+        let tampered = format!(
+            "{}.{}.{}",
+            p[0],
+            b64(&serde_json::to_value(forged).unwrap()),
+            p[2]
+        );
+        assert_eq!(
+            verifier.verify(&tampered, &expect(), NOW).unwrap_err(),
+            TokenError::Signature
+        );
+        // Another P-256 key's signature under this kid.
+        assert_eq!(
+            verifier
+                .verify(&signed(&ec_key(9), &header, &claims), &expect(), NOW)
+                .unwrap_err(),
+            TokenError::Signature
+        );
+        // The header cannot pick another algorithm than its key's.
+        for (alg, kid) in [
+            ("EdDSA", "ec-1"),
+            ("RS256", "ec-1"),
+            ("ES256", ed_kid.as_str()),
+        ] {
+            let header = json!({"alg": alg, "kid": kid});
+            assert!(matches!(
+                verifier.verify(&signed(&key, &header, &claims), &expect(), NOW),
+                Err(TokenError::Algorithm(_))
+            ));
+        }
+        // A point off the curve or of the wrong length is a malformed JWKS.
+        let mut off = jwk(&key, "off");
+        off["y"] = json!(URL_SAFE_NO_PAD.encode([1u8; 32]));
+        assert_eq!(
+            Verifier::from_jwks(&json!({"keys": [off]})).unwrap_err(),
+            TokenError::Malformed
+        );
+        let mut short = jwk(&key, "short");
+        short["x"] = json!("AAAA");
+        assert_eq!(
+            Verifier::from_jwks(&json!({"keys": [short]})).unwrap_err(),
+            TokenError::Malformed
+        );
+    }
+}

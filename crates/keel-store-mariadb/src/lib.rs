@@ -59,6 +59,11 @@ impl StoreDialect for MariaDbDialect {
             "token generation",
             include_str!("../migrations/0007_token_generation.sql"),
         ),
+        (
+            8,
+            "oidc consent",
+            include_str!("../migrations/0008_oidc_consent.sql"),
+        ),
     ];
 
     fn connect_options(url: &str) -> Result<MySqlConnectOptions, StoreError> {

@@ -53,6 +53,11 @@ impl StoreDialect for PostgresDialect {
             "token generation",
             include_str!("../migrations/0006_token_generation.sql"),
         ),
+        (
+            7,
+            "oidc consent",
+            include_str!("../migrations/0007_oidc_consent.sql"),
+        ),
     ];
 
     fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use keel_domain::{
-    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, Failures, FederatedLink,
+    AuthEvent, AuthEventQuery, AuthorizationCode, Consent, Credentials, Failures, FederatedLink,
     IdentityStore, OidcClient, RefreshFamily, StoreError, UserId,
 };
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, IntoArguments, Type};
@@ -79,9 +79,9 @@ fn credentials(user_id: UserId, row: CredentialsRow) -> Result<Credentials, Stor
     })
 }
 
-/// `SELECT id, subject, client_id, scope, generation, expires_at, revoked
-/// FROM identity_refresh_families`.
-type FamilyRow = (String, String, String, String, i64, i64, i64);
+/// `SELECT id, subject, client_id, scope, generation, expires_at, revoked, amr,
+/// auth_time FROM identity_refresh_families`.
+type FamilyRow = (String, String, String, String, i64, i64, i64, String, i64);
 
 fn family(row: FamilyRow) -> Result<RefreshFamily, StoreError> {
     Ok(RefreshFamily {
@@ -92,6 +92,8 @@ fn family(row: FamilyRow) -> Result<RefreshFamily, StoreError> {
         generation: u64::try_from(row.4).map_err(|_| crate::corrupt("generation"))?,
         expires_at: row.5,
         revoked: row.6 != 0,
+        amr: row.7.split_whitespace().map(str::to_owned).collect(),
+        auth_time: row.8,
     })
 }
 
@@ -119,8 +121,8 @@ fn client(row: ClientRow) -> Result<OidcClient, StoreError> {
     })
 }
 
-/// `SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, auth_time, expires_at
-/// FROM identity_codes`.
+/// `SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, auth_time, expires_at,
+/// amr FROM identity_codes`.
 type CodeRow = (
     String,
     String,
@@ -130,7 +132,20 @@ type CodeRow = (
     Option<String>,
     i64,
     i64,
+    String,
 );
+
+/// `SELECT user_id, client_id, scope, granted_at FROM identity_consents`.
+type ConsentRow = (String, String, String, i64);
+
+fn consent(row: ConsentRow) -> Result<Consent, StoreError> {
+    Ok(Consent {
+        user_id: row.0.parse().map_err(|_| crate::corrupt("user id"))?,
+        client_id: row.1,
+        scope: row.2,
+        granted_at: row.3,
+    })
+}
 
 fn generation(g: u64) -> Result<i64, StoreError> {
     i64::try_from(g).map_err(|_| crate::corrupt("generation"))
@@ -360,7 +375,7 @@ where
 
     async fn family(&self, id: &str) -> Result<Option<RefreshFamily>, StoreError> {
         let row: Option<FamilyRow> = sqlx::query_as(AssertSqlSafe(D::sql(
-            "SELECT id, subject, client_id, scope, generation, expires_at, revoked \
+            "SELECT id, subject, client_id, scope, generation, expires_at, revoked, amr, auth_time \
              FROM identity_refresh_families WHERE id = ?",
         )))
         .bind(id)
@@ -372,8 +387,8 @@ where
 
     async fn insert_family(&self, f: &RefreshFamily) -> Result<(), StoreError> {
         query::<D>(
-            "INSERT INTO identity_refresh_families (id, subject, client_id, scope, generation, expires_at, revoked) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO identity_refresh_families (id, subject, client_id, scope, generation, \
+             expires_at, revoked, amr, auth_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(f.id.as_str())
         .bind(f.subject.as_str())
@@ -382,6 +397,8 @@ where
         .bind(generation(f.generation)?)
         .bind(f.expires_at)
         .bind(i64::from(f.revoked))
+        .bind(f.amr.join(" "))
+        .bind(f.auth_time)
         .execute(&self.pool)
         .await
         .map_err(map_err::<D>)
@@ -554,7 +571,7 @@ where
     async fn insert_code(&self, c: &AuthorizationCode) -> Result<(), StoreError> {
         query::<D>(
             "INSERT INTO identity_codes (code_hash, client_id, user_id, redirect_uri, scope, nonce, \
-             challenge, auth_time, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             challenge, auth_time, expires_at, amr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(c.code_hash.as_str())
         .bind(c.client_id.as_str())
@@ -565,6 +582,7 @@ where
         .bind(c.challenge.clone())
         .bind(c.auth_time)
         .bind(c.expires_at)
+        .bind(c.amr.join(" "))
         .execute(&self.pool)
         .await
         .map_err(map_err::<D>)
@@ -575,8 +593,8 @@ where
         let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
         let conn: &mut <Db<D> as Database>::Connection = &mut tx;
         let row: Option<CodeRow> = sqlx::query_as(AssertSqlSafe(D::sql(
-            "SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, auth_time, expires_at \
-             FROM identity_codes WHERE code_hash = ?",
+            "SELECT client_id, user_id, redirect_uri, scope, nonce, challenge, auth_time, expires_at, \
+             amr FROM identity_codes WHERE code_hash = ?",
         )))
         .bind(code_hash)
         .fetch_optional(&mut *conn)
@@ -605,7 +623,79 @@ where
             challenge: row.5,
             auth_time: row.6,
             expires_at: row.7,
+            amr: row.8.split_whitespace().map(str::to_owned).collect(),
         }))
+    }
+
+    async fn consent(&self, user: UserId, client_id: &str) -> Result<Option<Consent>, StoreError> {
+        let row: Option<ConsentRow> = sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT user_id, client_id, scope, granted_at FROM identity_consents \
+             WHERE user_id = ? AND client_id = ?",
+        )))
+        .bind(user.to_string())
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        row.map(consent).transpose()
+    }
+
+    async fn put_consent(&self, c: &Consent) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
+        let conn: &mut <Db<D> as Database>::Connection = &mut tx;
+        query::<D>("DELETE FROM identity_consents WHERE user_id = ? AND client_id = ?")
+            .bind(c.user_id.to_string())
+            .bind(c.client_id.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err::<D>)?;
+        query::<D>(
+            "INSERT INTO identity_consents (user_id, client_id, scope, granted_at) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(c.user_id.to_string())
+        .bind(c.client_id.as_str())
+        .bind(c.scope.as_str())
+        .bind(c.granted_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err::<D>)?;
+        tx.commit().await.map_err(map_err::<D>)
+    }
+
+    async fn consents_of(&self, user: UserId) -> Result<Vec<Consent>, StoreError> {
+        let rows: Vec<ConsentRow> = sqlx::query_as(AssertSqlSafe(D::sql(
+            "SELECT user_id, client_id, scope, granted_at FROM identity_consents \
+             WHERE user_id = ? ORDER BY client_id",
+        )))
+        .bind(user.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err::<D>)?;
+        rows.into_iter().map(consent).collect()
+    }
+
+    async fn withdraw_consent(&self, user: UserId, client_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
+        let conn: &mut <Db<D> as Database>::Connection = &mut tx;
+        let res = query::<D>("DELETE FROM identity_consents WHERE user_id = ? AND client_id = ?")
+            .bind(user.to_string())
+            .bind(client_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err::<D>)?;
+        let withdrawn = D::rows_affected(&res) == 1;
+        query::<D>(
+            "UPDATE identity_refresh_families SET revoked = 1 \
+             WHERE subject = ? AND client_id = ? AND revoked = 0",
+        )
+        .bind(user.to_string())
+        .bind(client_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err::<D>)?;
+        tx.commit().await.map_err(map_err::<D>)?;
+        Ok(withdrawn)
     }
 
     async fn append_audit(&self, e: &AuthEvent) -> Result<i64, StoreError> {

@@ -317,6 +317,7 @@ where
             "DELETE FROM identity_refresh_families WHERE subject = ?",
             "DELETE FROM identity_codes WHERE user_id = ?",
             "DELETE FROM identity_links WHERE user_id = ?",
+            "DELETE FROM identity_consents WHERE user_id = ?",
         ] {
             query::<D>(sql)
                 .bind(id.to_string())

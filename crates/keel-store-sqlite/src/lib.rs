@@ -60,6 +60,11 @@ impl StoreDialect for SqliteDialect {
             "token generation",
             include_str!("../migrations/0006_token_generation.sql"),
         ),
+        (
+            7,
+            "oidc consent",
+            include_str!("../migrations/0007_oidc_consent.sql"),
+        ),
     ];
 
     /// `url` is `sqlite://path` or `sqlite::memory:`; a missing file is created.

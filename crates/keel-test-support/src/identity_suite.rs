@@ -3,9 +3,9 @@
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use keel_domain::{
-    AuthEvent, AuthEventQuery, AuthorizationCode, Credentials, EventStore, Failures, FederatedLink,
-    IdentityStore, NewAccount, NewUser, OidcClient, Outgoing, RefreshFamily, StoreError, User,
-    UserEmail, UserId, UserName, UserRepo,
+    AuthEvent, AuthEventQuery, AuthorizationCode, Consent, Credentials, EventStore, Failures,
+    FederatedLink, IdentityStore, NewAccount, NewUser, OidcClient, Outgoing, RefreshFamily,
+    StoreError, User, UserEmail, UserId, UserName, UserRepo,
 };
 use serde_json::json;
 
@@ -33,6 +33,79 @@ pub async fn run_all<S: UserRepo + IdentityStore>(store: &S) {
     the_audit_log_reads_newest_first_with_filters(store).await;
     clients_register_and_codes_are_taken_once(store).await;
     external_identities_link_once_and_go_with_the_account(store).await;
+    consents_are_kept_per_person_and_client_and_withdrawn_with_their_sign_ins(store).await;
+}
+
+pub async fn consents_are_kept_per_person_and_client_and_withdrawn_with_their_sign_ins<
+    S: UserRepo + IdentityStore,
+>(
+    store: &S,
+) {
+    let ada = user("ada@consent.test");
+    let bo = user("bo@consent.test");
+    store.insert(&ada).await.unwrap();
+    store.insert(&bo).await.unwrap();
+    let consent = |user: UserId, client: &str, scope: &str, at: i64| Consent {
+        user_id: user,
+        client_id: client.into(),
+        scope: scope.into(),
+        granted_at: at,
+    };
+    assert_eq!(store.consent(ada.id, "app").await.unwrap(), None);
+    store
+        .put_consent(&consent(ada.id, "app", "openid", 1))
+        .await
+        .unwrap();
+    // A second allowance to the same client replaces the first.
+    let wider = consent(ada.id, "app", "openid email", 2);
+    store.put_consent(&wider).await.unwrap();
+    let other = consent(ada.id, "crm", "openid", 3);
+    store.put_consent(&other).await.unwrap();
+    store
+        .put_consent(&consent(bo.id, "app", "openid", 4))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.consent(ada.id, "app").await.unwrap(),
+        Some(wider.clone())
+    );
+    assert_eq!(
+        store.consents_of(ada.id).await.unwrap(),
+        [wider, other.clone()]
+    );
+
+    // Withdrawing ends the client's sign-ins of that person, and no other.
+    let family = |id: &str, subject: UserId, client: &str| RefreshFamily {
+        id: id.into(),
+        subject: subject.to_string(),
+        client_id: client.into(),
+        scope: "openid".into(),
+        generation: 0,
+        expires_at: i64::MAX,
+        revoked: false,
+        amr: vec!["pwd".into()],
+        auth_time: 1,
+    };
+    for f in [
+        family("consent-a", ada.id, "app"),
+        family("consent-b", ada.id, "crm"),
+        family("consent-c", bo.id, "app"),
+    ] {
+        store.insert_family(&f).await.unwrap();
+    }
+    assert!(store.withdraw_consent(ada.id, "app").await.unwrap());
+    assert!(!store.withdraw_consent(ada.id, "app").await.unwrap());
+    assert_eq!(store.consents_of(ada.id).await.unwrap(), [other]);
+    let revoked =
+        |id: &'static str| async move { store.family(id).await.unwrap().unwrap().revoked };
+    assert!(revoked("consent-a").await);
+    assert!(!revoked("consent-b").await);
+    assert!(!revoked("consent-c").await);
+
+    // Consents go with the account.
+    store.delete(ada.id).await.unwrap();
+    assert!(store.consents_of(ada.id).await.unwrap().is_empty());
+    assert!(store.consent(bo.id, "app").await.unwrap().is_some());
 }
 
 /// `UserRepo::insert_account` (not in [`run_all`]: it needs the outbox too, and each engine runs
@@ -281,6 +354,8 @@ pub async fn deleting_a_user_erases_its_account<S: UserRepo + IdentityStore>(sto
         generation: 0,
         expires_at: 1_900_000_000,
         revoked: false,
+        amr: vec!["pwd".into(), "otp".into()],
+        auth_time: 1_800_000_000,
     };
     store.insert_family(&family).await.unwrap();
     assert!(store.delete(gone.id).await.unwrap());
@@ -327,6 +402,8 @@ pub async fn refresh_families_advance_once_per_generation_and_revoke<S: Identity
         generation: 0,
         expires_at: 1_900_000_000,
         revoked: false,
+        amr: vec!["pwd".into(), "otp".into()],
+        auth_time: 1_800_000_000,
     };
     store.insert_family(&family).await.unwrap();
     assert_eq!(store.family("fam-1").await.unwrap(), Some(family.clone()));
@@ -508,6 +585,7 @@ pub async fn clients_register_and_codes_are_taken_once<S: IdentityStore>(store: 
         nonce: Some("n-0S6_WzA2Mj".into()),
         challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
         auth_time: 1_800_000_000,
+        amr: vec!["pwd".into(), "otp".into(), "mfa".into()],
         expires_at: 1_800_000_060,
     };
     store.insert_code(&code).await.unwrap();

@@ -2,7 +2,8 @@
 //! the browser's round trip — keel A sends it to keel B's sign-in page, B sends it back with a
 //! code, A exchanges the code, checks B's ID token and signs the person in — for a new
 //! account, an account linked by verified address, an unverified address refused and then
-//! linked explicitly, and a forged state.
+//! linked explicitly, and a forged state. And a provider that signs its ID tokens with ES256
+//! (P-256), as several large ones do.
 
 use std::collections::HashMap;
 
@@ -11,6 +12,7 @@ use serde_json::{Value, json};
 use crate::auth::PASSWORD;
 use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
 use crate::hospital::browser_session;
+use crate::on_every_backend;
 
 /// A cookie jar as a browser keeps one per site: name → value.
 #[derive(Default)]
@@ -339,4 +341,161 @@ async fn a_callback_this_browser_did_not_start_is_refused() {
     assert!(res.text().await.unwrap().contains("access_denied"));
     a.stop().await;
     b.stop().await;
+}
+
+on_every_backend!(an_es256_provider_signs_people_in_and_a_forged_signature_does_not);
+
+/// An external provider that signs its ID tokens with ES256: discovery, an authorization
+/// endpoint that sends the browser straight back with a code, a token endpoint and its JWKS.
+/// `forge` makes its token endpoint sign with a key its JWKS does not publish.
+struct Es256Provider {
+    issuer: String,
+    forge: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn es256_provider() -> Es256Provider {
+    use axum::extract::{Query, State};
+    use axum::response::{IntoResponse, Redirect};
+    use axum::routing::{get, post};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use p256::ecdsa::signature::Signer as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone)]
+    struct Provider {
+        issuer: String,
+        key: p256::ecdsa::SigningKey,
+        other: p256::ecdsa::SigningKey,
+        nonce: Arc<Mutex<String>>,
+        forge: Arc<AtomicBool>,
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let forge = Arc::new(AtomicBool::new(false));
+    let provider = Provider {
+        issuer: issuer.clone(),
+        key: p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap(),
+        other: p256::ecdsa::SigningKey::from_slice(&[9; 32]).unwrap(),
+        nonce: Arc::default(),
+        forge: forge.clone(),
+    };
+    let router = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(|State(p): State<Provider>| async move {
+                axum::Json(json!({
+                    "issuer": p.issuer,
+                    "authorization_endpoint": format!("{}/authorize", p.issuer),
+                    "token_endpoint": format!("{}/token", p.issuer),
+                    "jwks_uri": format!("{}/jwks", p.issuer),
+                    "id_token_signing_alg_values_supported": ["ES256"],
+                }))
+            }),
+        )
+        .route(
+            "/jwks",
+            get(|State(p): State<Provider>| async move {
+                let point = p.key.verifying_key().to_sec1_point(false);
+                let bytes = point.as_bytes();
+                axum::Json(json!({"keys": [{
+                    "kty": "EC", "crv": "P-256", "kid": "ec-1", "use": "sig", "alg": "ES256",
+                    "x": URL_SAFE_NO_PAD.encode(&bytes[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&bytes[33..65]),
+                }]}))
+            }),
+        )
+        .route(
+            "/authorize",
+            get(
+                |State(p): State<Provider>, Query(q): Query<HashMap<String, String>>| async move {
+                    *p.nonce.lock().unwrap() = q["nonce"].clone();
+                    Redirect::to(&format!(
+                        "{}?code=es-code&state={}",
+                        q["redirect_uri"],
+                        keel_identity::percent_encode(&q["state"])
+                    ))
+                    .into_response()
+                },
+            ),
+        )
+        .route(
+            "/token",
+            post(|State(p): State<Provider>| async move {
+                let now = chrono::Utc::now().timestamp();
+                let header = json!({"alg": "ES256", "typ": "JWT", "kid": "ec-1"});
+                let claims = json!({
+                    "iss": p.issuer, "sub": "es-person-1", "aud": "keel-a",
+                    "iat": now, "exp": now + 300,
+                    "nonce": p.nonce.lock().unwrap().clone(),
+                    "email": "eve@example.com", "email_verified": true, "name": "Eve",
+                });
+                let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+                let input = format!("{}.{}", b64(&header), b64(&claims));
+                let key = if p.forge.load(Ordering::SeqCst) {
+                    &p.other
+                } else {
+                    &p.key
+                };
+                let signature: p256::ecdsa::Signature = key.sign(input.as_bytes());
+                let id_token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()));
+                axum::Json(json!({
+                    "access_token": "at", "token_type": "Bearer", "expires_in": 300,
+                    "id_token": id_token,
+                }))
+            }),
+        )
+        .with_state(provider);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Es256Provider { issuer, forge }
+}
+
+async fn an_es256_provider_signs_people_in_and_a_forged_signature_does_not(backend: Backend) {
+    let provider = es256_provider().await;
+    let issuer = provider.issuer.clone();
+    let a = spawn_app_with(backend, move |s| {
+        s.identity.providers = vec![keel_config::ProviderSettings {
+            name: "corp".into(),
+            issuer,
+            client_id: "keel-a".into(),
+            client_secret: Some(keel_config::Secret::new("s3cret")),
+            scopes: "openid email profile".into(),
+            link_by_verified_email: true,
+        }];
+    })
+    .await;
+    let start = a.url("/federation/corp/start?return_to=/signin");
+    let through_the_provider = |mut browser: Browser| {
+        let start = start.clone();
+        async move {
+            let res = browser.get_a(&start).await;
+            assert_eq!(res.status(), 303);
+            let authorize = res.headers()["location"].to_str().unwrap().to_owned();
+            let res = browser.http.get(&authorize).send().await.unwrap();
+            assert_eq!(res.status(), 303, "the provider sends the browser back");
+            let callback = res.headers()["location"].to_str().unwrap().to_owned();
+            let res = browser.get_a(&callback).await;
+            (browser, res)
+        }
+    };
+
+    // Signed with a key the provider's JWKS publishes: signed in, the account made.
+    let (mut browser, res) = through_the_provider(Browser::new()).await;
+    assert_eq!(
+        res.status(),
+        303,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    assert_eq!(res.headers()["location"], "/signin");
+    assert_eq!(signed_in_as(&mut browser, &a).await, "eve@example.com");
+
+    // Signed with another P-256 key under the same kid: refused, nobody signed in.
+    provider
+        .forge
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut browser, res) = through_the_provider(Browser::new()).await;
+    assert_ne!(res.status(), 303, "a forged ID token signs nobody in");
+    assert_eq!(signed_in_as(&mut browser, &a).await, "nobody");
 }

@@ -8,6 +8,7 @@ mod hospital;
 mod jobs;
 mod lifecycle;
 mod oidc;
+mod oidc_rp;
 mod ops;
 mod policy;
 mod revocation;

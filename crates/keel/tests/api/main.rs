@@ -4,6 +4,7 @@ mod auth;
 mod federation;
 mod helpers;
 mod hospital;
+mod hostile;
 mod jobs;
 mod lifecycle;
 mod oidc;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ use keel_identity::token::Claims;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::extract::JsonObject;
+use crate::extract::{JsonObject, Path, Query};
 use crate::policy::Signed;
 use crate::{ApiError, AppState};
 
@@ -469,7 +469,7 @@ async fn set_disabled(
 async fn disable(
     State(state): State<AppState>,
     Signed(caller): Signed,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     set_disabled(&state, &caller, &id, true).await
 }
@@ -478,7 +478,7 @@ async fn disable(
 async fn enable(
     State(state): State<AppState>,
     Signed(caller): Signed,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     set_disabled(&state, &caller, &id, false).await
 }

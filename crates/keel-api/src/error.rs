@@ -27,8 +27,24 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    #[error("content type must be application/x-www-form-urlencoded")]
+    UnsupportedForm,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body could not be read: {0}")]
+    MalformedBody(String),
+    #[error("parameter `{name}` is given more than once")]
+    DuplicateParameter { name: String },
+    #[error("{message}")]
+    InvalidParameter {
+        /// The parameter at fault, when the parser names one.
+        name: Option<String>,
+        message: String,
+    },
+    #[error("the path is not valid: {0}")]
+    InvalidPath(String),
+    #[error("transfer coding `{0}` is not supported; send the body with `chunked` alone")]
+    UnsupportedTransferCoding(String),
     #[error("{field} already exists")]
     Conflict { field: &'static str },
     #[error("the user changed concurrently; retry")]
@@ -89,8 +105,15 @@ impl ApiError {
             Self::UserNotFound | Self::JobNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Validation(_) | Self::UnknownField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MalformedJson(_)
+            | Self::MalformedBody(_)
+            | Self::DuplicateParameter { .. }
+            | Self::InvalidParameter { .. }
+            | Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::UnsupportedMediaType | Self::UnsupportedForm => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict { .. } | Self::ConcurrentUpdate => StatusCode::CONFLICT,
             Self::Unavailable(_) | Self::Timeout | Self::Overloaded => {
@@ -115,7 +138,12 @@ impl ApiError {
             Self::Validation(_) => "validation_failed",
             Self::UnknownField { .. } => "unknown_field",
             Self::MalformedJson(_) => "malformed_json",
-            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::MalformedBody(_) => "malformed_body",
+            Self::DuplicateParameter { .. } => "duplicate_parameter",
+            Self::InvalidParameter { .. } => "invalid_parameter",
+            Self::InvalidPath(_) => "invalid_path",
+            Self::UnsupportedTransferCoding(_) => "unsupported_transfer_coding",
+            Self::UnsupportedMediaType | Self::UnsupportedForm => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Conflict { .. } => "conflict",
             Self::ConcurrentUpdate => "concurrent_update",
@@ -173,6 +201,8 @@ impl IntoResponse for ApiError {
                 body.field = Some(e.field.to_owned());
             }
             Self::UnknownField { field, .. } => body.field = Some(field.clone()),
+            Self::DuplicateParameter { name } => body.field = Some(name.clone()),
+            Self::InvalidParameter { name, .. } => body.field.clone_from(name),
             Self::Conflict { field } => body.field = Some((*field).to_owned()),
             Self::WeakPassword(_) => body.field = Some("password".to_owned()),
             Self::Internal(source) => {

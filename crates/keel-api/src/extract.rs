@@ -1,10 +1,21 @@
-//! Request body parsing that names what is wrong: wrong content type (415), too large (413),
-//! not JSON (400), not an object or an unknown / missing / mistyped field (422 with the field).
+//! Request parsing that names what is wrong, as keel's JSON errors (never the framework's plain
+//! text):
+//! - JSON bodies ([`JsonObject`]): wrong content type (415), too large (413), unreadable (400),
+//!   not JSON (400), not an object or an unknown / missing / mistyped field (422 with the field);
+//! - query strings ([`Query`]) and form bodies ([`Form`]): a repeated parameter is refused (400
+//!   `duplicate_parameter`, naming it) rather than one of its values picked silently, and a value
+//!   of the wrong type is 400 `invalid_parameter`, naming it;
+//! - path parameters ([`Path`]): 400 `invalid_path`.
 
-use axum::body::Body;
-use axum::extract::{FromRequest, Request};
+use std::collections::HashSet;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
+use axum::http::request::Parts;
+use futures_util::StreamExt as _;
 use keel_domain::ValidationError;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::{ApiError, AppState};
@@ -31,9 +42,7 @@ impl FromRequest<AppState> for JsonObject {
             return Err(ApiError::UnsupportedMediaType);
         }
         let limit = state.http.body_limit_bytes;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+        let bytes = read_body(req.into_body(), limit).await?;
         let value: Value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
         match value {
@@ -70,5 +79,103 @@ impl JsonObject {
             Some(_) => Err(ValidationError::new(name, "must be a string").into()),
             None => Err(ValidationError::new(name, "is required").into()),
         }
+    }
+}
+
+/// The whole body, at most `limit` bytes: 413 past the limit; 400 `malformed_body` when the body
+/// cannot be read (broken chunked framing, a connection cut mid-body), which is the client's
+/// framing, not its size.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::MalformedBody(e.to_string()))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.into())
+}
+
+/// `application/x-www-form-urlencoded` pairs deserialized into `T`, once each.
+///
+/// A repeated name is refused whatever `T` makes of it: serde would refuse it for some fields
+/// and keep one value of it for others (a flattened or ignored one), and RFC 6749 §3.1 forbids
+/// repeating a parameter. Value errors name the parameter when serde's path does.
+pub fn parse_params<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    let mut seen = HashSet::new();
+    for (name, _) in form_urlencoded::parse(raw) {
+        if !seen.insert(name.clone()) {
+            return Err(ApiError::DuplicateParameter {
+                name: name.into_owned(),
+            });
+        }
+    }
+    let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw));
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let name = (path != ".").then_some(path);
+        let message = match &name {
+            Some(name) => format!("parameter `{name}`: {message}"),
+            None => message,
+        };
+        ApiError::InvalidParameter { name, message }
+    })
+}
+
+/// The query string as `T` (see [`parse_params`]); the framework's `Query` answers plain text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let raw = parts.uri.query().unwrap_or_default();
+        parse_params(raw.as_bytes()).map(Self)
+    }
+}
+
+/// A form body (`application/x-www-form-urlencoded`) as `T`: 415 for another content type, the
+/// body limits of [`read_body`], then [`parse_params`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Form<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Form<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, state: &AppState) -> Result<Self, Self::Rejection> {
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                mime.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !is_form {
+            return Err(ApiError::UnsupportedForm);
+        }
+        let bytes = read_body(req.into_body(), state.http.body_limit_bytes).await?;
+        parse_params(&bytes).map(Self)
+    }
+}
+
+/// Path parameters as `T`; the framework's `Path` answers plain text (e.g. for an escape that is
+/// not UTF-8).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(|e| ApiError::InvalidPath(e.body_text()))
     }
 }

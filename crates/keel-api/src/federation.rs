@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::{ClientAddr, idp, now};
+use crate::extract::{Path, Query};
 use crate::oidc::{SESSION_COOKIE, cookie, escape, no_store, page, set_cookie};
 use crate::{ApiError, AppState};
 

@@ -126,15 +126,22 @@ pub async fn around_request(State(limiter): State<Limiter>, req: Request, next: 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
 
-    let mut res = match limiter.in_flight.clone().try_acquire_owned() {
-        Ok(permit) => {
+    let mut res = match (
+        unsupported_coding(&req),
+        limiter.in_flight.clone().try_acquire_owned(),
+    ) {
+        (Some(coding), _) => ApiError::UnsupportedTransferCoding(coding).into_response(),
+        (None, Ok(permit)) => {
             let handled = keel_domain::trace::scope(traceparent, next.run(req));
             let res = tokio::time::timeout(limiter.timeout, handled.instrument(span.clone())).await;
             drop(permit);
             res.unwrap_or_else(|_| ApiError::Timeout.into_response())
         }
-        Err(_) => ApiError::Overloaded.into_response(),
+        (None, Err(_)) => ApiError::Overloaded.into_response(),
     };
+    if is_plain_text_refusal(&res) {
+        res = as_json_refusal(res).await;
+    }
 
     let status = res.status();
     let elapsed = started.elapsed();
@@ -164,4 +171,84 @@ pub async fn around_request(State(limiter): State<Limiter>, req: Request, next: 
     }
     res.headers_mut().insert(REQUEST_ID.clone(), request_id);
     res
+}
+
+/// The transfer codings of a request whose codings are not `chunked` alone. hyper's parser
+/// refuses (400) a request whose final coding is not `chunked` (RFC 9112 §6.3) and undoes a
+/// final `chunked`, but passes on what precedes it (`gzip, chunked`): the handler would read
+/// the still-encoded bytes as the content. RFC 9112 §6.1: 501, as the gateway answers.
+fn unsupported_coding(req: &Request) -> Option<String> {
+    let mut codings = req
+        .headers()
+        .get_all(axum::http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+        .peekable();
+    codings.peek()?;
+    let codings: Vec<&[u8]> = codings.collect();
+    match codings.as_slice() {
+        [only] if only.eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(
+            codings
+                .iter()
+                .map(|c| String::from_utf8_lossy(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    }
+}
+
+/// Whether `res` is a refusal in the framework's plain text: keel's handlers answer JSON (or
+/// HTML pages), so such a response comes from an axum extractor that no handler wrapped (the
+/// hospital console's, for example).
+fn is_plain_text_refusal(res: &Response) -> bool {
+    (res.status().is_client_error() || res.status().is_server_error())
+        && res
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain"))
+}
+
+/// A plain-text refusal as keel's JSON error: same status, its text as `error`, a code from the
+/// status. The safety net behind the extractors of [`crate::extract`], so that every refusal a
+/// client gets from keel has the one shape.
+async fn as_json_refusal(res: Response) -> Response {
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = match parts.status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable_entity",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    };
+    let body = crate::error::ErrorBody {
+        error: if text.is_empty() {
+            parts
+                .status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_lowercase()
+        } else {
+            text
+        },
+        code,
+        field: None,
+        error_id: None,
+    };
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let json = axum::Json(body).into_response();
+    let (json_parts, json_body) = json.into_parts();
+    parts.headers.extend(json_parts.headers);
+    Response::from_parts(parts, json_body)
 }

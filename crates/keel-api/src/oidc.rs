@@ -11,10 +11,9 @@
 //! its GET would be, so it can do nothing a link could not. Every answer sent back to the client
 //! carries `iss` (RFC 9207).
 
-use axum::Form;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -25,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{ClientAddr, idp, now};
-use crate::extract::JsonObject;
+use crate::extract::{Form, JsonObject, Query};
 use crate::policy::Signed;
 use crate::{ApiError, AppState};
 
@@ -606,9 +605,25 @@ async fn token(
     State(state): State<AppState>,
     ClientAddr(peer): ClientAddr,
     headers: HeaderMap,
-    Form(form): Form<TokenForm>,
+    form: Result<Form<TokenForm>, ApiError>,
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
+    // RFC 6749 §5.2: a malformed token request (another content type, a repeated or mistyped
+    // parameter, an unreadable body) is a JSON 400 `invalid_request`, never the framework's text.
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) => {
+            let status = match e {
+                ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let e = OAuthError {
+                code: "invalid_request",
+                description: e.to_string(),
+            };
+            return Ok(oauth_error(status, &e));
+        }
+    };
     let (client_id, secret) = match basic_credentials(&headers) {
         Some((id, secret)) => (Some(id), Some(secret)),
         None => (form.client_id.clone(), form.client_secret.clone()),

@@ -6,9 +6,8 @@
 //! its CSRF defence (a token bound to a second cookie, in every form), and answer with
 //! `no-store`, no framing and no script.
 
-use axum::Form;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -16,6 +15,7 @@ use keel_identity::service::{AuthError, Idp, SignIn};
 use serde::Deserialize;
 
 use crate::auth::{ClientAddr, idp, now};
+use crate::extract::{Form, Query};
 use crate::oidc::{SESSION_COOKIE, cookie, csrf_for, csrf_ok, escape, no_store, page, set_cookie};
 use crate::{ApiError, AppState};
 

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,7 +15,7 @@ use keel_domain::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorBody;
-use crate::extract::JsonObject;
+use crate::extract::{JsonObject, Path, Query};
 use crate::policy::{MaybeSigned, Signed};
 use crate::{ApiError, AppState};
 

@@ -5,6 +5,7 @@ mod auth;
 mod federation;
 mod helpers;
 mod hospital;
+mod hostile;
 mod jobs;
 mod lifecycle;
 mod oidc;

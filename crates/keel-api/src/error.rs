@@ -25,6 +25,8 @@ pub enum ApiError {
     UnknownField { field: String, expected: String },
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
+    #[error("field `{0}` is given more than once")]
+    DuplicateField(String),
     #[error("content type must be application/json")]
     UnsupportedMediaType,
     #[error("request body is larger than {limit} bytes")]
@@ -89,7 +91,7 @@ impl ApiError {
             Self::UserNotFound | Self::JobNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Validation(_) | Self::UnknownField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedJson(_) | Self::DuplicateField(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict { .. } | Self::ConcurrentUpdate => StatusCode::CONFLICT,
@@ -115,6 +117,7 @@ impl ApiError {
             Self::Validation(_) => "validation_failed",
             Self::UnknownField { .. } => "unknown_field",
             Self::MalformedJson(_) => "malformed_json",
+            Self::DuplicateField(_) => "duplicate_field",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Conflict { .. } => "conflict",
@@ -172,7 +175,9 @@ impl IntoResponse for ApiError {
             Self::Validation(e) => {
                 body.field = Some(e.field.to_owned());
             }
-            Self::UnknownField { field, .. } => body.field = Some(field.clone()),
+            Self::UnknownField { field, .. } | Self::DuplicateField(field) => {
+                body.field = Some(field.clone())
+            }
             Self::Conflict { field } => body.field = Some((*field).to_owned()),
             Self::WeakPassword(_) => body.field = Some("password".to_owned()),
             Self::Internal(source) => {

@@ -7,6 +7,7 @@ mod hospital;
 mod jobs;
 mod lifecycle;
 mod oidc;
+mod openapi;
 mod ops;
 mod policy;
 mod users;

@@ -2,12 +2,13 @@
 # keel's whole test gate, the README's test command: formatting, lints, then every test against
 # the embedded defaults (SQLite, in-process cache) and the real servers (PostgreSQL, MariaDB,
 # Redis), which it starts first if they are down, and the console in a real browser (chromium,
-# installed first if missing).
+# installed first if missing), and the OpenAPI fuzzer (schemathesis, in a virtualenv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
 bash scripts/browser-deps.sh
+bash scripts/fuzz-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

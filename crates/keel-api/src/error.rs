@@ -25,6 +25,8 @@ pub enum ApiError {
     UnknownField { field: String, expected: String },
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
+    #[error("field `{0}` is given more than once")]
+    DuplicateField(String),
     #[error("content type must be application/json")]
     UnsupportedMediaType,
     #[error("content type must be application/x-www-form-urlencoded")]
@@ -106,6 +108,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Validation(_) | Self::UnknownField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MalformedJson(_)
+            | Self::DuplicateField(_)
             | Self::MalformedBody(_)
             | Self::DuplicateParameter { .. }
             | Self::InvalidParameter { .. }
@@ -138,6 +141,7 @@ impl ApiError {
             Self::Validation(_) => "validation_failed",
             Self::UnknownField { .. } => "unknown_field",
             Self::MalformedJson(_) => "malformed_json",
+            Self::DuplicateField(_) => "duplicate_field",
             Self::MalformedBody(_) => "malformed_body",
             Self::DuplicateParameter { .. } => "duplicate_parameter",
             Self::InvalidParameter { .. } => "invalid_parameter",
@@ -200,7 +204,9 @@ impl IntoResponse for ApiError {
             Self::Validation(e) => {
                 body.field = Some(e.field.to_owned());
             }
-            Self::UnknownField { field, .. } => body.field = Some(field.clone()),
+            Self::UnknownField { field, .. } | Self::DuplicateField(field) => {
+                body.field = Some(field.clone())
+            }
             Self::DuplicateParameter { name } => body.field = Some(name.clone()),
             Self::InvalidParameter { name, .. } => body.field.clone_from(name),
             Self::Conflict { field } => body.field = Some((*field).to_owned()),

@@ -1,7 +1,8 @@
 //! Request parsing that names what is wrong, as keel's JSON errors (never the framework's plain
 //! text):
 //! - JSON bodies ([`JsonObject`]): wrong content type (415), too large (413), unreadable (400),
-//!   not JSON (400), not an object or an unknown / missing / mistyped field (422 with the field);
+//!   not JSON or a key given twice (400, the duplicate named), not an object or an unknown /
+//!   missing / mistyped field (422 with the field);
 //! - query strings ([`Query`]) and form bodies ([`Form`]): a repeated parameter is refused (400
 //!   `duplicate_parameter`, naming it) rather than one of its values picked silently, and a value
 //!   of the wrong type is 400 `invalid_parameter`, naming it;
@@ -16,7 +17,10 @@ use axum::http::request::Parts;
 use futures_util::StreamExt as _;
 use keel_domain::ValidationError;
 use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use std::cell::RefCell;
+use std::fmt;
 
 use crate::{ApiError, AppState};
 
@@ -43,8 +47,7 @@ impl FromRequest<AppState> for JsonObject {
         }
         let limit = state.http.body_limit_bytes;
         let bytes = read_body(req.into_body(), limit).await?;
-        let value: Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        let value = parse_strict(&bytes)?;
         match value {
             Value::Object(map) => Ok(Self(map)),
             _ => Err(ValidationError::new("body", "must be a JSON object").into()),
@@ -177,5 +180,90 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
             .await
             .map(|axum::extract::Path(value)| Self(value))
             .map_err(|e| ApiError::InvalidPath(e.body_text()))
+    }
+}
+
+/// Parses JSON refusing an object that names a key twice, at any depth: serde_json keeps the
+/// last value, so `{"name":"a","name":"b"}` would pass validation of one value and store
+/// another, and two parsers of the same body could disagree on what it says.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, ApiError> {
+    let duplicate = RefCell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = StrictValue(&duplicate)
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value));
+    match (parsed, duplicate.into_inner()) {
+        (_, Some(field)) => Err(ApiError::DuplicateField(field)),
+        (Ok(value), None) => Ok(value),
+        (Err(e), None) => Err(ApiError::MalformedJson(e.to_string())),
+    }
+}
+
+/// A JSON value whose objects have distinct keys; the first repeated key is left in the cell.
+struct StrictValue<'a>(&'a RefCell<Option<String>>);
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(StrictValue(self.0))? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                let message = format!("duplicate key `{key}`");
+                *self.0.borrow_mut() = Some(key);
+                return Err(de::Error::custom(message));
+            }
+            let value = map.next_value_seed(StrictValue(self.0))?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }

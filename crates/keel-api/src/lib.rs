@@ -10,6 +10,7 @@
 //!   [`federation`]: sign-in through external OpenID Connect providers;
 //!   [`pages`]: the sign-in page of keel's consoles and the authenticator-app enrolment page.
 //! - [`policy`]: the access rule of every route and the guard that enforces it (RBAC).
+//! - [`openapi`]: the OpenAPI document of every route, checked against the router by the tests.
 //! - [`error`]: [`ApiError`], the only place where failures become status codes and JSON bodies.
 //! - [`extract`]: the JSON body extractor that turns every malformed input into a precise error.
 //!
@@ -23,6 +24,7 @@ pub mod federation;
 pub mod jobs;
 pub mod middleware;
 pub mod oidc;
+pub mod openapi;
 pub mod ops;
 pub mod pages;
 pub mod policy;

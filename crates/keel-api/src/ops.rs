@@ -2,7 +2,6 @@
 //! metrics, the OpenAPI document and its offline docs page.
 
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +13,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use utoipa::OpenApi;
 
 use crate::AppState;
 
@@ -63,7 +61,7 @@ pub fn router() -> Router<AppState> {
 
 /// Alive: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
-async fn healthz() -> Response {
+pub(crate) async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
@@ -72,7 +70,7 @@ async fn healthz() -> Response {
     (status = 200, description = "ready"),
     (status = 503, description = "draining or a dependency is unreachable"),
 ))]
-async fn readyz(State(state): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     if state.readiness.is_draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -113,7 +111,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Prometheus text: HTTP metrics and each cache's counters.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
-async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = state
         .metrics
         .as_ref()
@@ -129,61 +127,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "keel", description = "keel's API: the seed's cached user read, made real."),
-    paths(
-        crate::users::create_user,
-        crate::users::list_users,
-        crate::users::get_user,
-        crate::users::update_user,
-        crate::users::delete_user,
-        crate::users::user_data,
-        crate::jobs::export_user,
-        crate::jobs::get_job,
-        healthz,
-        readyz,
-        metrics,
-    ),
-    modifiers(&BearerAuth),
-    security(("bearer" = [])),
-    components(schemas(keel_domain::User, crate::users::UserInput, crate::users::NewAccountInput, crate::users::UserPage, crate::error::ErrorBody, crate::jobs::JobAccepted, crate::jobs::JobView, keel_domain::JobState)),
-    tags((name = "users", description = "Users, read through the cache"), (name = "jobs", description = "Fire-and-forget jobs: 202 at once, then poll"), (name = "operations", description = "Health, readiness, metrics")),
-)]
-struct ApiDoc;
-
-/// Every route but the public ones wants `Authorization: Bearer <access token>` from
-/// `POST /auth/login` (the access rule of each is in `policy::RULES`).
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The OpenAPI 3.1 document of this API.
-pub fn openapi_json() -> &'static str {
-    static DOC: OnceLock<String> = OnceLock::new();
-    DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .expect("the OpenAPI document serializes")
-    })
-}
-
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+/// The OpenAPI document, with the password limits this server enforces.
+async fn openapi(State(state): State<AppState>) -> Response {
+    let policy = state
+        .identity
+        .as_ref()
+        .map(|idp| idp.settings().policy.clone())
+        .unwrap_or_default();
+    let doc = crate::openapi::document(&policy)
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
 }
 
 /// API docs rendered from `/openapi.json` by a page with no outside assets: it works offline.

@@ -34,31 +34,6 @@ pub fn router() -> Router<AppState> {
         .route("/users/{id}/invitation", axum::routing::post(reinvite))
 }
 
-/// The body of `PUT /users/{id}`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[allow(dead_code)] // parsed by hand (see `parse_input`); this type documents the shape
-pub struct UserInput {
-    /// 1 to 100 characters, trimmed.
-    name: String,
-    /// An email address; stored lower-cased, unique.
-    email: String,
-}
-
-/// The body of `POST /users`: a sign-up (with a password, when sign-up is open) or, from an
-/// admin, a new account (with a password) or an invitation (without one).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[allow(dead_code)] // parsed by hand (see `create_user`); this type documents the shape
-pub struct NewAccountInput {
-    /// 1 to 100 characters, trimmed.
-    name: String,
-    /// An email address; stored lower-cased, unique. A verification link is mailed to it.
-    email: String,
-    /// Required unless an admin invites: the policy's length, not a common password.
-    password: Option<String>,
-    /// Admins only: `admin`, `operator`.
-    roles: Option<Vec<String>>,
-}
-
 /// A page of users and the cursor of the next page.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserPage {
@@ -98,7 +73,7 @@ fn user_response(status: StatusCode, user: &Cached<User>) -> Response {
 
 /// Create an account: self-service sign-up (as `identity.signup` allows) or, by an admin, an
 /// account with roles, or an invitation when no password is given.
-#[utoipa::path(post, path = "/users", tag = "users", request_body = NewAccountInput, responses(
+#[utoipa::path(post, path = "/users", tag = "users", request_body = crate::openapi::NewAccountInput, responses(
     (status = 201, description = "created (a verification or invitation mail is on its way)", body = User),
     (status = 400, description = "malformed JSON", body = ErrorBody),
     (status = 403, description = "sign-up is by invitation or closed (`signup_closed`)", body = ErrorBody),
@@ -185,7 +160,7 @@ pub async fn get_user(
 }
 
 /// Replace a user's name and email.
-#[utoipa::path(put, path = "/users/{id}", tag = "users", request_body = UserInput, params(("id" = String, Path, description = "user id (UUID)")), responses(
+#[utoipa::path(put, path = "/users/{id}", tag = "users", request_body = crate::openapi::UserInput, params(("id" = String, Path, description = "user id (UUID)")), responses(
     (status = 200, description = "the updated user", body = User),
     (status = 404, description = "no such user", body = ErrorBody),
     (status = 409, description = "email already exists, or a concurrent update won", body = ErrorBody),
@@ -277,6 +252,11 @@ pub async fn user_data(
 }
 
 /// Mails an invited account its invitation again (admins).
+#[utoipa::path(post, path = "/users/{id}/invitation", tag = "users", params(("id" = String, Path, description = "user id (UUID)")), responses(
+    (status = 202, description = "the invitation is mailed again"),
+    (status = 404, description = "no such user", body = ErrorBody),
+    (status = 409, description = "the account has already accepted its invitation", body = ErrorBody),
+))]
 pub async fn reinvite(
     State(state): State<AppState>,
     Signed(caller): Signed,

@@ -24,6 +24,8 @@ pub struct TestApp {
     pub admin: reqwest::Client,
     /// The admin account's id (when identity is on).
     pub admin_id: Option<String>,
+    /// The admin's access token (when identity is on), for clients other than `admin`.
+    pub admin_token: Option<String>,
     pub settings: Settings,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -174,6 +176,7 @@ async fn spawn(settings: Settings, dir: tempfile::TempDir, workers: bool) -> Tes
         Some(idp) => admin_token(idp).await,
         None => None,
     };
+    let admin_token = admin_account.as_ref().map(|(token, _)| token.clone());
     let (admin, admin_id) = match admin_account {
         Some((token, id)) => {
             let mut headers = reqwest::header::HeaderMap::new();
@@ -210,6 +213,7 @@ async fn spawn(settings: Settings, dir: tempfile::TempDir, workers: bool) -> Tes
         client,
         admin,
         admin_id,
+        admin_token,
         settings,
         _dir: dir,
         stop: Some(stop),

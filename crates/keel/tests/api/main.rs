@@ -10,6 +10,7 @@ mod jobs;
 mod lifecycle;
 mod oidc;
 mod oidc_rp;
+mod openapi;
 mod ops;
 mod policy;
 mod revocation;

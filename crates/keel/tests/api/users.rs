@@ -8,6 +8,7 @@ use crate::on_every_backend;
 on_every_backend!(
     crud_round_trip_follows_the_seed,
     invalid_input_is_refused_with_the_field_named_and_nothing_written,
+    a_key_given_twice_is_refused_with_the_field_named_and_nothing_written,
     duplicate_email_is_a_conflict,
     listing_pages_with_a_cursor,
     every_strategy_reads_its_own_writes,
@@ -149,6 +150,59 @@ async fn invalid_input_is_refused_with_the_field_named_and_nothing_written(backe
         ids,
         [app.admin_id.as_deref().unwrap()],
         "refused requests must write nothing (the admin is the only account)"
+    );
+    app.stop().await;
+}
+
+async fn a_key_given_twice_is_refused_with_the_field_named_and_nothing_written(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ada = app.create_user("Ada").await;
+    let ada_path = format!("/users/{}", ada["id"].as_str().unwrap());
+    // The last key used to win: validation saw one value and the store another's neighbour.
+    let cases = [
+        (
+            "POST",
+            "/users",
+            r#"{"name":"First","name":"Second","email":"twice@example.com"}"#,
+            "name",
+        ),
+        (
+            "PUT",
+            ada_path.as_str(),
+            r#"{"name":"Ada","email":"a@example.com","email":"b@example.com"}"#,
+            "email",
+        ),
+        (
+            "POST",
+            "/auth/login",
+            r#"{"email":"x@example.com","password":"a","password":"b"}"#,
+            "password",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let res = app
+            .admin
+            .request(method.parse().unwrap(), app.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{method} {path} {body}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(
+            (err["code"].as_str(), err["field"].as_str()),
+            (Some("duplicate_field"), Some(field)),
+            "{method} {path} {body}: {err}"
+        );
+    }
+    let after: Value = app.get(&ada_path).await.json().await.unwrap();
+    assert_eq!(after, ada, "a refused update changes nothing");
+    let page: Value = app.get("/users").await.json().await.unwrap();
+    assert_eq!(
+        page["users"].as_array().unwrap().len(),
+        2,
+        "a refused creation makes no account: {page}"
     );
     app.stop().await;
 }

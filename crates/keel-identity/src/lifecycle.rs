@@ -486,8 +486,8 @@ impl Idp {
         let subject = user.to_string();
         // The credentials are gone with the user, unless the users cache writes back and its
         // flush has not run yet: disabled meanwhile, so that nothing signs in to them.
-        self.raise_generation(user, Some(now)).await?;
         self.store.revoke_families_of(&subject).await?;
+        self.raise_generation(user, Some(now)).await?;
         self.tokens_revoked(user).await;
         self.record(
             now,

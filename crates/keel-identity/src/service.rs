@@ -1052,11 +1052,12 @@ impl Idp {
             let created = user.created_at.timestamp();
             let active = credentials.last_login_at.unwrap_or(created);
             if now - active > dormant {
+                // Families first, then the generation (see `rotate_refresh`).
+                self.store.revoke_families_of(&subject).await?;
                 credentials.disabled_at = Some(now);
                 credentials.token_generation += 1;
                 credentials.version += 1;
                 self.store.put_credentials(&credentials).await?;
-                self.store.revoke_families_of(&subject).await?;
                 self.tokens_revoked(user.id).await;
                 self.record(
                     now,
@@ -1231,11 +1232,10 @@ impl Idp {
                 family: next,
                 token,
             } => {
-                if !self.store.advance_family(&next, family.generation).await? {
-                    // Another use of the same token won: that is a reuse too.
-                    self.store.revoke_family(&family.id).await?;
-                    return Err(RefreshError::Revoked.into());
-                }
+                // The credentials before the family advances: revocations revoke the families
+                // first and raise the generation after, so a generation read here that is
+                // already raised means the advance below fails, and one read before the raise
+                // puts an access token into the world that the raise refuses.
                 let user: UserId = family.subject.parse().map_err(|_| RefreshError::Invalid)?;
                 let credentials = self
                     .store
@@ -1243,6 +1243,11 @@ impl Idp {
                     .await?
                     .filter(|c| c.disabled_at.is_none())
                     .ok_or(AuthError::InvalidCredentials)?;
+                if !self.store.advance_family(&next, family.generation).await? {
+                    // Another use of the same token won: that is a reuse too.
+                    self.store.revoke_family(&family.id).await?;
+                    return Err(RefreshError::Revoked.into());
+                }
                 Ok(Rotated {
                     family: next,
                     credentials,
@@ -1334,13 +1339,14 @@ impl Idp {
         self.check_policy(account, password)?;
         credentials.password_hash = Some(self.hasher.hash(password));
         credentials.password_changed_at = Some(now);
-        credentials.token_generation += 1;
-        credentials.version += 1;
-        self.store.put_credentials(credentials).await?;
+        // Families first, then the generation (see `rotate_refresh`).
         let ended = self
             .store
             .revoke_families_of(&account.id.to_string())
             .await?;
+        credentials.token_generation += 1;
+        credentials.version += 1;
+        self.store.put_credentials(credentials).await?;
         self.tokens_revoked(account.id).await;
         Ok(ended)
     }
@@ -1354,8 +1360,9 @@ impl Idp {
         now: i64,
     ) -> Result<u64, AuthError> {
         let subject = user.to_string();
-        self.raise_generation(user, None).await?;
+        // Families first, then the generation (see `rotate_refresh`).
         let ended = self.store.revoke_families_of(&subject).await?;
+        self.raise_generation(user, None).await?;
         self.tokens_revoked(user).await;
         self.record_own(
             now,

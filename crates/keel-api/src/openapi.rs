@@ -685,10 +685,6 @@ struct Generic<'a> {
 /// Public operations where a bearer token, when sent, changes what the handler does.
 const OPTIONAL_BEARER: &[(&str, &str)] = &[("POST", "/users"), ("POST", "/auth/signup")];
 
-fn json_response(description: &str, schema: &str) -> RefOr<utoipa::openapi::Response> {
-    json_or_html(description, schema, false)
-}
-
 /// A JSON error, and on the console (whose own refusals are pages) also a page.
 fn json_or_html(description: &str, schema: &str, html: bool) -> RefOr<utoipa::openapi::Response> {
     let mut res = ResponseBuilder::new().description(description).content(

@@ -1068,10 +1068,9 @@ async fn on_postgres_accounts_killed_mid_creation_are_whole_or_absent() {
 }
 
 /// Kills keel with SIGKILL three times, each once ten more accounts are made, during a stream of
-/// account creations (sign-ups with a
-/// password and invitations with a role), then checks every account in the database: its
-/// credentials, its roles, its audit entry and its mail (still in the outbox: `keel serve` runs
-/// no relay) are all there. Before accounts were made in one transaction, each kill left the
+/// account creations (sign-ups with a password and invitations with a role), then checks every
+/// account in the database: its credentials, its roles, its audit entry and its mail (still in
+/// the outbox: `keel serve` runs no relay) are all there. Before accounts were made in one transaction, each kill left the
 /// creations in flight half-made.
 async fn kill_during_account_creation(dir: tempfile::TempDir, url: String) {
     let port = free_port();

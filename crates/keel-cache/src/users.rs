@@ -289,7 +289,8 @@ struct Pending {
 #[derive(Default)]
 struct Dirty {
     by_id: HashMap<UserId, Pending>,
-    /// Emails held by pending states, for uniqueness checks before acknowledging.
+    /// Emails held by pending states, for uniqueness checks before acknowledging; also the
+    /// address of an account being made, from its check until its commit (no `by_id` entry).
     emails: HashMap<UserEmail, UserId>,
     last_seq: u64,
 }
@@ -524,18 +525,32 @@ impl WriteBack {
         })
     }
 
-    /// Makes an account in the database, consistent with the journal: under the gate, so no
-    /// write-back write can claim its address between the check and the commit; refused when a
-    /// pending write holds the address; and when the database still holds it for a user whose
-    /// pending write released it, that write is flushed first so the database agrees.
+    /// Makes an account in the database, consistent with the journal. Under the gate, its
+    /// address is checked (refused when a pending write holds it; when the database still holds
+    /// it for a user whose pending write released it, that write is flushed first so the
+    /// database agrees) and reserved among the pending addresses, so that no write-back write
+    /// can claim it before the commit. The commit itself runs outside the gate: write-back
+    /// writes do not queue behind a database transaction.
     async fn create_account(&self, account: &NewAccount) -> Result<Arc<Cached<User>>, StoreError> {
         let user = &account.user;
-        let _gate = self.gate.lock().await;
-        self.check_email_free(&user.email, user.id).await?;
-        if self.repo.get_by_email(&user.email).await?.is_some() {
-            self.flush_all(self.opts.backpressure_timeout).await?;
+        {
+            let _gate = self.gate.lock().await;
+            self.check_email_free(&user.email, user.id).await?;
+            if self.repo.get_by_email(&user.email).await?.is_some() {
+                self.flush_all(self.opts.backpressure_timeout).await?;
+            }
+            let mut dirty = self.dirty.lock().expect("dirty lock");
+            dirty.emails.insert(user.email.clone(), user.id);
         }
-        self.repo.insert_account(account).await?;
+        let res = self.repo.insert_account(account).await;
+        {
+            // The reservation goes: from now on the database holds the address (or nobody).
+            let mut dirty = self.dirty.lock().expect("dirty lock");
+            if dirty.emails.get(&user.email) == Some(&user.id) {
+                dirty.emails.remove(&user.email);
+            }
+        }
+        res?;
         let cached = Cached::new(user.clone());
         self.cache.put(&user.id, cached.clone()).await;
         Ok(cached)

@@ -49,7 +49,9 @@ pub use queue::{
 };
 pub use rbac::{Caller, Permission, SignupMode};
 pub use repo::{Page, PageRequest, StoreError, Uncached, UserRepo};
-pub use user::{NewUser, User, UserEmail, UserId, UserName, UserPatch, ValidationError};
+pub use user::{
+    EmailCollision, NewUser, User, UserEmail, UserId, UserName, UserPatch, ValidationError,
+};
 
 /// An error and its sources, one line: `error: cause: cause…`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

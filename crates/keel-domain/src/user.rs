@@ -118,7 +118,17 @@ impl UserName {
 /// The first character of a sealed name: a control character, which display names cannot have.
 pub const SEALED_NAME_MARK: char = '\u{1}';
 
-/// An email address, lower-cased so that uniqueness is case-insensitive on every backend.
+/// An email address in one canonical form, so that two spellings of the same mailbox are one
+/// address (and one account) on every backend:
+/// - the whole address in Unicode NFKC, lower-cased (and NFKC again, since lower-casing can undo
+///   it): full-width `ａｄａ` is `ada`, a decomposed `e\u{301}` is `é`, the Kelvin sign is `k`;
+/// - the domain through IDNA (UTS 46) and stored as Unicode labels: `ｅｘａｍｐｌｅ.com`,
+///   `EXAMPLE.com` and `example.com` are one domain, and `xn--caf-dma.fr` is `café.fr`.
+///
+/// The domain is kept in Unicode rather than as an `xn--` A-label because the local part is
+/// Unicode anyway (such an address needs SMTPUTF8, which carries U-labels), and because a person
+/// reads back the address they typed. Both forms are canonical; what matters is that there is
+/// one, computed from the A-label, so that every spelling maps to it.
 ///
 /// The shape check is deliberately the practical one (one `@`, a non-empty local part, a dotted
 /// domain of valid labels, no spaces), not RFC 5322's full grammar, which accepts addresses no
@@ -129,35 +139,29 @@ pub struct UserEmail(String);
 
 impl UserEmail {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let email = raw.trim().to_lowercase();
+        use unicode_normalization::UnicodeNormalization as _;
+
         let invalid =
             || ValidationError::new("email", "must be an email address like name@example.com");
-        if email.len() > EMAIL_MAX_BYTES {
-            return Err(ValidationError::new(
-                "email",
-                format!("must be at most {EMAIL_MAX_BYTES} bytes"),
-            ));
+        let too_long =
+            || ValidationError::new("email", format!("must be at most {EMAIL_MAX_BYTES} bytes"));
+        // Bounded before the normalisation, whose output may be longer than its input.
+        if raw.len() > 4 * EMAIL_MAX_BYTES {
+            return Err(too_long());
+        }
+        let folded: String = raw.trim().nfkc().collect::<String>().to_lowercase();
+        let email: String = folded.nfkc().collect();
+        if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid());
         }
         let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
         if local.is_empty() || local.len() > 64 || domain.contains('@') {
             return Err(invalid());
         }
-        if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid());
-        }
-        let labels: Vec<&str> = domain.split('.').collect();
-        if labels.len() < 2 {
-            return Err(invalid());
-        }
-        let label_ok = |l: &&str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-        };
-        if !labels.iter().all(label_ok) {
-            return Err(invalid());
+        let domain = canonical_domain(domain).ok_or_else(invalid)?;
+        let email = format!("{local}@{domain}");
+        if email.len() > EMAIL_MAX_BYTES {
+            return Err(too_long());
         }
         Ok(Self(email))
     }
@@ -165,6 +169,55 @@ impl UserEmail {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The domain in Unicode labels, from its IDNA A-labels, which must be a dotted name of valid
+/// labels; `None` when it is not one.
+fn canonical_domain(domain: &str) -> Option<String> {
+    use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+
+    let uts46 = Uts46::new();
+    let ascii = uts46
+        .to_ascii(
+            domain.as_bytes(),
+            AsciiDenyList::STD3,
+            Hyphens::CheckFirstLast,
+            DnsLength::Verify,
+        )
+        .ok()?;
+    let labels: Vec<&str> = ascii.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return None;
+    }
+    let (unicode, result) = uts46.to_unicode(
+        ascii.as_bytes(),
+        AsciiDenyList::STD3,
+        Hyphens::CheckFirstLast,
+    );
+    result.ok()?;
+    Some(unicode.into_owned())
+}
+
+/// A stored account whose address is, once normalised by [`UserEmail::parse`], the address of
+/// another account (both were made before keel normalised addresses). The `holder` keeps the
+/// canonical address; `other` keeps its stored spelling until an operator resolves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailCollision {
+    /// The address both spellings normalise to.
+    pub canonical: UserEmail,
+    /// The account stored with `canonical` (the older one, when neither was canonical).
+    pub holder: UserId,
+    /// The account left with its stored spelling.
+    pub other: UserId,
+    /// `other`'s stored spelling.
+    pub stored: String,
 }
 
 /// A stored user. `version` starts at 1 and grows by one on every update; caches use it to refuse
@@ -245,6 +298,61 @@ mod tests {
     }
 
     #[test]
+    fn spellings_of_one_mailbox_parse_to_one_address() {
+        for (spelling, canonical) in [
+            ("ａｄａ@example.com", "ada@example.com"),
+            ("ada@ｅｘａｍｐｌｅ.com", "ada@example.com"),
+            ("ａｄａ＠ｅｘａｍｐｌｅ．ｃｏｍ", "ada@example.com"),
+            ("ADA@EXAMPLE.COM", "ada@example.com"),
+            ("\u{212A}im@example.com", "kim@example.com"),
+            ("jose\u{301}@example.com", "jos\u{e9}@example.com"),
+            ("JOSE\u{301}@example.com", "jos\u{e9}@example.com"),
+            ("jos\u{e9}@example.com", "jos\u{e9}@example.com"),
+            ("ada@xn--caf-dma.fr", "ada@caf\u{e9}.fr"),
+            ("ada@CAFE\u{301}.fr", "ada@caf\u{e9}.fr"),
+            ("ada@b\u{fc}cher.DE", "ada@b\u{fc}cher.de"),
+            ("\u{fb01}le@example.com", "file@example.com"),
+            ("  ada@example.com\t", "ada@example.com"),
+        ] {
+            let parsed = UserEmail::parse(spelling).unwrap_or_else(|e| panic!("{spelling:?}: {e}"));
+            assert_eq!(parsed.as_str(), canonical, "{spelling:?}");
+        }
+    }
+
+    #[test]
+    fn the_canonical_form_is_a_fixed_point_and_different_mailboxes_stay_apart() {
+        // Stores parse what they read back: the stored form must parse to itself.
+        let inputs = [
+            "a@b.co",
+            "First.Last+tag@Example.COM",
+            "ａｄａ@ｅｘａｍｐｌｅ.com",
+            "jose\u{301}@xn--caf-dma.fr",
+            "\u{212A}@example.com",
+            "\u{3b1}\u{3b2}@\u{43f}\u{440}\u{438}\u{43c}\u{435}\u{440}.\u{440}\u{444}",
+            "x_y@sub.domain.org",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for raw in inputs {
+            let once = UserEmail::parse(raw).unwrap();
+            let twice = UserEmail::parse(once.as_str()).unwrap();
+            assert_eq!(once, twice, "{raw:?}");
+            assert!(seen.insert(once.clone()), "{raw:?} collided");
+        }
+        for (a, b) in [
+            ("ada@example.com", "ad\u{e1}@example.com"),
+            ("jose@example.com", "jos\u{e9}@example.com"),
+            ("ada@example.com", "ada@example.co"),
+            ("ada@cafe.fr", "ada@caf\u{e9}.fr"),
+        ] {
+            assert_ne!(
+                UserEmail::parse(a).unwrap(),
+                UserEmail::parse(b).unwrap(),
+                "{a:?} and {b:?}"
+            );
+        }
+    }
+
+    #[test]
     fn malformed_emails_are_rejected_with_the_field_named() {
         let too_long = format!("{}@example.com", "a".repeat(250));
         for raw in [
@@ -257,6 +365,12 @@ mod tests {
             "a b@c.com",
             "a@-b.com",
             "a@b..com",
+            "a@b_c.com",
+            "a@exa mple.com",
+            "a@exa\u{3000}mple.com",
+            "a\u{ff20}b\u{ff20}c.com",
+            "a@b.c\u{200b}om\u{1}",
+            "a@xn--zz.com",
             too_long.as_str(),
         ] {
             let err = UserEmail::parse(raw).unwrap_err();

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keel_domain::{
-    AuditEntry, Erased, EventStore, Job, JobState, NewAccount, Notification, OutboxRecord,
+    AuditEntry, EmailCollision, Erased, EventStore, Job, JobState, NewAccount, Notification,
+    OutboxRecord,
     Outgoing, Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo,
 };
 use sqlx::error::DatabaseError;
@@ -328,6 +329,86 @@ where
         let (topic, event) = keel_domain::events::user_deleted(id);
         Self::enqueue(conn, topic, &event).await?;
         Ok(true)
+    }
+}
+
+/// Addresses stored before keel normalised them (see [`UserEmail::parse`]).
+impl<D: StoreDialect> SqlStore<D>
+where
+    usize: ColumnIndex<<Db<D> as Database>::Row>,
+    i64: Column<Db<D>>,
+    String: Column<Db<D>>,
+    Vec<u8>: Column<Db<D>>,
+    Option<i64>: for<'q> Encode<'q, Db<D>>,
+    Option<String>: for<'q> Encode<'q, Db<D>>,
+    for<'a> &'a str: Encode<'a, Db<D>> + Type<Db<D>>,
+    <Db<D> as Database>::Arguments: IntoArguments<Db<D>>,
+    for<'c> &'c mut <Db<D> as Database>::Connection: Executor<'c, Database = Db<D>>,
+{
+    /// Rewrites every stored address to its canonical form, oldest account first, as ordinary
+    /// updates (a new version and a `user.written` event, so caches and subscribers follow).
+    /// When the canonical form is already another account's, both accounts stay as they are and
+    /// the pair is returned for an operator to resolve: merging or renaming accounts is a
+    /// decision about people, not something a migration may guess.
+    ///
+    /// Run at every start after the migrations: it reads the email column once, and rewrites
+    /// nothing once every address is canonical.
+    pub async fn canonicalize_emails(&self) -> Result<Vec<EmailCollision>, StoreError> {
+        let stored: Vec<String> = query::<D>("SELECT email FROM users ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err::<D>)?
+            .iter()
+            .map(|row| sqlx::Row::try_get::<String, _>(row, 0))
+            .collect::<Result<_, _>>()
+            .map_err(map_err::<D>)?;
+        let mut taken: std::collections::HashSet<String> = stored.iter().cloned().collect();
+        let mut collisions = Vec::new();
+        for raw in &stored {
+            let Ok(canonical) = UserEmail::parse(raw) else {
+                continue;
+            };
+            if canonical.as_str() == raw {
+                continue;
+            }
+            let Some(user) = self.by_stored_email(raw).await? else {
+                continue;
+            };
+            if taken.contains(canonical.as_str()) {
+                let holder = self.by_stored_email(canonical.as_str()).await?;
+                if let Some(holder) = holder {
+                    collisions.push(EmailCollision {
+                        canonical,
+                        holder: holder.id,
+                        other: user.id,
+                        stored: raw.clone(),
+                    });
+                }
+                continue;
+            }
+            let next = User {
+                updated_at: Utc::now(),
+                version: user.version + 1,
+                ..user
+            };
+            match <Self as UserRepo>::update(self, &next).await {
+                // Written meanwhile by a running instance: that write normalised it already.
+                Ok(_) | Err(StoreError::StaleVersion) => {}
+                Err(e) => return Err(e),
+            }
+            taken.insert(canonical.as_str().to_owned());
+        }
+        Ok(collisions)
+    }
+
+    /// The user stored with exactly `email`, whatever its normal form.
+    async fn by_stored_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let row = query::<D>(&select(" WHERE email = ?"))
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err::<D>)?;
+        row.as_ref().map(D::user_from_row).transpose()
     }
 }
 

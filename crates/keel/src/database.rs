@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use keel_config::{DatabaseKind, Settings};
-use keel_domain::{EventStore, IdentityStore, StoreError, UserRepo};
+use keel_domain::{EmailCollision, EventStore, IdentityStore, StoreError, UserRepo};
 use keel_identity::envelope::Keyring;
 use keel_identity::sealed::SealedNames;
 use keel_store_mariadb::MariaDbStore;
@@ -37,8 +37,25 @@ impl Database {
         Ok(Self { engine, sealer })
     }
 
+    /// Applies the migrations, then brings addresses stored before keel normalised them to
+    /// their canonical form (README, "Email addresses"). Pairs of accounts that turn out to be
+    /// one mailbox are left as they are and logged at every start until an operator resolves
+    /// them.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        self.engine.migrate().await
+        self.engine.migrate().await?;
+        let collisions = self.engine.canonicalize_emails().await?;
+        for c in &collisions {
+            tracing::warn!(
+                email = c.canonical.as_str(),
+                holder = %c.holder,
+                other = %c.other,
+                stored = c.stored.as_str(),
+                "two accounts have the same email address once normalised; the other one keeps \
+                 its stored spelling and cannot sign in by email until an admin changes or \
+                 deletes one of them"
+            );
+        }
+        Ok(())
     }
 
     /// The users, with names sealed at rest when the IdP's keys are there.
@@ -111,6 +128,14 @@ impl Engine {
             Self::Sqlite(db) => db.migrate().await,
             Self::Postgres(db) => db.migrate().await,
             Self::MariaDb(db) => db.migrate().await,
+        }
+    }
+
+    async fn canonicalize_emails(&self) -> Result<Vec<EmailCollision>, StoreError> {
+        match self {
+            Self::Sqlite(db) => db.canonicalize_emails().await,
+            Self::Postgres(db) => db.canonicalize_emails().await,
+            Self::MariaDb(db) => db.canonicalize_emails().await,
         }
     }
 

@@ -7,7 +7,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with, spawn_up_with};
+use crate::auth::{PASSWORD, sign_up, tokens_of};
+use crate::helpers::{
+    Backend, TestApp, base_settings, fresh_database, spawn_app, spawn_app_with, spawn_up_with,
+    spawn_with_settings,
+};
 use crate::on_every_backend;
 
 /// Asserts that `res` is keel's JSON error with `status` and `code`, and returns its body.
@@ -314,7 +318,210 @@ async fn every_kind_of_malformed_request_gets_keels_json_error(backend: Backend)
     app.stop().await;
 }
 
+async fn spellings_of_a_registered_mailbox_are_refused_as_duplicates(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ada = sign_up(&app, "ada@example.com").await;
+    let jose = sign_up(&app, "jos\u{e9}@example.com").await;
+    assert_eq!(jose["email"], "jos\u{e9}@example.com");
+    for spelling in [
+        "\u{ff41}\u{ff44}\u{ff41}@example.com",
+        "ada@\u{ff45}\u{ff58}\u{ff41}\u{ff4d}\u{ff50}\u{ff4c}\u{ff45}.com",
+        "jose\u{301}@example.com",
+        "ADA@Example.COM",
+    ] {
+        // An anonymous sign-up, and an admin's creation.
+        for (client, path, body) in [
+            (
+                &app.client,
+                "/auth/signup",
+                json!({"name": "Eve", "email": spelling, "password": PASSWORD}),
+            ),
+            (
+                &app.admin,
+                "/users",
+                json!({"name": "Eve", "email": spelling}),
+            ),
+        ] {
+            let res = client.post(app.url(path)).json(&body).send().await.unwrap();
+            let body = assert_json_error(res, 409, "conflict", spelling).await;
+            assert_eq!(body["field"], "email", "{spelling}: {body}");
+        }
+    }
+    // Changing an address to another spelling of a taken one is refused too.
+    let other = app.create_user("Other").await;
+    let res = app
+        .put_json(
+            &format!("/users/{}", other["id"].as_str().unwrap()),
+            &json!({"name": "Other", "email": "jose\u{301}@EXAMPLE.com"}),
+        )
+        .await;
+    assert_json_error(res, 409, "conflict", "update").await;
+    // Any spelling of the address signs its owner in.
+    let tokens = tokens_of(&app, "\u{ff41}\u{ff44}\u{ff41}@example.com", PASSWORD).await;
+    let me = app
+        .client
+        .get(app.url("/auth/me"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["user"]["id"], ada["id"]);
+    app.stop().await;
+}
+
+/// The id of the account `tokens` were issued to, as `/auth/me` says.
+async fn who(app: &TestApp, tokens: Value) -> Value {
+    let me = app
+        .client
+        .get(app.url("/auth/me"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200, "{tokens}");
+    me.json::<Value>().await.unwrap()["user"]["id"].clone()
+}
+
+/// Runs `statement` on the test's database, as an operator's SQL client would.
+async fn execute(backend: Backend, url: &str, statement: &str) {
+    let statement = sqlx::AssertSqlSafe(statement.to_owned());
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query(statement).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(statement).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backend::MariaDb => {
+            let pool = sqlx::MySqlPool::connect(url).await.unwrap();
+            sqlx::query(statement).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+/// Every stored address, sorted.
+async fn stored_emails(backend: Backend, url: &str) -> Vec<String> {
+    let select = "SELECT email FROM users ORDER BY email";
+    let mut emails: Vec<String> = match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query_scalar(select).fetch_all(&pool).await.unwrap()
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query_scalar(select).fetch_all(&pool).await.unwrap()
+        }
+        Backend::MariaDb => {
+            let pool = sqlx::MySqlPool::connect(url).await.unwrap();
+            sqlx::query_scalar(select).fetch_all(&pool).await.unwrap()
+        }
+    };
+    emails.sort();
+    emails
+}
+
+async fn addresses_stored_before_normalisation_are_rewritten_and_collisions_kept(backend: Backend) {
+    // One database and one data directory (the signing keys) for two runs of keel.
+    let db_dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, db_dir.path()).await;
+    let mut settings = base_settings(db_dir.path(), url.clone());
+    // The same issuer for both runs, so that tokens from the first hold on the second.
+    settings.identity.issuer = Some("http://keel.test".to_owned());
+    let first = spawn_with_settings(settings.clone(), tempfile::tempdir().unwrap()).await;
+    let ada = sign_up(&first, "ada@example.com").await;
+    let twin = sign_up(&first, "twin@example.com").await;
+    let jose = sign_up(&first, "jose@example.com").await;
+    let carl = sign_up(&first, "carl@example.com").await;
+    let karl = sign_up(&first, "karl@example.com").await;
+    let twin_tokens = tokens_of(&first, "twin@example.com", PASSWORD).await;
+    let karl_tokens = tokens_of(&first, "karl@example.com", PASSWORD).await;
+    first.stop().await;
+
+    // Rows as keel stored them before it normalised addresses (it only lower-cased them).
+    let fullwidth_ada = "\u{ff41}\u{ff44}\u{ff41}@example.com";
+    let decomposed = "jose\u{301}@example.com";
+    let fullwidth_domain = "carl@\u{ff45}\u{ff58}\u{ff41}\u{ff4d}\u{ff50}\u{ff4c}\u{ff45}.com";
+    let fullwidth_carl = "\u{ff43}\u{ff41}\u{ff52}\u{ff4c}@example.com";
+    for (now, before) in [
+        ("twin@example.com", fullwidth_ada),
+        ("jose@example.com", decomposed),
+        ("carl@example.com", fullwidth_domain),
+        ("karl@example.com", fullwidth_carl),
+    ] {
+        execute(
+            backend,
+            &url,
+            &format!("UPDATE users SET email = '{before}' WHERE email = '{now}'"),
+        )
+        .await;
+    }
+
+    let second = spawn_with_settings(settings, tempfile::tempdir().unwrap()).await;
+    let mut expected = vec![
+        "ada@example.com".to_owned(),
+        fullwidth_ada.to_owned(),
+        "jos\u{e9}@example.com".to_owned(),
+        "carl@example.com".to_owned(),
+        fullwidth_carl.to_owned(),
+    ];
+    let mut stored = stored_emails(backend, &url).await;
+    stored.retain(|e| !e.starts_with("admin-"));
+    expected.sort();
+    assert_eq!(stored, expected, "rewritten, collisions left as stored");
+
+    // The rewritten accounts sign in with any spelling, and no new account takes their address.
+    let tokens = tokens_of(&second, "jos\u{e9}@example.com", PASSWORD).await;
+    assert_eq!(who(&second, tokens).await, jose["id"]);
+    let tokens = tokens_of(&second, decomposed, PASSWORD).await;
+    assert_eq!(who(&second, tokens).await, jose["id"]);
+    let tokens = tokens_of(&second, "carl@example.com", PASSWORD).await;
+    assert_eq!(
+        who(&second, tokens).await,
+        carl["id"],
+        "the older account keeps the address"
+    );
+    let tokens = tokens_of(&second, fullwidth_ada, PASSWORD).await;
+    assert_eq!(
+        who(&second, tokens).await,
+        ada["id"],
+        "the canonical row keeps the address"
+    );
+    for taken in [decomposed, "carl@example.com", fullwidth_ada] {
+        let res = second
+            .client
+            .post(second.url("/auth/signup"))
+            .json(&json!({"name": "Eve", "email": taken, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_json_error(res, 409, "conflict", taken).await;
+    }
+
+    // The account left with its old spelling still works, and an admin resolves the pair by
+    // giving it another address.
+    assert_eq!(who(&second, twin_tokens).await, twin["id"]);
+    assert_eq!(who(&second, karl_tokens).await, karl["id"]);
+    let res = second
+        .put_json(
+            &format!("/users/{}", twin["id"].as_str().unwrap()),
+            &json!({"name": "Twin", "email": "twin@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let tokens = tokens_of(&second, "twin@example.com", PASSWORD).await;
+    assert_eq!(who(&second, tokens).await, twin["id"]);
+    second.stop().await;
+}
+
 on_every_backend!(
+    addresses_stored_before_normalisation_are_rewritten_and_collisions_kept,
+    spellings_of_a_registered_mailbox_are_refused_as_duplicates,
     duplicate_query_parameters_are_a_json_400_naming_the_parameter,
     malformed_token_requests_get_an_oauth_json_400,
     a_malformed_chunked_body_is_a_400_and_a_long_one_413,

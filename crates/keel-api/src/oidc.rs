@@ -503,13 +503,12 @@ async fn authorize_submit(
             };
             match idp.authenticate(&attempt, now).await {
                 Ok(signed_in) => {
-                    let (session, value) =
-                        idp.browser_session(
-                            signed_in.user.id,
-                            signed_in.generation,
-                            &signed_in.amr,
-                            now,
-                        );
+                    let (session, value) = idp.browser_session(
+                        signed_in.user.id,
+                        signed_in.generation,
+                        &signed_in.amr,
+                        now,
+                    );
                     let max_age = session.expires_at - now;
                     (
                         session,

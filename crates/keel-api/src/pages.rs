@@ -231,12 +231,8 @@ async fn sign_in_submit(
     let now = now();
     match idp.authenticate(&attempt, now).await {
         Ok(signed_in) => {
-            let (session, value) = idp.browser_session(
-                signed_in.user.id,
-                signed_in.generation,
-                &signed_in.amr,
-                now,
-            );
+            let (session, value) =
+                idp.browser_session(signed_in.user.id, signed_in.generation, &signed_in.amr, now);
             let mut res = Redirect::to(return_to).into_response();
             res.headers_mut().append(
                 header::SET_COOKIE,

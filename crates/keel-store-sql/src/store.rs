@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keel_domain::{
     AuditEntry, EmailCollision, Erased, EventStore, Job, JobState, NewAccount, Notification,
-    OutboxRecord,
-    Outgoing, Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo,
+    OutboxRecord, Outgoing, Page, PageRequest, StoreError, User, UserEmail, UserId, UserName,
+    UserRepo,
 };
 use sqlx::error::DatabaseError;
 use sqlx::migrate::Migrate;

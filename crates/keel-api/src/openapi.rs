@@ -5,7 +5,7 @@
 //!   hospital console are described in [`routes`], so their handlers stay as they are.
 //! - What holds for many operations is added from one source, by [`Generic`]: the security
 //!   requirement and the 401 / 403 of each operation come from its rule in `policy::RULES`; a
-//!   JSON body brings 400 / 413 / 415 / 422, a form body the framework's plain-text refusals,
+//!   JSON body brings 400 / 413 / 415 / 422, a form body 400 / 413 / 415 (keel's JSON errors),
 //!   a query string its 400, a path parameter 404; every operation may answer 500 and 503.
 //! - Request schemas state the validators' limits from the validators' own constants
 //!   (`keel_domain::NAME_MAX_CHARS`, `EMAIL_MAX_BYTES`, `ROLES`) and the configured password
@@ -226,6 +226,14 @@ pub struct PageForm {
     return_to: Option<String>,
 }
 
+/// `POST /account/consents`: withdraws the consent to one client.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct WithdrawConsentForm {
+    csrf: Option<String>,
+    client_id: Option<String>,
+}
+
 /// `POST /oauth/token` (RFC 6749 §4.1.3, §6); the client authenticates with HTTP Basic or with
 /// `client_id` and `client_secret` here.
 #[derive(Deserialize, ToSchema)]
@@ -422,8 +430,9 @@ mod routes {
     /// The token endpoint (RFC 6749 §3.2).
     #[utoipa::path(post, path = "/oauth/token", tag = "oidc", request_body(content = TokenRequestForm, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 200, description = "tokens", body = Object),
-        (status = 400, description = "the grant is not valid", body = OAuthErrorBody),
+        (status = 400, description = "the grant is not valid, or the request is malformed (`invalid_request`: another content type, a repeated parameter, an unreadable body)", body = OAuthErrorBody),
         (status = 401, description = "`invalid_client`", body = OAuthErrorBody),
+        (status = 413, description = "the body is too large (`invalid_request`)", body = OAuthErrorBody),
     ))]
     fn token() {}
 
@@ -497,6 +506,20 @@ mod routes {
         (status = 422, description = "wrong code: the page again", content_type = "text/html", body = String),
     ))]
     fn mfa_submit() {}
+
+    /// The applications the signed-in person allowed, each with a form to withdraw it.
+    #[utoipa::path(get, path = "/account/consents", tag = "pages", responses(
+        (status = 200, description = "the page", content_type = "text/html", body = String),
+        (status = 303, description = "not signed in: to the sign-in page"),
+    ))]
+    fn consents_page() {}
+
+    /// Withdraws the consent to one application and ends its sign-ins of the person.
+    #[utoipa::path(post, path = "/account/consents", tag = "pages", request_body(content = WithdrawConsentForm, content_type = "application/x-www-form-urlencoded"), responses(
+        (status = 303, description = "withdrawn (or not signed in: to the sign-in page)"),
+        (status = 403, description = "the form's CSRF token does not match", content_type = "text/html", body = String),
+    ))]
+    fn consent_withdraw() {}
 
     /// Starts a sign-in through an external provider.
     #[utoipa::path(get, path = "/federation/{provider}/start", tag = "pages", params(
@@ -646,6 +669,8 @@ mod routes {
         routes::sign_out_page,
         routes::mfa_page,
         routes::mfa_submit,
+        routes::consents_page,
+        routes::consent_withdraw,
         routes::federation_start,
         routes::federation_callback,
         routes::hospital_list,
@@ -700,25 +725,6 @@ fn json_or_html(description: &str, schema: &str, html: bool) -> RefOr<utoipa::op
             "text/html",
             ContentBuilder::new()
                 .schema(Some(ObjectBuilder::new().schema_type(Type::String).build()))
-                .build(),
-        );
-    }
-    res.build().into()
-}
-
-fn text_response(description: &str, json_too: bool) -> RefOr<utoipa::openapi::Response> {
-    let text = ObjectBuilder::new().schema_type(Type::String).build();
-    let mut res = ResponseBuilder::new().description(description).content(
-        "text/plain",
-        ContentBuilder::new().schema(Some(text)).build(),
-    );
-    if json_too {
-        res = res.content(
-            "application/json",
-            ContentBuilder::new()
-                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                    "ErrorBody",
-                ))))
                 .build(),
         );
     }
@@ -805,9 +811,24 @@ impl Generic<'_> {
                 let json_response =
                     |description: &str, schema: &str| json_or_html(description, schema, console);
                 let responses = &mut op.responses.responses;
-                let mut add = |status: &str, response: RefOr<utoipa::openapi::Response>| {
-                    responses.entry(status.to_owned()).or_insert(response);
-                };
+                // A status the operation documents already keeps its description and gains the
+                // generic response's content types (a page's 400 may also be keel's JSON error).
+                let mut add =
+                    |status: &str, response: RefOr<utoipa::openapi::Response>| match responses
+                        .get_mut(status)
+                    {
+                        Some(RefOr::T(existing)) => {
+                            if let RefOr::T(generic) = response {
+                                for (content_type, content) in generic.content {
+                                    existing.content.entry(content_type).or_insert(content);
+                                }
+                            }
+                        }
+                        Some(RefOr::Ref(_)) => {}
+                        None => {
+                            responses.insert(status.to_owned(), response);
+                        }
+                    };
                 op.security = Some(match access {
                     Access::Public if OPTIONAL_BEARER.contains(&(method, path.as_str())) => {
                         vec![anyone.clone(), bearer.clone()]
@@ -821,6 +842,12 @@ impl Generic<'_> {
                     _ => vec![bearer.clone()],
                 });
                 match access {
+                    // A public route acting on its caller refuses a token that does not verify
+                    // (expired, revoked, forged) rather than serving it as anonymous.
+                    Access::Public if OPTIONAL_BEARER.contains(&(method, path.as_str())) => add(
+                        "401",
+                        json_response("a bearer token was sent and does not verify", "ErrorBody"),
+                    ),
                     Access::Public => {}
                     Access::SignedIn => {
                         add("401", json_response("no valid access token", "ErrorBody"))
@@ -863,7 +890,11 @@ impl Generic<'_> {
                 if has_query {
                     add(
                         "400",
-                        text_response("the query string cannot be parsed", true),
+                        json_response(
+                            "a query parameter given twice (`duplicate_parameter`) or of the \
+                             wrong type (`invalid_parameter`), named in `field`",
+                            "ErrorBody",
+                        ),
                     );
                 }
                 let body_type = op
@@ -892,10 +923,17 @@ impl Generic<'_> {
                         );
                     }
                     Some(_) => {
-                        add("400", text_response("the form cannot be read", false));
-                        add("413", text_response("the body is too large", true));
-                        add("415", text_response("the body is not a form", false));
-                        add("422", text_response("the form cannot be read", false));
+                        add(
+                            "400",
+                            json_response(
+                                "a parameter given twice (`duplicate_parameter`) or of the \
+                                 wrong type (`invalid_parameter`), named in `field`, or a body \
+                                 that cannot be read (`malformed_body`)",
+                                "ErrorBody",
+                            ),
+                        );
+                        add("413", json_response("the body is too large", "ErrorBody"));
+                        add("415", json_response("the body is not a form", "ErrorBody"));
                     }
                     None => {}
                 }
@@ -913,27 +951,8 @@ impl Generic<'_> {
                 );
                 if console && path.contains('{') {
                     // The console's patient ids are integers; the framework refuses others
-                    // in plain text before the handler runs.
-                    let refusal = op
-                        .responses
-                        .responses
-                        .entry("400".to_owned())
-                        .or_insert_with(|| {
-                            ResponseBuilder::new()
-                                .description("not valid")
-                                .build()
-                                .into()
-                        });
-                    if let RefOr::T(refusal) = refusal {
-                        refusal.content.insert(
-                            "text/plain".to_owned(),
-                            ContentBuilder::new()
-                                .schema(Some(
-                                    ObjectBuilder::new().schema_type(Type::String).build(),
-                                ))
-                                .build(),
-                        );
-                    }
+                    // before the handler runs, which the API's middleware answers as JSON.
+                    add("400", json_response("the id is not a number", "ErrorBody"));
                 }
             }
         }

@@ -58,8 +58,16 @@ await run(async (browser, seen) => {
   assert.ok(seen.code);
   step('back at the client with a code');
 
-  // Signed in now: the next request asks only for consent.
-  await page.goto(AUTHORIZE_URL);
+  // Signed in, and the app allowed: the next request is answered with a code, no page.
+  const again = await page.request.get(AUTHORIZE_URL, { maxRedirects: 0 });
+  assert.equal(again.status(), 303);
+  const next = new URL(again.headers()['location']);
+  assert.ok(next.href.startsWith(REDIRECT_URI), `sent to ${next.href}`);
+  assert.ok(next.searchParams.get('code'));
+  step('allowed once, a code without a page');
+
+  // Asked to ask again (prompt=consent), the signed-in person sees only the consent.
+  await page.goto(`${AUTHORIZE_URL}&prompt=consent`);
   await page.getByText('Signed in as').waitFor();
   await shot(page, '3-consent');
   step('consent only, once signed in');

@@ -145,7 +145,7 @@ async fn a_person_signs_in_with_a_password_and_an_authenticator_code_in_a_real_b
         ],
     )
     .await;
-    assert_eq!(seen["steps"].as_array().unwrap().len(), 5, "{seen}");
+    assert_eq!(seen["steps"].as_array().unwrap().len(), 6, "{seen}");
     assert_eq!(seen["state"], "st4te");
 
     // The code the browser brought back is Ada's.

@@ -258,7 +258,8 @@ async fn browser_sessions_codes_and_oidc_tokens_stop_when_the_account_signs_out_
         ];
         async move { http.post(url).form(&form).send().await.unwrap() }
     };
-    // Allowing the client again with the browser session alone (no password): a code.
+    // Asking for the client again with the browser session alone (no password): a code, at
+    // once since the person allowed this client already, else after allowing it on the page.
     let allow_with_session = |session: String| {
         let http = http.clone();
         let authorize = authorize.clone();
@@ -270,6 +271,9 @@ async fn browser_sessions_codes_and_oidc_tokens_stop_when_the_account_signs_out_
                 .send()
                 .await
                 .unwrap();
+            if let Some(location) = page.headers().get("location") {
+                return (true, query_param(location.to_str().unwrap(), "code"));
+            }
             let csrf = set_cookie_value(&page, "keel_csrf").unwrap();
             let html = page.text().await.unwrap();
             let signed_in = html.contains("Signed in as");

@@ -39,9 +39,9 @@ impl Database {
 
     /// Applies the migrations, then brings addresses stored before keel normalised them to
     /// their canonical form (README, "Email addresses"). Pairs of accounts that turn out to be
-    /// one mailbox are left as they are and logged at every start until an operator resolves
-    /// them.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    /// one mailbox are left as they are, logged at every start until an operator resolves them,
+    /// and returned (`keel admin emails` lists them).
+    pub async fn migrate(&self) -> Result<Vec<EmailCollision>, StoreError> {
         self.engine.migrate().await?;
         let collisions = self.engine.canonicalize_emails().await?;
         for c in &collisions {
@@ -55,7 +55,7 @@ impl Database {
                  deletes one of them"
             );
         }
-        Ok(())
+        Ok(collisions)
     }
 
     /// The users, with names sealed at rest when the IdP's keys are there.

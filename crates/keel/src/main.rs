@@ -69,6 +69,10 @@ enum AdminCommand {
         #[arg(long = "role", default_value = "admin")]
         roles: Vec<String>,
     },
+    /// Bring stored addresses to their canonical form and list the pairs of accounts that are
+    /// one mailbox (made before keel normalised addresses): an admin resolves each by changing
+    /// one address (`PUT /users/{id}`) or deleting one account. Exits 1 while any pair is left.
+    Emails,
 }
 
 fn main() -> std::process::ExitCode {
@@ -289,6 +293,30 @@ async fn run(
                 roles.join(", ")
             );
             Ok(())
+        }
+        Command::Admin {
+            command: AdminCommand::Emails,
+        } => {
+            let db = open_database(&settings).await?;
+            let collisions = db.migrate().await.context("migration failed")?;
+            if collisions.is_empty() {
+                println!("keel: every stored address is canonical and no two accounts share one");
+                return Ok(());
+            }
+            println!(
+                "keel: {} pair(s) of accounts are one mailbox; the first keeps the address",
+                collisions.len()
+            );
+            for c in &collisions {
+                println!(
+                    "{}\tkeeps: {}\tother: {} (stored as {})",
+                    c.canonical.as_str(),
+                    c.holder,
+                    c.other,
+                    c.stored
+                );
+            }
+            anyhow::bail!("resolve each pair by changing one address or deleting one account")
         }
         Command::Config => unreachable!("handled before the runtime starts"),
         Command::Hospital { .. } => unreachable!("handled above"),

@@ -82,3 +82,60 @@ async fn keel_admin_create_makes_an_admin_and_refuses_weak_passwords_and_taken_e
         assert_eq!(mode.mode() & 0o777, 0o600, "{secret} is the owner's only");
     }
 }
+
+/// Runs `keel admin emails` on `data_dir`: (exit status success, stdout and stderr).
+fn admin_emails(data_dir: &std::path::Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["--data-dir", data_dir.to_str().unwrap(), "admin", "emails"])
+        .env("KEEL_TELEMETRY__LOG_LEVEL", "error")
+        .output()
+        .expect("keel runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn keel_admin_emails_lists_accounts_that_are_one_mailbox_until_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    for email in ["root@example.com", "twin@example.com"] {
+        let (ok, out) = admin_create(dir.path(), email, "correct horse battery 42");
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = admin_emails(dir.path());
+    assert!(ok, "{out}");
+    assert!(out.contains("no two accounts share one"), "{out}");
+
+    // The twin as keel stored it before it normalised addresses: full-width letters.
+    let url = format!("sqlite://{}", dir.path().join("keel.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let set = |email: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("UPDATE users SET email = ? WHERE email <> 'root@example.com'")
+                .bind(email)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    let fullwidth = "\u{ff52}\u{ff4f}\u{ff4f}\u{ff54}@example.com";
+    set(fullwidth).await;
+    let (ok, out) = admin_emails(dir.path());
+    assert!(!ok, "a pair left is an exit status of 1: {out}");
+    assert!(out.contains("1 pair(s)"), "{out}");
+    assert!(
+        out.contains("root@example.com\tkeeps: ") && out.contains(fullwidth),
+        "{out}"
+    );
+
+    // An admin gives the twin another address: nothing is left to resolve.
+    set("twin@example.com").await;
+    let (ok, out) = admin_emails(dir.path());
+    assert!(ok, "{out}");
+    assert!(out.contains("no two accounts share one"), "{out}");
+    pool.close().await;
+}

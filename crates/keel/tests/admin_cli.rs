@@ -24,7 +24,11 @@ fn admin_create(data_dir: &std::path::Path, email: &str, password: &str) -> (boo
         .spawn()
         .expect("keel runs");
     writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let output = child.wait_with_output().unwrap();
+    outcome(child.wait_with_output().unwrap())
+}
+
+/// Whether the command succeeded, and what it wrote to stdout and stderr.
+fn outcome(output: std::process::Output) -> (bool, String) {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -90,12 +94,7 @@ fn admin_emails(data_dir: &std::path::Path) -> (bool, String) {
         .env("KEEL_TELEMETRY__LOG_LEVEL", "error")
         .output()
         .expect("keel runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    outcome(output)
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the OpenAPI fuzzing test needs (crates/keel/tests/api/openapi.rs): schemathesis
+# Installs what the OpenAPI fuzzing test needs (crates/compose/keel/tests/api/openapi.rs): schemathesis
 # from PyPI, at the version pinned in tests/fuzz/requirements.txt, in a virtualenv under
 # tests/fuzz/.venv (gitignored). Quick when it is already there; python3-venv is installed
 # first on a machine without it.

@@ -4,7 +4,7 @@
 // key, the operator confirms with the app's code and gets recovery codes; signed out and in
 // again with the code, the console opens.
 //
-// Run by crates/keel/tests/browser_signin.rs. Environment: BASE_URL, EMAIL, PASSWORD,
+// Run by crates/compose/keel/tests/browser_signin.rs. Environment: BASE_URL, EMAIL, PASSWORD,
 // OPERATOR (the account id), SCREENSHOTS (a directory, optional). Prints one JSON line of what
 // it saw; exits non-zero on the first failed check.
 

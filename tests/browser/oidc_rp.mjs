@@ -5,7 +5,7 @@
 // against `max_age`, and `amr`. Then prompt=none (a code, and consent_required), userinfo, a
 // refresh, and a replayed code revoking the refresh token of its first use.
 //
-// Run by crates/keel/tests/api/oidc_rp.rs. Environment: ISSUER, CLIENT_ID, CLIENT_SECRET,
+// Run by crates/compose/keel/tests/api/oidc_rp.rs. Environment: ISSUER, CLIENT_ID, CLIENT_SECRET,
 // REDIRECT_URI, EMAIL, PASSWORD. Prints one JSON line of what it saw; exits non-zero on the
 // first failed check.
 

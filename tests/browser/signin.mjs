@@ -3,7 +3,7 @@
 // account enrolled (computed here, RFC 6238), and "Sign in and allow"; the browser lands on the
 // client's redirect URI with a code.
 //
-// Run by crates/keel/tests/browser_signin.rs. Environment: AUTHORIZE_URL, REDIRECT_URI, EMAIL,
+// Run by crates/compose/keel/tests/browser_signin.rs. Environment: AUTHORIZE_URL, REDIRECT_URI, EMAIL,
 // PASSWORD, TOTP_SECRET (base32), SCREENSHOTS (a directory, optional). Prints one JSON line of
 // what it saw; exits non-zero on the first failed check.
 

@@ -10,7 +10,6 @@
 //!   `hospital_sql`).
 //! - `migrations`: the queues record their migrations in `_keel_queue_migrations`, so a queue
 //!   may share keel's database with the stores.
-//! - [`worker`]: the worker runtime: fetch, handle, ack; retries with backoff; admission.
 //!
 //! Both queues implement [`keel_domain::Broker`]. A claim is one `UPDATE … RETURNING` statement that
 //! leases the oldest ready messages of a group whose key has no older message still stored, so
@@ -23,10 +22,8 @@ mod hospital_pg;
 mod hospital_sql;
 mod hospital_sqlite;
 mod migrations;
-pub mod offload;
 mod postgres;
 mod sqlite;
-pub mod worker;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -105,18 +102,6 @@ fn deliveries(
         .collect::<Result<Vec<_>, _>>()?;
     deliveries.sort_by_key(|d| d.tag.seq);
     Ok(deliveries)
-}
-
-/// The groups that receive a message published to `topic`, each once.
-fn matching_groups<'a>(bindings: &'a [(String, String)], topic: &str) -> Vec<&'a str> {
-    let mut groups: Vec<&str> = bindings
-        .iter()
-        .filter(|(_, pattern)| keel_domain::queue::topic_matches(pattern, topic))
-        .map(|(group, _)| group.as_str())
-        .collect();
-    groups.sort_unstable();
-    groups.dedup();
-    groups
 }
 
 /// A group's depth from its row count, leased count and oldest publish time.

@@ -7,6 +7,7 @@
 //! its own transaction. PostgreSQL commits concurrent transactions with shared WAL flushes by
 //! itself, so unlike SQLite no writer task is needed.
 
+use keel_domain::queue::matching_groups;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     DeliveryRow, QueueLimits, check_publish, classify, deliveries, depth, duration_micros,
-    encode_headers, matching_groups, micros, replicate,
+    encode_headers, micros, replicate,
 };
 
 const MIGRATIONS: &[keel_sql::EmbeddedMigration] = &[

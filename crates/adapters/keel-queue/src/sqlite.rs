@@ -10,6 +10,7 @@
 //! Connections competing for the write lock instead would sleep in SQLite's busy handler.
 //! Reads (`depth`) and the hospital use the pool.
 
+use keel_domain::queue::matching_groups;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use uuid::Uuid;
 
 use crate::{
     DeliveryRow, QueueLimits, check_publish, classify, deliveries, depth, duration_micros,
-    encode_headers, group_fault, matching_groups, micros, replicate,
+    encode_headers, group_fault, micros, replicate,
 };
 
 const MIGRATIONS: &[keel_sql::EmbeddedMigration] = &[

@@ -6,10 +6,15 @@
 //!   (`user.*` events fan out to `audit` and `notifier`) and routing (`job.*` to `jobs`).
 //! - [`handlers`]: what each group does; every effect is recorded with the message id, so a
 //!   redelivered message has no second effect.
+//! - [`worker`]: the worker runtime every broker's consumers run: fetch, handle, ack; retries
+//!   with backoff; admission to the error hospital.
+//! - [`offload`]: large bodies moved to the file store, the message carrying a reference.
 
 pub mod handlers;
+pub mod offload;
 pub mod relay;
 pub mod topology;
+pub mod worker;
 
 pub use relay::{Relay, RelaySettings};
 pub use topology::{Subscription, subscriptions};

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::worker::Handler;
 use keel_domain::{Broker, BrokerError, EventStore, UserRepo};
-use keel_queue::worker::Handler;
 
 use crate::handlers::{AuditHandler, JobHandler, NotifierHandler};
 

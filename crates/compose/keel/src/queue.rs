@@ -8,7 +8,7 @@ use keel_broker_nats::{NatsBroker, NatsOptions};
 use keel_broker_rabbitmq::{RabbitBroker, RabbitOptions};
 use keel_config::{BrokerKind, Settings};
 use keel_domain::{Broker, Hospital};
-use keel_queue::offload::Offloading;
+use keel_messaging::offload::Offloading;
 use keel_queue::{
     PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue, SqliteSync,
 };

@@ -9,8 +9,8 @@ use keel_config::Settings;
 use keel_domain::{Broker, EventStore, Hospital, UserRepo};
 use keel_hospital::{Notifier, NotifierConfig};
 use keel_messaging::topology::{self, Subscription};
+use keel_messaging::worker::{RetryPolicy, Worker};
 use keel_messaging::{Relay, RelaySettings};
-use keel_queue::worker::{RetryPolicy, Worker};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 

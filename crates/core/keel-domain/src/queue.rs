@@ -232,6 +232,19 @@ pub fn worst(
     worst.map_or(Ok(()), Err)
 }
 
+/// The groups that receive a message published to `topic` under `bindings` (`(group,
+/// pattern)`), each once, sorted.
+pub fn matching_groups<'a>(bindings: &'a [(String, String)], topic: &str) -> Vec<&'a str> {
+    let mut groups: Vec<&str> = bindings
+        .iter()
+        .filter(|(_, pattern)| topic_matches(pattern, topic))
+        .map(|(group, _)| group.as_str())
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
 /// Whether `topic` matches a binding `pattern`: segments split on `.`, `*` matches one segment,
 /// `#` any number (including none), as in AMQP topic exchanges.
 pub fn topic_matches(pattern: &str, topic: &str) -> bool {

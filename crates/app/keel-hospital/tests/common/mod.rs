@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use keel_domain::{Broker, Delivery, MessageId, Outgoing};
 use keel_hospital::HospitalService;
-use keel_queue::worker::{Handler, HandlerError, RetryPolicy, Worker};
+use keel_messaging::worker::{Handler, HandlerError, RetryPolicy, Worker};
 use keel_queue::{QueueLimits, SqliteHospital, SqliteQueue};
 
 pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use keel_domain::{Broker, BrokerError, Delivery, Hospital, Outgoing};
-use keel_queue::worker::{Handler, HandlerError, RetryPolicy, Worker};
+use keel_messaging::worker::{Handler, HandlerError, RetryPolicy, Worker};
 use tokio::sync::watch;
 
 use super::load::{self, Effects, Figures, Pace, Plan};

@@ -9,8 +9,8 @@ use keel_domain::{
     Broker, EventStore, Hospital, Job, JobState, NewUser, User, UserEmail, UserName, UserRepo,
 };
 use keel_messaging::topology::{self, Subscription};
+use keel_messaging::worker::{RetryPolicy, Worker};
 use keel_messaging::{Relay, RelaySettings};
-use keel_queue::worker::{RetryPolicy, Worker};
 use keel_queue::{QueueLimits, SqliteHospital, SqliteQueue};
 use keel_sql_sqlite::{PoolSettings, SqliteStore};
 

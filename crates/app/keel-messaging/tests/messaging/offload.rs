@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_domain::{Broker, BrokerError, Outgoing};
-use keel_queue::offload::{BODY_REF, Offloading};
+use keel_messaging::offload::{BODY_REF, Offloading};
 use keel_queue::{QueueLimits, SqliteQueue};
 
 const LEASE: Duration = Duration::from_secs(30);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keel_domain::{AdmissionReason, Broker, Delivery, Hospital, Outgoing};
-use keel_queue::worker::{Handler, HandlerError, Outcome, RetryPolicy, Worker};
+use keel_messaging::worker::{Handler, HandlerError, Outcome, RetryPolicy, Worker};
 use keel_queue::{QueueLimits, SqliteHospital, SqliteQueue};
 
 /// Behaves by the message body: `ok`, `flaky-N` (fails N times, then succeeds), `always`

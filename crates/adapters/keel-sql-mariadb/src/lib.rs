@@ -1,10 +1,13 @@
-//! The MariaDB / MySQL backend.
+//! keel on MariaDB / MySQL. Every statement keel runs there is here or in keel-sql's shared code,
+//! through one [`MariaDbDialect`]:
 //!
-//! [`MariaDbStore`] implements [`keel_domain::UserRepo`] and [`keel_domain::EventStore`] (every
-//! user write enqueues its event in the outbox in the same transaction) through
-//! `keel_sql::store::SqlStore`; this crate holds only MariaDB's [`MariaDbDialect`] and the
-//! migrations under `migrations/`, which [`MariaDbStore::migrate`] applies (sqlx takes a named
-//! lock, so concurrent instances are safe).
+//! - [`MariaDbStore`]: `UserRepo`, `EventStore` and `IdentityStore` (every user write enqueues
+//!   its event in the outbox in the same transaction), migrations under `migrations/store`
+//!   (sqlx takes a named lock, so concurrent instances are safe);
+//! - [`MariaDbHospital`]: the error hospital in keel's database (MariaDB has no queue here: the
+//!   broker is RabbitMQ, NATS or another database), migrations under `migrations/hospital`.
+
+mod hospital;
 
 use std::str::FromStr;
 
@@ -16,6 +19,7 @@ use sqlx::error::DatabaseError;
 use sqlx::mysql::{MySqlConnectOptions, MySqlQueryResult, MySqlRow};
 use sqlx::{MySql, MySqlConnection, MySqlPool, Row};
 
+pub use hospital::{MariaDbHospital, connect_hospital};
 pub use keel_sql::PoolSettings;
 
 /// Users, outbox, jobs and effects on MariaDB or MySQL. Open it with
@@ -31,38 +35,52 @@ fn map_err(e: sqlx::Error) -> StoreError {
     store::map_err::<MariaDbDialect>(e)
 }
 
-#[async_trait]
-impl StoreDialect for MariaDbDialect {
+impl keel_sql::Dialect for MariaDbDialect {
     type Db = MySql;
 
+    fn rows_affected(res: &MySqlQueryResult) -> u64 {
+        res.rows_affected()
+    }
+}
+
+#[async_trait]
+impl StoreDialect for MariaDbDialect {
     const MIGRATIONS: &'static [keel_sql::EmbeddedMigration] = &[
-        (1, "users", include_str!("../migrations/0001_users.sql")),
-        (2, "events", include_str!("../migrations/0002_events.sql")),
+        (
+            1,
+            "users",
+            include_str!("../migrations/store/0001_users.sql"),
+        ),
+        (
+            2,
+            "events",
+            include_str!("../migrations/store/0002_events.sql"),
+        ),
         (
             3,
             "identity",
-            include_str!("../migrations/0003_identity.sql"),
+            include_str!("../migrations/store/0003_identity.sql"),
         ),
-        (4, "oidc", include_str!("../migrations/0004_oidc.sql")),
+        (4, "oidc", include_str!("../migrations/store/0004_oidc.sql")),
         (
             5,
             "federation",
-            include_str!("../migrations/0005_federation.sql"),
+            include_str!("../migrations/store/0005_federation.sql"),
         ),
         (
             6,
             "sealed names",
-            include_str!("../migrations/0006_sealed_names.sql"),
+            include_str!("../migrations/store/0006_sealed_names.sql"),
         ),
         (
             7,
             "token generation",
-            include_str!("../migrations/0007_token_generation.sql"),
+            include_str!("../migrations/store/0007_token_generation.sql"),
         ),
         (
             8,
             "oidc consent",
-            include_str!("../migrations/0008_oidc_consent.sql"),
+            include_str!("../migrations/store/0008_oidc_consent.sql"),
         ),
     ];
 
@@ -77,10 +95,6 @@ impl StoreDialect for MariaDbDialect {
 
     fn insert_once(rest: &str) -> String {
         format!("INSERT IGNORE INTO {rest}")
-    }
-
-    fn rows_affected(res: &MySqlQueryResult) -> u64 {
-        res.rows_affected()
     }
 
     fn bind_id(query: Statement<MySql>, id: UserId) -> Statement<MySql> {

@@ -1,10 +1,17 @@
-//! The PostgreSQL backend.
+//! keel on PostgreSQL. Every statement keel runs on PostgreSQL is here or in keel-sql's shared
+//! code, through one [`PostgresDialect`]:
 //!
-//! [`PostgresStore`] implements [`keel_domain::UserRepo`] and [`keel_domain::EventStore`] (every
-//! user write enqueues its event in the outbox in the same transaction) through
-//! `keel_sql::store::SqlStore`; this crate holds only PostgreSQL's [`PostgresDialect`] and
-//! the migrations under `migrations/`, which [`PostgresStore::migrate`] applies (sqlx takes an
-//! advisory lock, so concurrent instances are safe).
+//! - [`PostgresStore`]: `UserRepo`, `EventStore` and `IdentityStore` (every user write enqueues
+//!   its event in the outbox in the same transaction), migrations under `migrations/store`
+//!   (sqlx takes an advisory lock, so concurrent instances are safe);
+//! - [`PostgresQueue`]: the message queue, competing workers claiming rows with
+//!   `FOR UPDATE SKIP LOCKED`, migrations under `migrations/queue`;
+//! - [`PostgresHospital`]: the error hospital beside the queue, migrations under
+//!   `migrations/hospital`.
+
+mod hospital;
+mod queue;
+mod queue_migrations;
 
 use std::str::FromStr;
 
@@ -16,7 +23,10 @@ use sqlx::error::DatabaseError;
 use sqlx::postgres::{PgConnectOptions, PgQueryResult, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 
+pub use hospital::PostgresHospital;
 pub use keel_sql::PoolSettings;
+pub use keel_sql::queue::QueueLimits;
+pub use queue::PostgresQueue;
 
 /// Users, outbox, jobs and effects on PostgreSQL. Open it with [`PostgresStore::connect_lazy`].
 pub type PostgresStore = SqlStore<PostgresDialect>;
@@ -30,33 +40,51 @@ fn map_err(e: sqlx::Error) -> StoreError {
     store::map_err::<PostgresDialect>(e)
 }
 
-#[async_trait]
-impl StoreDialect for PostgresDialect {
+impl keel_sql::Dialect for PostgresDialect {
     type Db = Postgres;
 
+    fn sql(sql: &str) -> String {
+        keel_sql::numbered(sql)
+    }
+
+    fn rows_affected(res: &PgQueryResult) -> u64 {
+        res.rows_affected()
+    }
+}
+
+#[async_trait]
+impl StoreDialect for PostgresDialect {
     const MIGRATIONS: &'static [keel_sql::EmbeddedMigration] = &[
-        (1, "users", include_str!("../migrations/0001_users.sql")),
-        (2, "events", include_str!("../migrations/0002_events.sql")),
+        (
+            1,
+            "users",
+            include_str!("../migrations/store/0001_users.sql"),
+        ),
+        (
+            2,
+            "events",
+            include_str!("../migrations/store/0002_events.sql"),
+        ),
         (
             3,
             "identity",
-            include_str!("../migrations/0003_identity.sql"),
+            include_str!("../migrations/store/0003_identity.sql"),
         ),
-        (4, "oidc", include_str!("../migrations/0004_oidc.sql")),
+        (4, "oidc", include_str!("../migrations/store/0004_oidc.sql")),
         (
             5,
             "federation",
-            include_str!("../migrations/0005_federation.sql"),
+            include_str!("../migrations/store/0005_federation.sql"),
         ),
         (
             6,
             "token generation",
-            include_str!("../migrations/0006_token_generation.sql"),
+            include_str!("../migrations/store/0006_token_generation.sql"),
         ),
         (
             7,
             "oidc consent",
-            include_str!("../migrations/0007_oidc_consent.sql"),
+            include_str!("../migrations/store/0007_oidc_consent.sql"),
         ),
     ];
 
@@ -69,14 +97,6 @@ impl StoreDialect for PostgresDialect {
     /// PostgreSQL reports the constraint by name.
     fn is_email_key(db: &dyn DatabaseError) -> bool {
         db.constraint() == Some("users_email_key")
-    }
-
-    fn sql(sql: &str) -> String {
-        keel_sql::numbered(sql)
-    }
-
-    fn rows_affected(res: &PgQueryResult) -> u64 {
-        res.rows_affected()
     }
 
     fn bind_id(query: Statement<Postgres>, id: UserId) -> Statement<Postgres> {

@@ -1,9 +1,16 @@
-//! The SQLite backend: keel's embedded default database, a single file in WAL mode.
+//! keel on SQLite: the embedded default database, a single file in WAL mode. Every statement keel
+//! runs on SQLite is here or in keel-sql's shared code, through one [`SqliteDialect`]:
 //!
-//! [`SqliteStore`] implements [`keel_domain::UserRepo`] and [`keel_domain::EventStore`] (every user
-//! write enqueues its event in the outbox in the same transaction) through
-//! `keel_sql::store::SqlStore`; this crate holds only SQLite's [`SqliteDialect`] and the
-//! migrations under `migrations/`, which [`SqliteStore::migrate`] applies.
+//! - [`SqliteStore`]: `UserRepo`, `EventStore` and `IdentityStore` (every user write enqueues its
+//!   event in the outbox in the same transaction), migrations under `migrations/store`;
+//! - [`SqliteQueue`]: the embedded message queue (DESIGN.md C5's default), a table in its own
+//!   SQLite file, migrations under `migrations/queue`;
+//! - [`SqliteHospital`]: the error hospital beside the queue, migrations under
+//!   `migrations/hospital`.
+
+mod hospital;
+mod queue;
+mod queue_migrations;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,7 +25,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
 
+pub use hospital::SqliteHospital;
 pub use keel_sql::PoolSettings;
+pub use keel_sql::queue::QueueLimits;
+pub use queue::{SqliteQueue, SqliteSync};
 
 /// Users, outbox, jobs and effects on SQLite. Open it with [`SqliteStore::connect`], which
 /// creates the file if missing.
@@ -37,33 +47,47 @@ fn map_err(e: sqlx::Error) -> StoreError {
     store::map_err::<SqliteDialect>(e)
 }
 
-#[async_trait]
-impl StoreDialect for SqliteDialect {
+impl keel_sql::Dialect for SqliteDialect {
     type Db = Sqlite;
 
+    fn rows_affected(res: &SqliteQueryResult) -> u64 {
+        res.rows_affected()
+    }
+}
+
+#[async_trait]
+impl StoreDialect for SqliteDialect {
     const MIGRATIONS: &'static [keel_sql::EmbeddedMigration] = &[
-        (1, "users", include_str!("../migrations/0001_users.sql")),
-        (2, "events", include_str!("../migrations/0002_events.sql")),
+        (
+            1,
+            "users",
+            include_str!("../migrations/store/0001_users.sql"),
+        ),
+        (
+            2,
+            "events",
+            include_str!("../migrations/store/0002_events.sql"),
+        ),
         (
             3,
             "identity",
-            include_str!("../migrations/0003_identity.sql"),
+            include_str!("../migrations/store/0003_identity.sql"),
         ),
-        (4, "oidc", include_str!("../migrations/0004_oidc.sql")),
+        (4, "oidc", include_str!("../migrations/store/0004_oidc.sql")),
         (
             5,
             "federation",
-            include_str!("../migrations/0005_federation.sql"),
+            include_str!("../migrations/store/0005_federation.sql"),
         ),
         (
             6,
             "token generation",
-            include_str!("../migrations/0006_token_generation.sql"),
+            include_str!("../migrations/store/0006_token_generation.sql"),
         ),
         (
             7,
             "oidc consent",
-            include_str!("../migrations/0007_oidc_consent.sql"),
+            include_str!("../migrations/store/0007_oidc_consent.sql"),
         ),
     ];
 
@@ -85,10 +109,6 @@ impl StoreDialect for SqliteDialect {
     /// SQLite names the columns in the message: "UNIQUE constraint failed: users.email".
     fn is_email_key(db: &dyn DatabaseError) -> bool {
         db.message().contains("email")
-    }
-
-    fn rows_affected(res: &SqliteQueryResult) -> u64 {
-        res.rows_affected()
     }
 
     fn bind_id(query: Statement<Sqlite>, id: UserId) -> Statement<Sqlite> {

@@ -12,7 +12,7 @@ use sqlx::{AssertSqlSafe, Database, Encode, Executor, IntoArguments, Type};
 use crate::Column;
 use crate::store::{SqlStore, Statement, StoreDialect, map_err, query};
 
-type Db<D> = <D as StoreDialect>::Db;
+type Db<D> = <D as crate::Dialect>::Db;
 
 /// `SELECT … FROM identity_credentials`, the columns in [`credentials`]' order.
 type CredentialsRow = (

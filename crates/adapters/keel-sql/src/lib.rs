@@ -1,13 +1,22 @@
-//! What the SQL stores share, so that each store crate holds only its dialect:
+//! What keel's SQL adapters share, so that each engine crate (keel-sql-sqlite, -postgres,
+//! -mariadb) holds only what truly differs on its engine: one [`Dialect`] type per engine, which
+//! implements the family's traits.
 //!
 //! - [`store`]: [`store::SqlStore`], the `UserRepo` and `EventStore` ports once over any sqlx
-//!   database, and the [`store::StoreDialect`] each store crate implements.
+//!   database, and the [`store::StoreDialect`] each engine implements.
+//! - [`identity`]: the `IdentityStore` port on the same tables' engine.
 //! - [`events`]: the event tables' rows and their decoding.
+//! - [`hospital`]: [`hospital::SqlHospital`], the error hospital once over any engine, and its
+//!   [`hospital::HospitalDialect`].
+//! - [`queue`]: what the SQL queues share; [`queue_migrations`]: where they record migrations.
 //! - pool settings, embedded migrations run by sqlx's `Migrator`, placeholders, and the
 //!   classification of driver errors into the domain's [`StoreError`].
 
 pub mod events;
+pub mod hospital;
 pub mod identity;
+pub mod queue;
+pub mod queue_migrations;
 pub mod store;
 
 use std::borrow::Cow;
@@ -18,6 +27,22 @@ use keel_domain::StoreError;
 use sqlx::error::DatabaseError;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Database, Decode, Encode, SqlSafeStr, Type};
+
+/// The root of the dialect family: the engine's driver and what every statement on it needs.
+/// Each engine crate has one type implementing it and the family's traits built on it
+/// ([`store::StoreDialect`], [`hospital::HospitalDialect`]).
+pub trait Dialect: Send + Sync + 'static {
+    /// The engine's sqlx driver.
+    type Db: Database;
+
+    /// A statement written with `?` placeholders, in the engine's own placeholders.
+    fn sql(sql: &str) -> String {
+        sql.to_owned()
+    }
+
+    /// How many rows a statement changed (the drivers' results share no trait for it).
+    fn rows_affected(res: &<Self::Db as Database>::QueryResult) -> u64;
+}
 
 /// Pool settings the binary passes from configuration.
 #[derive(Debug, Clone)]

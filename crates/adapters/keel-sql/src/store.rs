@@ -21,7 +21,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use crate::events as rows;
-use crate::{Column, EmbeddedMigration, PoolSettings, micros, now_micros};
+use crate::{Column, Dialect, EmbeddedMigration, PoolSettings, micros, now_micros};
 
 /// A statement of engine `DB` with its arguments bound.
 pub type Statement<DB> = Query<'static, DB, <DB as Database>::Arguments>;
@@ -43,10 +43,7 @@ pub enum Updated {
 /// What differs between the engines the stores run on. Everything else (every transaction, the
 /// outbox write beside each user write, the event tables' statements) is [`SqlStore`]'s.
 #[async_trait]
-pub trait StoreDialect: Send + Sync + 'static {
-    /// The engine's sqlx driver.
-    type Db: Database;
-
+pub trait StoreDialect: Dialect {
     /// The store's migrations on this engine, oldest first.
     const MIGRATIONS: &'static [EmbeddedMigration];
 
@@ -56,18 +53,10 @@ pub trait StoreDialect: Send + Sync + 'static {
     /// Whether a unique violation is on the users' email key (engines name the key differently).
     fn is_email_key(db: &dyn DatabaseError) -> bool;
 
-    /// A statement written with `?` placeholders, in the engine's own placeholders.
-    fn sql(sql: &str) -> String {
-        sql.to_owned()
-    }
-
     /// `INSERT INTO {rest}` that does nothing when a row with the same `message_id` is there.
     fn insert_once(rest: &str) -> String {
         format!("INSERT INTO {rest} ON CONFLICT (message_id) DO NOTHING")
     }
-
-    /// How many rows a statement changed (the drivers' results share no trait for it).
-    fn rows_affected(res: &<Self::Db as Database>::QueryResult) -> u64;
 
     /// Binds a user id as the engine stores it.
     fn bind_id(query: Statement<Self::Db>, id: UserId) -> Statement<Self::Db>;
@@ -116,7 +105,7 @@ impl<D: StoreDialect> Clone for SqlStore<D> {
     }
 }
 
-type Db<D> = <D as StoreDialect>::Db;
+type Db<D> = <D as Dialect>::Db;
 
 /// A statement written with `?` placeholders, in `D`'s placeholders.
 pub fn query<D: StoreDialect>(sql: &str) -> Statement<Db<D>> {

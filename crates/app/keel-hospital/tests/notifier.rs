@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use keel_domain::Hospital;
 use keel_hospital::{Notifier, NotifierConfig};
-use keel_queue::{QueueLimits, SqliteHospital, SqliteQueue};
+use keel_sql_sqlite::{QueueLimits, SqliteQueue};
 use serde_json::Value;
 
 use common::ward;
@@ -153,7 +153,7 @@ async fn notifiers_in_several_processes_notify_each_admission_once() {
         let queue = SqliteQueue::open(&ward.url, QueueLimits::default())
             .await
             .unwrap();
-        others.push(Arc::new(SqliteHospital::beside(&queue, 10_000)));
+        others.push(Arc::new(queue.hospital(10_000)));
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();

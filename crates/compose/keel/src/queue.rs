@@ -9,9 +9,8 @@ use keel_broker_rabbitmq::{RabbitBroker, RabbitOptions};
 use keel_config::{BrokerKind, Settings};
 use keel_domain::{Broker, Hospital};
 use keel_messaging::offload::Offloading;
-use keel_queue::{
-    PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue, SqliteSync,
-};
+use keel_sql_postgres::PostgresQueue;
+use keel_sql_sqlite::{QueueLimits, SqliteQueue, SqliteSync};
 
 /// The configured broker and its hospital.
 #[derive(Clone)]
@@ -39,7 +38,7 @@ impl Queue {
                 let queue = SqliteQueue::open_with(url.expose(), limits, sync)
                     .await
                     .with_context(|| format!("cannot open the queue {shown}"))?;
-                let hospital = SqliteHospital::beside(&queue, max_patients);
+                let hospital = queue.hospital(max_patients);
                 Self {
                     broker: Arc::new(queue),
                     hospital: Arc::new(hospital),
@@ -49,7 +48,7 @@ impl Queue {
                 let queue = PostgresQueue::open(url.expose(), limits)
                     .await
                     .with_context(|| format!("cannot open the queue {shown}"))?;
-                let hospital = PostgresHospital::beside(&queue, max_patients);
+                let hospital = queue.hospital(max_patients);
                 Self {
                     broker: Arc::new(queue),
                     hospital: Arc::new(hospital),
@@ -115,18 +114,18 @@ async fn database_hospital(settings: &Settings) -> anyhow::Result<Arc<dyn Hospit
             let queue = PostgresQueue::open(url.expose(), limits)
                 .await
                 .with_context(|| format!("cannot open the hospital in {}", url.redacted()))?;
-            Arc::new(PostgresHospital::beside(&queue, max_patients))
+            Arc::new(queue.hospital(max_patients))
         }
         Some(keel_config::DatabaseKind::MariaDb) => {
             let url = settings.driver_database_url();
-            let pool = keel_queue::PoolSettings {
+            let pool = keel_sql_mariadb::PoolSettings {
                 max_connections: settings.database.max_connections,
                 acquire_timeout: std::time::Duration::from_millis(
                     settings.database.acquire_timeout_ms,
                 ),
             };
             Arc::new(
-                keel_queue::MariaDbHospital::connect_lazy(url.expose(), &pool, max_patients)
+                keel_sql_mariadb::connect_hospital(url.expose(), &pool, max_patients)
                     .with_context(|| format!("bad hospital URL {}", url.redacted()))?,
             )
         }
@@ -138,7 +137,7 @@ async fn database_hospital(settings: &Settings) -> anyhow::Result<Arc<dyn Hospit
             let queue = SqliteQueue::open(&url, limits)
                 .await
                 .with_context(|| format!("cannot open the hospital in {url}"))?;
-            Arc::new(SqliteHospital::beside(&queue, max_patients))
+            Arc::new(queue.hospital(max_patients))
         }
     };
     Ok(hospital)

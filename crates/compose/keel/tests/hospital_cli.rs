@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_domain::{AdmissionReason, Broker, Hospital, Outgoing, PatientState};
-use keel_queue::{QueueLimits, SqliteHospital, SqliteQueue};
+use keel_sql_sqlite::{QueueLimits, SqliteQueue};
 
 fn keel(data_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_keel"))
@@ -37,7 +37,7 @@ async fn keel_hospital_lists_shows_replays_and_discards() {
             .await
             .unwrap(),
     );
-    let hospital = SqliteHospital::beside(&queue, 100);
+    let hospital = queue.hospital(100);
     queue.bind("billing", "order.#").await.unwrap();
     let mut ids = Vec::new();
     for body in ["first", "second"] {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use keel_domain::{Broker, Delivery, MessageId, Outgoing};
 use keel_hospital::HospitalService;
 use keel_messaging::worker::{Handler, HandlerError, RetryPolicy, Worker};
-use keel_queue::{QueueLimits, SqliteHospital, SqliteQueue};
+use keel_sql_sqlite::{QueueLimits, SqliteHospital, SqliteQueue};
 
 pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -117,7 +117,7 @@ pub async fn ward() -> Ward {
     );
     queue.bind("billing", "order.#").await.unwrap();
     queue.bind("ledger", "order.#").await.unwrap();
-    let hospital = Arc::new(SqliteHospital::beside(&queue, 10_000));
+    let hospital = Arc::new(queue.hospital(10_000));
     let consumers = Arc::new(Consumers::default());
     let workers = ["billing", "ledger"]
         .into_iter()

@@ -11,8 +11,8 @@ use keel_domain::{
 use keel_messaging::topology::{self, Subscription};
 use keel_messaging::worker::{RetryPolicy, Worker};
 use keel_messaging::{Relay, RelaySettings};
-use keel_queue::{QueueLimits, SqliteHospital, SqliteQueue};
 use keel_sql_sqlite::{PoolSettings, SqliteStore};
+use keel_sql_sqlite::{QueueLimits, SqliteHospital, SqliteQueue};
 
 struct World {
     _dir: tempfile::TempDir,
@@ -37,7 +37,7 @@ async fn world() -> World {
             .await
             .unwrap(),
     );
-    let hospital = Arc::new(SqliteHospital::beside(&broker, 1000));
+    let hospital = Arc::new(broker.hospital(1000));
     let subscriptions = topology::subscriptions(store.clone(), store.clone());
     topology::declare(&*broker, &subscriptions).await.unwrap();
     World {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keel_domain::{Broker, BrokerError, Outgoing};
 use keel_messaging::offload::{BODY_REF, Offloading};
-use keel_queue::{QueueLimits, SqliteQueue};
+use keel_sql_sqlite::{QueueLimits, SqliteQueue};
 
 const LEASE: Duration = Duration::from_secs(30);
 

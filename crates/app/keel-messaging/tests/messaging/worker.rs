@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use keel_domain::{AdmissionReason, Broker, Delivery, Hospital, Outgoing};
 use keel_messaging::worker::{Handler, HandlerError, Outcome, RetryPolicy, Worker};
-use keel_queue::{QueueLimits, SqliteHospital, SqliteQueue};
+use keel_sql_sqlite::{QueueLimits, SqliteHospital, SqliteQueue};
 
 /// Behaves by the message body: `ok`, `flaky-N` (fails N times, then succeeds), `always`
 /// (always fails transiently), `poison` (fails permanently). Counts calls per body.
@@ -68,7 +68,7 @@ async fn fixture(max_patients: u64) -> Fixture {
             .unwrap(),
     );
     queue.bind("workers", "job.#").await.unwrap();
-    let hospital = Arc::new(SqliteHospital::beside(&queue, max_patients));
+    let hospital = Arc::new(queue.hospital(max_patients));
     let handler = Arc::new(Scripted::default());
     let worker = Worker {
         broker: queue.clone(),

@@ -21,9 +21,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use keel_broker_nats::{NatsBroker, NatsOptions};
 use keel_broker_rabbitmq::{RabbitBroker, RabbitOptions};
-use keel_queue::{
-    PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital, SqliteQueue, SqliteSync,
-};
+use keel_sql_postgres::PostgresQueue;
+use keel_sql_sqlite::{QueueLimits, SqliteHospital, SqliteQueue, SqliteSync};
 use sqlx::Connection;
 
 use load::{Figures, Plan};
@@ -433,7 +432,7 @@ async fn keel_backend(ctx: &Ctx, backend: BackendKind) -> anyhow::Result<Option<
             let url = format!("sqlite://{}", dir.path().join("queue.db").display());
             let queue =
                 SqliteQueue::open_with(&url, QueueLimits::default(), ctx.sqlite_sync).await?;
-            let hospital = SqliteHospital::beside(&queue, 100_000);
+            let hospital = queue.hospital(100_000);
             Ok(Some(keel::Backend::new(
                 Arc::new(queue),
                 Arc::new(hospital),
@@ -446,7 +445,7 @@ async fn keel_backend(ctx: &Ctx, backend: BackendKind) -> anyhow::Result<Option<
         BackendKind::Postgres => {
             let (url, name) = create_database(ctx).await?;
             let queue = PostgresQueue::open(&url, QueueLimits::default()).await?;
-            let hospital = PostgresHospital::beside(&queue, 100_000);
+            let hospital = queue.hospital(100_000);
             let pg_server = ctx.args.pg_server.clone();
             Ok(Some(keel::Backend::new(
                 Arc::new(queue),
@@ -554,7 +553,7 @@ async fn sqlite_hospital(ctx: &Ctx) -> anyhow::Result<(SqliteHospital, tempfile:
     let dir = tempfile::tempdir_in(&ctx.data_dir)?;
     let url = format!("sqlite://{}", dir.path().join("hospital.db").display());
     let queue = SqliteQueue::open(&url, QueueLimits::default()).await?;
-    Ok((SqliteHospital::beside(&queue, 100_000), dir))
+    Ok((queue.hospital(100_000), dir))
 }
 
 async fn create_database(ctx: &Ctx) -> anyhow::Result<(String, String)> {

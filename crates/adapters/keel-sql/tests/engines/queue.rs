@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_domain::{Broker, BrokerError, Outgoing};
-use keel_queue::{PostgresQueue, QueueLimits, SqliteQueue, SqliteSync};
+use keel_sql_postgres::PostgresQueue;
+use keel_sql_sqlite::{QueueLimits, SqliteQueue, SqliteSync};
 use keel_test_support::broker_suite::{self, SUITE_MAX_BODY, SUITE_MAX_DEPTH};
 
 fn limits() -> QueueLimits {

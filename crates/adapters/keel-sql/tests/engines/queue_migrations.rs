@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use keel_domain::{Broker, Outgoing};
-use keel_queue::{PostgresQueue, QueueLimits, SqliteQueue};
 use keel_sql::EmbeddedMigration;
+use keel_sql_postgres::PostgresQueue;
+use keel_sql_sqlite::{QueueLimits, SqliteQueue};
 
 /// Another component's migrations under the queue's version numbers, with other contents: what
 /// keel's stores record in `_sqlx_migrations`.
@@ -22,17 +23,17 @@ const POSTGRES_QUEUE: &[EmbeddedMigration] = &[
     (
         1,
         "queue",
-        include_str!("../migrations/postgres/0001_queue.sql"),
+        include_str!("../../../keel-sql-postgres/migrations/queue/0001_queue.sql"),
     ),
     (
         2,
         "hospital",
-        include_str!("../migrations/postgres/0002_hospital.sql"),
+        include_str!("../../../keel-sql-postgres/migrations/queue/0002_hospital.sql"),
     ),
     (
         4,
         "queue claim order",
-        include_str!("../migrations/postgres/0004_queue_claim_order.sql"),
+        include_str!("../../../keel-sql-postgres/migrations/queue/0004_queue_claim_order.sql"),
     ),
 ];
 
@@ -40,17 +41,17 @@ const SQLITE_QUEUE: &[EmbeddedMigration] = &[
     (
         1,
         "queue",
-        include_str!("../migrations/sqlite/0001_queue.sql"),
+        include_str!("../../../keel-sql-sqlite/migrations/queue/0001_queue.sql"),
     ),
     (
         2,
         "hospital",
-        include_str!("../migrations/sqlite/0002_hospital.sql"),
+        include_str!("../../../keel-sql-sqlite/migrations/queue/0002_hospital.sql"),
     ),
     (
         4,
         "queue claim order",
-        include_str!("../migrations/sqlite/0004_queue_claim_order.sql"),
+        include_str!("../../../keel-sql-sqlite/migrations/queue/0004_queue_claim_order.sql"),
     ),
 ];
 

@@ -12,7 +12,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -21,41 +20,41 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::{
-    DeliveryRow, QueueLimits, check_publish, classify, deliveries, depth, duration_micros,
-    encode_headers, micros, replicate,
+use keel_sql::queue::{
+    DeliveryRow, QueueLimits, check_publish, classify, deliveries, depth, replicate,
 };
+use keel_sql::{duration_micros, headers_json as encode_headers, now_micros};
 
 const MIGRATIONS: &[keel_sql::EmbeddedMigration] = &[
     (
         1,
         "queue",
-        include_str!("../migrations/postgres/0001_queue.sql"),
+        include_str!("../migrations/queue/0001_queue.sql"),
     ),
     (
         2,
         "hospital",
-        include_str!("../migrations/postgres/0002_hospital.sql"),
+        include_str!("../migrations/queue/0002_hospital.sql"),
     ),
     (
         4,
         "queue claim order",
-        include_str!("../migrations/postgres/0004_queue_claim_order.sql"),
+        include_str!("../migrations/queue/0004_queue_claim_order.sql"),
     ),
     (
         5,
         "queue ack counters",
-        include_str!("../migrations/postgres/0005_queue_ack_counters.sql"),
+        include_str!("../migrations/queue/0005_queue_ack_counters.sql"),
     ),
     (
         6,
         "queue vacuum",
-        include_str!("../migrations/postgres/0006_queue_vacuum.sql"),
+        include_str!("../migrations/queue/0006_queue_vacuum.sql"),
     ),
     (
         7,
         "queue floors",
-        include_str!("../migrations/postgres/0007_queue_floors.sql"),
+        include_str!("../migrations/queue/0007_queue_floors.sql"),
     ),
 ];
 
@@ -121,7 +120,7 @@ impl PostgresQueue {
             .connect(url)
             .await
             .map_err(classify)?;
-        crate::migrations::run_postgres(&pool, MIGRATIONS)
+        crate::queue_migrations::run(&pool, MIGRATIONS)
             .await
             .map_err(|e| BrokerError::Internal(Box::new(e)))?;
         // Planner safeguard: a claim must walk `queue_messages_order` and stop after the batch.
@@ -226,7 +225,7 @@ impl PostgresQueue {
         if copies.is_empty() {
             return Ok(true);
         }
-        let now = micros(Utc::now());
+        let now = now_micros();
         let groups: Vec<&str> = copies.iter().map(|c| c.0).collect();
         let ids: Vec<Uuid> = copies.iter().map(|c| c.2.id.0).collect();
         let topics: Vec<&str> = copies.iter().map(|c| c.1).collect();
@@ -236,7 +235,10 @@ impl PostgresQueue {
             .map(|c| encode_headers(&c.2.headers))
             .collect();
         let bodies: Vec<&[u8]> = copies.iter().map(|c| c.2.body.as_slice()).collect();
-        let expires: Vec<Option<i64>> = copies.iter().map(|c| c.2.expires_at.map(micros)).collect();
+        let expires: Vec<Option<i64>> = copies
+            .iter()
+            .map(|c| c.2.expires_at.map(|t| keel_sql::micros(&t)))
+            .collect();
         let mut touched: Vec<&str> = copies.iter().map(|c| c.0).collect();
         touched.sort_unstable();
         touched.dedup();
@@ -428,7 +430,7 @@ impl Broker for PostgresQueue {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        let now = micros(Utc::now());
+        let now = now_micros();
         let token = Uuid::new_v4();
         let floor = {
             let mut floors = self.floors.lock().expect("floors lock");
@@ -506,7 +508,7 @@ impl Broker for PostgresQueue {
     }
 
     async fn retry(&self, tag: DeliveryTag, delay: Duration) -> Result<(), BrokerError> {
-        let at = micros(Utc::now()).saturating_add(duration_micros(delay));
+        let at = now_micros().saturating_add(duration_micros(delay));
         let res = sqlx::query(
             "UPDATE queue_messages SET lease = NULL, lease_until = NULL, available_at = $1 WHERE seq = $2 AND lease = $3",
         )
@@ -524,7 +526,7 @@ impl Broker for PostgresQueue {
     }
 
     async fn depth(&self, group: &str) -> Result<QueueDepth, BrokerError> {
-        let now = micros(Utc::now());
+        let now = now_micros();
         let (total, in_flight, oldest): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT count(*), sum(CASE WHEN lease_until >= $1 THEN 1 ELSE 0 END)::BIGINT, min(published_at) \
              FROM queue_messages WHERE grp = $2",

@@ -16,7 +16,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
@@ -27,26 +26,26 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use crate::{
-    DeliveryRow, QueueLimits, check_publish, classify, deliveries, depth, duration_micros,
-    encode_headers, group_fault, micros, replicate,
+use keel_sql::queue::{
+    DeliveryRow, QueueLimits, check_publish, classify, deliveries, depth, group_fault, replicate,
 };
+use keel_sql::{duration_micros, headers_json as encode_headers, now_micros};
 
 const MIGRATIONS: &[keel_sql::EmbeddedMigration] = &[
     (
         1,
         "queue",
-        include_str!("../migrations/sqlite/0001_queue.sql"),
+        include_str!("../migrations/queue/0001_queue.sql"),
     ),
     (
         2,
         "hospital",
-        include_str!("../migrations/sqlite/0002_hospital.sql"),
+        include_str!("../migrations/queue/0002_hospital.sql"),
     ),
     (
         4,
         "queue claim order",
-        include_str!("../migrations/sqlite/0004_queue_claim_order.sql"),
+        include_str!("../migrations/queue/0004_queue_claim_order.sql"),
     ),
 ];
 
@@ -110,7 +109,7 @@ impl SqliteQueue {
             .connect_with(options.clone())
             .await
             .map_err(classify)?;
-        crate::migrations::run_sqlite(&pool, MIGRATIONS)
+        crate::queue_migrations::run(&pool, MIGRATIONS)
             .await
             .map_err(|e| BrokerError::Internal(Box::new(e)))?;
         // The writer never checkpoints on its own: copying the WAL back into the database file
@@ -419,7 +418,7 @@ async fn apply(
         Op::Fetch { group, max, lease } => Done::Fetched(Ok(claim(tx, group, *max, *lease).await?)),
         Op::Ack(tags) => Done::Acked(ack(tx, state, tags).await?),
         Op::Retry { tag, delay } => {
-            let at = micros(Utc::now()).saturating_add(duration_micros(*delay));
+            let at = now_micros().saturating_add(duration_micros(*delay));
             let res = sqlx::query(
                 "UPDATE queue_messages SET lease = NULL, lease_until = NULL, available_at = ? WHERE seq = ? AND lease = ?",
             )
@@ -466,7 +465,7 @@ async fn store(
     copies: &[(&str, &Encoded)],
     limits: &QueueLimits,
 ) -> Result<Result<(), BrokerError>, sqlx::Error> {
-    let now = micros(Utc::now());
+    let now = now_micros();
     let mut per_group: BTreeMap<&str, Vec<&Encoded>> = BTreeMap::new();
     for &(group, encoded) in copies {
         per_group.entry(group).or_default().push(encoded);
@@ -526,7 +525,7 @@ async fn insert(
                 .bind(copy.headers.as_str())
                 .bind(message.body.as_slice())
                 .bind(now)
-                .bind(message.expires_at.map(micros))
+                .bind(message.expires_at.map(|t| keel_sql::micros(&t)))
                 .bind(now);
         }
         let done = query.execute(&mut **tx).await?;
@@ -569,7 +568,7 @@ async fn claim(
     max: usize,
     lease: Duration,
 ) -> Result<(Vec<DeliveryRow>, Uuid), sqlx::Error> {
-    let now = micros(Utc::now());
+    let now = now_micros();
     let token = Uuid::new_v4();
     let rows: Vec<DeliveryRow> = sqlx::query_as(
         "UPDATE queue_messages SET lease = ?, lease_until = ?, attempts = attempts + 1 \
@@ -761,7 +760,7 @@ impl Broker for SqliteQueue {
     }
 
     async fn depth(&self, group: &str) -> Result<QueueDepth, BrokerError> {
-        let now = micros(Utc::now());
+        let now = now_micros();
         let (total, in_flight, oldest): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT count(*), sum(CASE WHEN lease_until >= ? THEN 1 ELSE 0 END), min(published_at) \
              FROM queue_messages WHERE grp = ?",

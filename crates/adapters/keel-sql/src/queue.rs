@@ -1,44 +1,15 @@
-//! keel's embedded message queue: a durable queue in an SQL table (DESIGN.md C5's default).
-//!
-//! - [`SqliteQueue`]: the default, a table in an SQLite file (WAL): no server to run.
-//! - [`PostgresQueue`]: the same model on PostgreSQL, where competing workers claim rows with
-//!   `FOR UPDATE SKIP LOCKED`.
-//!
-//! - [`SqliteHospital`], [`PostgresHospital`]: the error hospital beside each SQL queue, and
-//!   [`MariaDbHospital`] for a keel whose database is MariaDB or MySQL: one implementation,
-//!   [`SqlHospital`], over each engine's [`HospitalDialect`] (statements shared in
-//!   `hospital_sql`).
-//! - `migrations`: the queues record their migrations in `_keel_queue_migrations`, so a queue
-//!   may share keel's database with the stores.
-//!
-//! Both queues implement [`keel_domain::Broker`]. A claim is one `UPDATE … RETURNING` statement that
-//! leases the oldest ready messages of a group whose key has no older message still stored, so
-//! ordering per key holds across retries and crashes: a key's next message waits until the one
-//! before it is acknowledged or discarded.
-
-mod hospital;
-mod hospital_my;
-mod hospital_pg;
-mod hospital_sql;
-mod hospital_sqlite;
-mod migrations;
-mod postgres;
-mod sqlite;
+//! What the SQL queues share (DESIGN.md C5's embedded default): their limits, the decoding of a
+//! claimed row, depth, the classification of driver errors, the checks of a publish. Each engine
+//! crate holds its queue (`keel_sql_sqlite::SqliteQueue`, `keel_sql_postgres::PostgresQueue`):
+//! a claim is one `UPDATE … RETURNING` statement that leases the oldest ready messages of a group
+//! whose key has no older message still stored, so ordering per key holds across retries and
+//! crashes: a key's next message waits until the one before it is acknowledged or discarded.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use keel_domain::{BrokerError, Delivery, DeliveryTag, MessageId, QueueDepth};
 use uuid::Uuid;
-
-pub use hospital::{HospitalDialect, SqlHospital};
-pub use hospital_my::{MariaDbDialect, MariaDbHospital};
-pub use hospital_pg::{PostgresDialect, PostgresHospital};
-pub use hospital_sqlite::{SqliteDialect, SqliteHospital};
-pub use keel_sql::PoolSettings;
-pub use postgres::PostgresQueue;
-pub use sqlite::{SqliteQueue, SqliteSync};
 
 /// Limits of a queue.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +33,7 @@ impl Default for QueueLimits {
 
 /// A claimed message as both engines return it from the claim's `RETURNING seq, id, topic,
 /// msg_key, headers, body, published_at, expires_at, attempts` (the id as text).
-type DeliveryRow = (
+pub type DeliveryRow = (
     i64,
     String,
     String,
@@ -74,7 +45,7 @@ type DeliveryRow = (
     i64,
 );
 
-fn delivery(row: DeliveryRow, group: &str, lease: Uuid) -> Result<Delivery, BrokerError> {
+pub fn delivery(row: DeliveryRow, group: &str, lease: Uuid) -> Result<Delivery, BrokerError> {
     let (seq, id, topic, key, headers, body, published_at, expires_at, attempts) = row;
     Ok(Delivery {
         tag: DeliveryTag { seq, lease },
@@ -84,14 +55,14 @@ fn delivery(row: DeliveryRow, group: &str, lease: Uuid) -> Result<Delivery, Brok
         key,
         headers: decode_headers(&headers)?,
         body,
-        published_at: from_micros(published_at),
-        expires_at: expires_at.map(from_micros),
+        published_at: crate::from_micros(published_at),
+        expires_at: expires_at.map(crate::from_micros),
         attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
     })
 }
 
 /// A claim's rows as deliveries under its lease, in publish order.
-fn deliveries(
+pub fn deliveries(
     rows: Vec<DeliveryRow>,
     group: &str,
     lease: Uuid,
@@ -105,7 +76,7 @@ fn deliveries(
 }
 
 /// A group's depth from its row count, leased count and oldest publish time.
-fn depth(now: i64, total: i64, in_flight: Option<i64>, oldest: Option<i64>) -> QueueDepth {
+pub fn depth(now: i64, total: i64, in_flight: Option<i64>, oldest: Option<i64>) -> QueueDepth {
     let in_flight = in_flight.unwrap_or(0);
     QueueDepth {
         ready: u64::try_from(total - in_flight).unwrap_or(0),
@@ -114,27 +85,11 @@ fn depth(now: i64, total: i64, in_flight: Option<i64>, oldest: Option<i64>) -> Q
     }
 }
 
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-fn from_micros(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
-}
-
-fn duration_micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
-fn encode_headers(headers: &BTreeMap<String, String>) -> String {
-    serde_json::to_string(headers).expect("string maps serialize")
-}
-
-fn decode_headers(raw: &str) -> Result<BTreeMap<String, String>, BrokerError> {
+pub fn decode_headers(raw: &str) -> Result<BTreeMap<String, String>, BrokerError> {
     serde_json::from_str(raw).map_err(|e| BrokerError::Internal(Box::new(e)))
 }
 
-fn classify(e: sqlx::Error) -> BrokerError {
+pub fn classify(e: sqlx::Error) -> BrokerError {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
             BrokerError::Unavailable(Box::new(e))
@@ -145,7 +100,7 @@ fn classify(e: sqlx::Error) -> BrokerError {
 
 /// The error every write of a failed group commit receives (the one `sqlx::Error` cannot be
 /// handed to each of them), classified as [`classify`] would.
-fn group_fault(e: &sqlx::Error) -> BrokerError {
+pub fn group_fault(e: &sqlx::Error) -> BrokerError {
     let source = e.to_string().into();
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
@@ -157,7 +112,7 @@ fn group_fault(e: &sqlx::Error) -> BrokerError {
 
 /// A copy of `e` for each of several callers (a batch's results), same variant, its source as
 /// text.
-fn replicate(e: &BrokerError) -> BrokerError {
+pub fn replicate(e: &BrokerError) -> BrokerError {
     let text = |source: &(dyn std::error::Error + Send + Sync)| -> Box<dyn std::error::Error + Send + Sync> {
         source.to_string().into()
     };
@@ -173,7 +128,7 @@ fn replicate(e: &BrokerError) -> BrokerError {
     }
 }
 
-fn check_publish(topic: &str, body: &[u8], limits: &QueueLimits) -> Result<(), BrokerError> {
+pub fn check_publish(topic: &str, body: &[u8], limits: &QueueLimits) -> Result<(), BrokerError> {
     keel_domain::queue::check_name("topic", topic, false)?;
     if body.len() > limits.max_body_bytes {
         return Err(BrokerError::Invalid {

@@ -1,5 +1,5 @@
 //! The SQL hospital's statements (written with `?` placeholders; PostgreSQL's are numbered by
-//! `keel_sql::numbered`), filter builder, row decoding and audit details, shared by every engine;
+//! `crate::numbered`), filter builder, row decoding and audit details, shared by every engine;
 //! `hospital` runs them in its transactions, each engine's dialect file says what differs.
 
 use std::time::Duration;
@@ -13,7 +13,8 @@ use keel_domain::{
 use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
 use uuid::Uuid;
 
-use crate::{decode_headers, from_micros};
+use crate::from_micros;
+use crate::queue::decode_headers;
 
 /// The name of the table in which the hospital's own migrations are recorded. The hospital keeps
 /// its own record (not sqlx's default `_sqlx_migrations`) so that its schema evolves apart from
@@ -26,7 +27,7 @@ pub(crate) const MAX_PAGE: u32 = 1000;
 /// Longest list of causes returned.
 pub(crate) const MAX_CAUSES: u32 = 500;
 
-pub(crate) fn fault(e: sqlx::Error) -> HospitalError {
+pub fn fault(e: sqlx::Error) -> HospitalError {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
             HospitalError::Unavailable(Box::new(e))
@@ -43,8 +44,8 @@ pub(crate) fn corrupt(what: String) -> HospitalError {
     HospitalError::Internal(format!("corrupt hospital row: {what}").into())
 }
 
-pub(crate) fn migrator(migrations: &[keel_sql::EmbeddedMigration]) -> sqlx::migrate::Migrator {
-    let mut migrator = keel_sql::migrator(migrations);
+pub(crate) fn migrator(migrations: &[crate::EmbeddedMigration]) -> sqlx::migrate::Migrator {
+    let mut migrator = crate::migrator(migrations);
     migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
     migrator
 }

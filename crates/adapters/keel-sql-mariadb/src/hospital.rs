@@ -5,28 +5,22 @@
 use std::str::FromStr;
 
 use keel_domain::HospitalError;
-use sqlx::MySql;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult};
 
-use crate::hospital::{HospitalDialect, SqlHospital};
-use crate::hospital_sql::fault;
+use keel_sql::hospital::{HospitalDialect, SqlHospital};
+
+use crate::MariaDbDialect;
+use keel_sql::hospital::fault;
 
 /// The hospital in a MariaDB or MySQL database.
 pub type MariaDbHospital = SqlHospital<MariaDbDialect>;
 
-/// MariaDB's [`HospitalDialect`]: no `RETURNING` (ids come from the insert's result), upserts by
-/// `ON DUPLICATE KEY`, admissions serialized on a lock row.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MariaDbDialect;
-
 impl HospitalDialect for MariaDbDialect {
-    type Db = MySql;
-
     /// The whole schema: there is no queue migration here.
-    const MIGRATIONS: &'static [keel_sql::EmbeddedMigration] = &[(
+    const HOSPITAL_MIGRATIONS: &'static [keel_sql::EmbeddedMigration] = &[(
         1,
         "hospital",
-        include_str!("../migrations/mariadb/0001_hospital.sql"),
+        include_str!("../migrations/hospital/0001_hospital.sql"),
     )];
     /// InnoDB locks the one row of `hospital_admission_lock` until the admission commits.
     const LOCK_ADMISSIONS: Option<&'static str> =
@@ -39,29 +33,23 @@ impl HospitalDialect for MariaDbDialect {
     /// A no-op update: `INSERT IGNORE` would also swallow errors other than the duplicate.
     const ON_NOTICE_CONFLICT: &'static str = "ON DUPLICATE KEY UPDATE pos = pos";
 
-    fn rows_affected(res: &MySqlQueryResult) -> u64 {
-        res.rows_affected()
-    }
-
     fn last_insert_id(res: &MySqlQueryResult) -> Option<u64> {
         Some(res.last_insert_id())
     }
 }
 
-impl MariaDbHospital {
-    /// A hospital in the database at `url` (`mysql://…`), holding at most `max_patients` waiting
-    /// patients. Connects lazily (on first use, when its migrations also run), so that keel
-    /// starts while the database is still coming up.
-    pub fn connect_lazy(
-        url: &str,
-        pool: &keel_sql::PoolSettings,
-        max_patients: u64,
-    ) -> Result<Self, HospitalError> {
-        let options = MySqlConnectOptions::from_str(url).map_err(fault)?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(pool.max_connections.max(1))
-            .acquire_timeout(pool.acquire_timeout)
-            .connect_lazy_with(options);
-        Ok(Self::with_pool(pool, max_patients))
-    }
+/// A hospital in the database at `url` (`mysql://…`), holding at most `max_patients` waiting
+/// patients. Connects lazily (on first use, when its migrations also run), so that keel
+/// starts while the database is still coming up.
+pub fn connect_hospital(
+    url: &str,
+    pool: &keel_sql::PoolSettings,
+    max_patients: u64,
+) -> Result<MariaDbHospital, HospitalError> {
+    let options = MySqlConnectOptions::from_str(url).map_err(fault)?;
+    let pool = MySqlPoolOptions::new()
+        .max_connections(pool.max_connections.max(1))
+        .acquire_timeout(pool.acquire_timeout)
+        .connect_lazy_with(options);
+    Ok(MariaDbHospital::with_pool(pool, max_patients))
 }

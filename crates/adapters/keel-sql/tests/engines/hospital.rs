@@ -4,10 +4,9 @@
 use std::sync::Arc;
 
 use keel_domain::Hospital;
-use keel_queue::{
-    MariaDbHospital, PoolSettings, PostgresHospital, PostgresQueue, QueueLimits, SqliteHospital,
-    SqliteQueue,
-};
+use keel_sql::PoolSettings;
+use keel_sql_postgres::PostgresQueue;
+use keel_sql_sqlite::{QueueLimits, SqliteQueue};
 use keel_test_support::hospital_suite::{self, SUITE_MAX_PATIENTS};
 use sqlx::Connection;
 
@@ -39,7 +38,7 @@ async fn sqlite_hospital_passes_the_hospital_suite() {
     let dir = tempfile::tempdir().unwrap();
     let (url, queue) = sqlite_queue(&dir).await;
     let queue = Arc::new(queue);
-    let hospital = Arc::new(SqliteHospital::beside(&queue, SUITE_MAX_PATIENTS));
+    let hospital = Arc::new(queue.hospital(SUITE_MAX_PATIENTS));
     hospital_suite::run_all(queue, hospital).await;
     audit_rows_cannot_change(&mut sqlx::SqliteConnection::connect(&url).await.unwrap()).await;
 }
@@ -52,7 +51,7 @@ async fn postgres_hospital_passes_the_hospital_suite() {
             .await
             .unwrap(),
     );
-    let hospital = Arc::new(PostgresHospital::beside(&queue, SUITE_MAX_PATIENTS));
+    let hospital = Arc::new(queue.hospital(SUITE_MAX_PATIENTS));
     hospital_suite::run_all(queue, hospital).await;
     audit_rows_cannot_change(&mut sqlx::PgConnection::connect(&url).await.unwrap()).await;
 }
@@ -68,7 +67,7 @@ async fn mariadb_hospital_passes_the_hospital_suite() {
         acquire_timeout: std::time::Duration::from_secs(5),
     };
     let hospital =
-        Arc::new(MariaDbHospital::connect_lazy(&url, &pool, SUITE_MAX_PATIENTS).unwrap());
+        Arc::new(keel_sql_mariadb::connect_hospital(&url, &pool, SUITE_MAX_PATIENTS).unwrap());
     hospital_suite::run_all(Arc::new(queue), hospital).await;
     audit_rows_cannot_change(&mut sqlx::MySqlConnection::connect(&url).await.unwrap()).await;
 }
@@ -94,7 +93,7 @@ async fn patients_admitted_before_the_care_migration_are_kept() {
     .execute(&mut conn)
     .await
     .unwrap();
-    let hospital = SqliteHospital::beside(&queue, 10);
+    let hospital = queue.hospital(10);
     let patients = hospital.list(10).await.unwrap();
     assert_eq!(patients.len(), 1);
     let p = &patients[0];

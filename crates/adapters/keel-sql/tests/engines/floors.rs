@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use keel_domain::{Broker, Outgoing};
-use keel_queue::{PostgresQueue, QueueLimits};
+use keel_sql_postgres::{PostgresQueue, QueueLimits};
 use sqlx::Connection;
 
 const LEASE: Duration = Duration::from_secs(30);

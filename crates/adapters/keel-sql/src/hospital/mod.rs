@@ -1,8 +1,8 @@
 //! The error hospital on SQL: one implementation of the `Hospital` port, [`SqlHospital`], over
 //! any sqlx database, and the [`HospitalDialect`] each engine implements for what truly differs
 //! (placeholders, `RETURNING` or not, conflict clauses, how admissions serialize). The engines'
-//! dialects live in `hospital_sqlite`, `hospital_pg` and `hospital_my`; the statements, filters
-//! and row decoding they all use live in `hospital_sql`.
+//! dialects live in each engine crate's `hospital` module; the statements, filters and row
+//! decoding they all use live in `statements`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,22 +22,21 @@ use sqlx::{
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use keel_sql::Column;
+use crate::{Column, Dialect};
 
-use crate::hospital_sql::{
-    self as shared, Arg, PATIENT_COLUMNS, bind_args, fault, lease_end, now_micros,
-};
-use crate::{encode_headers, from_micros, micros};
+mod statements;
+
+pub use statements::fault;
+
+use crate::{from_micros, headers_json, micros};
+use statements::{self as shared, Arg, PATIENT_COLUMNS, bind_args, lease_end, now_micros};
 
 /// What differs between the engines the hospital runs on. Everything else (every transaction's
 /// steps, every check, the audit) is [`SqlHospital`]'s, once for all of them. The defaults are
 /// standard SQL as PostgreSQL speaks it; each engine overrides where it differs.
-pub trait HospitalDialect: Send + Sync + 'static {
-    /// The engine's sqlx driver.
-    type Db: Database;
-
+pub trait HospitalDialect: Dialect {
     /// The hospital's own migrations on this engine.
-    const MIGRATIONS: &'static [keel_sql::EmbeddedMigration];
+    const HOSPITAL_MIGRATIONS: &'static [crate::EmbeddedMigration];
 
     /// The statement that opens a write transaction, where the engine's plain `BEGIN` would let
     /// what a transaction read change before it writes (SQLite: `BEGIN IMMEDIATE` takes the
@@ -70,22 +69,14 @@ pub trait HospitalDialect: Send + Sync + 'static {
     /// The conflict clause that leaves an existing `hospital_notices` row as it is.
     const ON_NOTICE_CONFLICT: &'static str = "ON CONFLICT (channel) DO NOTHING";
 
-    /// A statement written with `?` placeholders, in the engine's own placeholders.
-    fn sql(sql: &str) -> String {
-        sql.to_owned()
-    }
-
-    /// How many rows a statement changed (the drivers' results share no trait for it).
-    fn rows_affected(res: &<Self::Db as Database>::QueryResult) -> u64;
-
     /// The id an `INSERT` generated, asked only where [`Self::RETURNING`] is false.
     fn last_insert_id(_res: &<Self::Db as Database>::QueryResult) -> Option<u64> {
         None
     }
 }
 
-/// The error hospital in an SQL database; [`crate::SqliteHospital`],
-/// [`crate::PostgresHospital`] and [`crate::MariaDbHospital`] name it on each engine.
+/// The error hospital in an SQL database; `SqliteHospital`, `PostgresHospital` and
+/// `MariaDbHospital` name it on each engine.
 #[derive(Debug)]
 pub struct SqlHospital<D: HospitalDialect> {
     pool: Pool<D::Db>,
@@ -107,7 +98,7 @@ impl<D: HospitalDialect> Clone for SqlHospital<D> {
     }
 }
 
-type Db<D> = <D as HospitalDialect>::Db;
+type Db<D> = <D as Dialect>::Db;
 
 /// A statement written with `?` placeholders, in `D`'s placeholders.
 fn q<D: HospitalDialect>(sql: &str) -> Query<'static, Db<D>, <Db<D> as Database>::Arguments> {
@@ -128,7 +119,7 @@ where
 {
     /// A hospital over `pool`, holding at most `max_patients` waiting patients. Its migrations
     /// run on first use.
-    pub(crate) fn with_pool(pool: Pool<D::Db>, max_patients: u64) -> Self {
+    pub fn with_pool(pool: Pool<D::Db>, max_patients: u64) -> Self {
         Self {
             pool,
             max_patients,
@@ -144,7 +135,7 @@ where
     async fn ready(&self) -> Result<(), HospitalError> {
         self.ready
             .get_or_try_init(|| async {
-                shared::migrator(D::MIGRATIONS)
+                shared::migrator(D::HOSPITAL_MIGRATIONS)
                     .run(&self.pool)
                     .await
                     .map_err(shared::internal)?;
@@ -378,9 +369,9 @@ where
                             .bind(&message_id)
                             .bind(&delivery.topic)
                             .bind(&delivery.key)
-                            .bind(encode_headers(&delivery.headers))
+                            .bind(headers_json(&delivery.headers))
                             .bind(&delivery.body)
-                            .bind(micros(delivery.published_at))
+                            .bind(micros(&delivery.published_at))
                             .bind(now)
                             .bind(reason.as_str())
                             .bind(trace_id(&delivery.headers))

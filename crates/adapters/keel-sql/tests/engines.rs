@@ -1,0 +1,17 @@
+//! The SQL adapter family's behaviour on every engine, one binary: the shared behavioural suites
+//! of the ports (`UserRepo`, `EventStore`, `IdentityStore`, `Broker`, `Hospital`) on SQLite and
+//! on the real PostgreSQL and MariaDB servers, and what only one engine has (the PostgreSQL
+//! queue's floors, the queues' migration table).
+
+mod engines {
+    mod floors;
+    mod hospital;
+    mod mariadb_identity;
+    mod mariadb_repo;
+    mod postgres_identity;
+    mod postgres_repo;
+    mod queue;
+    mod queue_migrations;
+    mod sqlite_identity;
+    mod sqlite_repo;
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use keel_broker_nats::{NatsBroker, NatsOptions};
 use keel_domain::{Broker, BrokerError, Outgoing};
-use keel_test_support::broker_suite::{self, SUITE_MAX_BODY, SUITE_MAX_DEPTH};
+use keel_test_support::broker_suite::{SUITE_MAX_BODY, SUITE_MAX_DEPTH};
 use keel_test_support::services::{fresh_namespace, nats_url};
 
 fn options(namespace: &str) -> NatsOptions {
@@ -47,11 +47,36 @@ fn body(text: &str) -> Outgoing {
 
 const LEASE: Duration = Duration::from_secs(30);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_passes_the_broker_suite() {
-    let namespace = fresh_namespace();
-    broker_suite::run_all(Arc::new(broker(options(&namespace)).await)).await;
-    clean_up(&namespace).await;
+/// A namespace whose streams are deleted when a test that passed drops it (a failed test leaves
+/// them to look at).
+struct Streams(String);
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let namespace = self.0.clone();
+        // A runtime of its own on a thread of its own: drop runs inside the test's runtime.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(clean_up(&namespace));
+        })
+        .join()
+        .expect("the namespace's streams are deleted");
+    }
+}
+
+mod suite {
+    async fn open() -> (super::Streams, std::sync::Arc<dyn keel_domain::Broker>) {
+        let namespace = super::fresh_namespace();
+        let broker = super::broker(super::options(&namespace)).await;
+        (super::Streams(namespace), std::sync::Arc::new(broker))
+    }
+    keel_test_support::broker_suite!(open);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use keel_broker_rabbitmq::{RabbitBroker, RabbitOptions};
 use keel_domain::{Broker, BrokerError, Delivery, Outgoing};
-use keel_test_support::broker_suite::{self, SUITE_MAX_BODY, SUITE_MAX_DEPTH};
+use keel_test_support::broker_suite::{SUITE_MAX_BODY, SUITE_MAX_DEPTH};
 use keel_test_support::services::{fresh_namespace, rabbitmq_url};
 use lapin::options::{
     BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -159,28 +159,54 @@ async fn queue_length(queue: &str) -> u32 {
     declared.message_count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn classic_queues_pass_the_broker_suite() {
-    let namespace = Namespace::new();
-    let broker = broker(&namespace, false).await;
-    broker_suite::run_all(Arc::new(broker)).await;
+mod classic_queues {
+    async fn open() -> (super::Namespace, std::sync::Arc<dyn keel_domain::Broker>) {
+        let namespace = super::Namespace::new();
+        let broker = super::broker(&namespace, false).await;
+        (namespace, std::sync::Arc::new(broker))
+    }
+    keel_test_support::broker_suite!(open;
+        a_publish_reaches_every_bound_group_once,
+        a_leased_message_is_not_delivered_twice_and_ack_removes_it,
+        an_expired_lease_redelivers_and_the_old_holder_cannot_ack,
+        messages_of_one_key_come_in_order_while_other_keys_pass,
+        a_retry_waits_its_delay_and_keeps_its_key_blocked,
+        a_redelivery_reaches_only_its_group,
+        bad_names_and_oversized_bodies_are_refused,
+        competing_workers_share_the_messages_without_duplicates,
+        competing_workers_keep_each_keys_order_and_run_keys_in_parallel,
+        a_full_group_pushes_back_on_the_producer,
+        a_published_batch_arrives_in_order_and_says_what_was_routed,
+        a_batch_of_acks_settles_each_tag_and_refuses_stale_ones,
+        a_batch_that_does_not_fit_is_refused_with_full,
+    );
+
+    /// RabbitMQ has no publish deduplication, and says so; consumers absorb a republished copy.
+    #[tokio::test]
+    async fn a_republished_message_is_not_promised_to_be_stored_once() {
+        let (_namespace, broker) = open().await;
+        assert!(!broker.capabilities().dedupes_publish);
+    }
 }
 
 /// Every behaviour but the exact depth bound, which quorum queues keep with hysteresis (see
 /// `quorum_queues_push_back_with_hysteresis`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quorum_queues_pass_the_broker_suite_but_its_exact_depth_bound() {
-    let namespace = Namespace::new();
-    let broker: Arc<dyn Broker> = Arc::new(broker(&namespace, true).await);
-    assert!(!broker.capabilities().dedupes_publish);
-    broker_suite::a_publish_reaches_every_bound_group_once(&*broker).await;
-    broker_suite::a_leased_message_is_not_delivered_twice_and_ack_removes_it(&*broker).await;
-    broker_suite::an_expired_lease_redelivers_and_the_old_holder_cannot_ack(&*broker).await;
-    broker_suite::messages_of_one_key_come_in_order_while_other_keys_pass(&*broker).await;
-    broker_suite::a_retry_waits_its_delay_and_keeps_its_key_blocked(&*broker).await;
-    broker_suite::a_redelivery_reaches_only_its_group(&*broker).await;
-    broker_suite::bad_names_and_oversized_bodies_are_refused(&*broker).await;
-    broker_suite::competing_workers_share_the_messages_without_duplicates(broker.clone()).await;
+mod quorum_queues {
+    async fn open() -> (super::Namespace, std::sync::Arc<dyn keel_domain::Broker>) {
+        let namespace = super::Namespace::new();
+        let broker = super::broker(&namespace, true).await;
+        (namespace, std::sync::Arc::new(broker))
+    }
+    keel_test_support::broker_suite!(open;
+        a_publish_reaches_every_bound_group_once,
+        a_leased_message_is_not_delivered_twice_and_ack_removes_it,
+        an_expired_lease_redelivers_and_the_old_holder_cannot_ack,
+        messages_of_one_key_come_in_order_while_other_keys_pass,
+        a_retry_waits_its_delay_and_keeps_its_key_blocked,
+        a_redelivery_reaches_only_its_group,
+        bad_names_and_oversized_bodies_are_refused,
+        competing_workers_share_the_messages_without_duplicates,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,12 +6,7 @@
 mod engines {
     mod floors;
     mod hospital;
-    mod mariadb_identity;
-    mod mariadb_repo;
-    mod postgres_identity;
-    mod postgres_repo;
     mod queue;
     mod queue_migrations;
-    mod sqlite_identity;
-    mod sqlite_repo;
+    mod stores;
 }

@@ -1,5 +1,6 @@
 //! The behavioural suite of the `EventStore` port and of the outbox writes every `UserRepo`
-//! makes. Each store crate runs [`run_all`] on a fresh, empty, migrated database.
+//! makes. Each store invokes [`event_suite!`](crate::event_suite), which runs every behaviour as
+//! its own test on a fresh, empty, migrated database.
 
 use std::time::Duration;
 
@@ -24,14 +25,19 @@ fn new_user(email: &str) -> User {
     )
 }
 
-/// Runs every behaviour; `store` is both the repository and the event store of one database,
-/// which must start empty.
-pub async fn run_all<S: UserRepo + EventStore>(store: &S) {
-    every_user_write_enqueues_its_event_in_order(store).await;
-    a_write_that_changes_nothing_enqueues_nothing(store).await;
-    one_relay_leads_at_a_time(store).await;
-    a_job_and_its_message_are_stored_together_and_final_states_stick(store).await;
-    effects_are_recorded_once_per_message(store).await;
+/// One test per behaviour of the suite on one adapter: `$open` is an async fn returning
+/// `(guard, store)` on a fresh, empty database.
+#[macro_export]
+macro_rules! event_suite {
+    ($open:path) => {
+        $crate::behaviours!($crate::event_suite, $open;
+            every_user_write_enqueues_its_event_in_order,
+            a_write_that_changes_nothing_enqueues_nothing,
+            one_relay_leads_at_a_time,
+            a_job_and_its_message_are_stored_together_and_final_states_stick,
+            effects_are_recorded_once_per_message,
+        );
+    };
 }
 
 async fn drain<S: EventStore>(store: &S) -> Vec<(String, UserEvent, Option<String>)> {
@@ -50,7 +56,7 @@ async fn drain<S: EventStore>(store: &S) -> Vec<(String, UserEvent, Option<Strin
         .collect()
 }
 
-async fn every_user_write_enqueues_its_event_in_order<S: UserRepo + EventStore>(store: &S) {
+pub async fn every_user_write_enqueues_its_event_in_order<S: UserRepo + EventStore>(store: &S) {
     let user = new_user("events@example.com");
     store.insert(&user).await.unwrap();
     let mut next = user.clone();
@@ -81,7 +87,7 @@ async fn every_user_write_enqueues_its_event_in_order<S: UserRepo + EventStore>(
     );
 }
 
-async fn a_write_that_changes_nothing_enqueues_nothing<S: UserRepo + EventStore>(store: &S) {
+pub async fn a_write_that_changes_nothing_enqueues_nothing<S: UserRepo + EventStore>(store: &S) {
     let user = new_user("quiet@example.com");
     store.insert(&user).await.unwrap();
     drain(store).await;
@@ -117,7 +123,7 @@ async fn a_write_that_changes_nothing_enqueues_nothing<S: UserRepo + EventStore>
     assert_eq!(events[0].0, USER_DELETED);
 }
 
-async fn one_relay_leads_at_a_time<S: EventStore>(store: &S) {
+pub async fn one_relay_leads_at_a_time<S: EventStore>(store: &S) {
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     assert!(
         store
@@ -144,7 +150,7 @@ async fn one_relay_leads_at_a_time<S: EventStore>(store: &S) {
     assert!(!store.lead_relay(a, Duration::from_secs(5)).await.unwrap());
 }
 
-async fn a_job_and_its_message_are_stored_together_and_final_states_stick<S: EventStore>(
+pub async fn a_job_and_its_message_are_stored_together_and_final_states_stick<S: EventStore>(
     store: &S,
 ) {
     let job = Job::new("user.export", "someone");
@@ -189,7 +195,7 @@ async fn a_job_and_its_message_are_stored_together_and_final_states_stick<S: Eve
     assert!(store.job(Uuid::now_v7()).await.unwrap().is_none());
 }
 
-async fn effects_are_recorded_once_per_message<S: EventStore>(store: &S) {
+pub async fn effects_are_recorded_once_per_message<S: EventStore>(store: &S) {
     let user = keel_domain::UserId::generate();
     let now = Utc::now()
         .duration_trunc(TimeDelta::microseconds(1))

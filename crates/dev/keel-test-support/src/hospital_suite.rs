@@ -1,4 +1,5 @@
-//! The behavioural suite of the `Hospital` port. Each backend calls [`run_all`] with a hospital
+//! The behavioural suite of the `Hospital` port. Each backend invokes
+//! [`hospital_suite!`](crate::hospital_suite) with a hospital
 //! holding at most [`SUITE_MAX_PATIENTS`] waiting patients and a broker to make real deliveries
 //! with (any broker: the hospital only reads the deliveries).
 
@@ -76,22 +77,114 @@ fn done(t: Transition) -> Patient {
     }
 }
 
-/// Runs every behaviour; the hospital must start empty.
-pub async fn run_all(broker: Arc<dyn Broker>, hospital: Arc<dyn Hospital>) {
-    broker.bind("ward", "ward.in").await.unwrap();
-    broker.bind("clinic", "clinic.*").await.unwrap();
-    let (broker, hospital) = (&*broker, &*hospital);
+/// A fresh broker and the empty hospital its workers admit to: the subject of each test.
+pub struct Ward {
+    pub broker: Arc<dyn Broker>,
+    pub hospital: Arc<dyn Hospital>,
+}
 
-    let first = admission_keeps_every_attempt(broker, hospital).await;
-    let beds = a_full_hospital_refuses_and_never_evicts(broker, hospital, first).await;
-    filters_pick_patients_and_pages_continue(hospital, &beds).await;
-    causes_group_what_varies_only_in_numbers(hospital, &beds).await;
-    discarding_needs_a_reason_is_idempotent_and_frees_a_bed(broker, hospital, &beds).await;
-    editing_keeps_the_admitted_body(hospital, &beds).await;
-    one_replay_claim_wins_and_settles_once(broker, hospital, &beds).await;
-    a_message_failing_again_after_replay_is_a_new_patient(broker, hospital).await;
-    the_audit_log_records_every_action(hospital).await;
-    a_notice_channel_is_held_by_one_claimant_at_a_time(hospital).await;
+/// One test per behaviour of the suite on one adapter: `$open` is an async fn returning
+/// `(guard, Ward)`, a fresh broker and an empty hospital holding [`SUITE_MAX_PATIENTS`].
+#[macro_export]
+macro_rules! hospital_suite {
+    ($open:path) => {
+        $crate::behaviours!($crate::hospital_suite::cases, $open;
+            admission_keeps_every_attempt,
+            a_full_hospital_refuses_and_never_evicts,
+            filters_pick_patients_and_pages_continue,
+            causes_group_what_varies_only_in_numbers,
+            discarding_needs_a_reason_is_idempotent_and_frees_a_bed,
+            editing_keeps_the_admitted_body,
+            one_replay_claim_wins_and_settles_once,
+            a_message_failing_again_after_replay_is_a_new_patient,
+            the_audit_log_records_every_action,
+            a_notice_channel_is_held_by_one_claimant_at_a_time,
+        );
+    };
+}
+
+/// The behaviours build on each other's patients (the full hospital's beds are what the filters,
+/// edits and replays act on), so the test of each runs the ones before it first: the first
+/// behaviour that breaks is the one whose own test fails alone.
+pub mod cases {
+    use super::Ward;
+
+    /// Runs the suite's steps in order, up to and including step `last`.
+    async fn through(ward: &Ward, last: u8) {
+        ward.broker.bind("ward", "ward.in").await.unwrap();
+        ward.broker.bind("clinic", "clinic.*").await.unwrap();
+        let (broker, hospital) = (&*ward.broker, &*ward.hospital);
+        let first = super::admission_keeps_every_attempt(broker, hospital).await;
+        if last == 0 {
+            return;
+        }
+        let beds = super::a_full_hospital_refuses_and_never_evicts(broker, hospital, first).await;
+        if last == 1 {
+            return;
+        }
+        super::filters_pick_patients_and_pages_continue(hospital, &beds).await;
+        if last == 2 {
+            return;
+        }
+        super::causes_group_what_varies_only_in_numbers(hospital, &beds).await;
+        if last == 3 {
+            return;
+        }
+        super::discarding_needs_a_reason_is_idempotent_and_frees_a_bed(broker, hospital, &beds)
+            .await;
+        if last == 4 {
+            return;
+        }
+        super::editing_keeps_the_admitted_body(hospital, &beds).await;
+        if last == 5 {
+            return;
+        }
+        super::one_replay_claim_wins_and_settles_once(broker, hospital, &beds).await;
+        if last == 6 {
+            return;
+        }
+        super::a_message_failing_again_after_replay_is_a_new_patient(broker, hospital).await;
+        if last == 7 {
+            return;
+        }
+        super::the_audit_log_records_every_action(hospital).await;
+        if last == 8 {
+            return;
+        }
+        super::a_notice_channel_is_held_by_one_claimant_at_a_time(hospital).await;
+    }
+
+    pub async fn admission_keeps_every_attempt(ward: &Ward) {
+        through(ward, 0).await;
+    }
+    pub async fn a_full_hospital_refuses_and_never_evicts(ward: &Ward) {
+        through(ward, 1).await;
+    }
+    pub async fn filters_pick_patients_and_pages_continue(ward: &Ward) {
+        through(ward, 2).await;
+    }
+    pub async fn causes_group_what_varies_only_in_numbers(ward: &Ward) {
+        through(ward, 3).await;
+    }
+    pub async fn discarding_needs_a_reason_is_idempotent_and_frees_a_bed(ward: &Ward) {
+        through(ward, 4).await;
+    }
+    pub async fn editing_keeps_the_admitted_body(ward: &Ward) {
+        through(ward, 5).await;
+    }
+    pub async fn one_replay_claim_wins_and_settles_once(ward: &Ward) {
+        through(ward, 6).await;
+    }
+    pub async fn a_message_failing_again_after_replay_is_a_new_patient(ward: &Ward) {
+        through(ward, 7).await;
+    }
+    /// Also what an engine's own test runs before it checks that audit rows cannot change.
+    pub async fn the_audit_log_records_every_action(ward: &Ward) {
+        through(ward, 8).await;
+    }
+    pub async fn a_notice_channel_is_held_by_one_claimant_at_a_time(ward: &Ward) {
+        through(ward, 9).await;
+    }
 }
 
 /// Two failed attempts (the second after the first lease ran out), then admission; admitting the

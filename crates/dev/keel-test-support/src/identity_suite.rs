@@ -1,5 +1,6 @@
-//! The behavioural suite of the `IdentityStore` port. Each backend calls [`run_all`] on a fresh,
-//! migrated database; a failure names the behaviour that broke.
+//! The behavioural suite of the `IdentityStore` port. Each backend invokes
+//! [`identity_suite!`](crate::identity_suite), which runs every behaviour as its own test on a
+//! fresh, migrated database whose store is also the `UserRepo` and the `EventStore`.
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use keel_domain::{
@@ -22,18 +23,25 @@ fn user(email: &str) -> User {
     )
 }
 
-/// Runs every behaviour against `store`, which must start empty.
-pub async fn run_all<S: UserRepo + IdentityStore>(store: &S) {
-    credentials_round_trip_with_optimistic_versions(store).await;
-    roles_are_found_by_holder(store).await;
-    deleting_a_user_erases_its_account(store).await;
-    failures_are_counted_per_key_and_reset(store).await;
-    refresh_families_advance_once_per_generation_and_revoke(store).await;
-    signing_keys_are_written_once_per_version(store).await;
-    the_audit_log_reads_newest_first_with_filters(store).await;
-    clients_register_and_codes_are_taken_once(store).await;
-    external_identities_link_once_and_go_with_the_account(store).await;
-    consents_are_kept_per_person_and_client_and_withdrawn_with_their_sign_ins(store).await;
+/// One test per behaviour of the suite on one adapter: `$open` is an async fn returning
+/// `(guard, store)` on a fresh, empty database.
+#[macro_export]
+macro_rules! identity_suite {
+    ($open:path) => {
+        $crate::behaviours!($crate::identity_suite, $open;
+            credentials_round_trip_with_optimistic_versions,
+            roles_are_found_by_holder,
+            deleting_a_user_erases_its_account,
+            failures_are_counted_per_key_and_reset,
+            refresh_families_advance_once_per_generation_and_revoke,
+            signing_keys_are_written_once_per_version,
+            the_audit_log_reads_newest_first_with_filters,
+            clients_register_and_codes_are_taken_once,
+            external_identities_link_once_and_go_with_the_account,
+            consents_are_kept_per_person_and_client_and_withdrawn_with_their_sign_ins,
+            an_account_is_made_whole_or_not_at_all,
+        );
+    };
 }
 
 pub async fn consents_are_kept_per_person_and_client_and_withdrawn_with_their_sign_ins<
@@ -108,8 +116,7 @@ pub async fn consents_are_kept_per_person_and_client_and_withdrawn_with_their_si
     assert!(store.consent(bo.id, "app").await.unwrap().is_some());
 }
 
-/// `UserRepo::insert_account` (not in [`run_all`]: it needs the outbox too, and each engine runs
-/// it as its own test): an account is stored whole — user, `user.created` event, credentials,
+/// `UserRepo::insert_account`: an account is stored whole — user, `user.created` event, credentials,
 /// roles, audit entry, mail, external identity — and one refused for a taken address leaves
 /// nothing behind.
 pub async fn an_account_is_made_whole_or_not_at_all<S: UserRepo + IdentityStore + EventStore>(

@@ -11,6 +11,11 @@
 //!   crate runs it against its real engine, so every backend is held to the same behaviour.
 //! - [`services`]: addresses of the real servers on a developer or CI machine, and helpers that
 //!   give each test its own database so tests can run in parallel.
+//!
+//! Each suite has a macro (`repo_suite!`, `broker_suite!`, …) that an adapter's tests invoke
+//! with the function opening a fresh subject on that adapter; it generates one test per
+//! behaviour through [`behaviours!`], so a failure names the behaviour and the adapter, and
+//! `cargo test <behaviour>` runs one behaviour on every adapter.
 
 pub mod broker_suite;
 pub mod browser;
@@ -19,3 +24,20 @@ pub mod hospital_suite;
 pub mod identity_suite;
 pub mod repo_suite;
 pub mod services;
+
+/// One `#[tokio::test]` per listed behaviour of `$suite`, each on a fresh subject: `$open` is an
+/// async fn returning `(guard, subject)` (the guard — a temporary directory, say — lives until
+/// the test ends), and each behaviour is called with `&subject`.
+#[macro_export]
+macro_rules! behaviours {
+    ($suite:path, $open:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                use $suite as suite;
+                let (_guard, subject) = $open().await;
+                suite::$case(&subject).await;
+            }
+        )*
+    };
+}

@@ -1,5 +1,5 @@
-//! The behavioural suite of the `UserRepo` port. Each backend calls [`run_all`] on a fresh, empty,
-//! migrated database; a failure names the behaviour that broke.
+//! The behavioural suite of the `UserRepo` port. Each backend invokes [`repo_suite!`](crate::repo_suite),
+//! which runs every behaviour as its own test on a fresh, empty, migrated database.
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use keel_domain::{
@@ -20,20 +20,26 @@ fn new_user(name: &str, email: &str) -> User {
     )
 }
 
-/// Runs every behaviour in order against `repo`, which must start empty.
-pub async fn run_all(repo: &dyn UserRepo) {
-    inserted_user_reads_back_identically(repo).await;
-    missing_user_reads_as_none(repo).await;
-    duplicate_email_is_a_conflict_on_email(repo).await;
-    update_replaces_fields_and_refuses_stale_versions(repo).await;
-    update_and_delete_of_missing_user_report_false(repo).await;
-    delete_removes_the_user(repo).await;
-    listing_pages_through_every_user_in_creation_order(repo).await;
-    apply_batch_is_idempotent_and_respects_versions(repo).await;
-    ping_succeeds(repo).await;
+/// One test per behaviour of the suite on one adapter: `$open` is an async fn returning
+/// `(guard, store)` on a fresh, empty database.
+#[macro_export]
+macro_rules! repo_suite {
+    ($open:path) => {
+        $crate::behaviours!($crate::repo_suite, $open;
+            inserted_user_reads_back_identically,
+            missing_user_reads_as_none,
+            duplicate_email_is_a_conflict_on_email,
+            update_replaces_fields_and_refuses_stale_versions,
+            update_and_delete_of_missing_user_report_false,
+            delete_removes_the_user,
+            listing_pages_through_every_user_in_creation_order,
+            apply_batch_is_idempotent_and_respects_versions,
+            ping_succeeds,
+        );
+    };
 }
 
-async fn inserted_user_reads_back_identically(repo: &dyn UserRepo) {
+pub async fn inserted_user_reads_back_identically(repo: &dyn UserRepo) {
     let user = new_user("Ada Lovelace", "ada@example.com");
     repo.insert(&user).await.unwrap();
     let read = repo
@@ -52,12 +58,12 @@ async fn inserted_user_reads_back_identically(repo: &dyn UserRepo) {
     assert!(repo.get_by_email(&nobody).await.unwrap().is_none());
 }
 
-async fn missing_user_reads_as_none(repo: &dyn UserRepo) {
+pub async fn missing_user_reads_as_none(repo: &dyn UserRepo) {
     let ghost = new_user("Ghost", "ghost@example.com");
     assert!(repo.get(ghost.id).await.unwrap().is_none());
 }
 
-async fn duplicate_email_is_a_conflict_on_email(repo: &dyn UserRepo) {
+pub async fn duplicate_email_is_a_conflict_on_email(repo: &dyn UserRepo) {
     let first = new_user("First", "dup@example.com");
     repo.insert(&first).await.unwrap();
     let second = new_user("Second", "dup@example.com");
@@ -71,7 +77,7 @@ async fn duplicate_email_is_a_conflict_on_email(repo: &dyn UserRepo) {
     );
 }
 
-async fn update_replaces_fields_and_refuses_stale_versions(repo: &dyn UserRepo) {
+pub async fn update_replaces_fields_and_refuses_stale_versions(repo: &dyn UserRepo) {
     let user = new_user("Before", "update@example.com");
     repo.insert(&user).await.unwrap();
     let patch = UserPatch {
@@ -106,7 +112,7 @@ async fn update_replaces_fields_and_refuses_stale_versions(repo: &dyn UserRepo) 
     }
 }
 
-async fn update_and_delete_of_missing_user_report_false(repo: &dyn UserRepo) {
+pub async fn update_and_delete_of_missing_user_report_false(repo: &dyn UserRepo) {
     let ghost = new_user("Ghost", "ghost2@example.com");
     assert!(
         !repo
@@ -117,7 +123,7 @@ async fn update_and_delete_of_missing_user_report_false(repo: &dyn UserRepo) {
     assert!(!repo.delete(ghost.id).await.unwrap());
 }
 
-async fn delete_removes_the_user(repo: &dyn UserRepo) {
+pub async fn delete_removes_the_user(repo: &dyn UserRepo) {
     let user = new_user("Doomed", "doomed@example.com");
     repo.insert(&user).await.unwrap();
     assert!(repo.delete(user.id).await.unwrap());
@@ -128,7 +134,7 @@ async fn delete_removes_the_user(repo: &dyn UserRepo) {
         .unwrap();
 }
 
-async fn listing_pages_through_every_user_in_creation_order(repo: &dyn UserRepo) {
+pub async fn listing_pages_through_every_user_in_creation_order(repo: &dyn UserRepo) {
     for n in 0..7 {
         repo.insert(&new_user(
             &format!("Lister {n}"),
@@ -164,7 +170,7 @@ async fn listing_pages_through_every_user_in_creation_order(repo: &dyn UserRepo)
     assert!(all.next_after.is_none());
 }
 
-async fn apply_batch_is_idempotent_and_respects_versions(repo: &dyn UserRepo) {
+pub async fn apply_batch_is_idempotent_and_respects_versions(repo: &dyn UserRepo) {
     let fresh = new_user("Batched", "batched@example.com");
     let existing = new_user("Existing", "existing-batch@example.com");
     let doomed = new_user("BatchDoomed", "batch-doomed@example.com");
@@ -207,6 +213,6 @@ async fn apply_batch_is_idempotent_and_respects_versions(repo: &dyn UserRepo) {
     );
 }
 
-async fn ping_succeeds(repo: &dyn UserRepo) {
+pub async fn ping_succeeds(repo: &dyn UserRepo) {
     repo.ping().await.unwrap();
 }

@@ -164,7 +164,7 @@ async fn a_message_waiting_for_its_retry_holds_the_floor_and_its_key() {
     assert_eq!(first.len(), 1);
     let retried_seq = first[0].tag.seq;
     queue
-        .retry(first[0].tag, Duration::from_millis(400))
+        .retry(first[0].tag, Duration::from_millis(3000))
         .await
         .unwrap();
     // Much acknowledged behind it while it waits.
@@ -173,6 +173,6 @@ async fn a_message_waiting_for_its_retry_holds_the_floor_and_its_key() {
     assert_eq!(passed.len(), 30, "a2 stays behind a1: {passed:?}");
     advance(&queue, 4).await;
     assert!(queue.floor("floors") <= retried_seq);
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(3050)).await;
     assert_eq!(drain(&queue).await, ["a1", "a2"]);
 }

@@ -1,5 +1,5 @@
-//! The `Hospital` behavioural suite on SQLite, and on the real PostgreSQL and MariaDB servers;
-//! and the audit log's append-only guard on each.
+//! The `Hospital` behavioural suite on SQLite, and on the real PostgreSQL and MariaDB servers,
+//! one test per behaviour per engine; and the audit log's append-only guard on each.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use keel_domain::Hospital;
 use keel_sql::PoolSettings;
 use keel_sql_postgres::PostgresQueue;
 use keel_sql_sqlite::{QueueLimits, SqliteQueue};
-use keel_test_support::hospital_suite::{self, SUITE_MAX_PATIENTS};
+use keel_test_support::hospital_suite::{SUITE_MAX_PATIENTS, Ward, cases};
 use sqlx::Connection;
 
 async fn sqlite_queue(dir: &tempfile::TempDir) -> (String, SqliteQueue) {
@@ -33,43 +33,91 @@ where
     assert!(deleted.is_err(), "an audit row was deleted");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_hospital_passes_the_hospital_suite() {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, queue) = sqlite_queue(&dir).await;
-    let queue = Arc::new(queue);
-    let hospital = Arc::new(queue.hospital(SUITE_MAX_PATIENTS));
-    hospital_suite::run_all(queue, hospital).await;
-    audit_rows_cannot_change(&mut sqlx::SqliteConnection::connect(&url).await.unwrap()).await;
+mod sqlite {
+    use super::*;
+
+    async fn open() -> ((tempfile::TempDir, String), Ward) {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, queue) = sqlite_queue(&dir).await;
+        let queue = Arc::new(queue);
+        let hospital = Arc::new(queue.hospital(SUITE_MAX_PATIENTS));
+        let ward = Ward {
+            broker: queue,
+            hospital,
+        };
+        ((dir, url), ward)
+    }
+
+    keel_test_support::hospital_suite!(open);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_rows_cannot_change() {
+        let ((_dir, url), ward) = open().await;
+        cases::the_audit_log_records_every_action(&ward).await;
+        super::audit_rows_cannot_change(&mut sqlx::SqliteConnection::connect(&url).await.unwrap())
+            .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_hospital_passes_the_hospital_suite() {
-    let url = keel_test_support::services::create_postgres_database().await;
-    let queue = Arc::new(
-        PostgresQueue::open(&url, QueueLimits::default())
-            .await
-            .unwrap(),
-    );
-    let hospital = Arc::new(queue.hospital(SUITE_MAX_PATIENTS));
-    hospital_suite::run_all(queue, hospital).await;
-    audit_rows_cannot_change(&mut sqlx::PgConnection::connect(&url).await.unwrap()).await;
+mod postgres {
+    use super::*;
+
+    async fn open() -> (String, Ward) {
+        let url = keel_test_support::services::create_postgres_database().await;
+        let queue = Arc::new(
+            PostgresQueue::open(&url, QueueLimits::default())
+                .await
+                .unwrap(),
+        );
+        let hospital = Arc::new(queue.hospital(SUITE_MAX_PATIENTS));
+        let ward = Ward {
+            broker: queue,
+            hospital,
+        };
+        (url, ward)
+    }
+
+    keel_test_support::hospital_suite!(open);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_rows_cannot_change() {
+        let (url, ward) = open().await;
+        cases::the_audit_log_records_every_action(&ward).await;
+        super::audit_rows_cannot_change(&mut sqlx::PgConnection::connect(&url).await.unwrap())
+            .await;
+    }
 }
 
 /// MariaDB has no queue here: an SQLite queue makes the deliveries, the hospital is MariaDB's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mariadb_hospital_passes_the_hospital_suite() {
-    let url = keel_test_support::services::create_mariadb_database().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (_, queue) = sqlite_queue(&dir).await;
-    let pool = PoolSettings {
-        max_connections: 4,
-        acquire_timeout: std::time::Duration::from_secs(5),
-    };
-    let hospital =
-        Arc::new(keel_sql_mariadb::connect_hospital(&url, &pool, SUITE_MAX_PATIENTS).unwrap());
-    hospital_suite::run_all(Arc::new(queue), hospital).await;
-    audit_rows_cannot_change(&mut sqlx::MySqlConnection::connect(&url).await.unwrap()).await;
+mod mariadb {
+    use super::*;
+
+    async fn open() -> ((tempfile::TempDir, String), Ward) {
+        let url = keel_test_support::services::create_mariadb_database().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (_, queue) = sqlite_queue(&dir).await;
+        let pool = PoolSettings {
+            max_connections: 4,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        };
+        let hospital =
+            Arc::new(keel_sql_mariadb::connect_hospital(&url, &pool, SUITE_MAX_PATIENTS).unwrap());
+        let ward = Ward {
+            broker: Arc::new(queue),
+            hospital,
+        };
+        ((dir, url), ward)
+    }
+
+    keel_test_support::hospital_suite!(open);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_rows_cannot_change() {
+        let ((_dir, url), ward) = open().await;
+        cases::the_audit_log_records_every_action(&ward).await;
+        super::audit_rows_cannot_change(&mut sqlx::MySqlConnection::connect(&url).await.unwrap())
+            .await;
+    }
 }
 
 /// A hospital opened on a database whose patients were admitted before the care tables existed

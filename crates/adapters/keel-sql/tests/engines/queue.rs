@@ -9,7 +9,7 @@ use std::time::Duration;
 use keel_domain::{Broker, BrokerError, Outgoing};
 use keel_sql_postgres::PostgresQueue;
 use keel_sql_sqlite::{QueueLimits, SqliteQueue, SqliteSync};
-use keel_test_support::broker_suite::{self, SUITE_MAX_BODY, SUITE_MAX_DEPTH};
+use keel_test_support::broker_suite::{SUITE_MAX_BODY, SUITE_MAX_DEPTH};
 
 fn limits() -> QueueLimits {
     QueueLimits {
@@ -30,15 +30,18 @@ async fn postgres(limits: QueueLimits) -> Arc<dyn Broker> {
     Arc::new(PostgresQueue::open(&url, limits).await.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_queue_passes_the_broker_suite() {
-    let (_dir, queue) = sqlite(limits()).await;
-    broker_suite::run_all(queue).await;
+mod sqlite_suite {
+    async fn open() -> (tempfile::TempDir, std::sync::Arc<dyn keel_domain::Broker>) {
+        super::sqlite(super::limits()).await
+    }
+    keel_test_support::broker_suite!(open);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_queue_passes_the_broker_suite() {
-    broker_suite::run_all(postgres(limits()).await).await;
+mod postgres_suite {
+    async fn open() -> ((), std::sync::Arc<dyn keel_domain::Broker>) {
+        ((), super::postgres(super::limits()).await)
+    }
+    keel_test_support::broker_suite!(open);
 }
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -284,14 +287,18 @@ async fn postgres_stores_a_large_batch_in_order_and_each_id_once() {
 }
 
 /// `synchronous = FULL` stays available (`queue.sqlite_synchronous = "full"`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_queue_with_full_synchronous_passes_the_broker_suite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("queue.db").display());
-    let queue = SqliteQueue::open_with(&url, limits(), SqliteSync::Full)
-        .await
-        .unwrap();
-    broker_suite::run_all(Arc::new(queue)).await;
+mod sqlite_full_synchronous_suite {
+    use super::*;
+
+    async fn open() -> (tempfile::TempDir, Arc<dyn Broker>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        let queue = SqliteQueue::open_with(&url, limits(), SqliteSync::Full)
+            .await
+            .unwrap();
+        (dir, Arc::new(queue))
+    }
+    keel_test_support::broker_suite!(open);
 }
 
 /// On PostgreSQL, publishes and acks run concurrently in many transactions (acks count their

@@ -1,0 +1,129 @@
+//! The store suites (`UserRepo`, `EventStore`, `IdentityStore`) on SQLite (a file in WAL mode,
+//! as `keel up` uses) and on the real PostgreSQL and MariaDB servers, one test per behaviour per
+//! engine, each in a fresh database; and each engine's append-only guard on the identity audit.
+
+use std::time::Duration;
+
+use keel_sql::PoolSettings;
+
+fn pool() -> PoolSettings {
+    PoolSettings {
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(5),
+    }
+}
+
+/// The identity audit log refuses changes at the engine, whatever statement a bug or a hand
+/// edit runs.
+async fn audit_rows_cannot_change<S, DB>(store: &S, pool: &sqlx::Pool<DB>)
+where
+    S: keel_domain::UserRepo + keel_domain::IdentityStore,
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    keel_test_support::identity_suite::the_audit_log_reads_newest_first_with_filters(store).await;
+    for sql in [
+        "UPDATE identity_audit SET actor = 'mallory'",
+        "DELETE FROM identity_audit",
+    ] {
+        let Err(err) = sqlx::query(sql).execute(pool).await else {
+            panic!("{sql} changed the audit log");
+        };
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+}
+
+mod sqlite {
+    use keel_sql_sqlite::SqliteStore;
+
+    async fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("keel.db").display());
+        let store = SqliteStore::connect(&url, &super::pool()).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+            .migrate()
+            .await
+            .expect("migrating twice must be a no-op");
+        (dir, store)
+    }
+
+    mod repo {
+        keel_test_support::repo_suite!(super::open);
+    }
+    mod events {
+        keel_test_support::event_suite!(super::open);
+    }
+    mod identity {
+        keel_test_support::identity_suite!(super::open);
+    }
+
+    #[tokio::test]
+    async fn identity_audit_rows_cannot_change() {
+        let (_dir, store) = open().await;
+        super::audit_rows_cannot_change(&store, store.pool()).await;
+    }
+}
+
+mod postgres {
+    use keel_sql_postgres::PostgresStore;
+
+    async fn open() -> ((), PostgresStore) {
+        let url = keel_test_support::services::create_postgres_database().await;
+        let store = PostgresStore::connect_lazy(&url, &super::pool()).unwrap();
+        store.migrate().await.unwrap();
+        store
+            .migrate()
+            .await
+            .expect("migrating twice must be a no-op");
+        ((), store)
+    }
+
+    mod repo {
+        keel_test_support::repo_suite!(super::open);
+    }
+    mod events {
+        keel_test_support::event_suite!(super::open);
+    }
+    mod identity {
+        keel_test_support::identity_suite!(super::open);
+    }
+
+    #[tokio::test]
+    async fn identity_audit_rows_cannot_change() {
+        let ((), store) = open().await;
+        super::audit_rows_cannot_change(&store, store.pool()).await;
+    }
+}
+
+mod mariadb {
+    use keel_sql_mariadb::MariaDbStore;
+
+    async fn open() -> ((), MariaDbStore) {
+        let url = keel_test_support::services::create_mariadb_database().await;
+        let store = MariaDbStore::connect_lazy(&url, &super::pool()).unwrap();
+        store.migrate().await.unwrap();
+        store
+            .migrate()
+            .await
+            .expect("migrating twice must be a no-op");
+        ((), store)
+    }
+
+    mod repo {
+        keel_test_support::repo_suite!(super::open);
+    }
+    mod events {
+        keel_test_support::event_suite!(super::open);
+    }
+    mod identity {
+        keel_test_support::identity_suite!(super::open);
+    }
+
+    #[tokio::test]
+    async fn identity_audit_rows_cannot_change() {
+        let ((), store) = open().await;
+        super::audit_rows_cannot_change(&store, store.pool()).await;
+    }
+}

@@ -7,9 +7,9 @@ use keel_config::Strategy;
 use keel_domain::{NewUser, User, UserEmail, UserName};
 use serde_json::{Value, json};
 
-use crate::auth::{PASSWORD, tokens_of};
-use crate::helpers::{Backend, TestApp, spawn_app_with, spawn_up_with};
-use crate::lifecycle::{id, link_token, mail_containing};
+use crate::api::auth::{PASSWORD, tokens_of};
+use crate::api::helpers::{Backend, TestApp, spawn_app_with, spawn_up_with};
+use crate::api::lifecycle::{id, link_token, mail_containing};
 use crate::on_every_backend;
 
 on_every_backend!(

@@ -7,7 +7,7 @@ use keel_identity::token::{Expect, Verifier};
 use keel_identity::totp::{Totp, TotpSecret};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
+use crate::api::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
 use crate::on_every_backend;
 
 on_every_backend!(

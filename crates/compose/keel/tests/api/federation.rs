@@ -9,9 +9,9 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::auth::PASSWORD;
-use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
-use crate::hospital::browser_session;
+use crate::api::auth::PASSWORD;
+use crate::api::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
+use crate::api::hospital::browser_session;
 use crate::on_every_backend;
 
 /// A cookie jar as a browser keeps one per site: name → value.

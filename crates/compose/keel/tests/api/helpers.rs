@@ -265,11 +265,11 @@ macro_rules! on_every_backend {
         $(
             mod $case {
                 #[tokio::test]
-                async fn on_sqlite() { super::$case($crate::helpers::Backend::Sqlite).await }
+                async fn on_sqlite() { super::$case($crate::api::helpers::Backend::Sqlite).await }
                 #[tokio::test]
-                async fn on_postgres() { super::$case($crate::helpers::Backend::Postgres).await }
+                async fn on_postgres() { super::$case($crate::api::helpers::Backend::Postgres).await }
                 #[tokio::test]
-                async fn on_mariadb() { super::$case($crate::helpers::Backend::MariaDb).await }
+                async fn on_mariadb() { super::$case($crate::api::helpers::Backend::MariaDb).await }
             }
         )*
     };

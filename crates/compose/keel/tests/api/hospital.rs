@@ -8,8 +8,8 @@ use std::time::Duration;
 use keel_domain::Outgoing;
 use serde_json::Value;
 
-use crate::auth::{PASSWORD, grant, sign_up, tokens_of};
-use crate::helpers::{Backend, TestApp, spawn_app_with, spawn_up_with};
+use crate::api::auth::{PASSWORD, grant, sign_up, tokens_of};
+use crate::api::helpers::{Backend, TestApp, spawn_app_with, spawn_up_with};
 
 #[tokio::test]
 async fn the_console_is_for_operators_and_admins_signed_in_with_the_idp() {
@@ -163,8 +163,8 @@ fn set_cookie(res: &reqwest::Response, name: &str) -> Option<String> {
 #[tokio::test]
 async fn the_old_admin_password_setting_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let url = crate::helpers::fresh_database(Backend::Sqlite, dir.path()).await;
-    let mut settings = crate::helpers::base_settings(dir.path(), url);
+    let url = crate::api::helpers::fresh_database(Backend::Sqlite, dir.path()).await;
+    let mut settings = crate::api::helpers::base_settings(dir.path(), url);
     settings.hospital.admin_password = Some(keel_config::Secret::new("a long old password"));
     let err = keel::Application::build(settings, None)
         .await

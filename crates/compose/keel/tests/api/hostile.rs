@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::auth::{PASSWORD, sign_up, tokens_of};
-use crate::helpers::{
+use crate::api::auth::{PASSWORD, sign_up, tokens_of};
+use crate::api::helpers::{
     Backend, TestApp, base_settings, fresh_database, spawn_app, spawn_app_with, spawn_up_with,
     spawn_with_settings,
 };

@@ -5,7 +5,7 @@ use std::time::Duration;
 use keel_domain::EventStore;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, spawn_app_with, spawn_up_with};
+use crate::api::helpers::{Backend, TestApp, spawn_app_with, spawn_up_with};
 use crate::on_every_backend;
 
 /// Polls `GET /jobs/{id}` until the job is final.

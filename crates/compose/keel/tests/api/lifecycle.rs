@@ -9,8 +9,8 @@ use keel_domain::IdentityStore;
 use keel_identity::totp::{Totp, TotpSecret};
 use serde_json::{Value, json};
 
-use crate::auth::{PASSWORD, grant, sign_up, tokens_of};
-use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with, spawn_up_with};
+use crate::api::auth::{PASSWORD, grant, sign_up, tokens_of};
+use crate::api::helpers::{Backend, TestApp, spawn_app, spawn_app_with, spawn_up_with};
 use crate::on_every_backend;
 
 on_every_backend!(

@@ -14,8 +14,8 @@ use openidconnect::{
 };
 use serde_json::{Value, json};
 
-use crate::auth::{PASSWORD, grant, sign_up, tokens_of};
-use crate::helpers::{Backend, TestApp};
+use crate::api::auth::{PASSWORD, grant, sign_up, tokens_of};
+use crate::api::helpers::{Backend, TestApp};
 use crate::on_every_backend;
 
 on_every_backend!(
@@ -128,7 +128,7 @@ pub(crate) fn query_param(url: &str, name: &str) -> Option<String> {
 }
 
 async fn an_independent_client_library_completes_the_code_flow_with_pkce(backend: Backend) {
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     let secret = register(&app, "test-app", false).await.expect("a secret");
     let ada = sign_up(&app, "ada@example.com").await;
     let http = no_redirects();
@@ -218,7 +218,7 @@ async fn an_independent_client_library_completes_the_code_flow_with_pkce(backend
 }
 
 async fn the_provider_refuses_what_it_must(backend: Backend) {
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     register(&app, "spa", true).await;
     sign_up(&app, "ada@example.com").await;
     let http = no_redirects();
@@ -528,7 +528,7 @@ fn auth_time_of(session: &str) -> i64 {
 }
 
 async fn prompt_none_answers_with_a_code_or_an_error_and_never_a_page(backend: Backend) {
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     let secret = register(&app, CLIENT, false).await.unwrap();
     sign_up(&app, "ada@example.com").await;
     let http = no_redirects();
@@ -599,7 +599,7 @@ async fn prompt_none_answers_with_a_code_or_an_error_and_never_a_page(backend: B
 async fn consent_is_remembered_per_client_and_scopes_and_withdrawn_from_the_account_page(
     backend: Backend,
 ) {
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     let secret = register(&app, CLIENT, false).await.unwrap();
     sign_up(&app, "ada@example.com").await;
     let http = no_redirects();
@@ -693,7 +693,7 @@ async fn consent_is_remembered_per_client_and_scopes_and_withdrawn_from_the_acco
 async fn prompt_login_prompt_consent_and_max_age_ask_again_and_auth_time_is_the_sign_ins(
     backend: Backend,
 ) {
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     let secret = register(&app, CLIENT, false).await.unwrap();
     sign_up(&app, "ada@example.com").await;
     let http = no_redirects();
@@ -785,7 +785,7 @@ async fn prompt_login_prompt_consent_and_max_age_ask_again_and_auth_time_is_the_
 async fn an_authentication_request_by_post_is_answered_as_by_get_and_the_form_keeps_its_csrf_check(
     backend: Backend,
 ) {
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     register(&app, CLIENT, false).await.unwrap();
     sign_up(&app, "ada@example.com").await;
     let http = no_redirects();
@@ -839,7 +839,7 @@ async fn an_authentication_request_by_post_is_answered_as_by_get_and_the_form_ke
 }
 
 async fn authentication_schemes_are_case_insensitive_everywhere(backend: Backend) {
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     let secret = register(&app, CLIENT, false).await.unwrap();
     let ada = sign_up(&app, "ada@example.com").await;
     let http = no_redirects();
@@ -940,7 +940,7 @@ async fn authentication_schemes_are_case_insensitive_everywhere(backend: Backend
 }
 
 async fn a_replayed_code_revokes_the_tokens_its_first_use_gave(backend: Backend) {
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     let secret = register(&app, CLIENT, false).await.unwrap();
     sign_up(&app, "ada@example.com").await;
     let http = no_redirects();
@@ -993,7 +993,7 @@ async fn a_replayed_code_revokes_the_tokens_its_first_use_gave(backend: Backend)
 }
 
 async fn the_discovery_document_states_what_the_provider_does(backend: Backend) {
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     register(&app, CLIENT, false).await.unwrap();
     let doc: Value = app
         .client
@@ -1069,7 +1069,7 @@ async fn the_discovery_document_states_what_the_provider_does(backend: Backend) 
 
 async fn amr_says_a_second_factor_was_used(backend: Backend) {
     use keel_identity::totp::{Totp, TotpSecret};
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     let secret = register(&app, CLIENT, false).await.unwrap();
     sign_up(&app, "ada@example.com").await;
     let http = no_redirects();

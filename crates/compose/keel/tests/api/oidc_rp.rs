@@ -9,9 +9,9 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::auth::{PASSWORD, sign_up};
-use crate::helpers::Backend;
-use crate::oidc::{REDIRECT, register};
+use crate::api::auth::{PASSWORD, sign_up};
+use crate::api::helpers::Backend;
+use crate::api::oidc::{REDIRECT, register};
 use crate::on_every_backend;
 
 on_every_backend!(openid_client_validates_every_answer_of_the_provider);
@@ -23,7 +23,7 @@ async fn openid_client_validates_every_answer_of_the_provider(backend: Backend) 
         "openid-client is missing: `npm ci` in {} (scripts/browser-deps.sh does it)",
         dir.display()
     );
-    let app = crate::helpers::spawn_app(backend).await;
+    let app = crate::api::helpers::spawn_app(backend).await;
     let secret = register(&app, "rp-app", false).await.unwrap();
     let ada = sign_up(&app, "ada@example.com").await;
     let output = tokio::process::Command::new("node")

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use keel_api::policy::{Access, rule};
 use serde_json::Value;
 
-use crate::helpers::{Backend, spawn_app, spawn_app_with};
-use crate::policy::routes_of;
+use crate::api::helpers::{Backend, spawn_app, spawn_app_with};
+use crate::api::policy::routes_of;
 
 /// `(method, path)` of every operation of the document.
 fn operations_of(doc: &Value) -> BTreeSet<(String, String)> {
@@ -32,8 +32,8 @@ fn operations_of(doc: &Value) -> BTreeSet<(String, String)> {
 #[tokio::test]
 async fn every_route_is_an_operation_and_every_operation_a_route() {
     let dir = tempfile::tempdir().unwrap();
-    let url = crate::helpers::fresh_database(Backend::Sqlite, dir.path()).await;
-    let settings = crate::helpers::base_settings(dir.path(), url);
+    let url = crate::api::helpers::fresh_database(Backend::Sqlite, dir.path()).await;
+    let settings = crate::api::helpers::base_settings(dir.path(), url);
     let app = keel::Application::build(settings, None).await.unwrap();
     let routes = routes_of(app.router());
     let doc = serde_json::to_value(keel_api::openapi::document(&Default::default())).unwrap();

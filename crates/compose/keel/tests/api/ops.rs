@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{
+use crate::api::helpers::{
     Backend, base_settings, fresh_database, spawn_app, spawn_app_with, spawn_with_settings,
 };
 

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use keel_api::policy::{Access, RULES, rule};
 use reqwest::Method;
 
-use crate::auth::{PASSWORD, sign_up, tokens_of};
-use crate::helpers::{Backend, spawn_app};
+use crate::api::auth::{PASSWORD, sign_up, tokens_of};
+use crate::api::helpers::{Backend, spawn_app};
 
 /// `(method, path)` of every route the router serves, read from its `Debug` output: axum has
 /// no route listing, but its debug form names each route's path and `Allow` methods.
@@ -58,8 +58,8 @@ pub fn routes_of(router: &axum::Router) -> BTreeSet<(String, String)> {
 #[tokio::test]
 async fn every_route_has_a_rule_and_every_rule_a_route() {
     let dir = tempfile::tempdir().unwrap();
-    let url = crate::helpers::fresh_database(Backend::Sqlite, dir.path()).await;
-    let settings = crate::helpers::base_settings(dir.path(), url);
+    let url = crate::api::helpers::fresh_database(Backend::Sqlite, dir.path()).await;
+    let settings = crate::api::helpers::base_settings(dir.path(), url);
     let app = keel::Application::build(settings, None).await.unwrap();
     let routes = routes_of(app.router());
     assert!(

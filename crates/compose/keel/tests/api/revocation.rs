@@ -7,9 +7,9 @@
 use openidconnect::PkceCodeChallenge;
 use serde_json::{Value, json};
 
-use crate::auth::{PASSWORD, grant, sign_up, tokens_of};
-use crate::helpers::{Backend, TestApp, spawn_app};
-use crate::oidc::{
+use crate::api::auth::{PASSWORD, grant, sign_up, tokens_of};
+use crate::api::helpers::{Backend, TestApp, spawn_app};
+use crate::api::oidc::{
     hidden_inputs, no_redirects, query_param, register, set_cookie_value, signed_in_on_the_page,
 };
 use crate::on_every_backend;
@@ -243,7 +243,7 @@ async fn browser_sessions_codes_and_oidc_tokens_stop_when_the_account_signs_out_
     let authorize = format!(
         "{}/oauth/authorize?response_type=code&client_id=spa&scope=openid%20email&state=s1&redirect_uri={}&code_challenge={}&code_challenge_method=S256",
         app.address,
-        keel_identity::percent_encode(crate::oidc::REDIRECT),
+        keel_identity::percent_encode(crate::api::oidc::REDIRECT),
         challenge.as_str()
     );
     let exchange = |code: String| {
@@ -252,7 +252,7 @@ async fn browser_sessions_codes_and_oidc_tokens_stop_when_the_account_signs_out_
         let form = vec![
             ("grant_type", "authorization_code".to_owned()),
             ("code", code),
-            ("redirect_uri", crate::oidc::REDIRECT.to_owned()),
+            ("redirect_uri", crate::api::oidc::REDIRECT.to_owned()),
             ("client_id", "spa".to_owned()),
             ("code_verifier", verifier.secret().to_owned()),
         ];

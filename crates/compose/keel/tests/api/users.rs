@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, STRATEGIES, spawn_app, spawn_app_with};
+use crate::api::helpers::{Backend, STRATEGIES, spawn_app, spawn_app_with};
 use crate::on_every_backend;
 
 on_every_backend!(

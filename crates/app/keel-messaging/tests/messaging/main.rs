@@ -1,8 +1,6 @@
 //! keel-messaging's integration tests, one binary: the flows end to end, the worker runtime and
 //! the large-body offload, each on the embedded SQLite queue.
 
-mod messaging {
-    mod flows;
-    mod offload;
-    mod worker;
-}
+mod flows;
+mod offload;
+mod worker;

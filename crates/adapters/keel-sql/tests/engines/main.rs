@@ -3,10 +3,8 @@
 //! on the real PostgreSQL and MariaDB servers, and what only one engine has (the PostgreSQL
 //! queue's floors, the queues' migration table).
 
-mod engines {
-    mod floors;
-    mod hospital;
-    mod queue;
-    mod queue_migrations;
-    mod stores;
-}
+mod floors;
+mod hospital;
+mod queue;
+mod queue_migrations;
+mod stores;

@@ -1,0 +1,10 @@
+//! The gateway's integration tests, one binary (each test binary links the whole dependency
+//! tree again):
+//!
+//! - [`behaviour`]: the gateway as a black box in front of small recording upstreams;
+//! - [`bad_input`]: broken and hostile clients, and TLS termination;
+//! - [`common`]: the gateway under test and the recording upstreams.
+
+mod bad_input;
+mod behaviour;
+mod common;

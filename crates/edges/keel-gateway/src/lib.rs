@@ -7,6 +7,7 @@
 //! - [`pool`], [`balance`], [`health`]: upstream servers, load balancing, health and ejection.
 //! - [`upstream`]: pooled HTTP/1.1 to `keel serve`, or the in-process API for `keel up`.
 //! - [`cache`], [`limit`], [`acl`], [`cors`], [`compress`], [`edge_jwt`], [`tls`]: the duties.
+//! - [`settings`]: the `[gateway]` settings (keys, defaults), which keel-config composes.
 //! - [`admin`]: the operations listener (`/healthz`, `/readyz`, `/metrics`, cache purge).
 
 pub mod acl;
@@ -25,6 +26,7 @@ pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod settings;
 pub mod tls;
 pub mod upstream;
 
@@ -33,8 +35,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::settings::{GatewaySettings, PoolSettings, RouteSettings};
 use arc_swap::ArcSwap;
-use keel_config::{GatewaySettings, PoolSettings, RouteSettings};
 use tokio::task::JoinHandle;
 
 use crate::phase::ErasedPhase;

@@ -14,7 +14,7 @@ use crate::common::{
 use axum::body::Body;
 use axum::http::Response;
 use bytes::Bytes;
-use keel_config::{CorsSettings, EdgeJwtSettings, RateLimitSettings};
+use keel_gateway::settings::{CorsSettings, EdgeJwtSettings, RateLimitSettings};
 use keel_identity::token::{Claims, KeySet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -18,9 +18,9 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, Response, StatusCode, Version};
-use keel_config::{GatewaySettings, PoolSettings, RouteSettings};
 use keel_gateway::Gateway;
 use keel_gateway::phase::ErasedPhase;
+use keel_gateway::settings::{GatewaySettings, PoolSettings, RouteSettings};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -14,7 +14,6 @@ pub mod acl;
 pub mod admin;
 pub mod balance;
 pub mod cache;
-mod cache_path;
 pub mod compress;
 pub mod cors;
 pub mod edge_jwt;

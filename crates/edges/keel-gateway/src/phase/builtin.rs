@@ -26,7 +26,7 @@ pub(crate) enum Duty {
     Plugged(usize, Arc<dyn ErasedPhase>),
     EdgeJwt(EdgeJwt),
     RateLimit(RateLimit),
-    Cache(crate::cache_path::ResponseCache),
+    Cache(crate::cache::phase::ResponseCache),
     Compression(Compression),
 }
 
@@ -44,7 +44,7 @@ impl Duty {
         list.extend([
             Duty::EdgeJwt(EdgeJwt),
             Duty::RateLimit(RateLimit),
-            Duty::Cache(crate::cache_path::ResponseCache),
+            Duty::Cache(crate::cache::phase::ResponseCache),
             Duty::Compression(Compression),
         ]);
         list

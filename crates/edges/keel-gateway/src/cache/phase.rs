@@ -1,7 +1,8 @@
-//! A cached route's way through the response cache (RFC 9111): fresh hits answered here,
-//! stale-while-revalidate refreshed in the background, revalidation with the stored validators,
-//! misses stored when the response allows it. Bodies are stored as the upstream sent them;
-//! compression happens after, per client (with `Vary: Accept-Encoding`).
+//! The response cache as a phase of the request path, [`ResponseCache`]: a cached route's way
+//! through the cache (RFC 9111): fresh hits answered here, stale-while-revalidate refreshed in
+//! the background, revalidation with the stored validators, misses stored when the response
+//! allows it. Bodies are stored as the upstream sent them; compression happens after, per
+//! client (with `Vary: Accept-Encoding`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -282,86 +282,8 @@ pub(super) fn unix_seconds(time: SystemTime) -> u64 {
 
 /// Parses an HTTP-date in any of RFC 9110 §5.6.7's three forms: IMF-fixdate
 /// (`Sun, 06 Nov 1994 08:49:37 GMT`), RFC 850 (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime
-/// (`Sun Nov  6 08:49:37 1994`). Written here rather than taken from a crate: it is short, and
-/// the workspace avoids small helper crates. Dates before 1970 are rejected.
+/// (`Sun Nov  6 08:49:37 1994`), with the `httpdate` crate hyper already brings. Dates before
+/// 1970 are rejected.
 pub(super) fn parse_http_date(text: &str) -> Option<SystemTime> {
-    let text = text.trim();
-    let (year, month, day, time) = if let Some((_, rest)) = text.split_once(',') {
-        let parts: Vec<&str> = rest.split_ascii_whitespace().collect();
-        match parts.as_slice() {
-            [day, month, year, time, "GMT"] if year.len() == 4 => (
-                year.parse().ok()?,
-                month_number(month)?,
-                day.parse().ok()?,
-                *time,
-            ),
-            [date, time, "GMT"] => {
-                let mut pieces = date.split('-');
-                let (day, month, year) = (pieces.next()?, pieces.next()?, pieces.next()?);
-                if pieces.next().is_some() || year.len() != 2 {
-                    return None;
-                }
-                // RFC 9110 §5.6.7 wants years over 50 years ahead read as the past century;
-                // with a 1970 floor, 70..99 is the 1900s.
-                let year: i64 = year.parse().ok()?;
-                let year = if year >= 70 { 1900 + year } else { 2000 + year };
-                (year, month_number(month)?, day.parse().ok()?, *time)
-            }
-            _ => return None,
-        }
-    } else {
-        let parts: Vec<&str> = text.split_ascii_whitespace().collect();
-        match parts.as_slice() {
-            [_weekday, month, day, time, year] if year.len() == 4 => (
-                year.parse().ok()?,
-                month_number(month)?,
-                day.parse().ok()?,
-                *time,
-            ),
-            _ => return None,
-        }
-    };
-    let mut clock = time.split(':').map(|piece| {
-        (piece.len() == 2)
-            .then(|| piece.parse::<u64>().ok())
-            .flatten()
-    });
-    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if clock.next().is_some() || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    if year < 1970 || day == 0 || day > days_in_month(year, month) {
-        return None;
-    }
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
-    Some(UNIX_EPOCH + Duration::from_secs(seconds))
-}
-
-pub(super) fn month_number(name: &str) -> Option<u32> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let index = MONTHS.iter().position(|month| *month == name)?;
-    u32::try_from(index + 1).ok()
-}
-
-pub(super) fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-pub(super) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = i64::from((month + 9) % 12);
-    let day_of_year = (153 * month_from_march + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    httpdate::parse_http_date(text.trim()).ok()
 }

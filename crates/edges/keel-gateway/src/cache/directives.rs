@@ -1,6 +1,9 @@
 //! `Cache-Control` (and `Pragma`) as the cache reads them, from either side (RFC 9111 §5.2).
 
-use super::*;
+use http::HeaderMap;
+use http::header::{CACHE_CONTROL, PRAGMA};
+
+use super::MAX_DELTA_SECONDS;
 
 /// The `Cache-Control` directives the cache acts on, from either side.
 #[derive(Debug, Default)]

@@ -1,7 +1,25 @@
 //! Freshness (RFC 9111 §4.2): what may be stored, for how long, and what a stored response may
 //! still be used for; with the HTTP dates its rules read.
 
-use super::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{
+    AGE, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, DATE, ETAG, EXPIRES,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+use super::directives::{Directives, delta_seconds};
+use super::key::vary_value;
+use super::revalidate::CachedResponse;
+use super::{
+    CacheRequest, CacheStatus, EXPIRY_SLACK, KEEP_ALIVE, MAX_DELTA_SECONDS, PROXY_CONNECTION,
+    REFRESH_CLAIM_SECS, RESPONSE_OVERHEAD, STORABLE_STATUSES, Uncacheable, VALIDATOR_GRACE,
+    X_CACHE,
+};
 
 /// The request-side rules for storing: GET only, and not when the request said `no-store`.
 pub(super) fn admit_request(req: &CacheRequest<'_>) -> Result<(), Uncacheable> {

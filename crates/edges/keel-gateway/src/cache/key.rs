@@ -1,7 +1,14 @@
 //! Keys and variants: the primary key (host + path-and-query; HEAD shares GET's), and the
 //! responses stored under one key, selected by their `Vary` fields (RFC 9111 §4.1).
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::header::VARY;
+use http::{HeaderMap, HeaderName};
+
+use super::Uncacheable;
+use super::freshness::Stored;
 
 /// The primary cache key. The method is not part of it: only GET responses are stored and HEAD
 /// reads them.

@@ -18,20 +18,10 @@
 //! stored and for how long, HTTP dates), `store` ([`WebCache`]: storage, eviction, purges),
 //! `revalidate` (answers, 304s, revalidation), `phase` (the cache on the request path).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{
-    AGE, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH,
-    CONTENT_LOCATION, CONTENT_RANGE, DATE, ETAG, EXPIRES, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    LAST_MODIFIED, LOCATION, PRAGMA, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
-};
-use http::response::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
-use moka::Expiry;
-use moka::ops::compute::Op;
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 mod directives;
 mod freshness;
@@ -42,13 +32,10 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-// The parts share one namespace (their items are visible to the cache module only).
-use directives::*;
-use freshness::*;
-use key::*;
-use revalidate::*;
 pub use revalidate::{CachedResponse, Lookup, Revalidation};
 pub use store::WebCache;
+
+use key::CacheKey;
 
 /// The response header that tells clients (and our tests) how the cache answered.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");

@@ -2,7 +2,19 @@
 //! 304 for a client's `If-None-Match`/`If-Modified-Since`), what a lookup found ([`Lookup`]),
 //! and a stored response waiting for the upstream's confirmation ([`Revalidation`]).
 
-use super::*;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{
+    AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED, VARY,
+};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+
+use super::freshness::{Stored, header_date};
+use super::key::CacheKey;
+use super::{CacheStatus, X_CACHE};
 
 /// A response ready to send: status, headers (with `Age` and [`X_CACHE`] set) and body. The
 /// body is empty when the request was HEAD; `Content-Length` still describes the GET body.

@@ -1,7 +1,21 @@
 //! Storage and eviction: [`WebCache`], one moka entry per primary key under a memory bound,
 //! each dropped once none of its variants can be used any more.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_LOCATION, ETAG, LOCATION};
+use http::response::Parts;
+use http::{Method, StatusCode, Uri};
+use moka::Expiry;
+use moka::ops::compute::Op;
+
+use super::directives::Directives;
+use super::freshness::{Stored, admit_request, response_policy, updatable_from_304};
+use super::key::{CacheKey, Variants, vary_fields, vary_value};
+use super::revalidate::{CachedResponse, Lookup, Revalidation, opaque_tag};
+use super::{CacheRequest, CacheStatus, MAX_VARIANTS, Uncacheable};
 
 /// The shared response cache. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct WebCache {

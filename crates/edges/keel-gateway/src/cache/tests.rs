@@ -1,5 +1,15 @@
 //! The cache's rules, tested with time as a parameter (no sleeping).
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, HOST, PRAGMA};
+use http::response::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
+
+use super::directives::*;
+use super::freshness::*;
+use super::key::*;
 use super::*;
 
 /// Tue, 01 Oct 2024 12:00:00 GMT.

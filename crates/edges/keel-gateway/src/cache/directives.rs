@@ -122,3 +122,43 @@ pub(super) fn delta_seconds(arg: Option<&str>) -> u64 {
     arg.parse::<u64>()
         .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS))
 }
+
+#[cfg(test)]
+mod tests {
+    use http::header::{CACHE_CONTROL, PRAGMA};
+    use http::{HeaderMap, HeaderValue};
+
+    use super::*;
+
+    #[test]
+    fn cache_control_parsing_handles_case_quotes_duplicates_and_overflow() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            CACHE_CONTROL,
+            HeaderValue::from_static("Max-Age=\"60\", no-cache=\"set-cookie, x-a\", public"),
+        );
+        headers.append(
+            CACHE_CONTROL,
+            HeaderValue::from_static("max-age=30, s-maxage=99999999999999999999999"),
+        );
+        let cc = Directives::parse(&headers);
+        assert_eq!(cc.max_age, Some(30));
+        assert_eq!(cc.s_maxage, Some(MAX_DELTA_SECONDS));
+        assert!(cc.no_cache);
+        assert!(cc.public);
+        assert!(!cc.private);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=ten"));
+        assert_eq!(Directives::parse(&headers).max_age, Some(0));
+    }
+
+    #[test]
+    fn pragma_is_ignored_when_cache_control_is_present() {
+        let mut headers = HeaderMap::new();
+        headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        assert!(Directives::from_request(&headers).no_cache);
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+        assert!(!Directives::from_request(&headers).no_cache);
+    }
+}

@@ -114,3 +114,19 @@ impl Variants {
             .cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports_are_optional_when_matching() {
+        assert_eq!(host_without_port("a.example:8443"), "a.example");
+        assert_eq!(host_without_port("[::1]:8443"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+        let key = CacheKey::new("a.example:8443", "/");
+        assert!(key.host_matches("a.example"));
+        assert!(key.host_matches("a.example:8443"));
+        assert!(!key.host_matches("a.example:80"));
+    }
+}

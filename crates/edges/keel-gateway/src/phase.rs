@@ -2,7 +2,7 @@
 //! trait, [`Phase`], with a defaulted hook per phase and a per-request context
 //! ([`Phase::Ctx`], made by [`Phase::new_ctx`]). The proxy walks an ordered list of phases:
 //! today's duties (the address lists, routing, CORS, edge JWT, rate limits, the response cache,
-//! compression, in [`builtin`]) and whatever the binary plugs in ([`Gateway::new`]'s `phases`,
+//! compression, in `builtin`) and whatever the binary plugs in ([`Gateway::new`]'s `phases`,
 //! e.g. the WAF), which sit after CORS preflights and before edge JWT, where the inspection
 //! seam was.
 //!

@@ -87,12 +87,15 @@ pub enum Lookup {
         refresh: Option<Revalidation>,
     },
     /// A stored response exists but may not be sent without asking the upstream: forward with
-    /// [`Revalidation::conditional_headers`]; a 304 goes to [`WebCache::revalidated`], a 200
-    /// to [`WebCache::store`], a failure to [`Revalidation::stale_if_error`].
+    /// [`Revalidation::conditional_headers`]; a 304 goes to
+    /// [`WebCache::revalidated`](super::WebCache::revalidated), a 200 to
+    /// [`WebCache::store`](super::WebCache::store), a failure to
+    /// [`Revalidation::stale_if_error`].
     Revalidate(Revalidation),
     /// Nothing usable stored: forward without the client's `If-None-Match` and
-    /// `If-Modified-Since` (so the answer is a storable 200), then [`WebCache::store`] it and
-    /// answer the client's condition with [`CachedResponse::not_modified`].
+    /// `If-Modified-Since` (so the answer is a storable 200), then
+    /// [`WebCache::store`](super::WebCache::store) it and answer the client's condition with
+    /// [`CachedResponse::not_modified`].
     Miss,
     /// The request may not use the cache (method, `no-store`): forward, do not store.
     Bypass,

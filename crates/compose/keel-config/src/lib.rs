@@ -8,14 +8,16 @@
 //! `0.5`, `["a", "b"]`) and as strings otherwise; quote a value (`KEEL_X='"42"'`) to force a string.
 //!
 //! - [`settings`]: the tree, with a doc comment on every key (README's table mirrors them).
+//! - [`gateway`]: the `[gateway]` section, whose types keel-gateway owns and this tree composes.
 //! - [`secret`]: [`Secret`], a value that never prints.
 
-pub mod gateway;
 mod load;
 pub mod secret;
 pub mod settings;
 
 pub use gateway::*;
+/// The `[gateway]` section: its types belong to keel-gateway, which owns its settings.
+pub use keel_gateway::settings as gateway;
 pub use load::{ConfigError, load};
 pub use secret::Secret;
 pub use settings::*;

@@ -5,13 +5,13 @@
 //! overwrites what an upstream sent for allowed origins and strips it for others, so the
 //! configured list is the one policy in force.
 
+use crate::settings::CorsSettings;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, HeaderName, HeaderValue, ORIGIN,
 };
 use http::{HeaderMap, Method, Response, StatusCode};
-use keel_config::CorsSettings;
 
 use crate::compress::add_vary;
 

@@ -10,8 +10,8 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::settings::EdgeJwtSettings;
 use http::{HeaderValue, StatusCode};
-use keel_config::EdgeJwtSettings;
 use keel_identity::token::{Claims, Expect, TokenError, Verifier};
 use tokio::sync::Mutex;
 use tokio::time::Instant;

@@ -2,28 +2,30 @@
 //!
 //! - [`Gateway`]: built from `[gateway]` settings; [`Gateway::reload`] swaps in new settings
 //!   without dropping a connection; [`server::serve`] runs a listener.
-//! - [`proxy`]: the request path, phase by phase; [`inspect`]: where the WAF plugs in.
+//! - [`proxy`]: the request path; [`phase`]: its phases, where today's duties run and the WAF
+//!   plugs in ([`phase::Phase`], a per-request context, a hook per phase).
 //! - [`pool`], [`balance`], [`health`]: upstream servers, load balancing, health and ejection.
 //! - [`upstream`]: pooled HTTP/1.1 to `keel serve`, or the in-process API for `keel up`.
 //! - [`cache`], [`limit`], [`acl`], [`cors`], [`compress`], [`edge_jwt`], [`tls`]: the duties.
+//! - [`settings`]: the `[gateway]` settings (keys, defaults), which keel-config composes.
 //! - [`admin`]: the operations listener (`/healthz`, `/readyz`, `/metrics`, cache purge).
 
 pub mod acl;
 pub mod admin;
 pub mod balance;
 pub mod cache;
-mod cache_path;
 pub mod compress;
 pub mod cors;
 pub mod edge_jwt;
 pub mod health;
-pub mod inspect;
 pub mod limit;
 pub mod metrics;
+pub mod phase;
 pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod settings;
 pub mod tls;
 pub mod upstream;
 
@@ -32,11 +34,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::settings::{GatewaySettings, PoolSettings, RouteSettings};
 use arc_swap::ArcSwap;
-use keel_config::{GatewaySettings, PoolSettings, RouteSettings};
 use tokio::task::JoinHandle;
 
-use crate::inspect::Inspector;
+use crate::phase::ErasedPhase;
+use crate::phase::builtin::Duty;
 use crate::pool::Pool;
 use crate::route::{LimitKey, Route, Routes};
 use crate::upstream::{IN_PROCESS, InProcess, Transport};
@@ -53,7 +56,8 @@ pub struct Edge {
     pub cors: Option<cors::Cors>,
     /// The response cache outlives reloads (it belongs to the gateway, not to one configuration).
     pub cache: Option<Arc<cache::WebCache>>,
-    pub inspectors: Vec<Arc<dyn Inspector>>,
+    /// The phases the proxy walks, in order: the built-in duties and the plugged-in ones.
+    pub(crate) duties: Vec<Duty>,
     pub ids: Arc<keel_domain::trace::RequestIds>,
     /// Metrics of requests no route matched.
     pub unrouted: metrics::RouteMetrics,
@@ -83,7 +87,7 @@ pub struct Gateway {
     in_process: Option<InProcess>,
     cache: Option<Arc<cache::WebCache>>,
     ids: Arc<keel_domain::trace::RequestIds>,
-    inspectors: Vec<Arc<dyn Inspector>>,
+    phases: Vec<Arc<dyn ErasedPhase>>,
     draining: AtomicBool,
     http: reqwest::Client,
 }
@@ -99,11 +103,12 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Builds the gateway and starts its health checkers. `in_process` is the API when the
     /// gateway runs inside `keel up`: it is the upstream `in-process`, and with no routes
-    /// configured every request goes to it. Must run inside a tokio runtime.
+    /// configured every request goes to it. `phases` are plugged into the request path after
+    /// CORS preflights and before edge JWT (the WAF's place). Must run inside a tokio runtime.
     pub fn new(
         settings: &GatewaySettings,
         in_process: Option<InProcess>,
-        inspectors: Vec<Arc<dyn Inspector>>,
+        phases: Vec<Arc<dyn ErasedPhase>>,
     ) -> Result<Arc<Self>, String> {
         let cache = settings.routes.iter().any(|r| r.cache).then(|| {
             Arc::new(cache::WebCache::new(
@@ -120,7 +125,7 @@ impl Gateway {
             in_process,
             cache,
             ids: Arc::default(),
-            inspectors,
+            phases,
             draining: AtomicBool::new(false),
             http,
         };
@@ -305,7 +310,7 @@ impl Gateway {
             acl,
             cors,
             cache: self.cache.clone(),
-            inspectors: self.inspectors.clone(),
+            duties: Duty::list(&self.phases),
             ids: self.ids.clone(),
             unrouted: metrics::RouteMetrics::new("unrouted"),
             tasks,
@@ -324,7 +329,7 @@ impl Edge {
             acl: None,
             cors: None,
             cache: None,
-            inspectors: Vec::new(),
+            duties: Duty::list(&[]),
             ids: Arc::default(),
             unrouted: metrics::RouteMetrics::new("unrouted"),
             tasks: Vec::new(),

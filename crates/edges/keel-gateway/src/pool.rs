@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::settings::PoolSettings;
 use arc_swap::ArcSwap;
 use http::HeaderMap;
-use keel_config::PoolSettings;
 
 use crate::balance::{Algorithm, Ring};
 use crate::metrics::ServerMetrics;

@@ -1,15 +1,17 @@
-//! The request path through the gateway, in order:
+//! The request path through the gateway: the proxy's own steps, and the [phases](crate::phase)
+//! walked in order between them:
 //!
-//! 1. protocol checks (ambiguous framing), hidden paths, the address allow/deny lists;
-//! 2. routing (host, longest prefix), CORS preflight;
+//! 1. protocol checks (ambiguous framing), hidden paths;
+//! 2. the request-head phases: the address allow/deny lists, routing (host, longest prefix),
+//!    CORS preflight, plugged-in phases;
 //! 3. the body, read whole within the size and time limits (so an upstream never sees a slow or
-//!    partial request, and a retry can send it again);
-//! 4. the inspection phase (the WAF's place), edge JWT, the rate limit;
-//! 5. the response cache;
-//! 6. the upstream: a server from the pool, retries of what may be retried, within the route's
-//!    timeout and the pool's retry budget;
-//! 7. on the way out: hop-by-hop headers dropped, request id, CORS, compression, cache store,
-//!    metrics and the access log.
+//!    partial request, and a retry can send it again), then the request-body phases:
+//!    plugged-in phases (the WAF's place), edge JWT, the rate limit;
+//! 4. hop-by-hop headers dropped, forwarding headers and request id set; the response cache in
+//!    the upstream's place, or the upstream: a server from the pool, retries of what may be
+//!    retried, within the route's timeout and the pool's retry budget;
+//! 5. on the way out: hop-by-hop headers dropped, the response phases (CORS, compression),
+//!    metrics, the access log and the logging phases; the request id.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -24,9 +26,10 @@ use http_body_util::BodyExt;
 use keel_domain::trace::RequestIds;
 
 use crate::Edge;
-use crate::inspect::Verdict;
+use crate::phase::builtin::{Contexts, Duty};
+use crate::phase::{Session, Step};
 use crate::pool::Pool;
-use crate::route::{LimitKey, Route, host_of};
+use crate::route::Route;
 use crate::upstream::UpstreamError;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -70,51 +73,59 @@ pub async fn handle(
     tls: bool,
 ) -> Response<Body> {
     let started = Instant::now();
-    let request_id = request_id(&edge.ids, req.headers());
     let method = req.method().clone();
     let path = edge
         .settings
         .access_log
         .then(|| req.uri().path().to_owned());
-    let mut outcome = Outcome {
+    let mut session = Session {
+        edge: &edge,
+        peer,
+        client: canonical(peer.ip()),
+        tls,
+        request_id: request_id(&edge.ids, req.headers()),
         route: None,
-        upstream: None,
-        tries: 0,
-        cache: None,
+        subject: None,
+        // The gateway's own refusals (401, 429, 413, ...) carry the CORS grants too: a browser
+        // app could not read them otherwise, and would see a network error instead.
+        origin: edge
+            .cors
+            .as_ref()
+            .and_then(|_| req.headers().get(header::ORIGIN).cloned()),
+        asked: HeaderMap::new(),
+        compress: false,
+        outcome: Outcome {
+            route: None,
+            upstream: None,
+            tries: 0,
+            cache: None,
+        },
     };
-    // The gateway's own refusals (401, 429, 413, ...) carry the CORS grants too: a browser app
-    // could not read them otherwise, and would see a network error instead.
-    let origin = edge
-        .cors
-        .as_ref()
-        .and_then(|_| req.headers().get(header::ORIGIN).cloned());
-    let mut res = match pipeline(&edge, req, peer, tls, &request_id, &mut outcome).await {
+    let mut ctxs = Duty::new_ctxs(&edge.duties);
+    let mut res = match pipeline(&edge, &mut session, &mut ctxs, req).await {
         Ok(res) => res,
         Err(mut res) => {
-            if let Some(cors) = &edge.cors {
-                let mut asked = HeaderMap::new();
-                if let Some(origin) = origin {
-                    asked.insert(header::ORIGIN, origin);
-                }
-                cors.apply(&asked, res.headers_mut());
+            for duty in &edge.duties {
+                duty.refusal(&session, &mut res, &mut ctxs);
             }
             res
         }
     };
-    let status = res.status().as_u16();
+    let status = res.status();
     let elapsed = started.elapsed();
+    let outcome = &session.outcome;
     match outcome.route {
-        Some(route) => route.metrics.record(status, elapsed.as_secs_f64()),
-        None => edge.unrouted.record(status, elapsed.as_secs_f64()),
+        Some(route) => route.metrics.record(status.as_u16(), elapsed.as_secs_f64()),
+        None => edge.unrouted.record(status.as_u16(), elapsed.as_secs_f64()),
     }
     if edge.settings.access_log {
         tracing::info!(
             target: "keel_gateway::access",
-            request_id = request_id.to_str().unwrap_or_default(),
+            request_id = session.request_id.to_str().unwrap_or_default(),
             client = %peer.ip(),
             method = %method,
             path = path.as_deref().unwrap_or_default(),
-            status,
+            status = status.as_u16(),
             route = outcome.route.map_or("-", |r| r.name.as_str()),
             upstream = outcome.upstream.as_ref().map_or("-", |s| s.addr.as_str()),
             tries = outcome.tries,
@@ -123,28 +134,49 @@ pub async fn handle(
             "request"
         );
     }
-    res.headers_mut().insert(REQUEST_ID.clone(), request_id);
+    for duty in &edge.duties {
+        duty.logging(&session, status, &mut ctxs);
+    }
+    res.headers_mut()
+        .insert(REQUEST_ID.clone(), session.request_id);
     res
 }
 
 type Answer = Result<Response<Body>, Response<Body>>;
 
+/// What a phase decided, as the pipeline's answer: `None` goes on.
+fn decided(duty: &Duty, session: &Session<'_>, step: Step) -> Option<Answer> {
+    match step {
+        Step::Continue => None,
+        Step::Answer(res) => Some(Ok(res)),
+        Step::Refuse(res) => {
+            if let Some(phase) = duty.plugged_name() {
+                tracing::warn!(
+                    phase,
+                    request_id = session.request_id.to_str().unwrap_or_default(),
+                    client = %session.client,
+                    status = res.status().as_u16(),
+                    "request rejected"
+                );
+            }
+            Some(Err(res))
+        }
+    }
+}
+
 async fn pipeline<'e>(
     edge: &'e Edge,
+    session: &mut Session<'e>,
+    ctxs: &mut Contexts,
     req: Request<Body>,
-    peer: SocketAddr,
-    tls: bool,
-    request_id: &HeaderValue,
-    outcome: &mut Outcome<'e>,
 ) -> Answer {
     let (mut head, body) = req.into_parts();
-    let client = canonical(peer.ip());
 
     // 1. Framing. hyper's HTTP/1 parser already refuses bad lengths, and re-frames a request
     // with both Content-Length and Transfer-Encoding (it drops the length, reads the body as
     // chunked and closes the connection after the answer, as RFC 9112 §6.1 allows), so no
     // ambiguous request gets this far. But it undoes only a final `chunked`: what another
-    // coding (`gzip, chunked`) left would reach the upstream, and the inspectors, as if it were
+    // coding (`gzip, chunked`) left would reach the upstream, and the phases, as if it were
     // the content (§6.1: 501).
     if head.headers.contains_key(header::TRANSFER_ENCODING) && !chunked_only(&head.headers) {
         return Err(closing(error(
@@ -160,88 +192,30 @@ async fn pipeline<'e>(
     }) {
         return Err(error(StatusCode::NOT_FOUND, "not_found", "no such route"));
     }
-    if let Some(acl) = &edge.acl
-        && !acl.permits(client)
-    {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "address not allowed",
-        ));
-    }
 
-    // 2. Routing.
-    // Only read (and lower-case) the host when some route asks for one.
-    let host = if edge.routes.by_host() {
-        host_of(&head.uri, &head.headers)
-    } else {
-        None
-    };
-    let Some(route) = edge.routes.find(host.as_deref(), head.uri.path()) else {
+    // 2. The request head: address lists, routing, CORS preflight, plugged-in phases.
+    for duty in &edge.duties {
+        let step = duty.request_head(session, &mut head, ctxs);
+        if let Some(answer) = decided(duty, session, step) {
+            return answer;
+        }
+    }
+    let Some(route) = session.route else {
+        // Routing is always on the list; this is only the type system's doubt.
         return Err(error(
             StatusCode::NOT_FOUND,
             "no_route",
             "no route for this host and path",
         ));
     };
-    outcome.route = Some(&**route);
-    if let Some(cors) = &edge.cors
-        && let Some(preflight) = cors.preflight(&head.method, &head.headers)
-    {
-        return Ok(preflight.map(|()| Body::empty()));
-    }
 
-    // 3. The body, whole, within limits.
+    // 3. The body, whole, within limits; then the phases that need it (plugged-in ones, edge
+    // JWT, the rate limit).
     let body = read_body(edge, &head.headers, body).await?;
-
-    // 4. Inspection, identity at the edge, rate limits.
-    for inspector in &edge.inspectors {
-        if let Verdict::Reject { status, reason } = inspector.inspect(&head, &body, client) {
-            tracing::warn!(
-                inspector = inspector.name(),
-                request_id = request_id.to_str().unwrap_or_default(),
-                client = %client,
-                reason,
-                "request rejected"
-            );
-            return Err(error(status, "rejected", &reason));
-        }
-    }
-    let mut subject = None;
-    if let Some(jwt) = &route.jwt {
-        match jwt.verify(head.headers.get(header::AUTHORIZATION)).await {
-            Ok(claims) => subject = Some(claims.sub.clone()),
-            Err(e) => {
-                let mut res = error(e.status(), "unauthenticated", e.message());
-                if e.status() == StatusCode::UNAUTHORIZED {
-                    res.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                }
-                return Err(res);
-            }
-        }
-    }
-    if let Some((limiter, key)) = &route.limit {
-        let ip;
-        let key = match (key, &subject) {
-            (LimitKey::Subject, Some(sub)) => sub.as_str(),
-            _ => {
-                ip = client.to_string();
-                ip.as_str()
-            }
-        };
-        if let Err(wait) = limiter.check(key, Instant::now()) {
-            route.metrics.rate_limited.increment(1);
-            let mut res = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests; retry later",
-            );
-            res.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(crate::limit::retry_after_secs(wait)),
-            );
-            return Err(res);
+    for duty in &edge.duties {
+        let step = duty.request_body(session, &head, &body, ctxs).await;
+        if let Some(answer) = decided(duty, session, step) {
+            return answer;
         }
     }
 
@@ -249,47 +223,48 @@ async fn pipeline<'e>(
     // reads the client's address from the connection, as if it had accepted it).
     let in_process = route.pool.is_in_process();
     if in_process {
-        head.headers.insert(REQUEST_ID.clone(), request_id.clone());
+        head.headers
+            .insert(REQUEST_ID.clone(), session.request_id.clone());
     } else {
         strip_hop_by_hop(&mut head.headers);
-        forwarding_headers(&mut head, client, tls, request_id);
+        forwarding_headers(&mut head, session.client, session.tls, &session.request_id);
     }
-
     // What the way out needs of the request, kept before the request moves on.
-    // Clients that do not take gzip pass too: their copy still needs `Vary: Accept-Encoding`.
-    let compress = edge.settings.compression.enabled && head.method != Method::HEAD;
-    let mut asked = HeaderMap::new();
-    if compress {
-        copy_header(&head.headers, &mut asked, header::ACCEPT_ENCODING);
-    }
-    if edge.cors.is_some() {
-        copy_header(&head.headers, &mut asked, header::ORIGIN);
+    for duty in &edge.duties {
+        duty.upstream_request(session, &head, ctxs);
     }
 
-    // 5 and 6: the cache, then the upstream.
-    let mut res = if route.cache && edge.cache.is_some() {
-        crate::cache_path::serve(edge, route, head, body, peer, outcome).await
-    } else {
-        forward_owned(route, head, body, peer, outcome).await
+    // 4. The upstream, or a phase in its place (the cache).
+    let mut exchange = Err((head, body));
+    for duty in &edge.duties {
+        let Err((head, body)) = exchange else {
+            break;
+        };
+        exchange = duty.upstream(session, head, body, ctxs).await;
+    }
+    let mut res = match exchange {
+        Ok(res) => res,
+        Err((head, body)) => {
+            forward_owned(route, head, body, session.peer, &mut session.outcome).await
+        }
     };
 
-    // 7. On the way out (the in-process API's responses carry no connection headers).
+    // 5. On the way out (the in-process API's responses carry no connection headers).
     if !in_process {
         strip_hop_by_hop(res.headers_mut());
     }
-    if let Some(cors) = &edge.cors {
-        cors.apply(&asked, res.headers_mut());
+    let (mut parts, res_body) = res.into_parts();
+    for duty in &edge.duties {
+        let step = duty.upstream_response_head(session, &mut parts, ctxs);
+        if let Some(answer) = decided(duty, session, step) {
+            return answer;
+        }
     }
-    if compress {
-        res = compress_body(edge, &asked, res).await;
+    let mut res = Response::from_parts(parts, res_body);
+    for duty in &edge.duties {
+        res = duty.upstream_response_body(session, res, ctxs).await;
     }
     Ok(res)
-}
-
-fn copy_header(from: &HeaderMap, to: &mut HeaderMap, name: HeaderName) {
-    for value in from.get_all(&name) {
-        to.append(name.clone(), value.clone());
-    }
 }
 
 /// The request body, read whole: 413 past `max_body_bytes` (announced or sent), 408 when the
@@ -612,7 +587,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// gzip when the client takes it and the response is worth it (`Vary: Accept-Encoding` either
 /// way); responses of unknown or large size stream through as they are.
-async fn compress_body(
+pub(crate) async fn compress_body(
     edge: &Edge,
     request: &HeaderMap,
     mut res: Response<Body>,

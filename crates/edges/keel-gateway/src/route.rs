@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_config::RouteSettings;
+use crate::settings::RouteSettings;
 
 use crate::edge_jwt::EdgeJwt;
 use crate::limit::RateLimiter;

@@ -1,6 +1,7 @@
-//! The `[gateway]` section: keel's front door (L7 load balancer and API gateway). `keel up` runs
-//! it in process in front of the API; `keel gateway` runs it alone in front of `keel serve`
-//! instances.
+//! The gateway's settings, the `[gateway]` section of `keel.toml`: keel's front door (L7 load
+//! balancer and API gateway). `keel up` runs it in process in front of the API; `keel gateway`
+//! runs it alone in front of `keel serve` instances. The gateway owns these types (keys,
+//! defaults and their documentation); keel-config composes them into its settings tree.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

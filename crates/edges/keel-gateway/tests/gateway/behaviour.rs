@@ -2,21 +2,19 @@
 //! real upstream servers that record what reached them. Each test asserts what the client got
 //! and what the upstreams saw.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::{
+    Gw, Upstream, client, closed_port, code, eventually, get_n, pool, pool_of, route, settings,
+};
 use axum::body::Body;
 use axum::http::Response;
 use bytes::Bytes;
-use common::{
-    Gw, Upstream, client, closed_port, code, eventually, get_n, pool, pool_of, route, settings,
-};
-use keel_config::{CorsSettings, EdgeJwtSettings, RateLimitSettings};
+use keel_gateway::settings::{CorsSettings, EdgeJwtSettings, RateLimitSettings};
 use keel_identity::token::{Claims, KeySet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

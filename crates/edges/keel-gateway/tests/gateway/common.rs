@@ -3,7 +3,7 @@
 //! - [`Upstream`]: an axum server that records every request it gets (health checks apart) and
 //!   answers as told: a status, a delay, a readiness status, or a custom responder.
 //! - [`Gw`]: the real gateway ([`keel_gateway::server::serve`]) and its admin router, each on
-//!   their own port.
+//!   their own port, with phases plugged in if the test wants.
 //! - [`settings`], [`pool`], [`route`]: settings with short intervals so the suite is fast.
 //! - [`eventually`]: wait-with-deadline instead of fixed sleeps.
 
@@ -18,8 +18,9 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, Response, StatusCode, Version};
-use keel_config::{GatewaySettings, PoolSettings, RouteSettings};
 use keel_gateway::Gateway;
+use keel_gateway::phase::ErasedPhase;
+use keel_gateway::settings::{GatewaySettings, PoolSettings, RouteSettings};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -228,7 +229,12 @@ impl Drop for Gw {
 
 impl Gw {
     pub async fn start(settings: GatewaySettings) -> Self {
-        let gateway = Gateway::new(&settings, None, vec![]).expect("valid gateway settings");
+        Self::with_phases(settings, vec![]).await
+    }
+
+    /// [`Gw::start`] with `phases` plugged into the request path, as the binary would.
+    pub async fn with_phases(settings: GatewaySettings, phases: Vec<Arc<dyn ErasedPhase>>) -> Self {
+        let gateway = Gateway::new(&settings, None, phases).expect("valid gateway settings");
         let listener = keel_gateway::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -1,7 +1,8 @@
-//! A cached route's way through the response cache (RFC 9111): fresh hits answered here,
-//! stale-while-revalidate refreshed in the background, revalidation with the stored validators,
-//! misses stored when the response allows it. Bodies are stored as the upstream sent them;
-//! compression happens after, per client (with `Vary: Accept-Encoding`).
+//! The response cache as a phase of the request path, [`ResponseCache`]: a cached route's way
+//! through the cache (RFC 9111): fresh hits answered here, stale-while-revalidate refreshed in
+//! the background, revalidation with the stored validators, misses stored when the response
+//! allows it. Bodies are stored as the upstream sent them; compression happens after, per
+//! client (with `Vary: Accept-Encoding`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +18,38 @@ use http_body_util::BodyExt;
 
 use crate::Edge;
 use crate::cache::{CacheRequest, CacheStatus, CachedResponse, Lookup, Revalidation, WebCache};
+use crate::phase::{Phase, Session};
 use crate::proxy::{Outcome, content_length, forward};
 use crate::route::Route;
+
+/// The response cache as a phase: on a cached route it answers in the upstream's place (from
+/// the store, or asking the upstream itself when it must).
+pub(crate) struct ResponseCache;
+
+impl Phase for ResponseCache {
+    type Ctx = ();
+
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    fn new_ctx(&self) {}
+
+    async fn upstream(
+        &self,
+        s: &mut Session<'_>,
+        head: RequestParts,
+        body: Bytes,
+        _ctx: &mut (),
+    ) -> Result<Response<Body>, (RequestParts, Bytes)> {
+        match s.route {
+            Some(route) if route.cache && s.edge.cache.is_some() => {
+                Ok(serve(s.edge, route, head, body, s.peer, &mut s.outcome).await)
+            }
+            _ => Err((head, body)),
+        }
+    }
+}
 
 pub(crate) async fn serve<'e>(
     edge: &'e Edge,

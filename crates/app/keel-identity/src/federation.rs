@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::service::{AccountMail, AuthError, Idp, mac};
-use crate::token::{Expect, TokenError, Verifier};
+use keel_credentials::token::{Expect, TokenError, Verifier};
 
 /// How long a started sign-in may take at the provider.
 pub const PENDING_TTL_SECS: i64 = 600;
@@ -121,7 +121,7 @@ impl From<StoreError> for FederationError {
 
 fn random_b64(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    crate::random_bytes(&mut buf);
+    keel_credentials::random_bytes(&mut buf);
     URL_SAFE_NO_PAD.encode(buf)
 }
 
@@ -150,7 +150,7 @@ impl Idp {
         if !scopes.contains(&"openid") {
             scopes.insert(0, "openid");
         }
-        let enc = crate::percent_encode;
+        let enc = keel_credentials::percent_encode;
         let sep = if metadata.authorization_endpoint.contains('?') {
             '&'
         } else {
@@ -166,7 +166,7 @@ impl Idp {
             scope = enc(&scopes.join(" ")),
             state = enc(&pending.state),
             nonce = enc(&pending.nonce),
-            challenge = crate::pkce::challenge_of(&pending.verifier),
+            challenge = keel_credentials::pkce::challenge_of(&pending.verifier),
         );
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&pending).expect("serializes"));
         let tag = mac(&self.session_key, &[b"federation", body.as_bytes()])

@@ -170,7 +170,7 @@ impl Idp {
         format!(
             "{}{path}?token={}",
             self.settings.issuer.trim_end_matches('/'),
-            crate::percent_encode(token)
+            keel_credentials::percent_encode(token)
         )
     }
 

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::service::{AuthError, Idp, mac};
-use crate::token::Claims;
+use keel_credentials::token::Claims;
 
 /// How long an authorization code lives (RFC 6749 recommends at most 10 minutes).
 pub const CODE_TTL_SECS: i64 = 60;
@@ -189,7 +189,7 @@ fn sha256_hex(text: &str) -> String {
 
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
-    crate::random_bytes(&mut bytes);
+    keel_credentials::random_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
@@ -350,8 +350,11 @@ impl Idp {
             .collect();
         let challenge = match (&request.code_challenge, &request.code_challenge_method) {
             (Some(challenge), method) => {
-                crate::pkce::check_challenge(challenge, method.as_deref().unwrap_or("plain"))
-                    .map_err(|e| back("invalid_request", &e.to_string()))?;
+                keel_credentials::pkce::check_challenge(
+                    challenge,
+                    method.as_deref().unwrap_or("plain"),
+                )
+                .map_err(|e| back("invalid_request", &e.to_string()))?;
                 Some(challenge.clone())
             }
             (None, _) if client.secret_hash.is_none() => {
@@ -598,7 +601,8 @@ impl Idp {
         }
         match (&stored.challenge, verifier) {
             (Some(challenge), Some(verifier)) => {
-                crate::pkce::verify(verifier, challenge).map_err(|e| invalid(&e.to_string()))?
+                keel_credentials::pkce::verify(verifier, challenge)
+                    .map_err(|e| invalid(&e.to_string()))?
             }
             (Some(_), None) => return Err(invalid("code_verifier is required")),
             (None, Some(_)) => return Err(invalid("no code_challenge was sent for this code")),
@@ -767,7 +771,7 @@ impl Idp {
             id.insert("name".into(), json!(account.name.as_str()));
         }
         let mut jti = [0u8; 16];
-        crate::random_bytes(&mut jti);
+        keel_credentials::random_bytes(&mut jti);
         let claims = Claims {
             iss: self.settings.issuer.clone(),
             sub: user.to_string(),

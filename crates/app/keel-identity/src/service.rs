@@ -20,13 +20,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::envelope::{EnvelopeError, Keyring};
 use crate::lockout::LockoutPolicy;
-use crate::password::{PasswordHasher, PasswordPolicy, PolicyViolation};
 use crate::refresh::{Redeemed, RefreshError, RefreshTokens};
 use crate::revocation::{Floor, Floors, RevocationFeed};
-use crate::token::{Claims, Expect, KeySet, KeyState, StoredKey, TokenError, Verifier};
-use crate::totp::{Totp, TotpSecret};
+use keel_credentials::envelope::{EnvelopeError, Keyring};
+use keel_credentials::password::{PasswordHasher, PasswordPolicy, PolicyViolation};
+use keel_credentials::token::{Claims, Expect, KeySet, KeyState, StoredKey, TokenError, Verifier};
+use keel_credentials::totp::{Totp, TotpSecret};
 
 /// How the IdP is set up.
 #[derive(Debug, Clone)]
@@ -735,7 +735,7 @@ impl Idp {
         now: i64,
     ) -> Result<String, AuthError> {
         let mut jti = [0u8; 16];
-        crate::random_bytes(&mut jti);
+        keel_credentials::random_bytes(&mut jti);
         extra.insert("roles".into(), json!(roles));
         extra.insert("amr".into(), json!(amr));
         let claims = Claims {
@@ -909,7 +909,7 @@ impl Idp {
 
     fn device_token(&self, user: UserId) -> String {
         let mut id = [0u8; 16];
-        crate::random_bytes(&mut id);
+        keel_credentials::random_bytes(&mut id);
         let id = URL_SAFE_NO_PAD.encode(id);
         let tag = mac(
             &self.device_key,
@@ -1033,7 +1033,7 @@ impl Idp {
             .as_deref()
             .map(|stored| self.hasher.verify(attempt.password, stored));
         let rehash = match password_ok {
-            Some(crate::password::Verified::Yes { rehash }) => rehash,
+            Some(keel_credentials::password::Verified::Yes { rehash }) => rehash,
             _ => {
                 if password_ok.is_none() {
                     self.hasher.verify_nothing(attempt.password);
@@ -1109,7 +1109,7 @@ impl Idp {
                 credentials.totp_last_step = i64::try_from(step).ok();
                 amr.push("otp");
                 second_factor = Some("totp");
-            } else if crate::recovery::redeem(code, &mut credentials.recovery_codes) {
+            } else if keel_credentials::recovery::redeem(code, &mut credentials.recovery_codes) {
                 amr.push("otp");
                 second_factor = Some("recovery_code");
             } else {
@@ -1465,7 +1465,7 @@ impl Idp {
         let otpauth_uri = totp.otpauth_uri(&self.settings.totp_issuer, user.email.as_str());
         Ok(Enrolment {
             secret: secret.to_base32(),
-            qr_svg: crate::totp::qr_svg(&otpauth_uri),
+            qr_svg: crate::qr::qr_svg(&otpauth_uri),
             otpauth_uri,
         })
     }
@@ -1489,7 +1489,7 @@ impl Idp {
         let step = Totp::new(secret)
             .verify(code, u64::try_from(now).unwrap_or_default(), None)
             .map_err(|_| AuthError::InvalidCredentials)?;
-        let codes = crate::recovery::RecoveryCodes::generate();
+        let codes = keel_credentials::recovery::RecoveryCodes::generate();
         credentials.totp_secret = Some(sealed);
         credentials.totp_last_step = i64::try_from(step).ok();
         credentials.recovery_codes = codes.hashes;

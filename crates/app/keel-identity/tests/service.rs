@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_credentials::envelope::Keyring;
+use keel_credentials::password::PasswordHasher;
+use keel_credentials::totp::{Totp, TotpSecret};
 use keel_domain::{AuthEventQuery, IdentityStore, UserRepo};
-use keel_identity::envelope::Keyring;
-use keel_identity::password::PasswordHasher;
 use keel_identity::service::{AuthError, Idp, IdpSettings, SignIn};
-use keel_identity::totp::{Totp, TotpSecret};
 use keel_sql_sqlite::{PoolSettings, SqliteStore};
 
 const NOW: i64 = 1_800_000_000;

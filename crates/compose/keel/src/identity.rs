@@ -12,10 +12,10 @@ use base64::engine::general_purpose::STANDARD;
 use keel_cache::RedisTier;
 use keel_cache::redis_tier::Event;
 use keel_config::Settings;
+use keel_credentials::envelope::Keyring;
+use keel_credentials::password::{Argon2Params, PasswordHasher, PasswordPolicy};
 use keel_domain::{Accounts, EventStore, IdentityStore};
-use keel_identity::envelope::Keyring;
 use keel_identity::lockout::LockoutPolicy;
-use keel_identity::password::{Argon2Params, PasswordHasher, PasswordPolicy};
 use keel_identity::revocation::RevocationFeed;
 use keel_identity::service::{Idp, IdpSettings};
 

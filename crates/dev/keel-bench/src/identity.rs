@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use keel_identity::password::{Argon2Params, PasswordHasher};
-use keel_identity::token::{Claims, Expect, KeySet};
+use keel_credentials::password::{Argon2Params, PasswordHasher};
+use keel_credentials::token::{Claims, Expect, KeySet};
 
 #[derive(Args)]
 pub struct IdentityArgs {
@@ -154,7 +154,7 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
 fn cached_verifications(n: u64) -> anyhow::Result<f64> {
     use std::sync::Arc;
 
-    use keel_identity::envelope::Keyring;
+    use keel_credentials::envelope::Keyring;
     use keel_identity::service::{Idp, IdpSettings, SignIn};
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -16,9 +16,9 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use keel_credentials::token::Claims;
 use keel_domain::{AuthEventQuery, Caller, UserId};
 use keel_identity::service::{AuthError, Idp, SignIn};
-use keel_identity::token::Claims;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -144,8 +144,8 @@ impl Federation {
             // client_secret_basic, the method every provider supports.
             Some(secret) => {
                 request = request.basic_auth(
-                    keel_identity::percent_encode(&provider.client_id),
-                    Some(keel_identity::percent_encode(secret)),
+                    keel_credentials::percent_encode(&provider.client_id),
+                    Some(keel_credentials::percent_encode(secret)),
                 );
             }
             None => form.push(("client_id", &provider.client_id)),
@@ -329,7 +329,7 @@ async fn callback(
             .await?;
         let external =
             match idp.check_id_token(provider, &known.jwks, &id_token, &pending.nonce, now) {
-                Err(FederationError::IdToken(keel_identity::token::TokenError::UnknownKey)) => {
+                Err(FederationError::IdToken(keel_credentials::token::TokenError::UnknownKey)) => {
                     // The provider rotated its keys since they were fetched.
                     let fresh = state.federation.known(provider, true).await?;
                     idp.check_id_token(provider, &fresh.jwks, &id_token, &pending.nonce, now)?

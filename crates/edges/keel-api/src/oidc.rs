@@ -229,7 +229,7 @@ fn back_to(redirect_uri: &str, params: &[(&str, Option<&str>)]) -> Response {
             url.push(sep);
             url.push_str(name);
             url.push('=');
-            url.push_str(&keel_identity::percent_encode(value));
+            url.push_str(&keel_credentials::percent_encode(value));
             sep = '&';
         }
     }

@@ -282,7 +282,7 @@ async fn sign_out(
 fn to_sign_in(back: &str) -> Response {
     let mut res = Redirect::to(&format!(
         "/signin?return_to={}",
-        keel_identity::percent_encode(back)
+        keel_credentials::percent_encode(back)
     ))
     .into_response();
     no_store(&mut res);

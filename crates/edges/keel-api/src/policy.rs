@@ -19,8 +19,8 @@ use keel_domain::{Caller, Permission, UserId};
 
 use std::sync::Arc;
 
+use keel_credentials::token::Claims;
 use keel_identity::service::Idp;
-use keel_identity::token::Claims;
 
 use crate::ApiError;
 use crate::auth::now;
@@ -252,7 +252,7 @@ fn sign_in_first(parts: &axum::http::request::Parts) -> Response {
         .to_owned();
     let mut res = Redirect::to(&format!(
         "/signin?return_to={}",
-        keel_identity::percent_encode(&back)
+        keel_credentials::percent_encode(&back)
     ))
     .into_response();
     res.headers_mut()

@@ -17,7 +17,7 @@ use common::{
     Gw, Upstream, client, closed_port, code, eventually, get_n, pool, pool_of, route, settings,
 };
 use keel_config::{CorsSettings, EdgeJwtSettings, RateLimitSettings};
-use keel_identity::token::{Claims, KeySet};
+use keel_credentials::token::{Claims, KeySet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn all_ok(statuses: &[u16]) -> bool {

@@ -192,6 +192,7 @@ async fn an_operator_enrols_an_authenticator_app_and_opens_the_console_in_a_real
     let operator = app
         .identity()
         .unwrap()
+        .accounts()
         .create_account(
             "Olga",
             "olga@example.com",

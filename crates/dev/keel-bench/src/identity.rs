@@ -181,11 +181,13 @@ fn cached_verifications(n: u64) -> anyhow::Result<f64> {
             IdpSettings::default(),
         );
         let now = chrono::Utc::now().timestamp();
-        idp.ensure_keys(now).await?;
+        idp.tokens().ensure_keys(now).await?;
         let password = "tiger lily 77 on ice";
-        idp.create_account("Bench", "bench@example.com", password, &[], "bench", now)
+        idp.accounts()
+            .create_account("Bench", "bench@example.com", password, &[], "bench", now)
             .await?;
         let tokens = idp
+            .sessions()
             .sign_in(
                 &SignIn {
                     email: "bench@example.com",
@@ -200,6 +202,7 @@ fn cached_verifications(n: u64) -> anyhow::Result<f64> {
         let started = Instant::now();
         for _ in 0..n {
             let claims = idp
+                .tokens()
                 .verify_access(std::hint::black_box(&tokens.access_token), now)
                 .await?;
             std::hint::black_box(claims);

@@ -164,12 +164,16 @@ async fn caller(
         return Ok(None);
     };
     if let Some(token) = bearer_token(parts) {
-        let claims = idp.verify_access(token, now()).await?;
+        let claims = idp.tokens().verify_access(token, now()).await?;
         let caller = keel_identity::service::caller_of(&claims)?;
         return Ok(Some((caller, Some(claims))));
     }
     if console && let Some(value) = crate::oidc::session_cookie(&parts.headers) {
-        return Ok(idp.session_caller(value, now()).await?.map(|c| (c, None)));
+        return Ok(idp
+            .browser()
+            .session_caller(value, now())
+            .await?
+            .map(|c| (c, None)));
     }
     Ok(None)
 }

@@ -117,7 +117,9 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
     println!("| token verifications/s, 1 thread | {verify_one:.0} |");
     println!("| token verifications/s, {cores} threads | {verify_all:.0} |");
     println!("| tokens signed/s, 1 thread | {signed:.0} |");
-    println!("| API path: `Idp::verify_access` of a token seen before, 1 thread | {cached:.0} |");
+    println!(
+        "| API path: `AccessTokens::verify_access` of a token seen before, 1 thread | {cached:.0} |"
+    );
     println!("| login (password verification) p50 | {:.1} ms |", ms(p50));
     println!("| login (password verification) p99 | {:.1} ms |", ms(p99));
     println!("| password hash (sign-up) | {:.1} ms |", ms(hash_time));
@@ -149,7 +151,7 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `Idp::verify_access` as the API's bearer extractor calls it, on a token it has verified
+/// `AccessTokens::verify_access` as the API's bearer extractor calls it, on a token it has verified
 /// before (every request of a session after its first): verifications per second, one thread.
 fn cached_verifications(n: u64) -> anyhow::Result<f64> {
     use std::sync::Arc;

@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::service::{AccountMail, AuthError, Idp, mac};
-use crate::token::{Expect, TokenError, Verifier};
+use crate::service::{AccountMail, AuthError, mac};
+use crate::shared::Core;
+use keel_credentials::token::{Expect, TokenError, Verifier};
 
 /// How long a started sign-in may take at the provider.
 pub const PENDING_TTL_SECS: i64 = 600;
@@ -121,11 +122,23 @@ impl From<StoreError> for FederationError {
 
 fn random_b64(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    crate::random_bytes(&mut buf);
+    keel_credentials::random_bytes(&mut buf);
     URL_SAFE_NO_PAD.encode(buf)
 }
 
-impl Idp {
+/// Signing in through external OpenID Connect providers.
+#[derive(Clone, Copy)]
+pub struct Federation<'a> {
+    core: &'a Core,
+}
+
+impl Core {
+    pub(crate) fn federation(&self) -> Federation<'_> {
+        Federation { core: self }
+    }
+}
+
+impl Federation<'_> {
     /// Starts a federated sign-in: the provider's authorization URL to send the browser to,
     /// and the cookie value the browser keeps until the callback.
     pub fn federation_start(
@@ -150,7 +163,7 @@ impl Idp {
         if !scopes.contains(&"openid") {
             scopes.insert(0, "openid");
         }
-        let enc = crate::percent_encode;
+        let enc = keel_credentials::percent_encode;
         let sep = if metadata.authorization_endpoint.contains('?') {
             '&'
         } else {
@@ -166,10 +179,10 @@ impl Idp {
             scope = enc(&scopes.join(" ")),
             state = enc(&pending.state),
             nonce = enc(&pending.nonce),
-            challenge = crate::pkce::challenge_of(&pending.verifier),
+            challenge = keel_credentials::pkce::challenge_of(&pending.verifier),
         );
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&pending).expect("serializes"));
-        let tag = mac(&self.session_key, &[b"federation", body.as_bytes()])
+        let tag = mac(&self.core.session_key, &[b"federation", body.as_bytes()])
             .finalize()
             .into_bytes();
         (url, format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag)))
@@ -187,7 +200,7 @@ impl Idp {
         let tag = URL_SAFE_NO_PAD
             .decode(tag)
             .map_err(|_| FederationError::Expired)?;
-        mac(&self.session_key, &[b"federation", body.as_bytes()])
+        mac(&self.core.session_key, &[b"federation", body.as_bytes()])
             .verify_slice(&tag)
             .map_err(|_| FederationError::Expired)?;
         let pending: Pending = URL_SAFE_NO_PAD
@@ -258,6 +271,7 @@ impl Idp {
     ) -> Result<User, FederationError> {
         let detail = json!({ "provider": provider.name, "external_subject": external.subject });
         let linked = self
+            .core
             .store
             .linked_account(&provider.name, &external.subject)
             .await?;
@@ -275,31 +289,33 @@ impl Idp {
                     .await?
             }
         };
-        let Some(account) = self.users.get(user).await? else {
+        let Some(account) = self.core.users.get(user).await? else {
             return Err(FederationError::NoAccount(
                 "the linked account no longer exists",
             ));
         };
-        let mut credentials = self.credentials_of(user).await?;
+        let mut credentials = self.core.credentials_of(user).await?;
         if credentials.disabled_at.is_some() {
-            self.record(
-                now,
-                "anonymous",
-                "login_failed",
-                Some(&user.to_string()),
-                Some(client),
-                json!({ "reason": "account_disabled", "provider": provider.name }),
-            )
-            .await?;
+            self.core
+                .record(
+                    now,
+                    "anonymous",
+                    "login_failed",
+                    Some(&user.to_string()),
+                    Some(client),
+                    json!({ "reason": "account_disabled", "provider": provider.name }),
+                )
+                .await?;
             return Err(FederationError::Auth(AuthError::InvalidCredentials));
         }
         credentials.last_login_at = Some(now);
         credentials.version += 1;
-        self.store.put_credentials(&credentials).await?;
+        self.core.store.put_credentials(&credentials).await?;
         let subject = user.to_string();
         let mut detail = detail;
         detail["amr"] = json!(["fed"]);
-        self.record_own(now, &subject, action, Some(client), detail)
+        self.core
+            .record_own(now, &subject, action, Some(client), detail)
             .await?;
         Ok(account)
     }
@@ -312,6 +328,7 @@ impl Idp {
         now: i64,
     ) -> Result<(), FederationError> {
         let fresh = self
+            .core
             .store
             .link_identity(&FederatedLink {
                 provider: provider.name.clone(),
@@ -343,7 +360,7 @@ impl Idp {
                 "the identity provider gave no email address: sign in to keel and link this identity from there",
             ));
         };
-        if let Some(existing) = self.users.get_by_email(&email).await? {
+        if let Some(existing) = self.core.users.get_by_email(&email).await? {
             if !(provider.link_by_verified_email && external.email_verified) {
                 return Err(FederationError::NoAccount(
                     "an account with this address exists: sign in to it, then link this identity",
@@ -353,7 +370,7 @@ impl Idp {
                 .await?;
             return Ok((existing.id, "identity_linked"));
         }
-        if self.settings.signup != SignupMode::Open {
+        if self.core.settings.signup != SignupMode::Open {
             return Err(FederationError::NoAccount(
                 "there is no account for this address, and sign-up is not open",
             ));
@@ -370,6 +387,8 @@ impl Idp {
         // The account and its link commit together: a crash cannot leave an account made for
         // this identity that the identity does not sign in to.
         let made = self
+            .core
+            .accounts()
             .insert_account(
                 NewUser { name, email },
                 "account_created",

@@ -18,7 +18,8 @@ use keel_domain::{Credentials, NewUser, Outgoing, StoreError, User, UserEmail, U
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::service::{AccountMail, AuthError, Idp, OutboxMail, mac};
+use crate::service::{AccountMail, AuthError, OutboxMail, mac};
+use crate::shared::Core;
 
 /// How long links stay valid.
 pub const VERIFY_TTL_SECS: i64 = 48 * 3600;
@@ -69,10 +70,22 @@ fn binding(purpose: Purpose, user: &User, credentials: &Credentials) -> String {
     }
 }
 
-impl Idp {
+/// Mailed links, export and erasure.
+#[derive(Clone, Copy)]
+pub struct Lifecycle<'a> {
+    core: &'a Core,
+}
+
+impl Core {
+    pub(crate) fn lifecycle(&self) -> Lifecycle<'_> {
+        Lifecycle { core: self }
+    }
+}
+
+impl Lifecycle<'_> {
     fn link_mac(&self, purpose: Purpose, body: &str, binding: &str) -> hmac::Hmac<sha2::Sha256> {
         mac(
-            &self.link_key,
+            &self.core.link_key,
             &[
                 purpose.as_str().as_bytes(),
                 body.as_bytes(),
@@ -118,8 +131,14 @@ impl Idp {
         if now >= expires_at {
             return Err(AuthError::InvalidLink);
         }
-        let account = self.users.get(user).await?.ok_or(AuthError::InvalidLink)?;
+        let account = self
+            .core
+            .users
+            .get(user)
+            .await?
+            .ok_or(AuthError::InvalidLink)?;
         let credentials = self
+            .core
             .store
             .credentials(user)
             .await?
@@ -142,7 +161,7 @@ impl Idp {
         subject: &str,
         text: String,
     ) -> Option<OutboxMail> {
-        if self.outbox.is_none() {
+        if self.core.outbox.is_none() {
             tracing::warn!(kind, "no outbox: mail not sent");
             return None;
         }
@@ -160,7 +179,7 @@ impl Idp {
 
     /// Sends a mail through the outbox on its own.
     async fn send(&self, mail: Option<OutboxMail>) -> Result<(), AuthError> {
-        if let (Some(outbox), Some((topic, message))) = (&self.outbox, mail) {
+        if let (Some(outbox), Some((topic, message))) = (&self.core.outbox, mail) {
             outbox.publish(&topic, &message).await?;
         }
         Ok(())
@@ -169,8 +188,8 @@ impl Idp {
     fn link(&self, path: &str, token: &str) -> String {
         format!(
             "{}{path}?token={}",
-            self.settings.issuer.trim_end_matches('/'),
-            crate::percent_encode(token)
+            self.core.settings.issuer.trim_end_matches('/'),
+            keel_credentials::percent_encode(token)
         )
     }
 
@@ -179,11 +198,12 @@ impl Idp {
     /// Mails the account a link that verifies its address (after sign-up or an address change).
     pub async fn send_verification(&self, user: UserId, now: i64) -> Result<(), AuthError> {
         let account = self
+            .core
             .users
             .get(user)
             .await?
             .ok_or(AuthError::InvalidCredentials)?;
-        let credentials = self.credentials_of(user).await?;
+        let credentials = self.core.credentials_of(user).await?;
         if credentials.email_verified_at.is_some() {
             return Ok(());
         }
@@ -218,17 +238,18 @@ impl Idp {
         if credentials.email_verified_at.is_none() {
             credentials.email_verified_at = Some(now);
             credentials.version += 1;
-            self.store.put_credentials(&credentials).await?;
+            self.core.store.put_credentials(&credentials).await?;
             let subject = account.id.to_string();
-            self.record(
-                now,
-                &subject,
-                "email_verified",
-                Some(&subject),
-                None,
-                json!({}),
-            )
-            .await?;
+            self.core
+                .record(
+                    now,
+                    &subject,
+                    "email_verified",
+                    Some(&subject),
+                    None,
+                    json!({}),
+                )
+                .await?;
         }
         Ok(account)
     }
@@ -237,12 +258,12 @@ impl Idp {
     /// mail goes to `user` as the change acknowledged it, which under the write-back cache the
     /// database may not show yet.
     pub async fn email_changed(&self, user: &User, now: i64) -> Result<(), AuthError> {
-        let Some(mut credentials) = self.store.credentials(user.id).await? else {
+        let Some(mut credentials) = self.core.store.credentials(user.id).await? else {
             return Ok(());
         };
         if credentials.email_verified_at.take().is_some() {
             credentials.version += 1;
-            self.store.put_credentials(&credentials).await?;
+            self.core.store.put_credentials(&credentials).await?;
         }
         self.send(self.verification_mail(user, &credentials, now))
             .await
@@ -263,6 +284,8 @@ impl Idp {
         let email = UserEmail::parse(email)?;
         let roles = crate::service::role_list(roles)?;
         let (user, _) = self
+            .core
+            .accounts()
             .insert_account(
                 NewUser { name, email },
                 "account_invited",
@@ -281,22 +304,23 @@ impl Idp {
     /// Mails (again) the invitation of an account that has no password yet (and repairs one
     /// left without credentials by a crash of an older version).
     pub async fn reinvite(&self, user: UserId, actor: &str, now: i64) -> Result<bool, AuthError> {
-        let Some(account) = self.users.get(user).await? else {
+        let Some(account) = self.core.users.get(user).await? else {
             return Ok(false);
         };
-        let credentials = self.credentials_or_repair(user, now).await?;
+        let credentials = self.core.credentials_or_repair(user, now).await?;
         if credentials.password_hash.is_some() {
             return Err(AuthError::AlreadyActive);
         }
-        self.record(
-            now,
-            actor,
-            "account_invited",
-            Some(&user.to_string()),
-            None,
-            json!({ "again": true }),
-        )
-        .await?;
+        self.core
+            .record(
+                now,
+                actor,
+                "account_invited",
+                Some(&user.to_string()),
+                None,
+                json!({ "again": true }),
+            )
+            .await?;
         self.send(self.invitation_mail(&account, &credentials, now))
             .await?;
         Ok(true)
@@ -336,21 +360,22 @@ impl Idp {
         if credentials.password_hash.is_some() {
             return Err(AuthError::InvalidLink);
         }
-        self.check_policy(&account, password)?;
-        credentials.password_hash = Some(self.hasher.hash(password));
+        self.core.check_policy(&account, password)?;
+        credentials.password_hash = Some(self.core.hasher.hash(password));
         credentials.password_changed_at = Some(now);
         credentials.email_verified_at.get_or_insert(now);
         credentials.version += 1;
-        self.store.put_credentials(&credentials).await?;
+        self.core.store.put_credentials(&credentials).await?;
         let subject = account.id.to_string();
-        self.record_own(
-            now,
-            &subject,
-            "invitation_accepted",
-            Some(client),
-            json!({}),
-        )
-        .await?;
+        self.core
+            .record_own(
+                now,
+                &subject,
+                "invitation_accepted",
+                Some(client),
+                json!({}),
+            )
+            .await?;
         Ok(account)
     }
 
@@ -371,19 +396,19 @@ impl Idp {
         // attempts, then waits doubling to 15 minutes), so nobody can flood a mailbox with
         // reset mails. A refused request answers the same as any other.
         let key = format!("reset:{}", email.as_str());
-        let mut requests = self.store.failures(&key).await?;
-        if self.settings.lockout.check(&requests, now).is_err() {
+        let mut requests = self.core.store.failures(&key).await?;
+        if self.core.settings.lockout.check(&requests, now).is_err() {
             return Ok(());
         }
-        self.settings.lockout.fail(&mut requests, now);
-        self.store.put_failures(&key, requests).await?;
-        let Some(account) = self.users.get_by_email(&email).await? else {
+        self.core.settings.lockout.fail(&mut requests, now);
+        self.core.store.put_failures(&key, requests).await?;
+        let Some(account) = self.core.users.get_by_email(&email).await? else {
             return Ok(());
         };
         // An account without a password gets the link too: it lets its owner choose one, as an
         // invitation would (both prove the mailbox). That is how an account a crash of an older
         // version left without credentials (its password lost with them) is repaired.
-        let credentials = self.credentials_or_repair(account.id, now).await?;
+        let credentials = self.core.credentials_or_repair(account.id, now).await?;
         if credentials.disabled_at.is_some() {
             return Ok(());
         }
@@ -401,15 +426,16 @@ impl Idp {
             self.link("/auth/password/reset", &token)
         );
         let subject = account.id.to_string();
-        self.record(
-            now,
-            "anonymous",
-            "password_reset_requested",
-            Some(&subject),
-            Some(client),
-            json!({}),
-        )
-        .await?;
+        self.core
+            .record(
+                now,
+                "anonymous",
+                "password_reset_requested",
+                Some(&subject),
+                Some(client),
+                json!({}),
+            )
+            .await?;
         self.send(self.outbox_mail("reset_password", &account, "Reset your password", text))
             .await
     }
@@ -425,6 +451,8 @@ impl Idp {
         let (account, mut credentials) =
             self.check_link(Purpose::ResetPassword, token, now).await?;
         let ended = match self
+            .core
+            .sessions()
             .replace_password(&account, &mut credentials, password, now)
             .await
         {
@@ -433,25 +461,27 @@ impl Idp {
             other => other,
         }?;
         let subject = account.id.to_string();
-        self.record_own(
-            now,
-            &subject,
-            "password_reset",
-            Some(client),
-            json!({ "sessions_ended": ended }),
-        )
-        .await
+        self.core
+            .record_own(
+                now,
+                &subject,
+                "password_reset",
+                Some(client),
+                json!({ "sessions_ended": ended }),
+            )
+            .await
     }
 
     // ---- export and erasure ----
 
     /// Everything the IdP keeps about an account, for its owner.
     pub async fn export_account(&self, user: UserId) -> Result<Option<AccountExport>, AuthError> {
-        let Some(account) = self.users.get(user).await? else {
+        let Some(account) = self.core.users.get(user).await? else {
             return Ok(None);
         };
-        let credentials = self.credentials_of(user).await?;
+        let credentials = self.core.credentials_of(user).await?;
         let events = self
+            .core
             .store
             .audit(&keel_domain::AuthEventQuery {
                 subject: Some(user.to_string()),
@@ -470,7 +500,7 @@ impl Idp {
                 .is_some_and(|s| !s.starts_with(crate::service::PENDING)),
             disabled_at: credentials.disabled_at,
             last_login_at: credentials.last_login_at,
-            linked_identities: self.store.links_of(user).await?,
+            linked_identities: self.core.store.links_of(user).await?,
             events,
         }))
     }
@@ -486,17 +516,18 @@ impl Idp {
         let subject = user.to_string();
         // The credentials are gone with the user, unless the users cache writes back and its
         // flush has not run yet: disabled meanwhile, so that nothing signs in to them.
-        self.store.revoke_families_of(&subject).await?;
-        self.raise_generation(user, Some(now)).await?;
-        self.tokens_revoked(user).await;
-        self.record(
-            now,
-            actor,
-            "account_erased",
-            Some(&subject),
-            None,
-            Value::Object(Default::default()),
-        )
-        .await
+        self.core.store.revoke_families_of(&subject).await?;
+        self.core.raise_generation(user, Some(now)).await?;
+        self.core.tokens_revoked(user).await;
+        self.core
+            .record(
+                now,
+                actor,
+                "account_erased",
+                Some(&subject),
+                None,
+                Value::Object(Default::default()),
+            )
+            .await
     }
 }

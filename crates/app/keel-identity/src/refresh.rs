@@ -85,7 +85,7 @@ impl RefreshTokens {
         lifetime_secs: i64,
     ) -> (Family, String) {
         let mut id = [0u8; 16];
-        crate::random_bytes(&mut id);
+        keel_credentials::random_bytes(&mut id);
         self.start_as(
             URL_SAFE_NO_PAD.encode(id),
             subject,

@@ -15,7 +15,7 @@ use keel_domain::{
     NewAccount, Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserRepo,
 };
 
-use crate::envelope::Keyring;
+use keel_credentials::envelope::Keyring;
 
 /// A [`UserRepo`] that seals names on the way in and opens them on the way out.
 pub struct SealedNames {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use keel_config::{DatabaseKind, Settings};
+use keel_credentials::envelope::Keyring;
 use keel_domain::{EmailCollision, EventStore, IdentityStore, StoreError, UserRepo};
-use keel_identity::envelope::Keyring;
 use keel_identity::sealed::SealedNames;
 use keel_sql_mariadb::MariaDbStore;
 use keel_sql_postgres::PostgresStore;

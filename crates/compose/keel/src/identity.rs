@@ -12,10 +12,10 @@ use base64::engine::general_purpose::STANDARD;
 use keel_cache::RedisTier;
 use keel_cache::redis_tier::Event;
 use keel_config::Settings;
+use keel_credentials::envelope::Keyring;
+use keel_credentials::password::{Argon2Params, PasswordHasher, PasswordPolicy};
 use keel_domain::{Accounts, EventStore, IdentityStore};
-use keel_identity::envelope::Keyring;
 use keel_identity::lockout::LockoutPolicy;
-use keel_identity::password::{Argon2Params, PasswordHasher, PasswordPolicy};
 use keel_identity::revocation::RevocationFeed;
 use keel_identity::service::{Idp, IdpSettings};
 
@@ -111,7 +111,7 @@ pub async fn build(
         }
         None => Arc::new(idp),
     };
-    let loaded = match idp.ensure_keys(now()).await {
+    let loaded = match idp.tokens().ensure_keys(now()).await {
         Ok(()) => true,
         Err(e) => {
             // The database may still be coming up (PostgreSQL and MariaDB pools connect
@@ -154,10 +154,10 @@ fn subscribe_revocations(redis: &Arc<RedisTier>, idp: std::sync::Weak<Idp>) {
             return false;
         };
         match event {
-            Event::Resubscribed => idp.forget_floors(),
+            Event::Resubscribed => idp.tokens().forget_floors(),
             Event::Invalidated { key, .. } => {
                 if let Ok(user) = key.parse() {
-                    idp.forget_floor(user);
+                    idp.tokens().forget_floor(user);
                 }
             }
         }
@@ -178,7 +178,7 @@ async fn keep_keys(idp: std::sync::Weak<Idp>, loaded: bool) {
     loop {
         tokio::time::sleep(wait).await;
         let Some(idp) = idp.upgrade() else { return };
-        match idp.ensure_keys(now()).await {
+        match idp.tokens().ensure_keys(now()).await {
             Ok(()) => wait = KEYS_CHECK,
             Err(e) => {
                 tracing::warn!(error = %e, "identity keys not loaded");

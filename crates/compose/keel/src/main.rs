@@ -203,7 +203,7 @@ async fn run(
                 "keel {role}: API on http://{addr}  docs on http://{addr}/docs  (Ctrl-C to stop)"
             );
             if let Some(idp) = app.identity()
-                && matches!(idp.anyone_holds("admin").await, Ok(false))
+                && matches!(idp.accounts().anyone_holds("admin").await, Ok(false))
             {
                 println!(
                     "keel {role}: no admin account yet; make the first one with \
@@ -275,6 +275,7 @@ async fn run(
             let password = password.trim_end_matches(['\r', '\n']);
             let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
             let user = idp
+                .accounts()
                 .create_account(
                     &name,
                     &email,

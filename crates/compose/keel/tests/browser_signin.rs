@@ -10,7 +10,7 @@
 
 use keel::Application;
 use keel_config::{Secret, Settings};
-use keel_identity::totp::{Totp, TotpSecret};
+use keel_credentials::totp::{Totp, TotpSecret};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "a fine long passphrase";
@@ -128,7 +128,7 @@ async fn a_person_signs_in_with_a_password_and_an_authenticator_code_in_a_real_b
     assert_eq!(res.status(), 200);
 
     let verifier = "browser-test-verifier-0123456789-abcdefghijklmnopqrstuvwxyz";
-    let challenge = keel_identity::pkce::challenge_of(verifier);
+    let challenge = keel_credentials::pkce::challenge_of(verifier);
     let authorize = format!(
         "{base}/oauth/authorize?response_type=code&client_id=browser-app&scope=openid%20email\
          &state=st4te&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback\
@@ -192,6 +192,7 @@ async fn an_operator_enrols_an_authenticator_app_and_opens_the_console_in_a_real
     let operator = app
         .identity()
         .unwrap()
+        .accounts()
         .create_account(
             "Olga",
             "olga@example.com",

@@ -410,10 +410,10 @@ fn clock_ticks() -> f64 {
 /// secret and data key (every instance of a deployment needs the same ones), and the issuer;
 /// each has its own data directory and port.
 fn write_upstream_configs(ctx: &Ctx) -> anyhow::Result<Vec<PathBuf>> {
-    let data_key = keel_identity::envelope::Keyring::generate_entry("bench");
+    let data_key = keel_credentials::envelope::Keyring::generate_entry("bench");
     // A generated key entry is `<id>:<base64 of 32 random bytes>`: its material is also a
     // valid identity secret (at least 32 bytes, base64).
-    let secret_entry = keel_identity::envelope::Keyring::generate_entry("secret");
+    let secret_entry = keel_credentials::envelope::Keyring::generate_entry("secret");
     let (_, secret) = secret_entry
         .split_once(':')
         .context("a generated key entry without `:`")?;

@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use keel_identity::password::{Argon2Params, PasswordHasher};
-use keel_identity::token::{Claims, Expect, KeySet};
+use keel_credentials::password::{Argon2Params, PasswordHasher};
+use keel_credentials::token::{Claims, Expect, KeySet};
 
 #[derive(Args)]
 pub struct IdentityArgs {
@@ -117,7 +117,9 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
     println!("| token verifications/s, 1 thread | {verify_one:.0} |");
     println!("| token verifications/s, {cores} threads | {verify_all:.0} |");
     println!("| tokens signed/s, 1 thread | {signed:.0} |");
-    println!("| API path: `Idp::verify_access` of a token seen before, 1 thread | {cached:.0} |");
+    println!(
+        "| API path: `AccessTokens::verify_access` of a token seen before, 1 thread | {cached:.0} |"
+    );
     println!("| login (password verification) p50 | {:.1} ms |", ms(p50));
     println!("| login (password verification) p99 | {:.1} ms |", ms(p99));
     println!("| password hash (sign-up) | {:.1} ms |", ms(hash_time));
@@ -149,12 +151,12 @@ pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `Idp::verify_access` as the API's bearer extractor calls it, on a token it has verified
+/// `AccessTokens::verify_access` as the API's bearer extractor calls it, on a token it has verified
 /// before (every request of a session after its first): verifications per second, one thread.
 fn cached_verifications(n: u64) -> anyhow::Result<f64> {
     use std::sync::Arc;
 
-    use keel_identity::envelope::Keyring;
+    use keel_credentials::envelope::Keyring;
     use keel_identity::service::{Idp, IdpSettings, SignIn};
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -181,11 +183,13 @@ fn cached_verifications(n: u64) -> anyhow::Result<f64> {
             IdpSettings::default(),
         );
         let now = chrono::Utc::now().timestamp();
-        idp.ensure_keys(now).await?;
+        idp.tokens().ensure_keys(now).await?;
         let password = "tiger lily 77 on ice";
-        idp.create_account("Bench", "bench@example.com", password, &[], "bench", now)
+        idp.accounts()
+            .create_account("Bench", "bench@example.com", password, &[], "bench", now)
             .await?;
         let tokens = idp
+            .sessions()
             .sign_in(
                 &SignIn {
                     email: "bench@example.com",
@@ -200,6 +204,7 @@ fn cached_verifications(n: u64) -> anyhow::Result<f64> {
         let started = Instant::now();
         for _ in 0..n {
             let claims = idp
+                .tokens()
                 .verify_access(std::hint::black_box(&tokens.access_token), now)
                 .await?;
             std::hint::black_box(claims);

@@ -16,9 +16,9 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use keel_credentials::token::Claims;
 use keel_domain::{AuthEventQuery, Caller, UserId};
 use keel_identity::service::{AuthError, Idp, SignIn};
-use keel_identity::token::Claims;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -159,6 +159,7 @@ async fn verify_email(
 ) -> Result<Response, ApiError> {
     body.deny_unknown(&["token"])?;
     let user = idp(&state)?
+        .lifecycle()
         .verify_email(body.required_str("token")?, now())
         .await?;
     Ok(Json(json!({ "verified": true, "user": user })).into_response())
@@ -176,6 +177,7 @@ async fn verify_email_page(
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
     let (status, text) = match idp
+        .lifecycle()
         .verify_email(params.token.as_deref().unwrap_or_default(), now())
         .await
     {
@@ -203,7 +205,10 @@ async fn resend_verification(
     State(state): State<AppState>,
     Signed(caller): Signed,
 ) -> Result<Response, ApiError> {
-    idp(&state)?.send_verification(caller.user, now()).await?;
+    idp(&state)?
+        .lifecycle()
+        .send_verification(caller.user, now())
+        .await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -215,6 +220,7 @@ async fn forgot_password(
 ) -> Result<Response, ApiError> {
     body.deny_unknown(&["email"])?;
     idp(&state)?
+        .lifecycle()
         .forgot_password(body.required_str("email")?, &client, now())
         .await?;
     Ok(StatusCode::ACCEPTED.into_response())
@@ -228,6 +234,7 @@ async fn reset_password(
 ) -> Result<Response, ApiError> {
     body.deny_unknown(&["token", "password"])?;
     idp(&state)?
+        .lifecycle()
         .reset_password(
             body.required_str("token")?,
             body.required_str("password")?,
@@ -246,6 +253,7 @@ async fn accept_invitation(
 ) -> Result<Response, ApiError> {
     body.deny_unknown(&["token", "password"])?;
     let user = idp(&state)?
+        .lifecycle()
         .accept_invitation(
             body.required_str("token")?,
             body.required_str("password")?,
@@ -300,7 +308,7 @@ async fn sign_in(
         client: &client,
         client_id: FIRST_PARTY,
     };
-    let tokens = idp.sign_in(&attempt, now()).await?;
+    let tokens = idp.sessions().sign_in(&attempt, now()).await?;
     Ok(Json(tokens).into_response())
 }
 
@@ -312,6 +320,7 @@ async fn refresh(
     let idp = idp(&state)?;
     body.deny_unknown(&["refresh_token"])?;
     let tokens = idp
+        .sessions()
         .refresh(
             body.required_str("refresh_token")?,
             FIRST_PARTY,
@@ -331,6 +340,7 @@ async fn sign_out(
     body.deny_unknown(&["refresh_token"])?;
     // An unknown or forged token signs nothing out, and says so no differently.
     match idp
+        .sessions()
         .sign_out(body.required_str("refresh_token")?, &client, now())
         .await
     {
@@ -354,7 +364,10 @@ async fn signed_in(
 /// The signed-in account: the user, its roles, how it signed in.
 async fn me(State(state): State<AppState>, bearer: Bearer) -> Result<Response, ApiError> {
     let user = signed_in(&state, &bearer).await?;
-    let mfa_setup_required = idp(&state)?.mfa_setup_required(bearer.user).await?;
+    let mfa_setup_required = idp(&state)?
+        .accounts()
+        .mfa_setup_required(bearer.user)
+        .await?;
     let user: Value =
         serde_json::from_slice(&user.json).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Json(json!({
@@ -371,7 +384,7 @@ async fn me(State(state): State<AppState>, bearer: Bearer) -> Result<Response, A
 async fn enroll_totp(State(state): State<AppState>, bearer: Bearer) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
     let user = signed_in(&state, &bearer).await?;
-    let enrolment = idp.enroll_totp(&user.value, now()).await?;
+    let enrolment = idp.mfa().enroll_totp(&user.value, now()).await?;
     Ok(Json(enrolment).into_response())
 }
 
@@ -384,6 +397,7 @@ async fn confirm_totp(
     body.deny_unknown(&["code"])?;
     let user = signed_in(&state, &bearer).await?;
     let codes = idp
+        .mfa()
         .confirm_totp(&user.value, body.required_str("code")?, now())
         .await?;
     Ok(Json(json!({ "recovery_codes": codes })).into_response())
@@ -405,6 +419,7 @@ async fn audit(
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
     let events = idp
+        .accounts()
         .audit(&AuthEventQuery {
             subject: params.subject,
             actor: params.actor,
@@ -425,14 +440,15 @@ async fn change_password(
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
     body.deny_unknown(&["current_password", "new_password"])?;
-    idp.change_password(
-        bearer.user,
-        body.required_str("current_password")?,
-        body.required_str("new_password")?,
-        &client,
-        now(),
-    )
-    .await?;
+    idp.sessions()
+        .change_password(
+            bearer.user,
+            body.required_str("current_password")?,
+            body.required_str("new_password")?,
+            &client,
+            now(),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -443,6 +459,7 @@ async fn sign_out_everywhere(
     bearer: Bearer,
 ) -> Result<Response, ApiError> {
     idp(&state)?
+        .sessions()
         .sign_out_everywhere(bearer.user, &client, now())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -456,6 +473,7 @@ async fn set_disabled(
 ) -> Result<Response, ApiError> {
     let user: UserId = id.parse().map_err(|_| ApiError::UserNotFound)?;
     if idp(state)?
+        .accounts()
         .set_disabled(&caller.user.to_string(), user, disabled, now())
         .await?
     {
@@ -484,7 +502,7 @@ async fn enable(
 }
 
 async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let keys = idp(&state)?.jwks()?;
+    let keys = idp(&state)?.tokens().jwks()?;
     Ok((
         [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
         Json(keys),

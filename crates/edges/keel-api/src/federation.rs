@@ -144,8 +144,8 @@ impl Federation {
             // client_secret_basic, the method every provider supports.
             Some(secret) => {
                 request = request.basic_auth(
-                    keel_identity::percent_encode(&provider.client_id),
-                    Some(keel_identity::percent_encode(secret)),
+                    keel_credentials::percent_encode(&provider.client_id),
+                    Some(keel_credentials::percent_encode(secret)),
                 );
             }
             None => form.push(("client_id", &provider.client_id)),
@@ -234,7 +234,7 @@ async fn start(
     };
     let link_to = if params.link.as_deref() == Some("1") {
         let session = match cookie(&headers, SESSION_COOKIE) {
-            Some(value) => idp.session_caller(value, now()).await?,
+            Some(value) => idp.browser().session_caller(value, now()).await?,
             None => None,
         };
         match session {
@@ -253,7 +253,7 @@ async fn start(
         Err(e) => return Ok(refused(&e)),
     };
     let return_to = crate::pages::local_path(params.return_to.as_deref());
-    let (url, value) = idp.federation_start(
+    let (url, value) = idp.federation().federation_start(
         provider,
         &known.metadata,
         &redirect_uri(idp, provider),
@@ -295,7 +295,7 @@ async fn callback(
     let now = now();
     let outcome = async {
         let provider = provider(idp, &name)?;
-        let pending = idp.federation_pending(
+        let pending = idp.federation().federation_pending(
             cookie(&headers, FEDERATION_COOKIE).unwrap_or_default(),
             params.state.as_deref().unwrap_or_default(),
             now,
@@ -327,16 +327,28 @@ async fn callback(
                 &pending.verifier,
             )
             .await?;
-        let external =
-            match idp.check_id_token(provider, &known.jwks, &id_token, &pending.nonce, now) {
-                Err(FederationError::IdToken(keel_identity::token::TokenError::UnknownKey)) => {
-                    // The provider rotated its keys since they were fetched.
-                    let fresh = state.federation.known(provider, true).await?;
-                    idp.check_id_token(provider, &fresh.jwks, &id_token, &pending.nonce, now)?
-                }
-                other => other?,
-            };
+        let external = match idp.federation().check_id_token(
+            provider,
+            &known.jwks,
+            &id_token,
+            &pending.nonce,
+            now,
+        ) {
+            Err(FederationError::IdToken(keel_credentials::token::TokenError::UnknownKey)) => {
+                // The provider rotated its keys since they were fetched.
+                let fresh = state.federation.known(provider, true).await?;
+                idp.federation().check_id_token(
+                    provider,
+                    &fresh.jwks,
+                    &id_token,
+                    &pending.nonce,
+                    now,
+                )?
+            }
+            other => other?,
+        };
         let user = idp
+            .federation()
             .federated_account(provider, &external, pending.link_to, &client, now)
             .await?;
         Ok((user, pending.return_to))
@@ -344,8 +356,10 @@ async fn callback(
     .await;
     let mut res = match outcome {
         Ok((user, return_to)) => {
-            let generation = idp.token_generation(user.id).await?;
-            let (session, value) = idp.browser_session(user.id, generation, &["fed"], now);
+            let generation = idp.tokens().token_generation(user.id).await?;
+            let (session, value) =
+                idp.browser()
+                    .browser_session(user.id, generation, &["fed"], now);
             let mut res = Redirect::to(&return_to).into_response();
             res.headers_mut().append(
                 header::SET_COOKIE,

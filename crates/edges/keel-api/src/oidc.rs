@@ -42,7 +42,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn discovery(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(idp(&state)?.discovery()).into_response())
+    Ok(Json(idp(&state)?.oidc().discovery()).into_response())
 }
 
 // ---- cookies ----
@@ -229,7 +229,7 @@ fn back_to(redirect_uri: &str, params: &[(&str, Option<&str>)]) -> Response {
             url.push(sep);
             url.push_str(name);
             url.push('=');
-            url.push_str(&keel_identity::percent_encode(value));
+            url.push_str(&keel_credentials::percent_encode(value));
             sep = '&';
         }
     }
@@ -288,18 +288,18 @@ fn refused(idp: &Idp, e: AuthorizeError) -> Response {
 /// Whether a form's CSRF token belongs to this browser's CSRF cookie.
 pub(crate) fn csrf_ok(idp: &Idp, headers: &HeaderMap, token: Option<&str>) -> bool {
     match (cookie(headers, CSRF_COOKIE), token) {
-        (Some(cookie), Some(token)) => idp.check_csrf(cookie, token),
+        (Some(cookie), Some(token)) => idp.browser().check_csrf(cookie, token),
         _ => false,
     }
 }
 
 pub(crate) fn csrf_for(idp: &Idp, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     match cookie(headers, CSRF_COOKIE) {
-        Some(value) if !value.is_empty() => (idp.csrf_token(value), None),
+        Some(value) if !value.is_empty() => (idp.browser().csrf_token(value), None),
         _ => {
-            let value = idp.new_csrf_cookie();
+            let value = idp.browser().new_csrf_cookie();
             let header = set_cookie(idp, CSRF_COOKIE, &value, 3600, "Lax");
-            (idp.csrf_token(&value), Some(header))
+            (idp.browser().csrf_token(&value), Some(header))
         }
     }
 }
@@ -311,7 +311,11 @@ async fn current_session(
     now: i64,
 ) -> Result<Option<keel_identity::oidc::BrowserSession>, ApiError> {
     Ok(match cookie(headers, SESSION_COOKIE) {
-        Some(value) => idp.current_session(value, now).await?.map(|(s, _)| s),
+        Some(value) => idp
+            .browser()
+            .current_session(value, now)
+            .await?
+            .map(|(s, _)| s),
         None => None,
     })
 }
@@ -354,13 +358,13 @@ async fn authorization_request(
     request: &AuthorizeRequest,
 ) -> Result<Response, ApiError> {
     let idp = idp(state)?;
-    let authorized = match idp.check_authorize(request).await {
+    let authorized = match idp.oidc().check_authorize(request).await {
         Ok(authorized) => authorized,
         Err(e) => return Ok(refused(idp, e)),
     };
     let now = now();
     let session = current_session(idp, headers, now).await?;
-    let next = idp.next_step(&authorized, session, now).await?;
+    let next = idp.oidc().next_step(&authorized, session, now).await?;
     let signed_in_as = match &next {
         Next::Consent(session) => state
             .users
@@ -371,7 +375,7 @@ async fn authorization_request(
     };
     match (next, authorized.prompt.none) {
         (Next::Code(session), _) => {
-            let code = idp.issue_code(&authorized, &session, now).await?;
+            let code = idp.oidc().issue_code(&authorized, &session, now).await?;
             return Ok(answer(
                 idp,
                 &authorized.redirect_uri,
@@ -453,7 +457,7 @@ async fn authorize_submit(
             "the form expired or came from another site; go back to the application and try again",
         ));
     }
-    let authorized = match idp.check_authorize(&form.request).await {
+    let authorized = match idp.oidc().check_authorize(&form.request).await {
         Ok(authorized) => authorized,
         Err(e) => return Ok(refused(idp, e)),
     };
@@ -470,7 +474,7 @@ async fn authorize_submit(
     // that does not suffice is not used in their place.
     let existing = current_session(idp, headers, now)
         .await?
-        .filter(|s| Idp::session_suffices(&authorized, s, now));
+        .filter(|s| keel_identity::oidc::OidcProvider::session_suffices(&authorized, s, now));
     let (session, new_cookie) = match existing {
         Some(session) => (session, None),
         None => {
@@ -501,9 +505,9 @@ async fn authorize_submit(
                 no_store(&mut res);
                 res
             };
-            match idp.authenticate(&attempt, now).await {
+            match idp.sessions().authenticate(&attempt, now).await {
                 Ok(signed_in) => {
-                    let (session, value) = idp.browser_session(
+                    let (session, value) = idp.browser().browser_session(
                         signed_in.user.id,
                         signed_in.generation,
                         &signed_in.amr,
@@ -523,8 +527,10 @@ async fn authorize_submit(
             }
         }
     };
-    idp.remember_consent(session.user, &authorized, now).await?;
-    let code = idp.issue_code(&authorized, &session, now).await?;
+    idp.oidc()
+        .remember_consent(session.user, &authorized, now)
+        .await?;
+    let code = idp.oidc().issue_code(&authorized, &session, now).await?;
     let mut res = answer(
         idp,
         &authorized.redirect_uri,
@@ -636,7 +642,11 @@ async fn token(
             },
         ));
     };
-    let client = match idp.authenticate_client(&client_id, secret.as_deref()).await {
+    let client = match idp
+        .oidc()
+        .authenticate_client(&client_id, secret.as_deref())
+        .await
+    {
         Ok(client) => client,
         Err(e) => return Ok(oauth_error(StatusCode::UNAUTHORIZED, &e)),
     };
@@ -644,14 +654,15 @@ async fn token(
     let result = match form.grant_type.as_deref() {
         Some("authorization_code") => match form.code.as_deref() {
             Some(code) => {
-                idp.exchange_code(
-                    &client,
-                    code,
-                    form.redirect_uri.as_deref(),
-                    form.code_verifier.as_deref(),
-                    now,
-                )
-                .await
+                idp.oidc()
+                    .exchange_code(
+                        &client,
+                        code,
+                        form.redirect_uri.as_deref(),
+                        form.code_verifier.as_deref(),
+                        now,
+                    )
+                    .await
             }
             None => Err(OAuthError {
                 code: "invalid_request",
@@ -659,7 +670,7 @@ async fn token(
             }),
         },
         Some("refresh_token") => match form.refresh_token.as_deref() {
-            Some(token) => idp.refresh_oidc(&client, token, &peer, now).await,
+            Some(token) => idp.oidc().refresh_oidc(&client, token, &peer, now).await,
             None => Err(OAuthError {
                 code: "invalid_request",
                 description: "refresh_token is required".into(),
@@ -693,7 +704,7 @@ async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Result<R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| keel_domain::auth_scheme::credentials(v, "Bearer"));
     let info = match token {
-        Some(token) => idp.userinfo(token, now()).await,
+        Some(token) => idp.oidc().userinfo(token, now()).await,
         None => Err(AuthError::InvalidCredentials),
     };
     match info {
@@ -730,6 +741,7 @@ async fn logout(
     let clear = set_cookie(idp, SESSION_COOKIE, "", 0, "Lax");
     let target = match (&params.client_id, &params.post_logout_redirect_uri) {
         (Some(id), Some(uri)) => idp
+            .oidc()
             .client(id)
             .await?
             .filter(|c| c.redirect_uris.iter().any(|r| r == uri))
@@ -774,6 +786,7 @@ async fn register_client(
         None => id,
     };
     let registered = idp
+        .oidc()
         .register_client(id, name, &uris, public, &caller.user.to_string(), now())
         .await?;
     Ok((StatusCode::CREATED, Json(registered)).into_response())

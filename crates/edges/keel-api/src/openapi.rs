@@ -14,9 +14,9 @@
 //! The API tests compare the operations with the router's routes, and a schemathesis run
 //! fuzzes the API from this document (crates/compose/keel/tests/api/openapi.rs).
 
+use keel_credentials::password::PasswordPolicy;
 use keel_domain::rbac::ROLES;
 use keel_domain::user::{EMAIL_MAX_BYTES, NAME_MAX_CHARS};
-use keel_identity::password::PasswordPolicy;
 use serde::Deserialize;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, SchemaFormat, Type};

@@ -93,7 +93,7 @@ async fn signed_in(
     let Some(value) = cookie(headers, SESSION_COOKIE) else {
         return Ok(None);
     };
-    let Some(caller) = idp.session_caller(value, now()).await? else {
+    let Some(caller) = idp.browser().session_caller(value, now()).await? else {
         return Ok(None);
     };
     Ok(state.users.get(caller.user).await?.map(|u| u.value.clone()))
@@ -229,10 +229,14 @@ async fn sign_in_submit(
         client_id: CONSOLE_CLIENT,
     };
     let now = now();
-    match idp.authenticate(&attempt, now).await {
+    match idp.sessions().authenticate(&attempt, now).await {
         Ok(signed_in) => {
-            let (session, value) =
-                idp.browser_session(signed_in.user.id, signed_in.generation, &signed_in.amr, now);
+            let (session, value) = idp.browser().browser_session(
+                signed_in.user.id,
+                signed_in.generation,
+                &signed_in.amr,
+                now,
+            );
             let mut res = Redirect::to(return_to).into_response();
             res.headers_mut().append(
                 header::SET_COOKIE,
@@ -282,7 +286,7 @@ async fn sign_out(
 fn to_sign_in(back: &str) -> Response {
     let mut res = Redirect::to(&format!(
         "/signin?return_to={}",
-        keel_identity::percent_encode(back)
+        keel_credentials::percent_encode(back)
     ))
     .into_response();
     no_store(&mut res);
@@ -311,7 +315,7 @@ async fn mfa_page(State(state): State<AppState>, headers: HeaderMap) -> Result<R
         return Ok(to_sign_in("/account/mfa"));
     };
     let (csrf, set) = csrf_for(idp, &headers);
-    let body = match idp.enroll_totp(&user, now()).await {
+    let body = match idp.mfa().enroll_totp(&user, now()).await {
         Ok(enrolment) => format!(
             "<h1>Authenticator app</h1><p>Scan this code with your authenticator app \
              (or type the key below), then enter the code it shows.</p>\
@@ -353,7 +357,7 @@ async fn mfa_submit(
         return Ok(to_sign_in("/account/mfa"));
     };
     let code = form.code.as_deref().unwrap_or_default();
-    match idp.confirm_totp(&user, code, now()).await {
+    match idp.mfa().confirm_totp(&user, code, now()).await {
         Ok(codes) => {
             let items: String = codes
                 .iter()
@@ -411,8 +415,9 @@ async fn consents_page(
     };
     let (csrf, set) = csrf_for(idp, &headers);
     let mut items = String::new();
-    for consent in idp.consents(user.id).await? {
+    for consent in idp.oidc().consents(user.id).await? {
         let name = idp
+            .oidc()
             .client(&consent.client_id)
             .await?
             .map_or_else(|| consent.client_id.clone(), |c| c.name);
@@ -472,7 +477,9 @@ async fn consent_withdraw(
         return Ok(to_sign_in("/account/consents"));
     };
     if let Some(client_id) = form.client_id.as_deref() {
-        idp.withdraw_consent(user.id, client_id, now()).await?;
+        idp.oidc()
+            .withdraw_consent(user.id, client_id, now())
+            .await?;
     }
     let mut res = Redirect::to("/account/consents").into_response();
     no_store(&mut res);

@@ -19,8 +19,8 @@ use keel_domain::{Caller, Permission, UserId};
 
 use std::sync::Arc;
 
+use keel_credentials::token::Claims;
 use keel_identity::service::Idp;
-use keel_identity::token::Claims;
 
 use crate::ApiError;
 use crate::auth::now;
@@ -164,12 +164,16 @@ async fn caller(
         return Ok(None);
     };
     if let Some(token) = bearer_token(parts) {
-        let claims = idp.verify_access(token, now()).await?;
+        let claims = idp.tokens().verify_access(token, now()).await?;
         let caller = keel_identity::service::caller_of(&claims)?;
         return Ok(Some((caller, Some(claims))));
     }
     if console && let Some(value) = crate::oidc::session_cookie(&parts.headers) {
-        return Ok(idp.session_caller(value, now()).await?.map(|c| (c, None)));
+        return Ok(idp
+            .browser()
+            .session_caller(value, now())
+            .await?
+            .map(|c| (c, None)));
     }
     Ok(None)
 }
@@ -252,7 +256,7 @@ fn sign_in_first(parts: &axum::http::request::Parts) -> Response {
         .to_owned();
     let mut res = Redirect::to(&format!(
         "/signin?return_to={}",
-        keel_identity::percent_encode(&back)
+        keel_credentials::percent_encode(&back)
     ))
     .into_response();
     res.headers_mut()

@@ -99,10 +99,15 @@ pub async fn create_user(
         let (name, email) = (body.required_str("name")?, body.required_str("email")?);
         match body.optional_str("password")? {
             Some(password) => {
-                idp.register(name, email, password, &roles, &actor, now)
+                idp.accounts()
+                    .register(name, email, password, &roles, &actor, now)
                     .await?
             }
-            None => idp.invite(name, email, &roles, &actor, now).await?,
+            None => {
+                idp.lifecycle()
+                    .invite(name, email, &roles, &actor, now)
+                    .await?
+            }
         }
     } else {
         match idp.settings().signup {
@@ -111,15 +116,16 @@ pub async fn create_user(
             SignupMode::Closed => return Err(ApiError::SignupClosed("closed")),
         }
         body.deny_unknown(&["name", "email", "password"])?;
-        idp.register(
-            body.required_str("name")?,
-            body.required_str("email")?,
-            body.required_str("password")?,
-            &[],
-            "anonymous",
-            now,
-        )
-        .await?
+        idp.accounts()
+            .register(
+                body.required_str("name")?,
+                body.required_str("email")?,
+                body.required_str("password")?,
+                &[],
+                "anonymous",
+                now,
+            )
+            .await?
     };
     let location = format!("/users/{}", user.id);
     let mut res = (StatusCode::CREATED, Json(user)).into_response();
@@ -185,7 +191,9 @@ pub async fn update_user(
     };
     // A new address is unverified until its owner follows the link mailed to it.
     if let (true, Some(idp)) = (email_changed, &state.identity) {
-        idp.email_changed(&user.value, crate::auth::now()).await?;
+        idp.lifecycle()
+            .email_changed(&user.value, crate::auth::now())
+            .await?;
     }
     Ok(user_response(StatusCode::OK, &user))
 }
@@ -213,7 +221,8 @@ pub async fn delete_user(
     }
     tracing::info!(user_id = %id, ?erased, "account erased");
     if let Some(idp) = &state.identity {
-        idp.record_erasure(id, &caller.user.to_string(), crate::auth::now())
+        idp.lifecycle()
+            .record_erasure(id, &caller.user.to_string(), crate::auth::now())
             .await?;
     }
     Ok(StatusCode::NO_CONTENT)
@@ -232,6 +241,7 @@ pub async fn user_data(
     let id = parse_id(&id)?;
     let idp = crate::auth::idp(&state)?;
     let account = idp
+        .lifecycle()
         .export_account(id)
         .await?
         .ok_or(ApiError::UserNotFound)?;
@@ -265,6 +275,7 @@ pub async fn reinvite(
     let id = parse_id(&id)?;
     let idp = crate::auth::idp(&state)?;
     if idp
+        .lifecycle()
         .reinvite(id, &caller.user.to_string(), crate::auth::now())
         .await?
     {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::settings::EdgeJwtSettings;
 use http::{HeaderValue, StatusCode};
-use keel_identity::token::{Claims, Expect, TokenError, Verifier};
+use keel_credentials::token::{Claims, Expect, TokenError, Verifier};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -393,7 +393,7 @@ mod tests {
     use axum::extract::State;
     use axum::response::{IntoResponse, Response};
     use axum::routing::get;
-    use keel_identity::token::KeySet;
+    use keel_credentials::token::KeySet;
     use serde_json::Value;
 
     use super::*;

@@ -3,8 +3,8 @@
 //! enrolment and sign-in with a second factor, the admin-only audit log, the JWKS, and the
 //! routes gone when identity is off.
 
-use keel_identity::token::{Expect, Verifier};
-use keel_identity::totp::{Totp, TotpSecret};
+use keel_credentials::token::{Expect, Verifier};
+use keel_credentials::totp::{Totp, TotpSecret};
 use serde_json::{Value, json};
 
 use crate::api::helpers::{Backend, TestApp, spawn_app, spawn_app_with};

@@ -414,7 +414,7 @@ async fn es256_provider() -> Es256Provider {
                     Redirect::to(&format!(
                         "{}?code=es-code&state={}",
                         q["redirect_uri"],
-                        keel_identity::percent_encode(&q["state"])
+                        keel_credentials::percent_encode(&q["state"])
                     ))
                     .into_response()
                 },

@@ -230,10 +230,12 @@ async fn admin_token(idp: &keel_identity::service::Idp) -> Option<(String, Strin
     let now = chrono::Utc::now().timestamp();
     let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
     let user = idp
+        .accounts()
         .create_account("Admin", &email, ADMIN_PASSWORD, &["admin"], "cli", now)
         .await
         .ok()?;
     let tokens = idp
+        .sessions()
         .sign_in(
             &keel_identity::service::SignIn {
                 email: &email,

@@ -117,10 +117,10 @@ pub async fn browser_session(app: &TestApp, email: &str, return_to: &str) -> Str
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!(
             "csrf={}&return_to={}&email={}&password={}",
-            keel_identity::percent_encode(&token),
-            keel_identity::percent_encode(return_to),
-            keel_identity::percent_encode(email),
-            keel_identity::percent_encode(PASSWORD),
+            keel_credentials::percent_encode(&token),
+            keel_credentials::percent_encode(return_to),
+            keel_credentials::percent_encode(email),
+            keel_credentials::percent_encode(PASSWORD),
         ))
         .send()
         .await

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use keel_credentials::totp::{Totp, TotpSecret};
 use keel_domain::IdentityStore;
-use keel_identity::totp::{Totp, TotpSecret};
 use serde_json::{Value, json};
 
 use crate::api::auth::{PASSWORD, grant, sign_up, tokens_of};

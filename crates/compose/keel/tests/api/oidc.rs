@@ -227,7 +227,7 @@ async fn the_provider_refuses_what_it_must(backend: Backend) {
         let mut url = format!(
             "{}/oauth/authorize?response_type=code&client_id=spa&scope=openid%20email&state=s1&redirect_uri={}",
             app.address,
-            keel_identity::percent_encode(redirect)
+            keel_credentials::percent_encode(redirect)
         );
         if with_pkce {
             url.push_str(&format!(
@@ -384,8 +384,8 @@ fn authorize_url(app: &TestApp, scope: &str, extra: &str) -> String {
     format!(
         "{}/oauth/authorize?response_type=code&client_id={CLIENT}&state=s1&nonce=n1&scope={}&redirect_uri={}{extra}",
         app.address,
-        keel_identity::percent_encode(scope),
-        keel_identity::percent_encode(REDIRECT),
+        keel_credentials::percent_encode(scope),
+        keel_credentials::percent_encode(REDIRECT),
     )
 }
 
@@ -1068,7 +1068,7 @@ async fn the_discovery_document_states_what_the_provider_does(backend: Backend) 
 }
 
 async fn amr_says_a_second_factor_was_used(backend: Backend) {
-    use keel_identity::totp::{Totp, TotpSecret};
+    use keel_credentials::totp::{Totp, TotpSecret};
     let app = crate::api::helpers::spawn_app(backend).await;
     let secret = register(&app, CLIENT, false).await.unwrap();
     sign_up(&app, "ada@example.com").await;

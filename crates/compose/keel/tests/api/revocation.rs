@@ -243,7 +243,7 @@ async fn browser_sessions_codes_and_oidc_tokens_stop_when_the_account_signs_out_
     let authorize = format!(
         "{}/oauth/authorize?response_type=code&client_id=spa&scope=openid%20email&state=s1&redirect_uri={}&code_challenge={}&code_challenge_method=S256",
         app.address,
-        keel_identity::percent_encode(crate::api::oidc::REDIRECT),
+        keel_credentials::percent_encode(crate::api::oidc::REDIRECT),
         challenge.as_str()
     );
     let exchange = |code: String| {

@@ -15,7 +15,7 @@ use axum::body::Body;
 use axum::http::Response;
 use bytes::Bytes;
 use keel_gateway::settings::{CorsSettings, EdgeJwtSettings, RateLimitSettings};
-use keel_identity::token::{Claims, KeySet};
+use keel_credentials::token::{Claims, KeySet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn all_ok(statuses: &[u16]) -> bool {

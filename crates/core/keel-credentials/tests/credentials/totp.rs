@@ -1,6 +1,6 @@
 //! TOTP: RFC 6238's test vectors, the ±1 step window, replay refusal and the enrolment URI.
 
-use keel_identity::totp::{Algorithm, Totp, TotpError, TotpSecret};
+use keel_credentials::totp::{Algorithm, Totp, TotpError, TotpSecret};
 
 fn rfc_secret(algorithm: Algorithm) -> TotpSecret {
     let ascii = "1234567890".repeat(7);

@@ -1,6 +1,6 @@
 //! Passwords: argon2id at OWASP's minimum or stronger, rehash on parameter change, the policy.
 
-use keel_identity::password::{
+use keel_credentials::password::{
     Argon2Params, PasswordHasher, PasswordPolicy, PolicyViolation, Verified, is_common,
 };
 

@@ -1,6 +1,6 @@
 //! Recovery codes: ten per set, stored hashed, each redeemable once.
 
-use keel_identity::recovery::{self, CODES_PER_SET, RecoveryCodes};
+use keel_credentials::recovery::{self, CODES_PER_SET, RecoveryCodes};
 
 #[test]
 fn each_code_signs_in_once_and_only_its_hash_is_kept() {

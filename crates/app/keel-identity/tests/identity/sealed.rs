@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DurationRound, TimeDelta, Utc};
+use keel_credentials::envelope::Keyring;
 use keel_domain::{NewUser, PageRequest, StoreError, User, UserEmail, UserName, UserRepo};
-use keel_identity::envelope::Keyring;
 use keel_identity::sealed::SealedNames;
 use keel_sql_postgres::PostgresStore;
 use keel_sql_sqlite::{PoolSettings, SqliteStore};

@@ -1,7 +1,7 @@
 //! Envelope encryption: sealed values open only in their place, keys rotate without touching the
 //! data, and bad keys or altered values are refused.
 
-use keel_identity::envelope::{EnvelopeError, Keyring};
+use keel_credentials::envelope::{EnvelopeError, Keyring};
 
 fn entry(id: &str, byte: u8) -> String {
     use base64::Engine as _;

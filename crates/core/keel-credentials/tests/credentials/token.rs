@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use keel_identity::token::{Claims, Expect, KeySet, KeyState, TokenError, Verifier};
+use keel_credentials::token::{Claims, Expect, KeySet, KeyState, TokenError, Verifier};
 use serde_json::{Value, json};
 
 const NOW: i64 = 1_800_000_000;

@@ -10,24 +10,13 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self};
 use bytes::Bytes;
 use chrono::Utc;
-use keel_domain::queue::check_name;
+use keel_domain::queue::{check_name, check_publish};
 use keel_domain::queue::{key_chains, topic_matches, worst};
 use keel_domain::{BrokerError, Outgoing};
 
 use crate::error::{classify, classify_publish, internal};
 use crate::names::Slot;
 use crate::{Binding, Inner, codec, lock, names};
-
-fn check_publish(topic: &str, body: &[u8], max_body: usize) -> Result<(), BrokerError> {
-    check_name("topic", topic, false)?;
-    if body.len() > max_body {
-        return Err(BrokerError::Invalid {
-            what: "body",
-            why: format!("{} bytes is over the {max_body} byte limit", body.len()),
-        });
-    }
-    Ok(())
-}
 
 /// A message of a batch, encoded once for all its copies.
 struct Prepared {

@@ -557,8 +557,11 @@ fn oauth_error(status: StatusCode, e: &OAuthError) -> Response {
     res
 }
 
-#[derive(Debug, Deserialize)]
-struct TokenForm {
+/// `POST /oauth/token` (RFC 6749 §4.1.3, §6); the client authenticates with HTTP Basic or with
+/// `client_id` and `client_secret` here.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = TokenRequestForm)]
+pub(crate) struct TokenForm {
     grant_type: Option<String>,
     code: Option<String>,
     redirect_uri: Option<String>,

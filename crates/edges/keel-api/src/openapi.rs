@@ -88,8 +88,10 @@ pub struct OAuthErrorBody {
     error_description: Option<String>,
 }
 
-/// A form of the browser pages; every field is optional to the parser, the page says what
-/// is missing.
+/// The sign-in fields of the authorization page's form (`POST /oauth/authorize`); every field
+/// is optional to the parser, the page says what is missing. Written for the document, the one
+/// form body that is: the parser's `oidc::AuthorizeForm` flattens keel-identity's
+/// `AuthorizeRequest`, and the application crates know nothing of OpenAPI.
 #[derive(Deserialize, ToSchema)]
 #[allow(dead_code)]
 pub struct PageForm {
@@ -99,28 +101,6 @@ pub struct PageForm {
     second_factor: Option<String>,
     code: Option<String>,
     return_to: Option<String>,
-}
-
-/// `POST /account/consents`: withdraws the consent to one client.
-#[derive(Deserialize, ToSchema)]
-#[allow(dead_code)]
-pub struct WithdrawConsentForm {
-    csrf: Option<String>,
-    client_id: Option<String>,
-}
-
-/// `POST /oauth/token` (RFC 6749 §4.1.3, §6); the client authenticates with HTTP Basic or with
-/// `client_id` and `client_secret` here.
-#[derive(Deserialize, ToSchema)]
-#[allow(dead_code)]
-pub struct TokenRequestForm {
-    grant_type: Option<String>,
-    code: Option<String>,
-    redirect_uri: Option<String>,
-    code_verifier: Option<String>,
-    refresh_token: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
 }
 
 /// The routes whose handlers live outside this crate's annotated modules.
@@ -303,7 +283,7 @@ mod routes {
     fn authorize_submit() {}
 
     /// The token endpoint (RFC 6749 §3.2).
-    #[utoipa::path(post, path = "/oauth/token", tag = "oidc", request_body(content = TokenRequestForm, content_type = "application/x-www-form-urlencoded"), responses(
+    #[utoipa::path(post, path = "/oauth/token", tag = "oidc", request_body(content = crate::oidc::TokenForm, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 200, description = "tokens", body = Object),
         (status = 400, description = "the grant is not valid, or the request is malformed (`invalid_request`: another content type, a repeated parameter, an unreadable body)", body = OAuthErrorBody),
         (status = 401, description = "`invalid_client`", body = OAuthErrorBody),
@@ -350,7 +330,7 @@ mod routes {
     fn sign_in_page() {}
 
     /// The sign-in page's form.
-    #[utoipa::path(post, path = "/signin", tag = "pages", request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"), responses(
+    #[utoipa::path(post, path = "/signin", tag = "pages", request_body(content = crate::pages::SignInFields, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 200, description = "the page again (a second factor is needed)", content_type = "text/html", body = String),
         (status = 303, description = "signed in: to `return_to`"),
         (status = 401, description = "wrong credentials: the page again", content_type = "text/html", body = String),
@@ -360,7 +340,7 @@ mod routes {
     fn sign_in_submit() {}
 
     /// Ends the browser session.
-    #[utoipa::path(post, path = "/signout", tag = "pages", request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"), responses(
+    #[utoipa::path(post, path = "/signout", tag = "pages", request_body(content = crate::pages::CsrfOnly, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 303, description = "to the sign-in page"),
         (status = 403, description = "the form's CSRF token does not match", content_type = "text/html", body = String),
     ))]
@@ -374,7 +354,7 @@ mod routes {
     fn mfa_page() {}
 
     /// The enrolment page's form.
-    #[utoipa::path(post, path = "/account/mfa", tag = "pages", request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"), responses(
+    #[utoipa::path(post, path = "/account/mfa", tag = "pages", request_body(content = crate::pages::CodeFields, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 200, description = "enrolled", content_type = "text/html", body = String),
         (status = 303, description = "not signed in: to the sign-in page"),
         (status = 403, description = "the form's CSRF token does not match", content_type = "text/html", body = String),
@@ -390,7 +370,7 @@ mod routes {
     fn consents_page() {}
 
     /// Withdraws the consent to one application and ends its sign-ins of the person.
-    #[utoipa::path(post, path = "/account/consents", tag = "pages", request_body(content = WithdrawConsentForm, content_type = "application/x-www-form-urlencoded"), responses(
+    #[utoipa::path(post, path = "/account/consents", tag = "pages", request_body(content = crate::pages::WithdrawFields, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 303, description = "withdrawn (or not signed in: to the sign-in page)"),
         (status = 403, description = "the form's CSRF token does not match", content_type = "text/html", body = String),
     ))]

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use keel_domain::{MessageId, Outgoing};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use uuid::Uuid;
 
 /// Every keel field but the application's headers, in one header (the server scans a message's
@@ -34,7 +35,7 @@ pub(crate) fn encode(topic: &str, message: &Outgoing, published_at: DateTime<Utc
     );
     if let Some(key) = &message.key {
         fields.push(';');
-        fields.push_str(&percent_encode(key));
+        fields.extend(utf8_percent_encode(key, KEY_ESCAPED));
     }
     let mut headers = HeaderMap::new();
     headers.insert(FIELDS, fields.as_str());
@@ -100,34 +101,28 @@ fn micros(text: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_micros(text.parse().ok()?)
 }
 
-/// Bytes outside `!`..=`~`, and `%` itself, as `%XX`: readable for ordinary keys, injective for all.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// The bytes of a key written as `%XX`: everything outside `!`..=`~` (controls, space, DEL; the
+/// crate escapes every non-ASCII byte), and `%` itself: readable for ordinary keys, injective for
+/// all.
+const KEY_ESCAPED: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
 
+/// A key as [`encode`] wrote it; `None` for a malformed escape, which the crate would pass
+/// through as text (keel never writes one, so the header is not keel's), or for bytes that are
+/// not UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let well_formed = text.split('%').skip(1).all(|escape| {
+        escape
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|key| key.into_owned())
 }
 
 #[cfg(test)]
@@ -179,6 +174,18 @@ mod tests {
             (message.id, "t.x", None, None)
         );
         assert!(decoded.headers.is_empty());
+    }
+
+    #[test]
+    fn a_key_is_written_as_it_always_was() {
+        // The wire format: processes of different builds read each other's keys.
+        let message = Outgoing::new(Vec::new()).with_key("user 42\r\n%;\u{e9}~!\u{7f}");
+        let headers = encode("t", &message, Utc::now());
+        let fields = headers.get(FIELDS).unwrap().as_str();
+        assert!(
+            fields.ends_with(";t;user%2042%0D%0A%25;%C3%A9~!%7F"),
+            "{fields}"
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! How keel's names become JetStream names: group and pattern tokens, stream and subject names,
 //! and the key → partition hash. Every process sharing a namespace must compute the same names,
-//! so nothing here may depend on the build (no `std` hasher, whose algorithm may change).
+//! so nothing here may depend on the build (no `std` hasher, whose algorithm may change): the
+//! hash is the domain's FNV-1a ([`keel_domain::queue::fnv1a`]), shared with the RabbitMQ broker.
+
+use keel_domain::queue::{fnv1a, partition_of};
 
 /// Longest token kept readable; longer ones are cut and suffixed with a hash of the whole name, so
 /// stream names stay well below file-name limits (the server stores a stream in a directory of
@@ -34,16 +37,6 @@ pub(crate) fn token(name: &str) -> String {
     format!("{}_h{:016x}", &out[..40], fnv1a(name.as_bytes()))
 }
 
-/// 64-bit FNV-1a: tiny, stable forever, good enough to spread keys over partitions.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
 /// Which of a group's consumers a message goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Slot {
@@ -56,7 +49,7 @@ pub(crate) enum Slot {
 impl Slot {
     pub(crate) fn of(key: Option<&str>, partitions: u16) -> Slot {
         match key {
-            Some(key) => Slot::Partition((fnv1a(key.as_bytes()) % u64::from(partitions)) as u16),
+            Some(key) => Slot::Partition(partition_of(key, partitions)),
             None => Slot::Unkeyed,
         }
     }

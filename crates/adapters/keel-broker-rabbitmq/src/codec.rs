@@ -29,20 +29,13 @@ pub(crate) enum Slot {
 }
 
 impl Slot {
-    /// The partition of `key` among `partitions`, or the unkeyed queue. The hash (FNV-1a) is
-    /// fixed here rather than taken from the standard library, whose hasher may change between
-    /// Rust releases: every process, whatever its build, must put a key in the same partition.
+    /// The partition of `key` among `partitions` (the domain's FNV-1a, the same in every
+    /// process and build, and the same as the NATS broker's), or the unkeyed queue.
     pub(crate) fn of(key: Option<&str>, partitions: u16) -> Self {
-        let Some(key) = key else {
-            return Self::Unkeyed;
-        };
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in key.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        match key {
+            Some(key) => Self::Partition(keel_domain::queue::partition_of(key, partitions)),
+            None => Self::Unkeyed,
         }
-        let index = hash % u64::from(partitions.max(1));
-        Self::Partition(u16::try_from(index).unwrap_or(0))
     }
 
     /// The value of the routing header, also the last segment of the queue's name.

@@ -102,7 +102,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
-use keel_domain::queue::{check_name, key_chains, worst};
+use keel_domain::queue::{check_name, check_publish, key_chains, worst};
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, QueueDepth};
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -331,21 +331,6 @@ impl RabbitBroker {
         }
     }
 
-    fn check_publish(&self, topic: &str, body: &[u8]) -> Result<(), BrokerError> {
-        check_name("topic", topic, false)?;
-        if body.len() > self.max_body_bytes {
-            return Err(BrokerError::Invalid {
-                what: "body",
-                why: format!(
-                    "{} bytes is over the {} byte limit",
-                    body.len(),
-                    self.max_body_bytes
-                ),
-            });
-        }
-        Ok(())
-    }
-
     /// The group's live consumer channel, locked for this fetch; opened if missing or dead.
     async fn link(
         &self,
@@ -542,7 +527,7 @@ impl Broker for RabbitBroker {
         topic: &str,
         message: keel_domain::Outgoing,
     ) -> Result<bool, BrokerError> {
-        self.check_publish(topic, &message.body)?;
+        check_publish(topic, &message.body, self.max_body_bytes)?;
         let slot = Slot::of(message.key.as_deref(), self.shape.partitions);
         let properties = codec::properties(&message, slot, Utc::now())?;
         let session = self.session().await?;
@@ -564,7 +549,7 @@ impl Broker for RabbitBroker {
         batch: &[(String, keel_domain::Outgoing)],
     ) -> Result<Vec<bool>, BrokerError> {
         for (topic, message) in batch {
-            self.check_publish(topic, &message.body)?;
+            check_publish(topic, &message.body, self.max_body_bytes)?;
         }
         let session = self.session().await?;
         let now = Utc::now();
@@ -616,7 +601,7 @@ impl Broker for RabbitBroker {
         message: keel_domain::Outgoing,
     ) -> Result<(), BrokerError> {
         check_name("group", group, false)?;
-        self.check_publish(topic, &message.body)?;
+        check_publish(topic, &message.body, self.max_body_bytes)?;
         let slot = Slot::of(message.key.as_deref(), self.shape.partitions);
         let properties = codec::properties(&message, slot, Utc::now())?;
         let session = self.session().await?;

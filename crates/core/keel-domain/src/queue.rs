@@ -276,6 +276,43 @@ pub fn check_name(what: &'static str, name: &str, pattern: bool) -> Result<(), B
     Ok(())
 }
 
+/// Refuses a message before it is sent: the topic must be a name ([`check_name`]) and the body
+/// at most `max_body_bytes` long. Every broker checks the same way, so a message one broker
+/// takes is not refused by another.
+pub fn check_publish(topic: &str, body: &[u8], max_body_bytes: usize) -> Result<(), BrokerError> {
+    check_name("topic", topic, false)?;
+    if body.len() > max_body_bytes {
+        return Err(BrokerError::Invalid {
+            what: "body",
+            why: format!(
+                "{} bytes is over the {max_body_bytes} byte limit",
+                body.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// 64-bit FNV-1a: tiny, stable forever, good enough to spread keys over partitions. Fixed here
+/// rather than taken from the standard library, whose hasher may change between Rust releases:
+/// every process, whatever its build, must put a key in the same partition.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The partition of `key` among `partitions` (at least one): FNV-1a of the key modulo the
+/// count. A key's messages all go to its partition, which is how brokers keep their order.
+pub fn partition_of(key: &str, partitions: u16) -> u16 {
+    let index = fnv1a(key.as_bytes()) % u64::from(partitions.max(1));
+    // The remainder is below a u16.
+    u16::try_from(index).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +357,33 @@ mod tests {
         assert!(check_name("pattern", "user.*", true).is_ok());
         assert!(check_name("group", "", false).is_err());
         assert!(check_name("group", "a b", false).is_err());
+    }
+
+    #[test]
+    fn the_partition_of_a_key_never_changes() {
+        // Fixed values: processes built at different times must agree.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(partition_of("a", 16), 0xc);
+        assert_eq!(partition_of("a", 8), 4);
+        assert_eq!(partition_of("a", 0), 0, "no partitions is one");
+        let spread: std::collections::HashSet<_> = (0..100)
+            .map(|n| partition_of(&format!("user-{n}"), 8))
+            .collect();
+        assert_eq!(spread.len(), 8, "keys spread over every partition");
+    }
+
+    #[test]
+    fn a_publish_is_checked_for_its_topic_and_size() {
+        assert!(check_publish("user.created", b"abc", 3).is_ok());
+        let too_big = check_publish("user.created", b"abcd", 3).unwrap_err();
+        assert!(
+            matches!(&too_big, BrokerError::Invalid { what: "body", why } if why == "4 bytes is over the 3 byte limit"),
+            "{too_big:?}"
+        );
+        assert!(matches!(
+            check_publish("user.*", b"", 3),
+            Err(BrokerError::Invalid { what: "topic", .. })
+        ));
     }
 }

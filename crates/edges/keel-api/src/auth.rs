@@ -22,7 +22,11 @@ use keel_identity::service::{AuthError, Idp, SignIn};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::extract::{JsonObject, Path, Query};
+use crate::extract::{JsonBody, Path, Query};
+use crate::input::{
+    CodeInput, EmailInput, PasswordChangeInput, RefreshInput, SignInInput, TokenInput,
+    TokenPasswordInput,
+};
 use crate::policy::Signed;
 use crate::{ApiError, AppState};
 
@@ -155,12 +159,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
 /// Verifies an address with the token mailed to it.
 async fn verify_email(
     State(state): State<AppState>,
-    body: JsonObject,
+    JsonBody(body): JsonBody<TokenInput>,
 ) -> Result<Response, ApiError> {
-    body.deny_unknown(&["token"])?;
     let user = idp(&state)?
         .lifecycle()
-        .verify_email(body.required_str("token")?, now())
+        .verify_email(&body.token, now())
         .await?;
     Ok(Json(json!({ "verified": true, "user": user })).into_response())
 }
@@ -216,12 +219,11 @@ async fn resend_verification(
 async fn forgot_password(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    body: JsonObject,
+    JsonBody(body): JsonBody<EmailInput>,
 ) -> Result<Response, ApiError> {
-    body.deny_unknown(&["email"])?;
     idp(&state)?
         .lifecycle()
-        .forgot_password(body.required_str("email")?, &client, now())
+        .forgot_password(&body.email, &client, now())
         .await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -230,17 +232,11 @@ async fn forgot_password(
 async fn reset_password(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    body: JsonObject,
+    JsonBody(body): JsonBody<TokenPasswordInput>,
 ) -> Result<Response, ApiError> {
-    body.deny_unknown(&["token", "password"])?;
     idp(&state)?
         .lifecycle()
-        .reset_password(
-            body.required_str("token")?,
-            body.required_str("password")?,
-            &client,
-            now(),
-        )
+        .reset_password(&body.token, &body.password, &client, now())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -249,17 +245,11 @@ async fn reset_password(
 async fn accept_invitation(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    body: JsonObject,
+    JsonBody(body): JsonBody<TokenPasswordInput>,
 ) -> Result<Response, ApiError> {
-    body.deny_unknown(&["token", "password"])?;
     let user = idp(&state)?
         .lifecycle()
-        .accept_invitation(
-            body.required_str("token")?,
-            body.required_str("password")?,
-            &client,
-            now(),
-        )
+        .accept_invitation(&body.token, &body.password, &client, now())
         .await?;
     Ok(Json(user).into_response())
 }
@@ -296,15 +286,14 @@ async fn dev_mailbox(
 async fn sign_in(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    body: JsonObject,
+    JsonBody(body): JsonBody<SignInInput>,
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
-    body.deny_unknown(&["email", "password", "second_factor", "device_token"])?;
     let attempt = SignIn {
-        email: body.required_str("email")?,
-        password: body.required_str("password")?,
-        second_factor: body.optional_str("second_factor")?,
-        device_token: body.optional_str("device_token")?,
+        email: &body.email,
+        password: &body.password,
+        second_factor: body.second_factor.as_deref(),
+        device_token: body.device_token.as_deref(),
         client: &client,
         client_id: FIRST_PARTY,
     };
@@ -315,18 +304,12 @@ async fn sign_in(
 async fn refresh(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    body: JsonObject,
+    JsonBody(body): JsonBody<RefreshInput>,
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
-    body.deny_unknown(&["refresh_token"])?;
     let tokens = idp
         .sessions()
-        .refresh(
-            body.required_str("refresh_token")?,
-            FIRST_PARTY,
-            &client,
-            now(),
-        )
+        .refresh(&body.refresh_token, FIRST_PARTY, &client, now())
         .await?;
     Ok(Json(tokens).into_response())
 }
@@ -334,14 +317,13 @@ async fn refresh(
 async fn sign_out(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    body: JsonObject,
+    JsonBody(body): JsonBody<RefreshInput>,
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
-    body.deny_unknown(&["refresh_token"])?;
     // An unknown or forged token signs nothing out, and says so no differently.
     match idp
         .sessions()
-        .sign_out(body.required_str("refresh_token")?, &client, now())
+        .sign_out(&body.refresh_token, &client, now())
         .await
     {
         Ok(()) | Err(AuthError::InvalidRefresh(_)) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -391,14 +373,13 @@ async fn enroll_totp(State(state): State<AppState>, bearer: Bearer) -> Result<Re
 async fn confirm_totp(
     State(state): State<AppState>,
     bearer: Bearer,
-    body: JsonObject,
+    JsonBody(body): JsonBody<CodeInput>,
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
-    body.deny_unknown(&["code"])?;
     let user = signed_in(&state, &bearer).await?;
     let codes = idp
         .mfa()
-        .confirm_totp(&user.value, body.required_str("code")?, now())
+        .confirm_totp(&user.value, &body.code, now())
         .await?;
     Ok(Json(json!({ "recovery_codes": codes })).into_response())
 }
@@ -436,15 +417,14 @@ async fn change_password(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
     bearer: Bearer,
-    body: JsonObject,
+    JsonBody(body): JsonBody<PasswordChangeInput>,
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
-    body.deny_unknown(&["current_password", "new_password"])?;
     idp.sessions()
         .change_password(
             bearer.user,
-            body.required_str("current_password")?,
-            body.required_str("new_password")?,
+            &body.current_password,
+            &body.new_password,
             &client,
             now(),
         )

@@ -21,6 +21,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Validation(ValidationError),
+    /// A field of a JSON body that is missing or of the wrong type, named by its path.
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
     #[error("unknown field `{field}`; expected one of: {expected}")]
     UnknownField { field: String, expected: String },
     #[error("malformed JSON: {0}")]
@@ -106,7 +109,9 @@ impl ApiError {
         match self {
             Self::UserNotFound | Self::JobNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Validation(_) | Self::UnknownField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Validation(_) | Self::InvalidField { .. } | Self::UnknownField { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::MalformedJson(_)
             | Self::DuplicateField(_)
             | Self::MalformedBody(_)
@@ -138,7 +143,7 @@ impl ApiError {
         match self {
             Self::UserNotFound | Self::JobNotFound | Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::Validation(_) => "validation_failed",
+            Self::Validation(_) | Self::InvalidField { .. } => "validation_failed",
             Self::UnknownField { .. } => "unknown_field",
             Self::MalformedJson(_) => "malformed_json",
             Self::DuplicateField(_) => "duplicate_field",
@@ -204,9 +209,9 @@ impl IntoResponse for ApiError {
             Self::Validation(e) => {
                 body.field = Some(e.field.to_owned());
             }
-            Self::UnknownField { field, .. } | Self::DuplicateField(field) => {
-                body.field = Some(field.clone())
-            }
+            Self::InvalidField { field, .. }
+            | Self::UnknownField { field, .. }
+            | Self::DuplicateField(field) => body.field = Some(field.clone()),
             Self::DuplicateParameter { name } => body.field = Some(name.clone()),
             Self::InvalidParameter { name, .. } => body.field.clone_from(name),
             Self::Conflict { field } => body.field = Some((*field).to_owned()),

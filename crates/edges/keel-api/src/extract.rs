@@ -1,8 +1,8 @@
 //! Request parsing that names what is wrong, as keel's JSON errors (never the framework's plain
 //! text):
-//! - JSON bodies ([`JsonObject`]): wrong content type (415), too large (413), unreadable (400),
-//!   not JSON or a key given twice (400, the duplicate named), not an object or an unknown /
-//!   missing / mistyped field (422 with the field);
+//! - JSON bodies ([`JsonBody`], into the structs of [`crate::input`]): wrong content type (415),
+//!   too large (413), unreadable (400), not JSON or a key given twice (400, the duplicate named),
+//!   not an object or an unknown / missing / mistyped field (422 with the field);
 //! - query strings ([`Query`]) and form bodies ([`Form`]): a repeated parameter is refused (400
 //!   `duplicate_parameter`, naming it) rather than one of its values picked silently, and a value
 //!   of the wrong type is 400 `invalid_parameter`, naming it;
@@ -24,11 +24,12 @@ use std::fmt;
 
 use crate::{ApiError, AppState};
 
-/// A JSON object body, checked for unknown fields against the route's list.
+/// A JSON object body deserialized into `T` (one of [`crate::input`]'s structs), field by field
+/// with the faulty field named: see [`from_json`].
 #[derive(Debug)]
-pub struct JsonObject(pub Map<String, Value>);
+pub struct JsonBody<T>(pub T);
 
-impl FromRequest<AppState> for JsonObject {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request<Body>, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -48,41 +49,61 @@ impl FromRequest<AppState> for JsonObject {
         let limit = state.http.body_limit_bytes;
         let bytes = read_body(req.into_body(), limit).await?;
         let value = parse_strict(&bytes)?;
-        match value {
-            Value::Object(map) => Ok(Self(map)),
-            _ => Err(ValidationError::new("body", "must be a JSON object").into()),
+        if !value.is_object() {
+            return Err(ValidationError::new("body", "must be a JSON object").into());
         }
+        from_json(value).map(Self)
     }
 }
 
-impl JsonObject {
-    /// Refuses any field not in `allowed`.
-    pub fn deny_unknown(&self, allowed: &[&'static str]) -> Result<(), ApiError> {
-        match self.0.keys().find(|k| !allowed.contains(&k.as_str())) {
-            Some(unknown) => Err(ApiError::UnknownField {
-                field: unknown.clone(),
-                expected: allowed.join(", "),
-            }),
-            None => Ok(()),
+/// A JSON value (already free of duplicate keys, see [`parse_strict`]) as `T`, every refusal
+/// naming the field at fault (decision 0090): a field `T` does not have is 422 `unknown_field`;
+/// a missing field or a value of the wrong type is 422 `validation_failed`.
+///
+/// serde reports a missing field at the enclosing object's path, with the field's name only in
+/// its message, so the name is taken from there.
+pub fn from_json<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let within = |name: &str| match path.as_str() {
+            "." => name.to_owned(),
+            parent => format!("{parent}.{name}"),
+        };
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
+            // serde lists the fields as "`a`", "`a` or `b`" or "one of `a`, `b`, `c`".
+            let expected = expected
+                .trim_start_matches(", expected ")
+                .trim_start_matches("one of ")
+                .replace(" or ", ", ")
+                .replace('`', "");
+            // The path already ends with the unknown key.
+            let field = match path.as_str() {
+                "." => name.to_owned(),
+                field => field.to_owned(),
+            };
+            return ApiError::UnknownField { field, expected };
         }
-    }
-
-    /// The string field `name`, if present and not null.
-    pub fn optional_str(&self, name: &'static str) -> Result<Option<&str>, ApiError> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(_) => self.required_str(name).map(Some),
+        if let Some(rest) = message.strip_prefix("missing field `") {
+            let name = rest.split('`').next().unwrap_or(rest);
+            return ApiError::InvalidField {
+                field: within(name),
+                message: "is required".to_owned(),
+            };
         }
-    }
-
-    /// The required string field `name`.
-    pub fn required_str(&self, name: &'static str) -> Result<&str, ApiError> {
-        match self.0.get(name) {
-            Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(ValidationError::new(name, "must be a string").into()),
-            None => Err(ValidationError::new(name, "is required").into()),
-        }
-    }
+        // A wrong type ("invalid type: integer `42`, expected a string") or value: the path
+        // names the field; say what it must be, as the domain's validators do.
+        let message = match message.rsplit_once(", expected ") {
+            Some((_, expected)) => format!("must be {expected}"),
+            None => message,
+        };
+        let field = match path.as_str() {
+            "." => "body".to_owned(),
+            field => field.to_owned(),
+        };
+        ApiError::InvalidField { field, message }
+    })
 }
 
 /// The whole body, at most `limit` bytes: 413 past the limit; 400 `malformed_body` when the body
@@ -265,5 +286,75 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
             object.insert(key, value);
         }
         Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::input::{AdminAccountInput, UserInput};
+
+    fn fault<T: DeserializeOwned + fmt::Debug>(body: Value) -> (String, String, String) {
+        let err = from_json::<T>(body).unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        let field = match &err {
+            ApiError::UnknownField { field, .. } | ApiError::InvalidField { field, .. } => {
+                field.clone()
+            }
+            other => panic!("not a field error: {other:?}"),
+        };
+        (err.code().to_owned(), field, err.to_string())
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_fields_expected() {
+        let body = json!({"name": "Ada", "email": "a@example.com", "admin": true});
+        assert_eq!(
+            fault::<UserInput>(body),
+            (
+                "unknown_field".to_owned(),
+                "admin".to_owned(),
+                "unknown field `admin`; expected one of: name, email".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_required() {
+        let body = json!({"email": "a@example.com"});
+        assert_eq!(
+            fault::<UserInput>(body),
+            (
+                "validation_failed".to_owned(),
+                "name".to_owned(),
+                "name: is required".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_says_what_it_must_be() {
+        let body = json!({"name": 42, "email": "a@example.com"});
+        assert_eq!(
+            fault::<UserInput>(body),
+            (
+                "validation_failed".to_owned(),
+                "name".to_owned(),
+                "name: must be a string".to_owned()
+            )
+        );
+        let body = json!({"name": "Ada", "email": "a@example.com", "roles": ["admin", 1]});
+        assert_eq!(fault::<AdminAccountInput>(body).1, "roles[1]");
+    }
+
+    #[test]
+    fn a_well_formed_body_is_read() {
+        let input: UserInput = from_json(json!({"name": "Ada", "email": "a@x.org"})).unwrap();
+        assert_eq!(
+            (input.name.as_str(), input.email.as_str()),
+            ("Ada", "a@x.org")
+        );
     }
 }

@@ -12,7 +12,8 @@
 //! - [`policy`]: the access rule of every route and the guard that enforces it (RBAC).
 //! - [`openapi`]: the OpenAPI document of every route, checked against the router by the tests.
 //! - [`error`]: [`ApiError`], the only place where failures become status codes and JSON bodies.
-//! - [`extract`]: the JSON body extractor that turns every malformed input into a precise error.
+//! - [`extract`]: the request extractors that turn every malformed input into a precise error;
+//!   [`input`]: the JSON request bodies they parse, which are also the OpenAPI request schemas.
 //!
 //! **Invariant:** the API holds no state of its own between requests (stateless, so any number of
 //! instances can serve behind a load balancer); everything lives in the database and the caches.
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod federation;
+pub mod input;
 pub mod jobs;
 pub mod middleware;
 pub mod oidc;

@@ -21,10 +21,11 @@ use base64::Engine as _;
 use keel_identity::oidc::{AuthorizeError, AuthorizeRequest, Authorized, Next, OAuthError};
 use keel_identity::service::{AuthError, Idp, SignIn};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::auth::{ClientAddr, idp, now};
-use crate::extract::{Form, JsonObject, Query};
+use crate::extract::{Form, JsonBody, Query};
+use crate::input::ClientInput;
 use crate::policy::Signed;
 use crate::{ApiError, AppState};
 
@@ -562,8 +563,11 @@ fn oauth_error(status: StatusCode, e: &OAuthError) -> Response {
     res
 }
 
-#[derive(Debug, Deserialize)]
-struct TokenForm {
+/// `POST /oauth/token` (RFC 6749 §4.1.3, §6); the client authenticates with HTTP Basic or with
+/// `client_id` and `client_secret` here.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = TokenRequestForm)]
+pub(crate) struct TokenForm {
     grant_type: Option<String>,
     code: Option<String>,
     redirect_uri: Option<String>,
@@ -761,30 +765,13 @@ async fn logout(
 async fn register_client(
     State(state): State<AppState>,
     Signed(caller): Signed,
-    body: JsonObject,
+    JsonBody(body): JsonBody<ClientInput>,
 ) -> Result<Response, ApiError> {
     let idp = idp(&state)?;
-    body.deny_unknown(&["client_id", "name", "redirect_uris", "public"])?;
-    let uris: Vec<String> = match body.0.get("redirect_uris") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect::<Option<_>>()
-            .ok_or_else(|| keel_domain::ValidationError::new("redirect_uris", "must be strings"))?,
-        _ => {
-            return Err(keel_domain::ValidationError::new(
-                "redirect_uris",
-                "must be an array of URIs",
-            )
-            .into());
-        }
-    };
-    let public = matches!(body.0.get("public"), Some(Value::Bool(true)));
-    let id = body.required_str("client_id")?;
-    let name = match body.0.get("name") {
-        Some(_) => body.required_str("name")?,
-        None => id,
-    };
+    let public = body.public.unwrap_or(false);
+    let id = body.client_id.as_str();
+    let name = body.name.as_deref().unwrap_or(id);
+    let uris = body.redirect_uris;
     let registered = idp
         .oidc()
         .register_client(id, name, &uris, public, &caller.user.to_string(), now())

@@ -27,10 +27,14 @@ use utoipa::openapi::{
 use utoipa::{OpenApi, ToSchema};
 
 use crate::error::ErrorBody;
+use crate::input::{
+    AdminAccountInput, ClientInput, CodeInput, EmailInput, NewAccountInput, PasswordChangeInput,
+    RefreshInput, SignInInput, SignUpInput, TokenInput, TokenPasswordInput, UserInput,
+};
 use crate::policy::{Access, rule};
 
 /// A display name as `UserName::parse` accepts it.
-fn name_schema() -> Object {
+pub(crate) fn name_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .min_length(Some(1))
@@ -42,7 +46,7 @@ fn name_schema() -> Object {
 }
 
 /// An email address as `UserEmail::parse` accepts it.
-fn email_schema() -> Object {
+pub(crate) fn email_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
@@ -55,7 +59,7 @@ fn email_schema() -> Object {
 }
 
 /// The roles an admin may give a new account.
-fn roles_schema() -> utoipa::openapi::schema::Array {
+pub(crate) fn roles_schema() -> utoipa::openapi::schema::Array {
     ArrayBuilder::new()
         .items(
             ObjectBuilder::new()
@@ -66,7 +70,7 @@ fn roles_schema() -> utoipa::openapi::schema::Array {
 }
 
 /// A new password; its length is set from the configured policy by [`Generic`].
-fn new_password_schema() -> Object {
+pub(crate) fn new_password_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .description(Some(
@@ -74,135 +78,6 @@ fn new_password_schema() -> Object {
              account's email address or name",
         ))
         .build()
-}
-
-/// Anonymous sign-up (`identity.signup = "open"`): a password, and no roles.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // documents the shape `users::create_user` parses
-pub struct SignUpInput {
-    #[schema(schema_with = name_schema)]
-    name: String,
-    #[schema(schema_with = email_schema)]
-    email: String,
-    #[schema(schema_with = new_password_schema)]
-    password: String,
-}
-
-/// An account made by an admin (with an admin's bearer token only): with a password, or
-/// without one an invitation is mailed. Roles are refused from anyone else (422 `roles`).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // documents the shape `users::create_user` parses
-pub struct AdminAccountInput {
-    #[schema(schema_with = name_schema)]
-    name: String,
-    #[schema(schema_with = email_schema)]
-    email: String,
-    #[schema(schema_with = new_password_schema)]
-    password: Option<String>,
-    #[schema(schema_with = roles_schema)]
-    roles: Option<Vec<String>>,
-}
-
-/// The body of `POST /users` and `POST /auth/signup`: which shape applies depends on the
-/// caller, so it is `anyOf` the two (a body with a name, an email and a password fits both).
-#[derive(Deserialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)] // documents the shape `users::create_user` parses
-pub enum NewAccountInput {
-    SignUp(SignUpInput),
-    ByAdmin(AdminAccountInput),
-}
-
-/// The body of `PUT /users/{id}`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // documents the shape `users::update_user` parses
-pub struct UserInput {
-    #[schema(schema_with = name_schema)]
-    name: String,
-    #[schema(schema_with = email_schema)]
-    email: String,
-}
-
-/// A token from a mail (`POST /auth/verify-email`).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct TokenInput {
-    token: String,
-}
-
-/// `POST /auth/password/forgot`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct EmailInput {
-    email: String,
-}
-
-/// A mailed token and the new password (`/auth/password/reset`, `/auth/invitation/accept`).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct TokenPasswordInput {
-    token: String,
-    #[schema(schema_with = new_password_schema)]
-    password: String,
-}
-
-/// `POST /auth/login`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct SignInInput {
-    email: String,
-    password: String,
-    /// A TOTP or recovery code, when the account has a second factor.
-    second_factor: Option<String>,
-    /// A remembered device's token, instead of the second factor.
-    device_token: Option<String>,
-}
-
-/// `POST /auth/refresh` and `POST /auth/logout`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct RefreshInput {
-    refresh_token: String,
-}
-
-/// `POST /auth/totp/confirm`: the first code of the enrolled authenticator.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct CodeInput {
-    code: String,
-}
-
-/// `POST /auth/password`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct PasswordChangeInput {
-    current_password: String,
-    #[schema(schema_with = new_password_schema)]
-    new_password: String,
-}
-
-/// `POST /oauth/clients`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct ClientInput {
-    client_id: String,
-    /// Shown on the consent page; the client id when absent.
-    name: Option<String>,
-    /// Absolute URIs the authorization endpoint may send codes to.
-    redirect_uris: Vec<String>,
-    /// A public client (no secret, PKCE required).
-    public: Option<bool>,
 }
 
 /// An OAuth 2.0 error (RFC 6749 §5.2; RFC 6750 §3 at userinfo).
@@ -213,8 +88,10 @@ pub struct OAuthErrorBody {
     error_description: Option<String>,
 }
 
-/// A form of the browser pages; every field is optional to the parser, the page says what
-/// is missing.
+/// The sign-in fields of the authorization page's form (`POST /oauth/authorize`); every field
+/// is optional to the parser, the page says what is missing. Written for the document, the one
+/// form body that is: the parser's `oidc::AuthorizeForm` flattens keel-identity's
+/// `AuthorizeRequest`, and the application crates know nothing of OpenAPI.
 #[derive(Deserialize, ToSchema)]
 #[allow(dead_code)]
 pub struct PageForm {
@@ -224,28 +101,6 @@ pub struct PageForm {
     second_factor: Option<String>,
     code: Option<String>,
     return_to: Option<String>,
-}
-
-/// `POST /account/consents`: withdraws the consent to one client.
-#[derive(Deserialize, ToSchema)]
-#[allow(dead_code)]
-pub struct WithdrawConsentForm {
-    csrf: Option<String>,
-    client_id: Option<String>,
-}
-
-/// `POST /oauth/token` (RFC 6749 §4.1.3, §6); the client authenticates with HTTP Basic or with
-/// `client_id` and `client_secret` here.
-#[derive(Deserialize, ToSchema)]
-#[allow(dead_code)]
-pub struct TokenRequestForm {
-    grant_type: Option<String>,
-    code: Option<String>,
-    redirect_uri: Option<String>,
-    code_verifier: Option<String>,
-    refresh_token: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
 }
 
 /// The routes whose handlers live outside this crate's annotated modules.
@@ -428,7 +283,7 @@ mod routes {
     fn authorize_submit() {}
 
     /// The token endpoint (RFC 6749 §3.2).
-    #[utoipa::path(post, path = "/oauth/token", tag = "oidc", request_body(content = TokenRequestForm, content_type = "application/x-www-form-urlencoded"), responses(
+    #[utoipa::path(post, path = "/oauth/token", tag = "oidc", request_body(content = crate::oidc::TokenForm, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 200, description = "tokens", body = Object),
         (status = 400, description = "the grant is not valid, or the request is malformed (`invalid_request`: another content type, a repeated parameter, an unreadable body)", body = OAuthErrorBody),
         (status = 401, description = "`invalid_client`", body = OAuthErrorBody),
@@ -475,7 +330,7 @@ mod routes {
     fn sign_in_page() {}
 
     /// The sign-in page's form.
-    #[utoipa::path(post, path = "/signin", tag = "pages", request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"), responses(
+    #[utoipa::path(post, path = "/signin", tag = "pages", request_body(content = crate::pages::SignInFields, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 200, description = "the page again (a second factor is needed)", content_type = "text/html", body = String),
         (status = 303, description = "signed in: to `return_to`"),
         (status = 401, description = "wrong credentials: the page again", content_type = "text/html", body = String),
@@ -485,7 +340,7 @@ mod routes {
     fn sign_in_submit() {}
 
     /// Ends the browser session.
-    #[utoipa::path(post, path = "/signout", tag = "pages", request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"), responses(
+    #[utoipa::path(post, path = "/signout", tag = "pages", request_body(content = crate::pages::CsrfOnly, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 303, description = "to the sign-in page"),
         (status = 403, description = "the form's CSRF token does not match", content_type = "text/html", body = String),
     ))]
@@ -499,7 +354,7 @@ mod routes {
     fn mfa_page() {}
 
     /// The enrolment page's form.
-    #[utoipa::path(post, path = "/account/mfa", tag = "pages", request_body(content = PageForm, content_type = "application/x-www-form-urlencoded"), responses(
+    #[utoipa::path(post, path = "/account/mfa", tag = "pages", request_body(content = crate::pages::CodeFields, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 200, description = "enrolled", content_type = "text/html", body = String),
         (status = 303, description = "not signed in: to the sign-in page"),
         (status = 403, description = "the form's CSRF token does not match", content_type = "text/html", body = String),
@@ -515,7 +370,7 @@ mod routes {
     fn consents_page() {}
 
     /// Withdraws the consent to one application and ends its sign-ins of the person.
-    #[utoipa::path(post, path = "/account/consents", tag = "pages", request_body(content = WithdrawConsentForm, content_type = "application/x-www-form-urlencoded"), responses(
+    #[utoipa::path(post, path = "/account/consents", tag = "pages", request_body(content = crate::pages::WithdrawFields, content_type = "application/x-www-form-urlencoded"), responses(
         (status = 303, description = "withdrawn (or not signed in: to the sign-in page)"),
         (status = 403, description = "the form's CSRF token does not match", content_type = "text/html", body = String),
     ))]

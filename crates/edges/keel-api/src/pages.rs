@@ -193,8 +193,9 @@ async fn sign_in_page(
     Ok(respond(StatusCode::OK, "Sign in", &body, set))
 }
 
-#[derive(Debug, Deserialize)]
-struct SignInFields {
+/// `POST /signin`; every field is optional to the parser, the page says what is missing.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct SignInFields {
     csrf: Option<String>,
     return_to: Option<String>,
     email: Option<String>,
@@ -259,8 +260,9 @@ async fn sign_in_submit(
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct CsrfOnly {
+/// A form that only proves it came from keel's page (`POST /signout`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct CsrfOnly {
     csrf: Option<String>,
 }
 
@@ -336,8 +338,9 @@ async fn mfa_page(State(state): State<AppState>, headers: HeaderMap) -> Result<R
     Ok(respond(StatusCode::OK, "Authenticator app", &body, set))
 }
 
-#[derive(Debug, Deserialize)]
-struct CodeFields {
+/// `POST /account/mfa`: the first code of the authenticator being enrolled.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct CodeFields {
     csrf: Option<String>,
     code: Option<String>,
 }
@@ -456,8 +459,10 @@ async fn consents_page(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-struct WithdrawFields {
+/// `POST /account/consents`: withdraws the consent to one client.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = WithdrawConsentForm)]
+pub(crate) struct WithdrawFields {
     csrf: Option<String>,
     client_id: Option<String>,
 }

@@ -15,7 +15,8 @@ use keel_domain::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorBody;
-use crate::extract::{JsonObject, Path, Query};
+use crate::extract::{JsonBody, Path, Query, from_json};
+use crate::input::{AdminAccountInput, SignUpInput, UserInput};
 use crate::policy::{MaybeSigned, Signed};
 use crate::{ApiError, AppState};
 
@@ -50,10 +51,9 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-fn parse_input(body: &JsonObject) -> Result<NewUser, ApiError> {
-    body.deny_unknown(&["name", "email"])?;
-    let name = UserName::parse(body.required_str("name")?)?;
-    let email = UserEmail::parse(body.required_str("email")?)?;
+fn parse_input(body: &UserInput) -> Result<NewUser, ApiError> {
+    let name = UserName::parse(&body.name)?;
+    let email = UserEmail::parse(&body.email)?;
     Ok(NewUser { name, email })
 }
 
@@ -73,7 +73,7 @@ fn user_response(status: StatusCode, user: &Cached<User>) -> Response {
 
 /// Create an account: self-service sign-up (as `identity.signup` allows) or, by an admin, an
 /// account with roles, or an invitation when no password is given.
-#[utoipa::path(post, path = "/users", tag = "users", request_body = crate::openapi::NewAccountInput, responses(
+#[utoipa::path(post, path = "/users", tag = "users", request_body = crate::input::NewAccountInput, responses(
     (status = 201, description = "created (a verification or invitation mail is on its way)", body = User),
     (status = 400, description = "malformed JSON", body = ErrorBody),
     (status = 403, description = "sign-up is by invitation or closed (`signup_closed`)", body = ErrorBody),
@@ -85,19 +85,19 @@ fn user_response(status: StatusCode, user: &Cached<User>) -> Response {
 pub async fn create_user(
     State(state): State<AppState>,
     MaybeSigned(caller): MaybeSigned,
-    body: JsonObject,
+    JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     state.jobs.check_backpressure()?;
     let idp = state.identity.as_ref().ok_or(ApiError::Unauthenticated)?;
     let now = crate::auth::now();
     let admin = caller.as_ref().filter(|c| c.can(Permission::UsersWrite));
     let user = if let Some(admin) = admin {
-        body.deny_unknown(&["name", "email", "password", "roles"])?;
-        let roles = string_list(&body, "roles")?;
+        let input: AdminAccountInput = from_json(body)?;
+        let roles = input.roles.unwrap_or_default();
         let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
         let actor = admin.user.to_string();
-        let (name, email) = (body.required_str("name")?, body.required_str("email")?);
-        match body.optional_str("password")? {
+        let (name, email) = (input.name.as_str(), input.email.as_str());
+        match input.password.as_deref() {
             Some(password) => {
                 idp.accounts()
                     .register(name, email, password, &roles, &actor, now)
@@ -115,12 +115,13 @@ pub async fn create_user(
             SignupMode::Invite => return Err(ApiError::SignupClosed("by invitation only")),
             SignupMode::Closed => return Err(ApiError::SignupClosed("closed")),
         }
-        body.deny_unknown(&["name", "email", "password"])?;
+        // The caller decides the shape: `roles` from anyone but an admin is an unknown field.
+        let input: SignUpInput = from_json(body)?;
         idp.accounts()
             .register(
-                body.required_str("name")?,
-                body.required_str("email")?,
-                body.required_str("password")?,
+                &input.name,
+                &input.email,
+                &input.password,
                 &[],
                 "anonymous",
                 now,
@@ -134,19 +135,6 @@ pub async fn create_user(
         location.parse().expect("a path is a valid header"),
     );
     Ok(res)
-}
-
-/// An optional array of strings in `body` (empty when absent).
-fn string_list(body: &JsonObject, field: &'static str) -> Result<Vec<String>, ApiError> {
-    match body.0.get(field) {
-        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect::<Option<_>>()
-            .ok_or_else(|| ValidationError::new(field, "must be an array of strings").into()),
-        Some(_) => Err(ValidationError::new(field, "must be an array of strings").into()),
-    }
 }
 
 /// Read a user through the cache (the seed's lazy-loading example).
@@ -166,7 +154,7 @@ pub async fn get_user(
 }
 
 /// Replace a user's name and email.
-#[utoipa::path(put, path = "/users/{id}", tag = "users", request_body = crate::openapi::UserInput, params(("id" = String, Path, description = "user id (UUID)")), responses(
+#[utoipa::path(put, path = "/users/{id}", tag = "users", request_body = crate::input::UserInput, params(("id" = String, Path, description = "user id (UUID)")), responses(
     (status = 200, description = "the updated user", body = User),
     (status = 404, description = "no such user", body = ErrorBody),
     (status = 409, description = "email already exists, or a concurrent update won", body = ErrorBody),
@@ -175,7 +163,7 @@ pub async fn get_user(
 pub async fn update_user(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: JsonObject,
+    JsonBody(body): JsonBody<UserInput>,
 ) -> Result<Response, ApiError> {
     state.jobs.check_backpressure()?;
     let id = parse_id(&id)?;

@@ -14,8 +14,8 @@ use crate::common::{
 use axum::body::Body;
 use axum::http::Response;
 use bytes::Bytes;
-use keel_gateway::settings::{CorsSettings, EdgeJwtSettings, RateLimitSettings};
 use keel_credentials::token::{Claims, KeySet};
+use keel_gateway::settings::{CorsSettings, EdgeJwtSettings, RateLimitSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn all_ok(statuses: &[u16]) -> bool {

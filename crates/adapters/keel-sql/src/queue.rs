@@ -128,17 +128,7 @@ pub fn replicate(e: &BrokerError) -> BrokerError {
     }
 }
 
+/// The domain's publish checks (topic name, body size) under this queue's limits.
 pub fn check_publish(topic: &str, body: &[u8], limits: &QueueLimits) -> Result<(), BrokerError> {
-    keel_domain::queue::check_name("topic", topic, false)?;
-    if body.len() > limits.max_body_bytes {
-        return Err(BrokerError::Invalid {
-            what: "body",
-            why: format!(
-                "{} bytes is over the {} byte limit",
-                body.len(),
-                limits.max_body_bytes
-            ),
-        });
-    }
-    Ok(())
+    keel_domain::queue::check_publish(topic, body, limits.max_body_bytes)
 }

@@ -135,12 +135,12 @@ impl Application {
         } else {
             None
         };
-        let console = match &queue {
-            Some(queue) => keel_hospital::console(keel_hospital::HospitalService::new(
-                queue.hospital.clone(),
-                queue.broker.clone(),
-            )),
-            None => axum::Router::new(),
+        let console = match (&queue, &state.identity) {
+            (Some(queue), Some(idp)) => keel_api::console::router(
+                keel_hospital::HospitalService::new(queue.hospital.clone(), queue.broker.clone()),
+                keel_http::CsrfKey::new(&idp.csrf_key()),
+            ),
+            _ => axum::Router::new(),
         };
         let router = keel_api::router_with(state, console);
         let poller = tokio::spawn(poll_backlog(events.clone(), backlog.clone()));

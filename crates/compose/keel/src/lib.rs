@@ -2,6 +2,7 @@
 //! tiers and the API into one server, so that tests can start the real thing in process.
 //!
 //! - [`database`]: opening the configured engine and migrating it.
+//! - [`hospital`]: `keel hospital …`, the error hospital from a terminal.
 //! - [`identity`]: the identity provider: its secrets, settings and signing keys.
 //! - [`queue`]: opening the configured broker and its hospital.
 //! - [`workers`]: the worker role (outbox relay, subscriber groups, queue metrics).
@@ -10,6 +11,7 @@
 
 pub mod database;
 pub mod gateway;
+pub mod hospital;
 pub mod identity;
 pub mod queue;
 pub mod workers;

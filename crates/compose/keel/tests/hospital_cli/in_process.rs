@@ -1,9 +1,9 @@
-//! `keel hospital …` logic on a real SQLite hospital and queue: what each command prints and
+//! `keel hospital …` in process on a real SQLite hospital and queue: what each command prints and
 //! does, with the arguments parsed by clap as the binary parses them.
 
 use clap::Parser;
+use keel::hospital::{CliError, HospitalCommand, Progress, cli_as};
 use keel_domain::{Hospital, PatientState};
-use keel_hospital::cli::{CliError, HospitalCommand, Progress, cli_as};
 
 use keel_test_support::ward::ward;
 

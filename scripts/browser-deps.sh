@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the real-browser tests need (crates/app/keel-hospital/tests/browser.rs): Debian's
+# Installs what the real-browser tests need (crates/edges/keel-api/tests/console/browser.rs): Debian's
 # chromium, Node.js with npm, and tests/browser's locked npm packages (playwright-core, and
 # openid-client for crates/compose/keel/tests/api/oidc_rp.rs). A fresh machine has none of them; the
 # tests fail rather than skip without them.

@@ -1,6 +1,6 @@
 // Drives Debian's chromium through the error hospital console, as an operator would.
 //
-// Run by crates/app/keel-hospital/tests/browser.rs, which starts the console on a real SQLite
+// Run by crates/edges/keel-api/tests/console/browser.rs, which starts the console on a real SQLite
 // hospital with seeded patients, passes their ids in SEED, and checks the broker and the
 // hospital afterwards. The test stands in for keel's sign-in: the browser names its roles in
 // an x-test-roles header (keel's own browser test signs in for real). Environment: BASE_URL,

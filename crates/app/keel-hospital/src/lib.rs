@@ -6,19 +6,14 @@
 //!   and `Broker` ports.
 //! - [`notifier`]: [`Notifier`], a background task posting a JSON notice per admission and a
 //!   periodic digest to a webhook, each admission notified once across processes.
-//! - [`console`]: [`console()`], the web console at `/admin/hospital` (server-rendered, no
-//!   script), for accounts with the operator or admin role, with CSRF protection.
-//! - [`cli`]: [`HospitalCommand`] and [`cli()`], the same actions from `keel hospital …`.
+//!
+//! The same actions are served by keel-api's web console and the binary's `keel hospital …`.
 //!
 //! **Invariant:** every action goes through the `Hospital` port, which writes its audit entry in
 //! the transaction of its effect; this crate keeps no state of its own.
 
-pub mod cli;
-pub mod console;
 pub mod notifier;
 pub mod service;
 
-pub use cli::{CliError, HospitalCommand, cli};
-pub use console::console;
 pub use notifier::{Notifier, NotifierConfig};
 pub use service::{HospitalService, ReplayOutcome, ReplayReport, ReplayTarget};

@@ -2,6 +2,7 @@
 //! tiers and the API into one server, so that tests can start the real thing in process.
 //!
 //! - [`database`]: opening the configured engine and migrating it.
+//! - [`hospital`]: `keel hospital …`, the error hospital from a terminal.
 //! - [`identity`]: the identity provider: its secrets, settings and signing keys.
 //! - [`queue`]: opening the configured broker and its hospital.
 //! - [`workers`]: the worker role (outbox relay, subscriber groups, queue metrics).
@@ -10,6 +11,7 @@
 
 pub mod database;
 pub mod gateway;
+pub mod hospital;
 pub mod identity;
 pub mod queue;
 pub mod workers;
@@ -135,12 +137,12 @@ impl Application {
         } else {
             None
         };
-        let console = match &queue {
-            Some(queue) => keel_hospital::console(keel_hospital::HospitalService::new(
-                queue.hospital.clone(),
-                queue.broker.clone(),
-            )),
-            None => axum::Router::new(),
+        let console = match (&queue, &state.identity) {
+            (Some(queue), Some(idp)) => keel_api::console::router(
+                keel_hospital::HospitalService::new(queue.hospital.clone(), queue.broker.clone()),
+                keel_http::CsrfKey::new(&idp.browser().csrf_key()),
+            ),
+            _ => axum::Router::new(),
         };
         let router = keel_api::router_with(state, console);
         let poller = tokio::spawn(poll_backlog(events.clone(), backlog.clone()));

@@ -47,7 +47,7 @@ enum Command {
     /// Look at the error hospital and deal with its patients: list, show, replay, discard.
     Hospital {
         #[command(subcommand)]
-        command: keel_hospital::HospitalCommand,
+        command: keel::hospital::HospitalCommand,
     },
     /// Manage the identity provider's accounts from a terminal.
     Admin {
@@ -343,7 +343,7 @@ async fn open_database(settings: &Settings) -> anyhow::Result<keel::database::Da
 
 /// `keel hospital …` on the configured queue and its hospital.
 async fn hospital(
-    command: keel_hospital::HospitalCommand,
+    command: keel::hospital::HospitalCommand,
     settings: &Settings,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
@@ -354,7 +354,7 @@ async fn hospital(
     })?;
     let queue = keel::queue::Queue::open(settings).await?;
     let service = keel_hospital::HospitalService::new(queue.hospital, queue.broker);
-    keel_hospital::cli(command, &service, &mut std::io::stdout()).await?;
+    keel::hospital::cli(command, &service, &mut std::io::stdout()).await?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! - [`hospital_suite`]: the behavioural suite of the [`keel_domain::Hospital`] port.
 //! - [`repo_suite`]: the behavioural suite of the [`keel_domain::UserRepo`] port; each store
 //!   crate runs it against its real engine, so every backend is held to the same behaviour.
+//! - `ward` (feature `ward`): a real error hospital with workers that fail messages on purpose.
 //! - [`services`]: addresses of the real servers on a developer or CI machine, and helpers that
 //!   give each test its own database so tests can run in parallel.
 //!
@@ -24,6 +25,8 @@ pub mod hospital_suite;
 pub mod identity_suite;
 pub mod repo_suite;
 pub mod services;
+#[cfg(feature = "ward")]
+pub mod ward;
 
 /// One `#[tokio::test]` per listed behaviour of `$suite`, each on a fresh subject: `$open` is an
 /// async fn returning `(guard, subject)` (the guard — a temporary directory, say — lives until

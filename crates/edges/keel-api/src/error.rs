@@ -6,7 +6,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_domain::{StoreError, ValidationError};
-use serde::Serialize;
+use keel_http::codes;
 
 /// Every error the API answers with.
 #[derive(Debug, thiserror::Error)]
@@ -82,20 +82,8 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The JSON body of every error response.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// Human-readable message (the seed's `{"error": "User not found"}`).
-    pub error: String,
-    /// Stable machine-readable code, e.g. `not_found`, `validation_failed`, `conflict`.
-    pub code: &'static str,
-    /// The request field at fault, for validation and conflict errors.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// For internal errors only: quote it to operators; the log has the cause under this id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_id: Option<String>,
-}
+/// The JSON body of every error response: keel-http's, shared with the gateway.
+pub use keel_http::ErrorBody;
 
 /// The cause of a 500, for the middleware to log; never sent to the client.
 #[derive(Debug, Clone)]
@@ -141,34 +129,34 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::UserNotFound | Self::JobNotFound | Self::RouteNotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Validation(_) | Self::InvalidField { .. } => "validation_failed",
-            Self::UnknownField { .. } => "unknown_field",
-            Self::MalformedJson(_) => "malformed_json",
-            Self::DuplicateField(_) => "duplicate_field",
-            Self::MalformedBody(_) => "malformed_body",
-            Self::DuplicateParameter { .. } => "duplicate_parameter",
-            Self::InvalidParameter { .. } => "invalid_parameter",
-            Self::InvalidPath(_) => "invalid_path",
-            Self::UnsupportedTransferCoding(_) => "unsupported_transfer_coding",
-            Self::UnsupportedMediaType | Self::UnsupportedForm => "unsupported_media_type",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::Conflict { .. } => "conflict",
-            Self::ConcurrentUpdate => "concurrent_update",
-            Self::Unavailable(_) => "unavailable",
-            Self::Timeout => "timeout",
-            Self::Overloaded => "overloaded",
-            Self::Unauthenticated => "unauthenticated",
-            Self::InvalidCredentials => "invalid_credentials",
-            Self::MfaRequired => "mfa_required",
-            Self::Forbidden => "forbidden",
-            Self::TooManyAttempts { .. } => "too_many_attempts",
-            Self::WeakPassword(_) => "weak_password",
-            Self::PasswordExpired => "password_expired",
-            Self::InvalidLink => "invalid_link",
-            Self::SignupClosed(_) => "signup_closed",
-            Self::Internal(_) => "internal",
+            Self::UserNotFound | Self::JobNotFound | Self::RouteNotFound => codes::NOT_FOUND,
+            Self::MethodNotAllowed => codes::METHOD_NOT_ALLOWED,
+            Self::Validation(_) | Self::InvalidField { .. } => codes::VALIDATION_FAILED,
+            Self::UnknownField { .. } => codes::UNKNOWN_FIELD,
+            Self::MalformedJson(_) => codes::MALFORMED_JSON,
+            Self::DuplicateField(_) => codes::DUPLICATE_FIELD,
+            Self::MalformedBody(_) => codes::MALFORMED_BODY,
+            Self::DuplicateParameter { .. } => codes::DUPLICATE_PARAMETER,
+            Self::InvalidParameter { .. } => codes::INVALID_PARAMETER,
+            Self::InvalidPath(_) => codes::INVALID_PATH,
+            Self::UnsupportedTransferCoding(_) => codes::UNSUPPORTED_TRANSFER_CODING,
+            Self::UnsupportedMediaType | Self::UnsupportedForm => codes::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => codes::PAYLOAD_TOO_LARGE,
+            Self::Conflict { .. } => codes::CONFLICT,
+            Self::ConcurrentUpdate => codes::CONCURRENT_UPDATE,
+            Self::Unavailable(_) => codes::UNAVAILABLE,
+            Self::Timeout => codes::TIMEOUT,
+            Self::Overloaded => codes::OVERLOADED,
+            Self::Unauthenticated => codes::UNAUTHENTICATED,
+            Self::InvalidCredentials => codes::INVALID_CREDENTIALS,
+            Self::MfaRequired => codes::MFA_REQUIRED,
+            Self::Forbidden => codes::FORBIDDEN,
+            Self::TooManyAttempts { .. } => codes::TOO_MANY_ATTEMPTS,
+            Self::WeakPassword(_) => codes::WEAK_PASSWORD,
+            Self::PasswordExpired => codes::PASSWORD_EXPIRED,
+            Self::InvalidLink => codes::INVALID_LINK,
+            Self::SignupClosed(_) => codes::SIGNUP_CLOSED,
+            Self::Internal(_) => codes::INTERNAL,
         }
     }
 }
@@ -198,12 +186,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut body = ErrorBody {
-            error: self.to_string(),
-            code: self.code(),
-            field: None,
-            error_id: None,
-        };
+        let mut body = ErrorBody::new(self.code(), self.to_string());
         let mut cause = None;
         match &self {
             Self::Validation(e) => {

@@ -8,7 +8,9 @@
 //!   [`auth::Bearer`] extractor for routes that need a signed-in account; [`oidc`]: the OpenID
 //!   Connect provider (discovery, authorize page, token, userinfo, logout, client registration);
 //!   [`federation`]: sign-in through external OpenID Connect providers;
-//!   [`pages`]: the sign-in page of keel's consoles and the authenticator-app enrolment page.
+//!   [`pages`]: the sign-in page of keel's consoles and the authenticator-app enrolment page;
+//!   [`console`]: the error hospital's web console (`/admin/hospital`), mounted by the binary
+//!   through [`router_with`] when there is an IdP and a hospital.
 //! - [`policy`]: the access rule of every route and the guard that enforces it (RBAC).
 //! - [`openapi`]: the OpenAPI document of every route, checked against the router by the tests.
 //! - [`error`]: [`ApiError`], the only place where failures become status codes and JSON bodies.
@@ -19,6 +21,7 @@
 //! instances can serve behind a load balancer); everything lives in the database and the caches.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod federation;

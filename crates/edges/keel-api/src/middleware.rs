@@ -8,10 +8,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use keel_domain::trace::RequestIds;
+use keel_http::RequestIds;
 use metrics::{Counter, Histogram};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::error::InternalCause;
 use crate::{ApiError, HttpSettings};
 
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use keel_http::REQUEST_ID;
 
 /// Shared state of the middleware.
 #[derive(Clone)]
@@ -97,12 +97,7 @@ impl Limiter {
 
     /// The caller's id when sane, else a new one.
     fn request_id(&self, req: &Request) -> HeaderValue {
-        if let Some(given) = req.headers().get(&REQUEST_ID)
-            && RequestIds::sane(given.as_bytes())
-        {
-            return given.clone();
-        }
-        HeaderValue::from_bytes(&self.ids.next()).expect("hex is a valid header value")
+        keel_http::request_id::keep_or_make(&self.ids, req.headers())
     }
 }
 
@@ -221,18 +216,10 @@ async fn as_json_refusal(res: Response) -> Response {
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-    let code = match parts.status {
-        StatusCode::BAD_REQUEST => "bad_request",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable_entity",
-        s if s.is_client_error() => "bad_request",
-        _ => "internal",
-    };
-    let body = crate::error::ErrorBody {
-        error: if text.is_empty() {
+    let code = keel_http::error::code_for_status(parts.status);
+    let body = crate::error::ErrorBody::new(
+        code,
+        if text.is_empty() {
             parts
                 .status
                 .canonical_reason()
@@ -241,10 +228,7 @@ async fn as_json_refusal(res: Response) -> Response {
         } else {
             text
         },
-        code,
-        field: None,
-        error_id: None,
-    };
+    );
     parts.headers.remove(axum::http::header::CONTENT_TYPE);
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     let json = axum::Json(body).into_response();

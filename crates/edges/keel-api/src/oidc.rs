@@ -53,16 +53,7 @@ pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     cookie(headers, SESSION_COOKIE)
 }
 
-pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
+pub(crate) use keel_http::cookie;
 
 pub(crate) fn set_cookie(
     idp: &Idp,
@@ -84,20 +75,7 @@ pub(crate) fn set_cookie(
 
 // ---- the page ----
 
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub(crate) use keel_http::html::escape;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:26rem;margin:3rem auto;padding:0 1rem;color:#222}\
 h1{font-size:1.3rem}label{display:block;margin:.8rem 0 .2rem}input{width:100%;padding:.5rem;box-sizing:border-box}\
@@ -285,24 +263,29 @@ fn refused(idp: &Idp, e: AuthorizeError) -> Response {
     }
 }
 
-/// The CSRF cookie of this browser, made if it has none yet, and the token for its forms.
 /// Whether a form's CSRF token belongs to this browser's CSRF cookie.
 pub(crate) fn csrf_ok(idp: &Idp, headers: &HeaderMap, token: Option<&str>) -> bool {
     match (cookie(headers, CSRF_COOKIE), token) {
-        (Some(cookie), Some(token)) => idp.browser().check_csrf(cookie, token),
+        (Some(cookie), Some(token)) => csrf_key(idp).verify(cookie, token),
         _ => false,
     }
 }
 
+/// The CSRF cookie of this browser, made if it has none yet, and the token for its forms.
 pub(crate) fn csrf_for(idp: &Idp, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     match cookie(headers, CSRF_COOKIE) {
-        Some(value) if !value.is_empty() => (idp.browser().csrf_token(value), None),
+        Some(value) if !value.is_empty() => (csrf_key(idp).token(value), None),
         _ => {
-            let value = idp.browser().new_csrf_cookie();
+            let value = keel_http::csrf::new_cookie();
             let header = set_cookie(idp, CSRF_COOKIE, &value, 3600, "Lax");
-            (idp.browser().csrf_token(&value), Some(header))
+            (csrf_key(idp).token(&value), Some(header))
         }
     }
+}
+
+/// The key of the IdP's pages' CSRF tokens.
+fn csrf_key(idp: &Idp) -> keel_http::CsrfKey {
+    keel_http::CsrfKey::new(&idp.browser().csrf_key())
 }
 
 /// The session of this browser that can stand for its person now, if any.

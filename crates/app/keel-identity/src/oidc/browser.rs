@@ -130,26 +130,13 @@ impl BrowserSessions<'_> {
             }))
     }
 
-    /// A CSRF token for a form, bound to the browser's CSRF cookie value (double submit,
-    /// signed so that a cookie planted by a sibling subdomain does not pass on its own).
-    pub fn csrf_token(&self, cookie: &str) -> String {
-        let tag = mac(&self.core.session_key, &[b"csrf", cookie.as_bytes()])
+    /// The key of the browser forms' CSRF tokens (keel-http's signed double submit), derived
+    /// from the IdP secret, so that every process of one deployment makes and accepts the same
+    /// tokens.
+    pub fn csrf_key(&self) -> [u8; 32] {
+        mac(&self.core.session_key, &[b"csrf-key"])
             .finalize()
-            .into_bytes();
-        URL_SAFE_NO_PAD.encode(tag)
-    }
-
-    pub fn check_csrf(&self, cookie: &str, token: &str) -> bool {
-        let Ok(tag) = URL_SAFE_NO_PAD.decode(token) else {
-            return false;
-        };
-        mac(&self.core.session_key, &[b"csrf", cookie.as_bytes()])
-            .verify_slice(&tag)
-            .is_ok()
-    }
-
-    /// A fresh CSRF cookie value.
-    pub fn new_csrf_cookie(&self) -> String {
-        random_token()
+            .into_bytes()
+            .into()
     }
 }

@@ -2,25 +2,29 @@
 //! it, by role), escaping, CSRF and origin checks, and
 //! each page and action on a real SQLite hospital and queue.
 
-mod common;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use keel_api::console::{self, CSRF_COOKIE};
 use keel_domain::Caller;
 use keel_domain::{Hospital, PatientState};
-use keel_hospital::console;
-use keel_hospital::console::CSRF_COOKIE;
+use keel_test_support::ward::{Ward, ward};
 use tower::ServiceExt;
 
-use common::ward;
-
 const HOST: &str = "keel.test";
-const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+/// The browser's CSRF cookie in these requests.
+const COOKIE: &str = "0123456789abcdef0123456789abcdef";
+/// The key the console under test signs CSRF tokens with.
+const CSRF_KEY: [u8; 32] = [7; 32];
 /// The operator's account id, as the audit log names it (`console:<id>`).
 const OPERATOR: &str = "0190aaaa-bbbb-7ccc-8ddd-eeeeeeeeeeee";
 
-fn router(ward: &common::Ward) -> axum::Router {
-    console(ward.service.clone())
+fn router(ward: &Ward) -> axum::Router {
+    console::router(ward.service.clone(), keel_http::CsrfKey::new(&CSRF_KEY))
+}
+
+/// The CSRF token of [`COOKIE`]'s forms.
+fn token() -> String {
+    keel_http::CsrfKey::new(&CSRF_KEY).token(COOKIE)
 }
 
 /// The caller keel's API guard hands the console for a signed-in account with `roles`.
@@ -166,11 +170,11 @@ async fn posts_need_the_same_origin_and_the_cookie_token() {
     ward.drain().await;
     let id = ward.patient_of(sent.id).await.id;
     let path = format!("/admin/hospital/patients/{id}/discard");
-    let form = format!("csrf={TOKEN}&reason=spam");
+    let form = format!("csrf={}&reason=spam", token());
     let origin = format!("http://{HOST}");
     for (origin, cookie, why) in [
-        (None, Some(TOKEN), "no origin"),
-        (Some("http://evil.example"), Some(TOKEN), "another origin"),
+        (None, Some(COOKIE), "no origin"),
+        (Some("http://evil.example"), Some(COOKIE), "another origin"),
         (Some(origin.as_str()), None, "no cookie"),
         (
             Some(origin.as_str()),
@@ -181,12 +185,16 @@ async fn posts_need_the_same_origin_and_the_cookie_token() {
         let (status, _, _) = send(&app, post(&path, &form, origin, cookie)).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{why}");
     }
+    // A plain double submit (the form repeating the cookie) is no token: it must be signed.
+    let plain = format!("csrf={COOKIE}&reason=spam");
+    let (status, _, _) = send(&app, post(&path, &plain, Some(&origin), Some(COOKIE))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the cookie as token");
     assert_eq!(
         ward.hospital.get(id).await.unwrap().unwrap().state,
         PatientState::Waiting,
         "nothing was done"
     );
-    let (status, headers, _) = send(&app, post(&path, &form, Some(&origin), Some(TOKEN))).await;
+    let (status, headers, _) = send(&app, post(&path, &form, Some(&origin), Some(COOKIE))).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(
         headers[header::LOCATION],
@@ -222,14 +230,14 @@ async fn edit_replay_and_audit_through_the_console() {
     }
 
     // The textarea's CRLF line ends come back as LF.
-    let form = format!("csrf={TOKEN}&body=ok%0D%0Aline+2");
+    let form = format!("csrf={}&body=ok%0D%0Aline+2", token());
     let (status, _, _) = send(
         &app,
         post(
             &format!("/admin/hospital/patients/{id}/edit"),
             &form,
             Some(&origin),
-            Some(TOKEN),
+            Some(COOKIE),
         ),
     )
     .await;
@@ -249,9 +257,9 @@ async fn edit_replay_and_audit_through_the_console() {
         &app,
         post(
             "/admin/hospital/replay",
-            &format!("csrf={TOKEN}&ids={id}"),
+            &format!("csrf={}&ids={id}", token()),
             Some(&origin),
-            Some(TOKEN),
+            Some(COOKIE),
         ),
     )
     .await;

@@ -1,41 +1,17 @@
-//! HTML building blocks for the console: escaping (every value rendered goes through [`esc`]),
-//! the page layout with its inline stylesheet, and the security headers. No script, no asset
-//! from anywhere: the page is whole as served.
-
-use std::fmt::Write as _;
+//! The console's views' building blocks: the page layout with its inline stylesheet, the
+//! security headers, the CSRF field and the small formatters. Every value rendered goes through
+//! [`esc`] (keel-http's escaper). No script, no asset from anywhere: the page is whole as
+//! served.
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY};
 use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, SecondsFormat, Utc};
 
-/// Text made safe for HTML element content and for quoted attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
+pub use keel_http::html::escape as esc;
 /// Percent-encoding for a query value (everything but the unreserved characters).
-pub fn url_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
+pub use keel_credentials::percent_encode as url_encode;
+
+use super::auth::Csrf;
 
 /// A time as the console shows it: UTC, to the millisecond.
 pub fn time(t: DateTime<Utc>) -> String {
@@ -157,6 +133,14 @@ pub fn secure_headers(headers: &mut HeaderMap) {
     );
 }
 
+/// The hidden field carrying a form's CSRF token.
+pub fn csrf_field(csrf: &Csrf) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        esc(&csrf.token)
+    )
+}
+
 /// A state badge.
 pub fn state_badge(state: keel_domain::PatientState) -> String {
     format!("<span class=\"state {0}\">{0}</span>", esc(state.as_str()))
@@ -168,10 +152,6 @@ mod tests {
 
     #[test]
     fn markup_in_values_is_inert() {
-        assert_eq!(
-            esc("<script>alert('x')</script> & \"q\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
-        );
         let page = page("<b>", "<i>", Some(("<u>", true)), "");
         assert!(!page.contains("<b>") && !page.contains("<i>") && !page.contains("<u>"));
     }

@@ -1,13 +1,11 @@
-//! `keel hospital …` logic on a real SQLite hospital and queue: what each command prints and
+//! `keel hospital …` in process on a real SQLite hospital and queue: what each command prints and
 //! does, with the arguments parsed by clap as the binary parses them.
 
-mod common;
-
 use clap::Parser;
+use keel::hospital::{CliError, HospitalCommand, Progress, cli_as};
 use keel_domain::{Hospital, PatientState};
-use keel_hospital::cli::{CliError, HospitalCommand, Progress, cli_as};
 
-use common::ward;
+use keel_test_support::ward::ward;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -16,7 +14,10 @@ struct Args {
 }
 
 /// Runs `keel hospital <args>`, returning its result, standard output and progress output.
-async fn run(ward: &common::Ward, args: &[&str]) -> (Result<(), CliError>, String, String) {
+async fn run(
+    ward: &keel_test_support::ward::Ward,
+    args: &[&str],
+) -> (Result<(), CliError>, String, String) {
     let command = Args::try_parse_from(std::iter::once("hospital").chain(args.iter().copied()))
         .unwrap()
         .command;
@@ -153,7 +154,7 @@ async fn a_failed_replay_makes_the_command_fail() {
     ward.drain().await;
     let id = ward.patient_of(sent.id).await.id;
     let file = ward.dir.path().join("big.json");
-    std::fs::write(&file, vec![b'x'; common::MAX_BODY + 1]).unwrap();
+    std::fs::write(&file, vec![b'x'; keel_test_support::ward::MAX_BODY + 1]).unwrap();
     let (result, out, _) = run(
         &ward,
         &[

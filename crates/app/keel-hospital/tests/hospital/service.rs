@@ -1,7 +1,5 @@
 //! Replay, discard and edit on the real embedded queue and hospital, with real workers.
 
-mod common;
-
 use std::time::Duration;
 
 use keel_domain::{
@@ -9,7 +7,7 @@ use keel_domain::{
 };
 use keel_hospital::{ReplayOutcome, ReplayTarget};
 
-use common::{MAX_BODY, TRACEPARENT, ward};
+use keel_test_support::ward::{MAX_BODY, TRACEPARENT, ward};
 
 #[tokio::test]
 async fn a_replay_sends_the_message_to_its_own_group_with_its_id_key_headers_and_edited_body() {

@@ -1,4 +1,6 @@
-//! `keel hospital …`: the console's actions from a terminal.
+//! `keel hospital …`: the console's actions from a terminal, over keel-hospital's
+//! [`HospitalService`]. In the binary crate, which owns the command line (clap), so that
+//! keel-hospital stays an application crate of ports only (docs/decisions/0102).
 //!
 //! `list [filters] [--by-cause]`, `show <id>`, `replay <id>… | --filter… | --all [--dry-run]`,
 //! `discard <id> --reason …`, `edit <id> --body-file F`, `audit`. Results go to the given writer
@@ -13,7 +15,7 @@ use keel_domain::{
     AdmissionReason, HospitalError, PatientFilter, PatientQuery, PatientState, Transition,
 };
 
-use crate::service::{HospitalService, ReplayOutcome, ReplayTarget};
+use keel_hospital::{HospitalService, ReplayOutcome, ReplayTarget};
 
 /// The `hospital` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]

@@ -6,20 +6,20 @@
 //!   itself: it is mounted behind that guard, which also sends browsers to the sign-in page.
 //!   Checking the permission here again means a console mounted without the guard refuses
 //!   everyone instead of serving anyone.
-//! - [`Csrf`]: a double-submit token (a random cookie, `SameSite=Strict`, echoed in each form)
-//!   plus an `Origin` (or `Referer`) check against `Host`, on every `POST`.
+//! - [`Csrf`]: keel-http's scheme (docs/decisions/0101): a random cookie (`SameSite=Strict`)
+//!   whose signed token each form carries, plus an `Origin` (or `Referer`) check against
+//!   `Host`, on every `POST`.
 
 use axum::extract::FromRequestParts;
-use axum::http::header::{COOKIE, HOST, ORIGIN, REFERER};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_domain::{Caller, Permission};
 
 use super::ConsoleState;
-use super::html;
+use super::html::{self, esc};
 
-/// The cookie holding the console's CSRF token.
+/// The cookie holding the console's CSRF cookie value.
 pub const CSRF_COOKIE: &str = "keel_hospital_csrf";
 
 /// A signed-in operator allowed this request. Every console handler takes one, so none can
@@ -40,7 +40,7 @@ impl Admin {
 fn refuse(status: StatusCode, text: &str) -> Response {
     let mut response = (
         status,
-        html::bare_page("Not allowed", &format!("<p>{}</p>", html::esc(text))),
+        html::bare_page("Not allowed", &format!("<p>{}</p>", esc(text))),
     )
         .into_response();
     html::secure_headers(response.headers_mut());
@@ -78,116 +78,85 @@ impl FromRequestParts<ConsoleState> for Admin {
     }
 }
 
-/// The request's CSRF token: the cookie's, or a new one the response must set.
+/// The request's CSRF cookie (or a new one the response must set) and its forms' token.
 #[derive(Debug, Clone)]
 pub struct Csrf {
+    key: keel_http::CsrfKey,
+    cookie: String,
+    /// The token this browser's forms carry.
     pub token: String,
     /// Not in the request: the page's response sets the cookie.
     pub fresh: bool,
 }
 
 impl Csrf {
-    /// The `Set-Cookie` value for a fresh token.
-    pub fn cookie(&self) -> Option<String> {
+    /// The `Set-Cookie` value for a fresh cookie.
+    pub fn set_cookie(&self) -> Option<String> {
         self.fresh.then(|| {
             format!(
                 "{CSRF_COOKIE}={}; Path=/admin/hospital; HttpOnly; SameSite=Strict",
-                self.token
+                self.cookie
             )
         })
     }
 
     /// Checks a `POST`: it comes from a page of this origin and carries this client's token.
     pub fn check_post(&self, headers: &HeaderMap, form_token: &str) -> Result<(), &'static str> {
-        if !same_origin(headers) {
+        if !keel_http::same_origin(headers) {
             return Err("the form was not posted from this console (origin check)");
         }
-        if self.fresh || !constant_time_eq(self.token.as_bytes(), form_token.as_bytes()) {
+        if self.fresh || !self.key.verify(&self.cookie, form_token) {
             return Err("the form's token does not match (reload the page and try again)");
         }
         Ok(())
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Csrf {
+/// Whether a cookie value is one this console could have set (or a sane stand-in): the token
+/// is what proves it, this only keeps odd bytes out of pages and headers.
+fn plausible(value: &str) -> bool {
+    (16..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl FromRequestParts<ConsoleState> for Csrf {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let existing = parts
-            .headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, value)| {
-                *name == CSRF_COOKIE
-                    && value.len() == 32
-                    && value.bytes().all(|b| b.is_ascii_hexdigit())
-            })
-            .map(|(_, value)| value.to_owned());
-        Ok(match existing {
-            Some(token) => Csrf {
-                token,
-                fresh: false,
-            },
-            None => Csrf {
-                token: uuid::Uuid::new_v4().simple().to_string(),
-                fresh: true,
-            },
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ConsoleState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = state.csrf.clone();
+        let (cookie, fresh) = match keel_http::cookie(&parts.headers, CSRF_COOKIE) {
+            Some(value) if plausible(value) => (value.to_owned(), false),
+            _ => (keel_http::csrf::new_cookie(), true),
+        };
+        let token = key.token(&cookie);
+        Ok(Csrf {
+            key,
+            cookie,
+            token,
+            fresh,
         })
     }
 }
 
-/// Whether the request's `Origin` (or, without one, its `Referer`) is the host it was sent to.
-/// Browsers send `Origin` on every form `POST`; a request with neither is refused.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(HOST).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let matches = |origin: &str| {
-        ["http://", "https://"]
-            .iter()
-            .filter_map(|scheme| origin.strip_prefix(scheme))
-            .any(|rest| rest == host || rest.starts_with(&format!("{host}/")))
-    };
-    if let Some(origin) = headers.get(ORIGIN) {
-        return origin.to_str().is_ok_and(matches);
-    }
-    headers
-        .get(REFERER)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(matches)
-}
-
-/// Equality whose time depends only on the lengths, not on where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= std::hint::black_box(x ^ y);
-    }
-    diff == 0
-}
-
 #[cfg(test)]
 mod tests {
+    use axum::http::header::{HOST, ORIGIN};
+
     use super::*;
 
     #[test]
-    fn constant_time_equality_is_equality() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-        assert!(!constant_time_eq(b"", b"a"));
-        assert!(constant_time_eq(b"", b""));
-    }
-
-    #[test]
-    fn posts_must_come_from_the_same_origin_with_the_cookie_token() {
+    fn posts_need_the_origin_and_the_token_of_a_cookie_the_client_had() {
+        let key = keel_http::CsrfKey::new(&[7; 32]);
+        let cookie = "0123456789abcdef0123456789abcdef".to_owned();
         let csrf = Csrf {
-            token: "0123456789abcdef0123456789abcdef".into(),
+            token: key.token(&cookie),
+            key,
+            cookie,
             fresh: false,
         };
         let mut headers = HeaderMap::new();
@@ -198,25 +167,25 @@ mod tests {
         headers.insert(ORIGIN, "http://127.0.0.1:8080".parse().unwrap());
         assert!(csrf.check_post(&headers, &csrf.token).is_ok());
         assert!(csrf.check_post(&headers, "ffff").is_err(), "wrong token");
-        headers.remove(ORIGIN);
-        headers.insert(
-            REFERER,
-            "http://127.0.0.1:8080/admin/hospital".parse().unwrap(),
+        assert!(
+            csrf.check_post(&headers, &csrf.cookie).is_err(),
+            "the cookie itself is no token"
         );
-        assert!(csrf.check_post(&headers, &csrf.token).is_ok());
-        headers.insert(
-            REFERER,
-            "http://127.0.0.1:8080.evil.example/".parse().unwrap(),
-        );
-        assert!(csrf.check_post(&headers, &csrf.token).is_err());
         let fresh = Csrf {
             fresh: true,
             ..csrf.clone()
         };
-        headers.insert(ORIGIN, "http://127.0.0.1:8080".parse().unwrap());
         assert!(
             fresh.check_post(&headers, &csrf.token).is_err(),
             "a token the client never had"
         );
+    }
+
+    #[test]
+    fn only_plausible_cookies_are_taken() {
+        assert!(plausible("0123456789abcdef0123456789abcdef"));
+        assert!(plausible(&keel_http::csrf::new_cookie()));
+        assert!(!plausible("short"));
+        assert!(!plausible("0123456789abcdef0123456789abcde\""));
     }
 }

@@ -1,6 +1,7 @@
-//! A real ward for the hospital's tests: the embedded SQLite queue and hospital in a temporary
-//! directory, real workers of two groups that fail messages by their bodies, and the service.
-#![allow(dead_code)]
+//! A real ward for the hospital's tests (keel-hospital's service and notifier, keel-api's
+//! console, the binary's `keel hospital` in process): the embedded SQLite queue and hospital in
+//! a temporary directory, real workers of two groups that fail messages by their bodies, and the
+//! service. Behind the `ward` feature: only those tests need the queue and the hospital.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -2,8 +2,6 @@
 //! hospital: notices in order, failures retried without loss, several processes notifying each
 //! admission once, digests by cause.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +14,7 @@ use keel_hospital::{Notifier, NotifierConfig};
 use keel_sql_sqlite::{QueueLimits, SqliteQueue};
 use serde_json::Value;
 
-use common::ward;
+use keel_test_support::ward::ward;
 
 /// What the receiver got, and how many more posts it accepts before answering 503.
 #[derive(Default)]

@@ -7,13 +7,10 @@
 //! Needs `/usr/bin/chromium`, `node` and `npm ci` in `tests/browser` (scripts/test.sh installs
 //! all three); without them this test fails, it does not skip.
 
-mod common;
-
+use keel_api::console;
 use keel_domain::Caller;
 use keel_domain::{Hospital, PatientState};
-use keel_hospital::console;
-
-use common::{TRACEPARENT, ward};
+use keel_test_support::ward::{TRACEPARENT, ward};
 
 /// The operator's account id, as the audit log names it.
 const OPERATOR: &str = "0190aaaa-bbbb-7ccc-8ddd-eeeeeeeeeeee";
@@ -104,7 +101,9 @@ async fn an_operator_deals_with_patients_in_a_real_browser() {
     let new_body = "ok {\"order\": 1, \"currency\": \"EUR\"}";
     let reason = "test order from the load generator; never to be charged";
 
-    let app = console(ward.service.clone()).layer(axum::middleware::from_fn(test_guard));
+    let csrf = keel_http::CsrfKey::new(&[9; 32]);
+    let app =
+        console::router(ward.service.clone(), csrf).layer(axum::middleware::from_fn(test_guard));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -11,4 +11,7 @@ bash scripts/browser-deps.sh
 bash scripts/fuzz-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Licences, duplicate majors and sources (deny.toml); installed once per machine.
+command -v cargo-deny >/dev/null || cargo install cargo-deny --locked --version 0.20.2
+cargo deny --locked check bans licenses sources
 cargo test --workspace --locked

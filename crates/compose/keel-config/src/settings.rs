@@ -543,13 +543,12 @@ impl Settings {
     }
 
     /// `server.trusted_proxies`, parsed.
-    pub fn trusted_proxies(&self) -> Result<Vec<keel_domain::net::Cidr>, String> {
+    pub fn trusted_proxies(&self) -> Result<Vec<keel_http::Cidr>, String> {
         self.server
             .trusted_proxies
             .iter()
             .map(|entry| {
-                keel_domain::net::Cidr::parse(entry)
-                    .map_err(|e| format!("server.trusted_proxies: {e}"))
+                keel_http::Cidr::parse(entry).map_err(|e| format!("server.trusted_proxies: {e}"))
             })
             .collect()
     }

@@ -15,7 +15,6 @@
 //!   them out (per-key order, leases, retry delays), for brokers that do not keep them.
 //!
 //! - [`auth_scheme`]: the `Authorization` header's scheme, case-insensitive (RFC 7235).
-//! - [`net`]: IP networks (CIDR), for allow/deny lists and trusted proxies.
 //! - [`error_chain`]: an error and its sources on one line, for logs and messages.
 //!
 //! **Invariant:** this crate does no I/O and knows no HTTP status codes.
@@ -26,7 +25,6 @@ pub mod events;
 pub mod hospital;
 pub mod identity;
 pub mod ledger;
-pub mod net;
 pub mod queue;
 pub mod rbac;
 pub mod repo;

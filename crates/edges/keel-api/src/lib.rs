@@ -53,7 +53,7 @@ pub struct HttpSettings {
     pub max_in_flight: usize,
     pub access_log: bool,
     /// Proxies whose `X-Forwarded-For` names the client (`server.trusted_proxies`).
-    pub trusted_proxies: Vec<keel_domain::net::Cidr>,
+    pub trusted_proxies: Vec<keel_http::Cidr>,
 }
 
 /// What every handler can reach: one `Arc`, since axum clones the state for every request

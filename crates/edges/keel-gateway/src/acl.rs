@@ -1,10 +1,10 @@
 //! IP allow and deny lists checked against the client address before any other work.
 //!
-//! [`Cidr`] lives in keel-domain: the API's trusted-proxy list uses it too.
+//! [`Cidr`] lives in keel-http: the API's trusted-proxy list uses it too.
 
 use std::net::IpAddr;
 
-pub use keel_domain::net::Cidr;
+pub use keel_http::Cidr;
 
 /// Allow and deny lists of networks.
 ///

@@ -58,7 +58,7 @@ pub struct Edge {
     pub cache: Option<Arc<cache::WebCache>>,
     /// The phases the proxy walks, in order: the built-in duties and the plugged-in ones.
     pub(crate) duties: Vec<Duty>,
-    pub ids: Arc<keel_domain::trace::RequestIds>,
+    pub ids: Arc<keel_http::RequestIds>,
     /// Metrics of requests no route matched.
     pub unrouted: metrics::RouteMetrics,
     tasks: Vec<JoinHandle<()>>,
@@ -86,7 +86,7 @@ pub struct Gateway {
     edge: ArcSwap<Edge>,
     in_process: Option<InProcess>,
     cache: Option<Arc<cache::WebCache>>,
-    ids: Arc<keel_domain::trace::RequestIds>,
+    ids: Arc<keel_http::RequestIds>,
     phases: Vec<Arc<dyn ErasedPhase>>,
     draining: AtomicBool,
     http: reqwest::Client,

@@ -23,7 +23,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use keel_domain::trace::RequestIds;
+use keel_http::request_id::keep_or_make;
+use keel_http::{ErrorBody, codes};
 
 use crate::Edge;
 use crate::phase::builtin::{Contexts, Duty};
@@ -32,7 +33,7 @@ use crate::pool::Pool;
 use crate::route::Route;
 use crate::upstream::UpstreamError;
 
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use keel_http::REQUEST_ID;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -47,16 +48,6 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
-
-/// The client's `x-request-id` when sane, else a new one from `ids`.
-fn request_id(ids: &RequestIds, headers: &HeaderMap) -> HeaderValue {
-    if let Some(given) = headers.get(&REQUEST_ID)
-        && RequestIds::sane(given.as_bytes())
-    {
-        return given.clone();
-    }
-    HeaderValue::from_bytes(&ids.next()).expect("hex is a valid header value")
-}
 
 /// What one request carried through the pipeline, for the access log and metrics.
 pub(crate) struct Outcome<'a> {
@@ -83,7 +74,7 @@ pub async fn handle(
         peer,
         client: canonical(peer.ip()),
         tls,
-        request_id: request_id(&edge.ids, req.headers()),
+        request_id: keep_or_make(&edge.ids, req.headers()),
         route: None,
         subject: None,
         // The gateway's own refusals (401, 429, 413, ...) carry the CORS grants too: a browser
@@ -181,7 +172,7 @@ async fn pipeline<'e>(
     if head.headers.contains_key(header::TRANSFER_ENCODING) && !chunked_only(&head.headers) {
         return Err(closing(error(
             StatusCode::NOT_IMPLEMENTED,
-            "unsupported_transfer_coding",
+            codes::UNSUPPORTED_TRANSFER_CODING,
             "only the chunked transfer coding is supported",
         )));
     }
@@ -190,7 +181,11 @@ async fn pipeline<'e>(
         path.strip_prefix(hidden.as_str())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }) {
-        return Err(error(StatusCode::NOT_FOUND, "not_found", "no such route"));
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            codes::NOT_FOUND,
+            "no such route",
+        ));
     }
 
     // 2. The request head: address lists, routing, CORS preflight, plugged-in phases.
@@ -204,7 +199,7 @@ async fn pipeline<'e>(
         // Routing is always on the list; this is only the type system's doubt.
         return Err(error(
             StatusCode::NOT_FOUND,
-            "no_route",
+            codes::NO_ROUTE,
             "no route for this host and path",
         ));
     };
@@ -289,12 +284,12 @@ async fn read_body(edge: &Edge, headers: &HeaderMap, body: Body) -> Result<Bytes
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(_)) => Err(closing(error(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            codes::BAD_REQUEST,
             "the request body could not be read",
         ))),
         Err(_) => Err(closing(error(
             StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            codes::REQUEST_TIMEOUT,
             "the request body was not sent in time",
         ))),
     }
@@ -317,7 +312,7 @@ fn chunked_only(headers: &HeaderMap) -> bool {
 fn too_large() -> Response<Body> {
     closing(error(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        codes::PAYLOAD_TOO_LARGE,
         "the request body is too large",
     ))
 }
@@ -490,22 +485,22 @@ fn no_server(pool: &Pool, failure: Option<UpstreamError>) -> Response<Body> {
     match failure {
         Some(UpstreamError::Timeout) => error(
             StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
+            codes::UPSTREAM_TIMEOUT,
             "the upstream did not answer in time",
         ),
         Some(_) => error(
             StatusCode::BAD_GATEWAY,
-            "upstream_failed",
+            codes::UPSTREAM_FAILED,
             "the upstream failed to answer",
         ),
         None if pool.saturated() => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "upstream_busy",
+            codes::UPSTREAM_BUSY,
             "every upstream is at its limit",
         ),
         None => error(
             StatusCode::BAD_GATEWAY,
-            "no_upstream",
+            codes::NO_UPSTREAM,
             "no healthy upstream for this route",
         ),
     }
@@ -612,7 +607,7 @@ pub(crate) async fn compress_body(
     let Ok(collected) = body.collect().await else {
         return error(
             StatusCode::BAD_GATEWAY,
-            "upstream_failed",
+            codes::UPSTREAM_FAILED,
             "the upstream response broke off",
         );
     };
@@ -635,13 +630,6 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The gateway's own answers, in the API's error shape.
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": message, "code": code }).to_string();
-    let mut res = Response::new(Body::from(body));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
+pub fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
+    ErrorBody::new(code, message).into_response(status)
 }

@@ -11,14 +11,13 @@
 //!
 //! **Invariant:** no server, no router, no I/O: types and functions over `http`'s.
 
+pub mod cidr;
 pub mod csrf;
 pub mod error;
 pub mod html;
 pub mod request_id;
 
+pub use cidr::Cidr;
 pub use csrf::{CsrfKey, constant_time_eq, cookie, same_origin};
 pub use error::{ErrorBody, codes};
-/// IP networks. The type still lives in keel-domain while keel-gateway names it there; it
-/// moves here once the gateway imports it from this crate (docs/decisions/0100).
-pub use keel_domain::net::Cidr;
 pub use request_id::{REQUEST_ID, RequestIds};

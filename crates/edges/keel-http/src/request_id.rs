@@ -3,11 +3,6 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// The generator: a random per-process prefix and a counter. It lives in keel-domain while
-/// keel-gateway names it there; it moves here once the gateway imports it from this crate
-/// (docs/decisions/0100).
-pub use keel_domain::trace::RequestIds;
-
 /// The request id header.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -19,6 +14,49 @@ pub fn keep_or_make(ids: &RequestIds, headers: &HeaderMap) -> HeaderValue {
         return given.clone();
     }
     HeaderValue::from_bytes(&ids.next()).expect("hex is a valid header value")
+}
+
+/// Request ids (`x-request-id`): a random per-process prefix and a counter, unique without a
+/// system call per request. Shared by the API and the gateway, so both keep and make ids alike.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u32,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self {
+            prefix: {
+                let mut bytes = [0u8; 4];
+                getrandom::fill(&mut bytes).expect("the operating system's random source");
+                u32::from_le_bytes(bytes)
+            },
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    /// Whether a caller's id may be kept: 1 to 128 letters, digits and `-_.:`.
+    pub fn sane(given: &[u8]) -> bool {
+        !given.is_empty()
+            && given.len() <= 128
+            && given
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    }
+
+    /// A new id: 8 hex digits of process prefix and 12 of counter, without a formatting call.
+    pub fn next(&self) -> [u8; 20] {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xffff_ffff_ffff;
+        let digits = (u128::from(self.prefix) << 48) | u128::from(n);
+        let mut id = [0u8; 20];
+        for (i, slot) in id.iter_mut().enumerate() {
+            *slot = b"0123456789abcdef"[((digits >> (4 * (19 - i))) & 0xf) as usize];
+        }
+        id
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY
 use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, SecondsFormat, Utc};
 
-pub use keel_http::html::escape as esc;
 /// Percent-encoding for a query value (everything but the unreserved characters).
 pub use keel_credentials::percent_encode as url_encode;
+pub use keel_http::html::escape as esc;
 
 use super::auth::Csrf;
 

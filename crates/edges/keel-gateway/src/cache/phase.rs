@@ -4,6 +4,7 @@
 //! allows it. Bodies are stored as the upstream sent them; compression happens after, per
 //! client (with `Vary: Accept-Encoding`).
 
+use keel_http::codes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -168,7 +169,7 @@ async fn store(
     let Ok(collected) = body.collect().await else {
         return crate::proxy::error(
             StatusCode::BAD_GATEWAY,
-            "upstream_failed",
+            codes::UPSTREAM_FAILED,
             "the upstream response broke off",
         );
     };

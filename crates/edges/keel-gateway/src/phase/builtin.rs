@@ -3,6 +3,7 @@
 //! [`Session`], so their contexts are `()`; the list dispatches to them directly (no boxed
 //! future per hook), and to plugged-in phases through [`ErasedPhase`].
 
+use keel_http::codes;
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Instant;
@@ -231,7 +232,7 @@ impl Phase for Acl {
         {
             return Step::Refuse(error(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                codes::FORBIDDEN,
                 "address not allowed",
             ));
         }
@@ -262,7 +263,7 @@ impl Phase for Routing {
         let Some(route) = edge.routes.find(host.as_deref(), head.uri.path()) else {
             return Step::Refuse(error(
                 StatusCode::NOT_FOUND,
-                "no_route",
+                codes::NO_ROUTE,
                 "no route for this host and path",
             ));
         };
@@ -351,7 +352,7 @@ impl Phase for EdgeJwt {
                 Step::Continue
             }
             Err(e) => {
-                let mut res = error(e.status(), "unauthenticated", e.message());
+                let mut res = error(e.status(), codes::UNAUTHENTICATED, e.message());
                 if e.status() == StatusCode::UNAUTHORIZED {
                     res.headers_mut()
                         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -399,7 +400,7 @@ impl Phase for RateLimit {
             route.metrics.rate_limited.increment(1);
             let mut res = error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                codes::RATE_LIMITED,
                 "too many requests; retry later",
             );
             res.headers_mut().insert(

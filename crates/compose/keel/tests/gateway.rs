@@ -5,13 +5,13 @@
 //! configuration naming an unknown pool refused; and a token revoked on one instance refused
 //! by the other (at once with Redis, within `identity.revocation_check_secs` without).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keel_test_support::process::{self, Running, free_port};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -26,93 +26,13 @@ const CLIENTS: usize = 8;
 /// so that they do not starve each other on a small machine.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A keel process the test started: killed when dropped, so that a failing test leaves nothing
-/// running behind it. Its stderr (the JSON log) is collected as it comes, so a busy process
-/// never blocks on a full pipe.
-struct Running {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Running {
-    fn spawn(cmd: &mut Command) -> Self {
-        // The tests' own server overrides share keel's `KEEL_` prefix, which keel would read
-        // as unknown settings.
-        let mut child = cmd
-            .env_remove("KEEL_TEST_POSTGRES_URL")
-            .env_remove("KEEL_TEST_MARIADB_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("keel starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// `/users/{id}` requests this instance has answered, by its access log.
-    fn user_requests(&self) -> usize {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("\"keel::access\"") && l.contains("\"/users/{id}\""))
-            .count()
-    }
-
-    fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -{signal}");
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-
-    /// Waits (without blocking the runtime) for the process to exit; `None` if it is still
-    /// running after `within`.
-    async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `/users/{id}` requests `process` has answered, by its access log.
+fn user_requests(process: &Running) -> usize {
+    process
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"keel::access\"") && l.contains("\"/users/{id}\""))
+        .count()
 }
 
 fn client() -> reqwest::Client {
@@ -206,7 +126,7 @@ impl Cluster {
         std::fs::write(&config, gateway_config(gateway_port, admin_port, &ports)).unwrap();
         let gateway_dir = dir.path().join("gateway");
         std::fs::create_dir_all(&gateway_dir).unwrap();
-        let mut cmd = Command::new(KEEL);
+        let mut cmd = process::command(KEEL);
         cmd.arg("gateway")
             .arg("--config")
             .arg(&config)
@@ -301,7 +221,7 @@ fn tail(log: &str) -> String {
 }
 
 fn start_serve(dir: &Path, port: u16, env: &[(String, String)]) -> Running {
-    let mut cmd = Command::new(KEEL);
+    let mut cmd = process::command(KEEL);
     cmd.arg("serve")
         .arg("--data-dir")
         .arg(dir)
@@ -317,7 +237,7 @@ fn start_serve(dir: &Path, port: u16, env: &[(String, String)]) -> Running {
 /// Makes the admin with `keel admin create` and signs it in on the instance at `port`: the
 /// access token every instance accepts (they share the database and the keys).
 async fn sign_in_admin(dir: &Path, port: u16, env: &[(String, String)]) -> String {
-    let mut cmd = Command::new(KEEL);
+    let mut cmd = process::command(KEEL);
     cmd.args(["admin", "create", "--email", ADMIN, "--data-dir"])
         .arg(dir)
         .env_remove("KEEL_TEST_POSTGRES_URL")
@@ -497,11 +417,11 @@ async fn an_upstream_killed_with_sigkill_under_load_fails_no_idempotent_request(
 
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let victim = &mut cluster.serves[1];
-    victim.child.kill().unwrap(); // SIGKILL: connections reset mid-request
-    victim.child.wait().unwrap();
+    victim.kill().unwrap(); // SIGKILL: connections reset mid-request
+    victim.wait().unwrap();
     let at_kill = [
-        cluster.serves[0].user_requests(),
-        cluster.serves[2].user_requests(),
+        user_requests(&cluster.serves[0]),
+        user_requests(&cluster.serves[2]),
     ];
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     let tally = load.finish().await;
@@ -521,8 +441,8 @@ async fn an_upstream_killed_with_sigkill_under_load_fails_no_idempotent_request(
     );
     // The survivors served what came after the kill, and the gateway knows the victim is down.
     let after = [
-        cluster.serves[0].user_requests(),
-        cluster.serves[2].user_requests(),
+        user_requests(&cluster.serves[0]),
+        user_requests(&cluster.serves[2]),
     ];
     assert!(
         after[0] > at_kill[0] + 20 && after[1] > at_kill[1] + 20,
@@ -561,7 +481,7 @@ async fn an_upstream_drained_with_sigterm_under_load_fails_no_request() {
     let signalled = Instant::now();
     let exit = leaving.wait_exit(Duration::from_secs(8)).await;
     let took = signalled.elapsed();
-    let at_exit = leaving.user_requests();
+    let at_exit = user_requests(&leaving);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let tally = load.finish().await;
 
@@ -629,16 +549,16 @@ async fn a_sighup_reload_drops_a_server_from_the_pool_under_load_without_failure
     // Requests sent just before the swap finish on the old configuration.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = [
-        cluster.serves[0].user_requests(),
-        cluster.serves[1].user_requests(),
-        cluster.serves[2].user_requests(),
+        user_requests(&cluster.serves[0]),
+        user_requests(&cluster.serves[1]),
+        user_requests(&cluster.serves[2]),
     ];
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let tally = load.finish().await;
     let after = [
-        cluster.serves[0].user_requests(),
-        cluster.serves[1].user_requests(),
-        cluster.serves[2].user_requests(),
+        user_requests(&cluster.serves[0]),
+        user_requests(&cluster.serves[1]),
+        user_requests(&cluster.serves[2]),
     ];
 
     assert!(
@@ -775,7 +695,7 @@ pool = "nowhere"
     )
     .unwrap();
     let mut gateway = Running::spawn(
-        Command::new(KEEL)
+        process::command(KEEL)
             .arg("gateway")
             .arg("--config")
             .arg(&config)
@@ -849,7 +769,7 @@ async fn a_new_gateway_takes_the_port_over_while_the_old_one_drains() {
         gateway_config(cluster.gateway_port, admin, &cluster.ports),
     )
     .unwrap();
-    let mut cmd = Command::new(KEEL);
+    let mut cmd = process::command(KEEL);
     cmd.arg("gateway")
         .arg("--config")
         .arg(&config)

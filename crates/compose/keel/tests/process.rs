@@ -10,41 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use keel_test_support::process::{self, Running, free_port};
 use serde_json::{Value, json};
 
 const KEEL: &str = env!("CARGO_BIN_EXE_keel");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A keel process the test started: killed when dropped, so that a failing test leaves no
-/// server or worker running behind it.
-struct Running(Child);
-
-impl std::ops::Deref for Running {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts `keel serve` on `port` with `data_dir` and extra environment, and waits until ready.
 fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Running {
@@ -54,7 +23,7 @@ fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Running {
 /// Starts `keel <role>` (`serve`, or `up`: the API behind its in-process gateway, and the
 /// workers) and waits until ready.
 fn start_role(role: &str, data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Running {
-    let mut cmd = Command::new(KEEL);
+    let mut cmd = process::command(KEEL);
     cmd.arg(role)
         .arg("--data-dir")
         .arg(data_dir)
@@ -68,28 +37,18 @@ fn start_role(role: &str, data_dir: &Path, port: u16, env: &[(&str, &str)]) -> R
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("keel starts");
+    let mut keel = Running::spawn(&mut cmd);
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            let _ = child.wait();
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("keel exited early with {status}: {err}");
+        if let Some(status) = keel.exited() {
+            panic!("keel exited early with {status}: {}", keel.whole_log());
         }
         if http(port, "GET", "/readyz", None).is_ok_and(|(status, _)| status == 200) {
             sign_in_admin(data_dir, port, env);
-            return Running(child);
+            return keel;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = child.kill();
-    let _ = child.wait();
     panic!("keel did not become ready");
 }
 
@@ -103,7 +62,7 @@ static TOKENS: std::sync::Mutex<Vec<(u16, String)>> = std::sync::Mutex::new(Vec:
 /// Makes the admin with `keel admin create` (once per database: later calls find it there) and
 /// signs it in on the server at `port`.
 fn sign_in_admin(data_dir: &Path, port: u16, env: &[(&str, &str)]) {
-    let mut cmd = Command::new(KEEL);
+    let mut cmd = process::command(KEEL);
     cmd.args(["admin", "create", "--email", ADMIN, "--data-dir"])
         .arg(data_dir)
         .current_dir(data_dir)
@@ -497,12 +456,7 @@ async fn sigterm_drains(role: &str) {
         "keel did not stop within its deadline",
     );
     assert!(exit.success(), "graceful stop exits 0, got {exit}");
-    let mut log = String::new();
-    keel.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = keel.whole_log();
     assert!(log.contains("write-back backlog flushed"), "{log}");
 
     let rows = stored(dir.path(), &sqlite_url(dir.path())).await;
@@ -574,12 +528,7 @@ fn passwords_and_tokens_are_never_logged() {
     assert_eq!(status, 202);
     keel.kill().unwrap();
     keel.wait().unwrap();
-    let mut log = String::new();
-    keel.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = keel.whole_log();
     assert!(
         log.contains("/auth/login"),
         "the requests were logged: {log}"
@@ -626,12 +575,7 @@ async fn an_internal_error_is_logged_with_its_error_id_and_request_id() {
     );
     keel.kill().unwrap();
     keel.wait().unwrap();
-    let mut log = String::new();
-    keel.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = keel.whole_log();
     let line = log
         .lines()
         .find(|l| l.contains(&error_id))
@@ -652,7 +596,7 @@ async fn an_internal_error_is_logged_with_its_error_id_and_request_id() {
 #[test]
 fn bad_configuration_is_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(KEEL)
+    let out = process::command(KEEL)
         .arg("config")
         .current_dir(dir.path())
         .env("KEEL_SERVER__LISTN", "x")
@@ -661,7 +605,7 @@ fn bad_configuration_is_refused_with_the_key_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
 
-    let out = Command::new(KEEL)
+    let out = process::command(KEEL)
         .arg("config")
         .current_dir(dir.path())
         .env("KEEL_DATABASE__URL", "postgres://keel:hunter2@db/keel")
@@ -676,7 +620,7 @@ fn bad_configuration_is_refused_with_the_key_named() {
 #[test]
 fn migrate_creates_the_schema_and_exits() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(KEEL)
+    let out = process::command(KEEL)
         .arg("migrate")
         .arg("--data-dir")
         .arg(dir.path())
@@ -727,7 +671,7 @@ fn gives_up_at_the_drain_deadline(role: &str) {
 
 /// Starts `keel worker` (the relay and the subscriber groups' workers) on `data_dir`.
 fn start_worker(data_dir: &Path, env: &[(&str, &str)]) -> Running {
-    let mut cmd = Command::new(KEEL);
+    let mut cmd = process::command(KEEL);
     cmd.arg("worker")
         .arg("--data-dir")
         .arg(data_dir)
@@ -738,7 +682,7 @@ fn start_worker(data_dir: &Path, env: &[(&str, &str)]) -> Running {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Running(cmd.spawn().expect("keel worker starts"))
+    Running::spawn(&mut cmd)
 }
 
 /// Per user id, the rows of `table` (the effects of the audit and notifier groups) in keel's

@@ -7,6 +7,7 @@
 //! - [`identity_suite`]: the behavioural suite of the [`keel_domain::IdentityStore`] port
 //!   (credentials, roles, sign-in failures, refresh families, signing keys, the audit log).
 //! - [`hospital_suite`]: the behavioural suite of the [`keel_domain::Hospital`] port.
+//! - [`process`]: processes a test starts (free ports, [`process::Running`]).
 //! - [`repo_suite`]: the behavioural suite of the [`keel_domain::UserRepo`] port; each store
 //!   crate runs it against its real engine, so every backend is held to the same behaviour.
 //! - `ward` (feature `ward`): a real error hospital with workers that fail messages on purpose.
@@ -23,6 +24,7 @@ pub mod browser;
 pub mod event_suite;
 pub mod hospital_suite;
 pub mod identity_suite;
+pub mod process;
 pub mod repo_suite;
 pub mod services;
 #[cfg(feature = "ward")]

@@ -401,7 +401,7 @@ async fn feed(
                 tracing::warn!(group, "pull stream ended; starting again after ack_wait");
             }
             Err(err) => {
-                tracing::warn!(group, %err, "pull stream not opened; trying again after ack_wait")
+                tracing::warn!(group, %err, "pull stream not opened; trying again after ack_wait");
             }
         }
         lock(&ledger).forget_link(link);

@@ -64,7 +64,7 @@ pub(crate) fn decode(headers: Option<&HeaderMap>) -> Result<Decoded, String> {
     let headers = headers.ok_or("no headers")?;
     let fields = headers
         .get(FIELDS)
-        .map(|v| v.as_str())
+        .map(async_nats::HeaderValue::as_str)
         .ok_or("no Keel header")?;
     let mut parts = fields.splitn(6, ';');
     if parts.next() != Some(VERSION) {
@@ -122,7 +122,7 @@ fn percent_decode(text: &str) -> Option<String> {
     percent_decode_str(text)
         .decode_utf8()
         .ok()
-        .map(|key| key.into_owned())
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]

@@ -241,7 +241,9 @@ impl RabbitBroker {
 
     fn ledger(&self) -> MutexGuard<'_, Ledger<Slot, Acker>> {
         // The ledger's invariants hold between statements, so a panic elsewhere leaves it sound.
-        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The live session, opening a new one if there is none or it failed.
@@ -411,7 +413,7 @@ impl RabbitBroker {
         match codec::decode(routing_key.as_str(), &properties, data, redelivered) {
             Ok(message) => {
                 self.ledger()
-                    .insert(group, link.id, slot, message, acker, Instant::now())
+                    .insert(group, link.id, slot, message, acker, Instant::now());
             }
             Err(why) => {
                 // Not a keel message: handing it out would need an id it has not got. It goes

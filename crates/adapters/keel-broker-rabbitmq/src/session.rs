@@ -133,14 +133,14 @@ impl Session {
     pub(crate) fn is_declared(&self, group: &str) -> bool {
         self.declared
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains(group)
     }
 
     pub(crate) fn mark_declared(&self, group: &str) {
         self.declared
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(group.to_owned());
     }
 

@@ -212,11 +212,11 @@ impl RedisTier {
                             );
                         }
                         Err(e) => {
-                            tracing::warn!(resource, error = %e, "cannot subscribe to invalidations")
+                            tracing::warn!(resource, error = %e, "cannot subscribe to invalidations");
                         }
                     },
                     Err(e) => {
-                        tracing::warn!(resource, error = %e, "cannot connect for invalidations")
+                        tracing::warn!(resource, error = %e, "cannot connect for invalidations");
                     }
                 }
                 self.coherent.store(false, Ordering::Release);

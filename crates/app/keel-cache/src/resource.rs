@@ -240,7 +240,7 @@ where
                         return Ok(Some(cached));
                     }
                     Err(e) => {
-                        tracing::warn!(resource = self.name, error = %e, "undecodable L2 entry ignored")
+                        tracing::warn!(resource = self.name, error = %e, "undecodable L2 entry ignored");
                     }
                 },
                 Ok(_) => {}

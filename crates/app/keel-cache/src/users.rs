@@ -762,7 +762,7 @@ impl WriteBack {
         match self.flush_all(deadline).await {
             Ok(()) => tracing::info!("write-back backlog flushed"),
             Err(e) => {
-                tracing::error!(error = %e, backlog = self.backlog(), "write-back backlog not flushed; it stays in the journal for the next start")
+                tracing::error!(error = %e, backlog = self.backlog(), "write-back backlog not flushed; it stays in the journal for the next start");
             }
         }
         self.journal.close().await;

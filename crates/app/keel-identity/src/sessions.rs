@@ -146,30 +146,24 @@ impl Sessions<'_> {
             account: (account_key.clone(), account_failures),
         };
 
-        let (user, mut credentials) = match (user, credentials) {
-            (Some(user), Some(credentials)) => (user, credentials),
-            _ => {
-                self.core.hasher.verify_nothing(attempt.password);
-                return self
-                    .failed(attempt, throttle, None, "unknown_account", now)
-                    .await;
-            }
+        let (Some(user), Some(mut credentials)) = (user, credentials) else {
+            self.core.hasher.verify_nothing(attempt.password);
+            return self
+                .failed(attempt, throttle, None, "unknown_account", now)
+                .await;
         };
         let subject = user.id.to_string();
         let password_ok = credentials
             .password_hash
             .as_deref()
             .map(|stored| self.core.hasher.verify(attempt.password, stored));
-        let rehash = match password_ok {
-            Some(keel_credentials::password::Verified::Yes { rehash }) => rehash,
-            _ => {
-                if password_ok.is_none() {
-                    self.core.hasher.verify_nothing(attempt.password);
-                }
-                return self
-                    .failed(attempt, throttle, Some(&subject), "wrong_password", now)
-                    .await;
+        let Some(keel_credentials::password::Verified::Yes { rehash }) = password_ok else {
+            if password_ok.is_none() {
+                self.core.hasher.verify_nothing(attempt.password);
             }
+            return self
+                .failed(attempt, throttle, Some(&subject), "wrong_password", now)
+                .await;
         };
         if credentials.disabled_at.is_some() {
             return self

@@ -108,7 +108,7 @@ impl Offloading {
                 delivery.headers.remove(BODY_BYTES);
             }
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "offloaded body missing")
+                tracing::error!(path = %path.display(), error = %e, "offloaded body missing");
             }
         }
         self.held.lock().expect("held map").insert(

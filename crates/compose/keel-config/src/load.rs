@@ -27,7 +27,7 @@ pub enum ConfigError {
 }
 
 /// The file read when no `--config` is given, if it exists.
-pub const DEFAULT_FILE: &str = "keel.toml";
+pub(crate) const DEFAULT_FILE: &str = "keel.toml";
 
 /// Loads the settings: `file` (or `keel.toml` if present), then `env`, which is normally
 /// `std::env::vars()` and only `KEEL_*` entries of which are read.

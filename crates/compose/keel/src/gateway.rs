@@ -53,7 +53,7 @@ pub async fn run(
                 match reload().map(|s| gateway.reload(&s.gateway)) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "new configuration refused; the old one stays")
+                        tracing::error!(error = %e, "new configuration refused; the old one stays");
                     }
                     Err(e) => tracing::error!(
                         error = format!("{e:#}"),

@@ -481,7 +481,7 @@ async fn an_upstream_drained_with_sigterm_under_load_fails_no_request() {
     let signalled = Instant::now();
     let exit = leaving.wait_exit(Duration::from_secs(8)).await;
     let took = signalled.elapsed();
-    let at_exit = user_requests(&leaving);
+    let at_exit = user_requests(leaving);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let tally = load.finish().await;
 

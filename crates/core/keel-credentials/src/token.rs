@@ -50,14 +50,14 @@ pub struct Claims {
 mod audience {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(aud: &[String], s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(aud: &[String], s: S) -> Result<S::Ok, S::Error> {
         match aud {
             [one] => s.serialize_str(one),
             many => s.collect_seq(many),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum OneOrMany {

@@ -17,7 +17,7 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-pub fn serve(listen: &str) -> anyhow::Result<()> {
+pub(crate) fn serve(listen: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

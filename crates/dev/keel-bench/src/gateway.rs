@@ -49,7 +49,7 @@ const ISSUER: &str = "http://127.0.0.1:18190";
 const CHECK_SAMPLE: usize = 20;
 
 #[derive(clap::Args, Debug)]
-pub struct GatewayArgs {
+pub(crate) struct GatewayArgs {
     /// Quick mode: 3 s runs after a 1 s warm-up, one round.
     #[arg(long, env = "KEEL_BENCH_QUICK")]
     pub quick: bool,
@@ -208,7 +208,7 @@ fn entry_addr(row: &Row) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-pub fn run(mut args: GatewayArgs) -> anyhow::Result<()> {
+pub(crate) fn run(mut args: GatewayArgs) -> anyhow::Result<()> {
     args.bench_dir = args.bench_dir.canonicalize().with_context(|| {
         format!(
             "{} (run from the repository root)",
@@ -758,19 +758,22 @@ impl Registry {
     fn add(&self, pid: u32, name: &str) {
         self.0
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push((pid, name.to_owned()));
     }
 
     fn remove(&self, pid: u32) {
         self.0
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|(p, _)| *p != pid);
     }
 
     fn all(&self) -> Vec<(u32, String)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -6,20 +6,20 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 #[derive(Debug)]
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub body: String,
 }
 
 /// `GET path` on a fresh connection (`Connection: close`), reading the answer to EOF.
-pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Response> {
+pub(crate) fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     get_on(&mut stream, addr, path, timeout)
 }
 
 /// A request with extra header lines (`Name: value`) and an optional JSON body, on a fresh
 /// connection.
-pub fn request(
+pub(crate) fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -51,7 +51,7 @@ pub fn request(
     parse(&buf)
 }
 
-pub fn get_on(
+pub(crate) fn get_on(
     stream: &mut TcpStream,
     addr: SocketAddr,
     path: &str,
@@ -110,7 +110,7 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-pub fn truncate(s: &str, n: usize) -> String {
+pub(crate) fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {

@@ -13,7 +13,7 @@ use keel_credentials::password::{Argon2Params, PasswordHasher};
 use keel_credentials::token::{Claims, Expect, KeySet};
 
 #[derive(Args)]
-pub struct IdentityArgs {
+pub(crate) struct IdentityArgs {
     /// Token verifications per thread.
     #[arg(long, default_value_t = 100_000)]
     verifications: u64,
@@ -34,7 +34,7 @@ pub struct IdentityArgs {
     out: std::path::PathBuf,
 }
 
-pub fn run(args: IdentityArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: IdentityArgs) -> anyhow::Result<()> {
     let now = 1_800_000_000;
     let keys = KeySet::generate(3600);
     let claims = Claims {

@@ -40,14 +40,14 @@ fn best(a: Option<WrkResult>, b: Option<WrkResult>) -> Option<(WrkResult, &'stat
     }
 }
 
-pub struct Ratio {
+pub(crate) struct Ratio {
     pub name: String,
     pub value: Option<f64>,
     pub target: Option<f64>,
     pub target_text: String,
 }
 
-pub struct Check {
+pub(crate) struct Check {
     pub name: String,
     pub value: Option<f64>,
     pub unit: &'static str,
@@ -135,7 +135,7 @@ fn checks(rs: &[SysResult]) -> Vec<Check> {
         },
         Check {
             name: "keel-embedded cold start (SQLite), best".into(),
-            value: emb.and_then(|r| r.cold_start_ms.iter().cloned().reduce(f64::min)),
+            value: emb.and_then(|r| r.cold_start_ms.iter().copied().reduce(f64::min)),
             unit: "ms",
             limit: T_COLD_MS,
             text: format!("<= {T_COLD_MS} ms"),
@@ -182,7 +182,7 @@ fn mb(kb: Option<u64>) -> String {
 
 /// The machine's CPU time so far, all of it and the share the hypervisor gave to other guests
 /// (steal), in ticks from `/proc/stat`; `None` where it cannot be read.
-pub fn cpu_ticks() -> Option<(u64, u64)> {
+pub(crate) fn cpu_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let ticks: Vec<u64> = line
@@ -195,13 +195,13 @@ pub fn cpu_ticks() -> Option<(u64, u64)> {
 }
 
 /// The share of CPU time stolen by the hypervisor between two readings of [`cpu_ticks`].
-pub fn steal_between(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+pub(crate) fn steal_between(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
     let ((t0, s0), (t1, s1)) = (before?, after?);
     let total = t1.checked_sub(t0).filter(|t| *t > 0)?;
     Some(s1.saturating_sub(s0) as f64 / total as f64)
 }
 
-pub fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
@@ -227,7 +227,12 @@ pub(crate) fn table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
         s.push('\n');
         s
     };
-    let mut o = line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    let mut o = line(
+        &header
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect::<Vec<_>>(),
+    );
     let sep: Vec<String> = width
         .iter()
         .enumerate()
@@ -246,7 +251,7 @@ pub(crate) fn table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
     o
 }
 
-pub fn render(ctx: &Ctx, rs: &[SysResult]) -> String {
+pub(crate) fn render(ctx: &Ctx, rs: &[SysResult]) -> String {
     let mut o = String::new();
     o.push_str(&format!(
         "\nkeel benchmark — GET /users/{{id}}, wrk {} thread(s) x {} connections, {} s runs after {} s warm-up; server on core {}, wrk on core {}; {} users seeded, hit set {}\n",
@@ -354,7 +359,7 @@ pub fn render(ctx: &Ctx, rs: &[SysResult]) -> String {
             let best = r
                 .cold_start_ms
                 .iter()
-                .cloned()
+                .copied()
                 .fold(f64::INFINITY, f64::min);
             format!(
                 "{} (all: {})",
@@ -414,13 +419,17 @@ pub(crate) fn machine() -> Value {
         .ok()
         .map(|s| s.trim().to_string());
     json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpus": std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(0),
         "cpu_model": cpu,
         "kernel": kernel,
     })
 }
 
-pub fn to_json(ctx: &Ctx, rs: &[SysResult], started: chrono::DateTime<chrono::Utc>) -> Value {
+pub(crate) fn to_json(
+    ctx: &Ctx,
+    rs: &[SysResult],
+    started: chrono::DateTime<chrono::Utc>,
+) -> Value {
     let systems: Vec<Value> = rs
         .iter()
         .map(|r| {
@@ -434,12 +443,12 @@ pub fn to_json(ctx: &Ctx, rs: &[SysResult], started: chrono::DateTime<chrono::Ut
                 "miss_error": r.miss_error,
                 "server_log": r.server_log.display().to_string(),
                 "dir": r.dir.display().to_string(),
-                "hit": r.hit.as_ref().map(|w| w.to_json()),
-                "miss": r.miss.as_ref().map(|w| w.to_json()),
+                "hit": r.hit.as_ref().map(super::wrk::WrkResult::to_json),
+                "miss": r.miss.as_ref().map(super::wrk::WrkResult::to_json),
                 "rss_after_start_kb": r.rss_start_kb,
                 "rss_after_hit_kb": r.rss_after_hit_kb,
                 "cold_start_ms": r.cold_start_ms.iter().map(|x| round(*x, 2)).collect::<Vec<_>>(),
-                "cold_start_best_ms": r.cold_start_ms.iter().cloned().reduce(f64::min).map(|x| round(x, 2)),
+                "cold_start_best_ms": r.cold_start_ms.iter().copied().reduce(f64::min).map(|x| round(x, 2)),
                 "cold_start_error": r.cold_start_error,
                 "notes": r.notes,
             })

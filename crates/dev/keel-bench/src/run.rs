@@ -16,7 +16,7 @@ use crate::seed::{self, Dataset};
 use crate::wrk::{self, WrkResult, WrkSpec};
 
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The role of the embedded row: `up` (the default: `keel up`, the in-process gateway in
     /// front of the API, and the workers) or `serve` (the API alone), for an A/B of the two.
     #[arg(long, env = "KEEL_BENCH_EMBEDDED_ROLE", default_value = "up")]
@@ -75,14 +75,14 @@ pub struct RunArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum Engine {
+pub(crate) enum Engine {
     Sqlite,
     Postgres,
     Mariadb,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     Bare,
     Keel(Engine),
     FlaskSync,
@@ -90,7 +90,7 @@ pub enum Kind {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct System {
+pub(crate) struct System {
     pub key: &'static str,
     pub label: &'static str,
     pub kind: Kind,
@@ -99,7 +99,7 @@ pub struct System {
     pub footprint: bool,
 }
 
-pub const SYSTEMS: &[System] = &[
+pub(crate) const SYSTEMS: &[System] = &[
     System {
         key: "bare",
         label: "bare axum (constant JSON)",
@@ -145,7 +145,7 @@ pub const SYSTEMS: &[System] = &[
 ];
 
 #[derive(Debug, Default)]
-pub struct SysResult {
+pub(crate) struct SysResult {
     pub key: String,
     pub label: String,
     pub dir: PathBuf,
@@ -163,7 +163,7 @@ pub struct SysResult {
     pub notes: Vec<String>,
 }
 
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub args: RunArgs,
     pub duration: u64,
     pub warmup: u64,
@@ -182,7 +182,7 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("[keel-bench] {}", msg.as_ref());
 }
 
-pub fn run(mut args: RunArgs) -> anyhow::Result<()> {
+pub(crate) fn run(mut args: RunArgs) -> anyhow::Result<()> {
     args.bench_dir = args.bench_dir.canonicalize().with_context(|| {
         format!(
             "{} (run from the repository root)",
@@ -680,7 +680,7 @@ fn start_server(ctx: &Ctx, sys: &System, log_path: &Path) -> anyhow::Result<(Ser
         .stdout(logf.try_clone()?)
         .stderr(logf);
     let started = Instant::now();
-    let child = cmd.spawn().with_context(|| format!("spawning {:?}", cmd))?;
+    let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     let mut server = Server { child, started };
     let ready_by = started + Duration::from_secs(60);
     loop {

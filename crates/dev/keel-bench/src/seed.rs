@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-pub struct Dataset {
+pub(crate) struct Dataset {
     /// All ids, sorted (insertion order: keeps B-tree inserts sequential).
     pub ids: Vec<String>,
     /// The cache-hit set (requested once to warm the cache, then at random by wrk).
@@ -24,7 +24,7 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    pub fn generate(n: usize, hit_n: usize, seed: u64) -> Dataset {
+    pub(crate) fn generate(n: usize, hit_n: usize, seed: u64) -> Dataset {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut uuids: Vec<uuid::Uuid> = (0..n)
             .map(|_| {
@@ -52,7 +52,7 @@ impl Dataset {
         }
     }
 
-    pub fn write_id_files(&self, dir: &Path) -> anyhow::Result<()> {
+    pub(crate) fn write_id_files(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
         for (name, list) in [("hit-ids.txt", &self.hit), ("miss-ids.txt", &self.miss)] {
             let mut w = BufWriter::new(File::create(dir.join(name))?);
@@ -111,7 +111,7 @@ fn pipe_into(
 }
 
 /// Run a CLI and fail with its output.
-pub fn sh(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn sh(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
@@ -130,7 +130,7 @@ pub fn sh(cmd: &mut Command) -> anyhow::Result<String> {
 
 const BATCH: usize = 1000;
 
-pub fn seed_sqlite(data: &Dataset, db: &Path, log: &Path) -> anyhow::Result<()> {
+pub(crate) fn seed_sqlite(data: &Dataset, db: &Path, log: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new("sqlite3");
     cmd.arg("-bail").arg(db);
     pipe_into(cmd, log, |w| {
@@ -158,13 +158,13 @@ pub fn seed_sqlite(data: &Dataset, db: &Path, log: &Path) -> anyhow::Result<()> 
     })
 }
 
-pub fn psql(url: &str) -> Command {
+pub(crate) fn psql(url: &str) -> Command {
     let mut c = Command::new("psql");
     c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url]);
     c
 }
 
-pub fn seed_postgres(data: &Dataset, url: &str, log: &Path) -> anyhow::Result<()> {
+pub(crate) fn seed_postgres(data: &Dataset, url: &str, log: &Path) -> anyhow::Result<()> {
     pipe_into(psql(url), log, |w| {
         writeln!(
             w,
@@ -181,7 +181,7 @@ pub fn seed_postgres(data: &Dataset, url: &str, log: &Path) -> anyhow::Result<()
     })
 }
 
-pub fn mariadb(db: Option<&str>) -> Command {
+pub(crate) fn mariadb(db: Option<&str>) -> Command {
     let mut c = Command::new("mariadb");
     c.args([
         "-h",
@@ -199,7 +199,7 @@ pub fn mariadb(db: Option<&str>) -> Command {
     c
 }
 
-pub fn seed_mariadb(data: &Dataset, db: &str, log: &Path) -> anyhow::Result<()> {
+pub(crate) fn seed_mariadb(data: &Dataset, db: &str, log: &Path) -> anyhow::Result<()> {
     pipe_into(mariadb(Some(db)), log, |w| {
         writeln!(
             w,
@@ -230,7 +230,7 @@ pub fn seed_mariadb(data: &Dataset, db: &str, log: &Path) -> anyhow::Result<()> 
 
 /// Used only when `keel migrate` cannot run (no keel binary): the schema keel's MariaDB
 /// migration is documented to create, so the Flask baseline can still be measured.
-pub const MARIADB_FALLBACK_DDL: &str = "CREATE TABLE IF NOT EXISTS users (
+pub(crate) const MARIADB_FALLBACK_DDL: &str = "CREATE TABLE IF NOT EXISTS users (
   id CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
   name VARCHAR(100) NOT NULL,
   email VARCHAR(320) NOT NULL UNIQUE,

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Default)]
-pub struct WrkResult {
+pub(crate) struct WrkResult {
     pub requests: u64,
     pub duration_s: f64,
     pub rps: f64,
@@ -26,14 +26,14 @@ pub struct WrkResult {
 }
 
 impl WrkResult {
-    pub fn non2xx_fraction(&self) -> f64 {
+    pub(crate) fn non2xx_fraction(&self) -> f64 {
         if self.requests == 0 {
             1.0
         } else {
             self.non2xx as f64 / self.requests as f64
         }
     }
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "requests": self.requests,
             "duration_s": self.duration_s,
@@ -52,12 +52,12 @@ impl WrkResult {
     }
 }
 
-pub fn round(x: f64, digits: i32) -> f64 {
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p
 }
 
-pub struct WrkSpec<'a> {
+pub(crate) struct WrkSpec<'a> {
     pub url: &'a str,
     pub threads: u32,
     pub connections: u32,
@@ -68,7 +68,7 @@ pub struct WrkSpec<'a> {
     pub wrk_core: &'a str,
 }
 
-pub fn run(spec: &WrkSpec) -> anyhow::Result<WrkResult> {
+pub(crate) fn run(spec: &WrkSpec<'_>) -> anyhow::Result<WrkResult> {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", spec.wrk_core, "wrk"])
         .arg(format!("-t{}", spec.threads))
@@ -93,7 +93,7 @@ pub fn run(spec: &WrkSpec) -> anyhow::Result<WrkResult> {
             .create(true)
             .append(true)
             .open(spec.log)?;
-        writeln!(f, "$ {:?}\n{stdout}{stderr}", cmd)?;
+        writeln!(f, "$ {cmd:?}\n{stdout}{stderr}")?;
     }
     if !out.status.success() {
         bail!("wrk failed ({}): {stderr}{stdout}", out.status);

@@ -148,7 +148,7 @@ pub async fn around_request(State(limiter): State<Limiter>, req: Request, next: 
                 method = %method,
                 route,
                 "request failed"
-            )
+            );
         });
     }
     limiter.metrics.record(&method, route, status, elapsed);
@@ -161,7 +161,7 @@ pub async fn around_request(State(limiter): State<Limiter>, req: Request, next: 
                 status = status.as_u16(),
                 latency_us = elapsed.as_micros() as u64,
                 "request"
-            )
+            );
         });
     }
     res.headers_mut().insert(REQUEST_ID.clone(), request_id);

@@ -705,7 +705,7 @@ impl Generic<'_> {
                     ),
                     Access::Public => {}
                     Access::SignedIn => {
-                        add("401", json_response("no valid access token", "ErrorBody"))
+                        add("401", json_response("no valid access token", "ErrorBody"));
                     }
                     Access::Need(_) | Access::SelfOr(_) => {
                         add("401", json_response("no valid access token", "ErrorBody"));

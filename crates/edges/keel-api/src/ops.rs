@@ -115,7 +115,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = state
         .metrics
         .as_ref()
-        .map(|h| h.render())
+        .map(metrics_exporter_prometheus::PrometheusHandle::render)
         .unwrap_or_default();
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -41,7 +41,7 @@ impl HashKey {
     pub fn of<'a>(&self, path: &'a str, headers: &'a HeaderMap) -> Option<&'a [u8]> {
         match self {
             Self::Path => Some(path.as_bytes()),
-            Self::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+            Self::Header(name) => headers.get(name).map(http::HeaderValue::as_bytes),
             Self::Cookie(name) => headers
                 .get_all(http::header::COOKIE)
                 .iter()

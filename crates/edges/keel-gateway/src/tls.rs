@@ -302,7 +302,7 @@ fn spawn_sighup_reload(resolver: Arc<ReloadingCert>) {
             });
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; tls reloads by polling only")
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; tls reloads by polling only");
         }
     }
 }

@@ -117,7 +117,7 @@ async fn two_operators_replaying_one_patient_send_it_once() {
         a.unwrap().items[0].outcome.clone(),
         b.unwrap().items[0].outcome.clone(),
     ];
-    outcomes.sort_by_key(|o| o.label());
+    outcomes.sort_by_key(keel_hospital::ReplayOutcome::label);
     assert_eq!(outcomes[1], ReplayOutcome::Replayed, "{outcomes:?}");
     assert!(
         matches!(

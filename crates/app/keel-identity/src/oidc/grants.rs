@@ -119,7 +119,7 @@ impl OidcProvider<'_> {
         match (&stored.challenge, verifier) {
             (Some(challenge), Some(verifier)) => {
                 keel_credentials::pkce::verify(verifier, challenge)
-                    .map_err(|e| invalid(&e.to_string()))?
+                    .map_err(|e| invalid(&e.to_string()))?;
             }
             (Some(_), None) => return Err(invalid("code_verifier is required")),
             (None, Some(_)) => return Err(invalid("no code_challenge was sent for this code")),

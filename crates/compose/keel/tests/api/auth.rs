@@ -20,9 +20,9 @@ on_every_backend!(
     an_admin_disables_and_enables_an_account,
 );
 
-pub const PASSWORD: &str = "a fine long passphrase";
+pub(super) const PASSWORD: &str = "a fine long passphrase";
 
-pub async fn sign_up(app: &TestApp, email: &str) -> Value {
+pub(super) async fn sign_up(app: &TestApp, email: &str) -> Value {
     let res = app
         .post_json(
             "/auth/signup",
@@ -295,7 +295,7 @@ async fn with_identity_off_its_routes_are_not_there() {
 }
 
 /// Gives the account `roles` directly in the store, as `keel admin create` would have.
-pub async fn grant(app: &TestApp, user: &Value, roles: &[&str]) {
+pub(super) async fn grant(app: &TestApp, user: &Value, roles: &[&str]) {
     let db = keel::database::Database::open(&app.settings).await.unwrap();
     let store = db.identity();
     let id = user["id"].as_str().unwrap().parse().unwrap();
@@ -305,7 +305,7 @@ pub async fn grant(app: &TestApp, user: &Value, roles: &[&str]) {
     store.put_credentials(&credentials).await.unwrap();
 }
 
-pub async fn tokens_of(app: &TestApp, email: &str, password: &str) -> Value {
+pub(super) async fn tokens_of(app: &TestApp, email: &str, password: &str) -> Value {
     let res = sign_in(app, &json!({"email": email, "password": password})).await;
     assert_eq!(res.status(), 200, "{email}");
     res.json().await.unwrap()

@@ -9,13 +9,13 @@ use keel_test_support::services;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(super) enum Backend {
     Sqlite,
     Postgres,
     MariaDb,
 }
 
-pub struct TestApp {
+pub(super) struct TestApp {
     pub address: String,
     /// Sends no credentials.
     pub client: reqwest::Client,
@@ -33,11 +33,11 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
-    pub async fn get(&self, path: &str) -> reqwest::Response {
+    pub(super) async fn get(&self, path: &str) -> reqwest::Response {
         self.admin
             .get(self.url(path))
             .send()
@@ -45,7 +45,11 @@ impl TestApp {
             .expect("request sent")
     }
 
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    pub(super) async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
         self.admin
             .post(self.url(path))
             .json(body)
@@ -54,7 +58,7 @@ impl TestApp {
             .expect("request sent")
     }
 
-    pub async fn put_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    pub(super) async fn put_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.admin
             .put(self.url(path))
             .json(body)
@@ -63,7 +67,7 @@ impl TestApp {
             .expect("request sent")
     }
 
-    pub async fn delete(&self, path: &str) -> reqwest::Response {
+    pub(super) async fn delete(&self, path: &str) -> reqwest::Response {
         self.admin
             .delete(self.url(path))
             .send()
@@ -72,7 +76,7 @@ impl TestApp {
     }
 
     /// A request without credentials.
-    pub async fn anonymous_get(&self, path: &str) -> reqwest::Response {
+    pub(super) async fn anonymous_get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
             .send()
@@ -81,7 +85,7 @@ impl TestApp {
     }
 
     /// Creates a user and returns its JSON.
-    pub async fn create_user(&self, name: &str) -> serde_json::Value {
+    pub(super) async fn create_user(&self, name: &str) -> serde_json::Value {
         let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
         let res = self
             .post_json("/users", &serde_json::json!({"name": name, "email": email}))
@@ -91,7 +95,7 @@ impl TestApp {
     }
 
     /// Stops the server the way SIGTERM does, and waits for it.
-    pub async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -110,7 +114,7 @@ fn metrics() -> PrometheusHandle {
 }
 
 /// A fresh, empty database URL for `backend`.
-pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
+pub(super) async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
     match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.join("keel.db").display()),
         Backend::Postgres => services::create_postgres_database().await,
@@ -118,7 +122,7 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> String {
     }
 }
 
-pub fn base_settings(dir: &std::path::Path, database_url: String) -> Settings {
+pub(super) fn base_settings(dir: &std::path::Path, database_url: String) -> Settings {
     let mut settings = Settings {
         data_dir: dir.to_path_buf(),
         ..Settings::default()
@@ -132,11 +136,14 @@ pub fn base_settings(dir: &std::path::Path, database_url: String) -> Settings {
     settings
 }
 
-pub async fn spawn_app(backend: Backend) -> TestApp {
+pub(super) async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
 
-pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+pub(super) async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database(backend, dir.path()).await;
     let mut settings = base_settings(dir.path(), url);
@@ -146,7 +153,10 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
 
 /// Like `keel up`: the API and the worker role (relay, workers) in one process, with the
 /// embedded queue under the test's directory, served through the in-process gateway.
-pub async fn spawn_up_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+pub(super) async fn spawn_up_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database(backend, dir.path()).await;
     let mut settings = base_settings(dir.path(), url);
@@ -154,7 +164,7 @@ pub async fn spawn_up_with(backend: Backend, configure: impl FnOnce(&mut Setting
     spawn(settings, dir, true).await
 }
 
-pub async fn spawn_with_settings(settings: Settings, dir: tempfile::TempDir) -> TestApp {
+pub(super) async fn spawn_with_settings(settings: Settings, dir: tempfile::TempDir) -> TestApp {
     spawn(settings, dir, false).await
 }
 
@@ -222,7 +232,7 @@ async fn spawn(settings: Settings, dir: tempfile::TempDir, workers: bool) -> Tes
 }
 
 /// The password of the admin every test app starts with.
-pub const ADMIN_PASSWORD: &str = "correct staple battery horse 42";
+pub(super) const ADMIN_PASSWORD: &str = "correct staple battery horse 42";
 
 /// Makes an admin account (as `keel admin create` does) and signs it in: its access token and
 /// id; `None` when the database does not answer.
@@ -253,7 +263,7 @@ async fn admin_token(idp: &keel_identity::service::Idp) -> Option<(String, Strin
 }
 
 /// Every strategy, for tests that must hold whatever the configuration.
-pub const STRATEGIES: [Strategy; 4] = [
+pub(super) const STRATEGIES: [Strategy; 4] = [
     Strategy::Ttl,
     Strategy::Lazy,
     Strategy::WriteThrough,

@@ -97,7 +97,7 @@ async fn with_token(app: &TestApp, path: &str, tokens: &Value) -> reqwest::Respo
 
 /// Signs in through the `/signin` form as a browser would; returns the `Cookie` header value
 /// of the browser session (and its CSRF cookie).
-pub async fn browser_session(app: &TestApp, email: &str, return_to: &str) -> String {
+pub(super) async fn browser_session(app: &TestApp, email: &str, return_to: &str) -> String {
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

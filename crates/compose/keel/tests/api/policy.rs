@@ -14,7 +14,7 @@ use crate::api::helpers::{Backend, spawn_app};
 
 /// `(method, path)` of every route the router serves, read from its `Debug` output: axum has
 /// no route listing, but its debug form names each route's path and `Allow` methods.
-pub fn routes_of(router: &axum::Router) -> BTreeSet<(String, String)> {
+pub(super) fn routes_of(router: &axum::Router) -> BTreeSet<(String, String)> {
     let text = format!("{router:?}");
     if std::env::var("DUMP_ROUTER").is_ok() {
         eprintln!("{text}");

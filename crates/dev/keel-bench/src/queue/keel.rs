@@ -38,13 +38,13 @@ use super::load::{self, Effects, Figures, Pace, Plan};
 
 /// Where the run's messages go: topic `bench.<n % 16>` (so a pattern does the routing), bound to
 /// the group with `bench.#`.
-pub const GROUP: &str = "bench";
+pub(super) const GROUP: &str = "bench";
 const PATTERN: &str = "bench.#";
 
 type Cleanup = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// A keel backend ready for one run: broker and hospital on fresh names, and what removes them.
-pub struct Backend {
+pub(super) struct Backend {
     pub broker: Arc<dyn Broker>,
     pub hospital: Arc<dyn Hospital>,
     /// Drops the run's queues, database or files; awaited after the run, whatever its outcome.
@@ -53,7 +53,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(
+    pub(super) fn new(
         broker: Arc<dyn Broker>,
         hospital: Arc<dyn Hospital>,
         cleanup: impl Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -94,7 +94,7 @@ fn outgoing(plan: &Plan, n: u64, origin: Instant) -> (String, Outgoing) {
 }
 
 /// Runs `plan` through `backend`'s broker with keel's `Worker`s and returns the figures.
-pub async fn run(plan: Plan, backend: &Backend) -> anyhow::Result<Figures> {
+pub(super) async fn run(plan: Plan, backend: &Backend) -> anyhow::Result<Figures> {
     let broker = backend.broker.clone();
     broker.bind(GROUP, PATTERN).await.context("bind")?;
     let origin = Instant::now();

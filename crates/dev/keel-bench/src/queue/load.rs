@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 /// What one run sends, the same for every system.
 #[derive(Debug, Clone, Copy)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub messages: u64,
     pub body_bytes: usize,
     /// Distinct keys (message `n` has key `n % keys`); 0: no keys.
@@ -30,17 +30,17 @@ pub struct Plan {
 
 impl Plan {
     /// The key index of message `n`.
-    pub fn key(&self, n: u64) -> Option<u64> {
+    pub(crate) fn key(&self, n: u64) -> Option<u64> {
         (self.keys > 0).then(|| n % self.keys)
     }
 
-    pub fn key_name(&self, n: u64) -> Option<String> {
+    pub(crate) fn key_name(&self, n: u64) -> Option<String> {
         self.key(n).map(|k| format!("k{k}"))
     }
 
     /// The batches publisher `p` sends, in order. A key belongs to one publisher, so each key's
     /// messages are published in ascending number, which the ordering check relies on.
-    pub fn batches(&self, p: usize) -> Vec<Vec<u64>> {
+    pub(crate) fn batches(&self, p: usize) -> Vec<Vec<u64>> {
         let publishers = self.publishers as u64;
         let mine: Vec<u64> = (0..self.messages)
             .filter(|&n| self.key(n).unwrap_or(n) % publishers == p as u64)
@@ -54,7 +54,7 @@ impl Plan {
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The body of message `n`, stamped now.
-pub fn body(plan: &Plan, n: u64, origin: Instant) -> Vec<u8> {
+pub(super) fn body(plan: &Plan, n: u64, origin: Instant) -> Vec<u8> {
     let sent = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let mut b = Vec::with_capacity(plan.body_bytes.max(24));
     b.extend_from_slice(&n.to_le_bytes());
@@ -72,7 +72,7 @@ pub fn body(plan: &Plan, n: u64, origin: Instant) -> Vec<u8> {
 }
 
 /// The message number and publish stamp of a body.
-pub fn parse(body: &[u8]) -> Option<(u64, u64)> {
+pub(super) fn parse(body: &[u8]) -> Option<(u64, u64)> {
     let word = |i: usize| {
         body.get(i * 8..i * 8 + 8)
             .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
@@ -84,7 +84,7 @@ pub fn parse(body: &[u8]) -> Option<(u64, u64)> {
 /// The handler's effect store: it records each message id with its effect (a count, a latency
 /// sample, the key's last number) in one critical section, so a redelivered message has no
 /// second effect — what keel asks of every consumer, done here by raw and keel rows alike.
-pub struct Effects {
+pub(super) struct Effects {
     inner: Mutex<Inner>,
     target: u64,
     origin: Instant,
@@ -105,7 +105,7 @@ struct Inner {
 
 /// The effect store's counts once a run is over.
 #[derive(Debug, Clone, Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub handled: u64,
     pub duplicates: u64,
     pub order_violations: u64,
@@ -117,7 +117,7 @@ pub struct Tally {
 
 impl Effects {
     /// `check_order`: the system promises per-key order, so a violation is a failure.
-    pub fn new(plan: Plan, origin: Instant, check_order: bool) -> Self {
+    pub(super) fn new(plan: Plan, origin: Instant, check_order: bool) -> Self {
         let inner = Inner {
             latencies_ns: Vec::with_capacity(usize::try_from(plan.messages).unwrap_or(0)),
             ..Inner::default()
@@ -133,13 +133,13 @@ impl Effects {
     }
 
     /// Resolves to `true` once every message has had its effect.
-    pub fn done(&self) -> watch::Receiver<bool> {
+    pub(super) fn done(&self) -> watch::Receiver<bool> {
         self.done.subscribe()
     }
 
     /// Records message `id` (its broker-independent identity) with its effect, once. Returns
     /// whether this delivery had the effect (false: a duplicate, absorbed).
-    pub fn record(&self, id: u128, body: &[u8]) -> bool {
+    pub(super) fn record(&self, id: u128, body: &[u8]) -> bool {
         let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let mut inner = self.inner.lock().expect("effects lock");
         let Some((n, sent)) = parse(body) else {
@@ -164,7 +164,7 @@ impl Effects {
         true
     }
 
-    pub fn tally(&self) -> Tally {
+    pub(super) fn tally(&self) -> Tally {
         let mut inner = self.inner.lock().expect("effects lock");
         inner.latencies_ns.sort_unstable();
         let at = |q: f64| {
@@ -188,14 +188,14 @@ impl Effects {
 }
 
 /// Spaces a publisher's batches so that all publishers together offer `plan.rate` messages/s.
-pub struct Pace {
+pub(super) struct Pace {
     start: Instant,
     per_publisher: f64,
     sent: u64,
 }
 
 impl Pace {
-    pub fn new(plan: &Plan) -> Self {
+    pub(super) fn new(plan: &Plan) -> Self {
         Self {
             start: Instant::now(),
             per_publisher: plan.rate as f64 / plan.publishers.max(1) as f64,
@@ -204,7 +204,7 @@ impl Pace {
     }
 
     /// Waits until `n` more messages may go.
-    pub async fn wait(&mut self, n: usize) {
+    pub(super) async fn wait(&mut self, n: usize) {
         if self.per_publisher > 0.0 {
             let due = self.start + Duration::from_secs_f64(self.sent as f64 / self.per_publisher);
             tokio::time::sleep_until(due.into()).await;
@@ -214,7 +214,7 @@ impl Pace {
 }
 
 /// Waits until every message has had its effect, or fails after the plan's timeout.
-pub async fn wait_done(effects: &Effects, plan: &Plan) -> anyhow::Result<()> {
+pub(super) async fn wait_done(effects: &Effects, plan: &Plan) -> anyhow::Result<()> {
     let mut done = effects.done();
     match tokio::time::timeout(plan.timeout, done.wait_for(|d| *d)).await {
         Ok(Ok(_)) => Ok(()),
@@ -233,7 +233,7 @@ pub async fn wait_done(effects: &Effects, plan: &Plan) -> anyhow::Result<()> {
 
 /// One row's measurements.
 #[derive(Debug, Clone)]
-pub struct Figures {
+pub(crate) struct Figures {
     pub messages: u64,
     /// From the first publish to the last acknowledgement.
     pub elapsed: Duration,
@@ -244,18 +244,18 @@ pub struct Figures {
 }
 
 impl Figures {
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    pub fn publish_rate(&self) -> f64 {
+    pub(crate) fn publish_rate(&self) -> f64 {
         self.messages as f64 / self.publish_elapsed.as_secs_f64().max(1e-9)
     }
 }
 
 /// Checks a finished run's tally: every message had its effect once, none foreign, and, where
 /// the system promises it, per-key order held.
-pub fn verify(plan: &Plan, tally: &Tally, check_order: bool) -> anyhow::Result<()> {
+pub(super) fn verify(plan: &Plan, tally: &Tally, check_order: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         tally.handled == plan.messages,
         "{} of {} messages handled",

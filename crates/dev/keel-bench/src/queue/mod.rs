@@ -29,7 +29,7 @@ use load::{Figures, Plan};
 use raw_rabbit::QueueType;
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct QueueArgs {
+pub(crate) struct QueueArgs {
     /// Backends to run, comma-separated, from: sqlite, postgres, rabbitmq, nats [default: all].
     #[arg(long, env = "KEEL_BENCH_QUEUE_BACKENDS", value_delimiter = ',')]
     pub backends: Vec<String>,
@@ -114,7 +114,7 @@ pub struct QueueArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
+pub(crate) enum BackendKind {
     Sqlite,
     Postgres,
     Rabbitmq,
@@ -124,7 +124,7 @@ pub enum BackendKind {
 impl BackendKind {
     const ALL: [BackendKind; 4] = [Self::Sqlite, Self::Postgres, Self::Rabbitmq, Self::Nats];
 
-    pub fn key(&self) -> &'static str {
+    pub(crate) fn key(&self) -> &'static str {
         match self {
             Self::Sqlite => "sqlite",
             Self::Postgres => "postgres",
@@ -136,7 +136,7 @@ impl BackendKind {
 
 /// One row's outcome.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Measured(Figures),
     Failed(String),
     /// The keel adapter for this backend is not part of this build.
@@ -144,7 +144,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug)]
-pub struct Row {
+pub(crate) struct Row {
     pub backend: BackendKind,
     /// "raw" or "keel".
     pub system: &'static str,
@@ -158,7 +158,7 @@ pub struct Row {
     pub runs: Vec<f64>,
 }
 
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub args: QueueArgs,
     pub plan: Plan,
     pub rabbitmq_queue: QueueType,
@@ -179,7 +179,7 @@ fn fresh_name() -> String {
     format!("keel_bench_q_{}", uuid::Uuid::new_v4().simple())
 }
 
-pub fn run(args: QueueArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: QueueArgs) -> anyhow::Result<()> {
     let backends: Vec<BackendKind> = if args.backends.is_empty() {
         BackendKind::ALL.to_vec()
     } else {

@@ -18,7 +18,7 @@ use super::load::{self, Effects, Figures, Pace, Plan};
 
 /// Runs `plan` on a fresh stream named `name` (subjects `<name>.>`), deleted afterwards whatever
 /// the outcome.
-pub async fn run(plan: Plan, url: &str, name: &str) -> anyhow::Result<Figures> {
+pub(super) async fn run(plan: Plan, url: &str, name: &str) -> anyhow::Result<Figures> {
     let client = async_nats::connect(url).await.context("connect to NATS")?;
     let js = jetstream::new(client);
     let stream = js

@@ -20,7 +20,7 @@ use super::load::{self, Effects, Figures, Pace, Plan};
 
 /// Which kind of RabbitMQ queue the run declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueType {
+pub(crate) enum QueueType {
     /// Replicated Raft log: RabbitMQ's recommended durable queue.
     Quorum,
     /// The classic durable queue.
@@ -28,7 +28,7 @@ pub enum QueueType {
 }
 
 impl QueueType {
-    pub fn parse(raw: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(raw: &str) -> anyhow::Result<Self> {
         match raw {
             "quorum" => Ok(Self::Quorum),
             "classic" => Ok(Self::Classic),
@@ -36,7 +36,7 @@ impl QueueType {
         }
     }
 
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Self::Quorum => "quorum",
             Self::Classic => "classic",
@@ -45,7 +45,12 @@ impl QueueType {
 }
 
 /// Runs `plan` on a fresh queue named `queue`, deleted afterwards whatever the outcome.
-pub async fn run(plan: Plan, url: &str, queue: &str, kind: QueueType) -> anyhow::Result<Figures> {
+pub(super) async fn run(
+    plan: Plan,
+    url: &str,
+    queue: &str,
+    kind: QueueType,
+) -> anyhow::Result<Figures> {
     let admin = Connection::connect(url, ConnectionProperties::default())
         .await
         .context("connect to RabbitMQ")?;

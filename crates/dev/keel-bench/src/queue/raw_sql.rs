@@ -28,7 +28,7 @@ fn now_us() -> i64 {
 }
 
 /// Runs `plan` against a fresh SQLite file at `path`.
-pub async fn sqlite(
+pub(super) async fn sqlite(
     plan: Plan,
     path: &std::path::Path,
     sync: SqliteSync,
@@ -59,7 +59,7 @@ pub async fn sqlite(
 }
 
 /// Runs `plan` against a fresh table in the PostgreSQL database at `url`.
-pub async fn postgres(plan: Plan, url: &str) -> anyhow::Result<Figures> {
+pub(super) async fn postgres(plan: Plan, url: &str) -> anyhow::Result<Figures> {
     let pool = PgPoolOptions::new()
         .max_connections(u32::try_from(plan.workers + plan.publishers).unwrap_or(8))
         .connect(url)

@@ -81,7 +81,7 @@ fn ms(d: Duration) -> String {
     }
 }
 
-pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
+pub(super) fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
     let p = &ctx.plan;
     let mut o = String::new();
     o.push_str(&format!(
@@ -191,7 +191,7 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
     for r in rows {
         match &r.outcome {
             Outcome::Failed(e) => {
-                problems.push_str(&format!("  FAILED {} {}: {e}\n", r.backend.key(), r.system))
+                problems.push_str(&format!("  FAILED {} {}: {e}\n", r.backend.key(), r.system));
             }
             Outcome::Measured(f) => {
                 for n in &f.notes {
@@ -251,7 +251,7 @@ pub fn render(ctx: &Ctx, rows: &[Row], load_start: &str) -> String {
     o
 }
 
-pub fn to_json(
+pub(super) fn to_json(
     ctx: &Ctx,
     rows: &[Row],
     started: chrono::DateTime<chrono::Utc>,

@@ -279,7 +279,7 @@ impl WebCache {
         replacing: Option<&Arc<Stored>>,
     ) {
         self.entries.entry(key).and_compute_with(|current| {
-            let current = current.map(|entry| entry.into_value());
+            let current = current.map(moka::Entry::into_value);
             let existing: &[Arc<Stored>] = current.as_ref().map_or(&[], |v| v.list.as_slice());
             let same_variant = existing.iter().find(|v| v.vary == stored.vary);
             if let (Some(replacing), Some(same)) = (replacing, same_variant)

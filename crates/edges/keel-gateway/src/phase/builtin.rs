@@ -149,7 +149,7 @@ impl Duty {
             ctxs,
             |p, c| p.upstream_request(s, head, c),
             p.erased_upstream_request(s, head, c)
-        )
+        );
     }
 
     pub(crate) async fn upstream(
@@ -201,7 +201,7 @@ impl Duty {
             ctxs,
             |p, c| p.refusal(s, res, c),
             p.erased_refusal(s, res, c)
-        )
+        );
     }
 
     pub(crate) fn logging(&self, s: &Session<'_>, status: StatusCode, ctxs: &mut Contexts) {
@@ -210,7 +210,7 @@ impl Duty {
             ctxs,
             |p, c| p.logging(s, status, c),
             p.erased_logging(s, status, c)
-        )
+        );
     }
 }
 

@@ -173,7 +173,7 @@ async fn read_reply(stream: &mut TcpStream, within: Duration) -> Reply {
     let closed = loop {
         let mut buf = [0u8; 4096];
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(0) | Err(_)) => break true,
             Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
             Err(_) => break false,
         }

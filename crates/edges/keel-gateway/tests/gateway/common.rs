@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 /// One request as an upstream received it.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub method: Method,
     /// Path and query.
     pub uri: String,
@@ -36,16 +36,16 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.uri.split('?').next().unwrap_or_default()
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
-pub type Responder = Arc<dyn Fn(&Seen, usize) -> Response<Body> + Send + Sync>;
+pub(crate) type Responder = Arc<dyn Fn(&Seen, usize) -> Response<Body> + Send + Sync>;
 
 struct Inner {
     name: String,
@@ -62,7 +62,7 @@ struct Inner {
 }
 
 /// A recording upstream HTTP/1.1 server.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     inner: Arc<Inner>,
@@ -77,13 +77,13 @@ impl Drop for Upstream {
 
 impl Upstream {
     /// Answers 200 with its name as the body (text/plain), and 200 on `/readyz`.
-    pub async fn start(name: &str) -> Self {
+    pub(crate) async fn start(name: &str) -> Self {
         Self::spawn(name, None).await
     }
 
     /// Answers ordinary requests with `responder(request, index)`; `/readyz` still answers as
     /// told by [`Upstream::set_ready`].
-    pub async fn with(
+    pub(crate) async fn with(
         name: &str,
         responder: impl Fn(&Seen, usize) -> Response<Body> + Send + Sync + 'static,
     ) -> Self {
@@ -115,41 +115,41 @@ impl Upstream {
     }
 
     /// `127.0.0.1:PORT`, as a pool lists it.
-    pub fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         self.addr.to_string()
     }
 
     /// Ordinary requests received (health checks not counted).
-    pub fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.inner.seen.lock().unwrap().len()
     }
 
-    pub fn health_checks(&self) -> usize {
+    pub(crate) fn health_checks(&self) -> usize {
         self.inner.health_checks.load(Ordering::Relaxed)
     }
 
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.inner.seen.lock().unwrap().clone()
     }
 
-    pub fn last(&self) -> Seen {
+    pub(crate) fn last(&self) -> Seen {
         self.seen().pop().expect("the upstream saw a request")
     }
 
     /// Ordinary requests whose path is `path`.
-    pub fn hits_on(&self, path: &str) -> usize {
+    pub(crate) fn hits_on(&self, path: &str) -> usize {
         self.seen().iter().filter(|s| s.path() == path).count()
     }
 
-    pub fn set_status(&self, status: u16) {
+    pub(crate) fn set_status(&self, status: u16) {
         self.inner.status.store(status, Ordering::Relaxed);
     }
 
-    pub fn set_ready(&self, status: u16) {
+    pub(crate) fn set_ready(&self, status: u16) {
         self.inner.ready.store(status, Ordering::Relaxed);
     }
 
-    pub fn set_delay(&self, delay: Duration) {
+    pub(crate) fn set_delay(&self, delay: Duration) {
         self.inner
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
@@ -200,7 +200,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response<Body>
 }
 
 /// An address nothing listens on.
-pub fn closed_port() -> String {
+pub(crate) fn closed_port() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
@@ -208,7 +208,7 @@ pub fn closed_port() -> String {
 }
 
 /// The gateway's public listener and its admin router, both on 127.0.0.1:0.
-pub struct Gw {
+pub(crate) struct Gw {
     pub gateway: Arc<Gateway>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -228,12 +228,15 @@ impl Drop for Gw {
 }
 
 impl Gw {
-    pub async fn start(settings: GatewaySettings) -> Self {
+    pub(crate) async fn start(settings: GatewaySettings) -> Self {
         Self::with_phases(settings, vec![]).await
     }
 
     /// [`Gw::start`] with `phases` plugged into the request path, as the binary would.
-    pub async fn with_phases(settings: GatewaySettings, phases: Vec<Arc<dyn ErasedPhase>>) -> Self {
+    pub(crate) async fn with_phases(
+        settings: GatewaySettings,
+        phases: Vec<Arc<dyn ErasedPhase>>,
+    ) -> Self {
         let gateway = Gateway::new(&settings, None, phases).expect("valid gateway settings");
         let listener = keel_gateway::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -265,23 +268,23 @@ impl Gw {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
 
     /// GET through the gateway: status and body text.
-    pub async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let res = client().get(self.url(path)).send().await.unwrap();
         let status = res.status().as_u16();
         (status, res.text().await.unwrap())
     }
 
     /// `healthy` of each server of `pool`, as the admin API's `/upstreams` reports it.
-    pub async fn health(&self, pool: &str) -> Vec<(String, bool)> {
+    pub(crate) async fn health(&self, pool: &str) -> Vec<(String, bool)> {
         let doc: serde_json::Value = client()
             .get(self.admin_url("/upstreams"))
             .send()
@@ -306,7 +309,7 @@ impl Gw {
     }
 
     /// Waits until the admin API reports `server` of `pool` as `healthy`.
-    pub async fn wait_health(&self, pool: &str, server: &str, healthy: bool) {
+    pub(crate) async fn wait_health(&self, pool: &str, server: &str, healthy: bool) {
         let reached = eventually(Duration::from_secs(3), async || {
             self.health(pool)
                 .await
@@ -322,7 +325,7 @@ impl Gw {
 }
 
 /// A client with no proxy and no connection reuse surprises: one per call is cheap enough.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -331,7 +334,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Settings with the given pools and routes; retries are not held back by the budget.
-pub fn settings(pools: Vec<PoolSettings>, routes: Vec<RouteSettings>) -> GatewaySettings {
+pub(crate) fn settings(pools: Vec<PoolSettings>, routes: Vec<RouteSettings>) -> GatewaySettings {
     GatewaySettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         retry_budget_min_per_sec: 10_000,
@@ -343,11 +346,11 @@ pub fn settings(pools: Vec<PoolSettings>, routes: Vec<RouteSettings>) -> Gateway
 
 /// A pool with fast health checks (every 50 ms, one check flips a state) and passive ejection
 /// out of the way (tests of ejection turn it on).
-pub fn pool(name: &str, servers: &[&Upstream]) -> PoolSettings {
+pub(crate) fn pool(name: &str, servers: &[&Upstream]) -> PoolSettings {
     pool_of(name, servers.iter().map(|u| u.authority()).collect())
 }
 
-pub fn pool_of(name: &str, servers: Vec<String>) -> PoolSettings {
+pub(crate) fn pool_of(name: &str, servers: Vec<String>) -> PoolSettings {
     PoolSettings {
         name: name.to_owned(),
         servers,
@@ -362,7 +365,7 @@ pub fn pool_of(name: &str, servers: Vec<String>) -> PoolSettings {
     }
 }
 
-pub fn route(prefix: &str, pool: &str) -> RouteSettings {
+pub(crate) fn route(prefix: &str, pool: &str) -> RouteSettings {
     RouteSettings {
         prefix: prefix.to_owned(),
         pool: pool.to_owned(),
@@ -372,7 +375,7 @@ pub fn route(prefix: &str, pool: &str) -> RouteSettings {
 }
 
 /// Polls `check` every 20 ms until it holds or `within` passes; how long it took, if it held.
-pub async fn eventually(
+pub(crate) async fn eventually(
     within: Duration,
     mut check: impl AsyncFnMut() -> bool,
 ) -> Option<Duration> {
@@ -389,7 +392,7 @@ pub async fn eventually(
 }
 
 /// Sends `n` GETs of `path` one after another; the statuses.
-pub async fn get_n(gw: &Gw, path: &str, n: usize) -> Vec<u16> {
+pub(crate) async fn get_n(gw: &Gw, path: &str, n: usize) -> Vec<u16> {
     let client = client();
     let mut statuses = Vec::with_capacity(n);
     for _ in 0..n {
@@ -401,7 +404,7 @@ pub async fn get_n(gw: &Gw, path: &str, n: usize) -> Vec<u16> {
 }
 
 /// The `code` of a gateway error body.
-pub fn code(body: &str) -> String {
+pub(crate) fn code(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["code"].as_str().map(str::to_owned))

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_cache::{
-    CachePolicy, CachedUsers, RedisTier, ResourceCache, Stats, Strategy, WriteBackOptions,
+    CachePolicy, CachedUsers, ResourceCache, SharedTier, Stats, Strategy, WriteBackOptions,
 };
+use keel_cache_redis::RedisTier;
 use keel_domain::{
     NewUser, Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserPatch, UserRepo,
 };
@@ -98,7 +99,11 @@ fn wb_options(dir: &std::path::Path, flush_interval: Duration) -> WriteBackOptio
     }
 }
 
-async fn fixture(strategy: Strategy, policy: CachePolicy, l2: Option<Arc<RedisTier>>) -> Fixture {
+async fn fixture(
+    strategy: Strategy,
+    policy: CachePolicy,
+    l2: Option<Arc<dyn SharedTier>>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let wb = wb_options(dir.path(), Duration::from_secs(3600));
     fixture_with(dir, strategy, policy, l2, wb).await
@@ -108,7 +113,7 @@ async fn fixture_with(
     dir: tempfile::TempDir,
     strategy: Strategy,
     policy: CachePolicy,
-    l2: Option<Arc<RedisTier>>,
+    l2: Option<Arc<dyn SharedTier>>,
     wb: WriteBackOptions,
 ) -> Fixture {
     let repo = Arc::new(Counted {

@@ -1,4 +1,4 @@
-//! One resource's cache: L1 in process, L2 in Redis when configured, single-flight loading.
+//! One resource's cache: L1 in process, a shared L2 when configured, single-flight loading.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -18,10 +18,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
 use crate::DELETED_VERSION;
-use crate::redis_tier::{L2Entry, RedisTier};
 use crate::stats::Stats;
+use crate::tier::{Event, L2Entry, SharedTier, TierError};
 
-/// What can key a cache: cheap to hash and compare in process, written as text for Redis.
+/// What can key a cache: cheap to hash and compare in process, written as text for the L2.
 pub trait CacheKey: Hash + Eq + Clone + Display + FromStr + Send + Sync + 'static {}
 
 impl<K: Hash + Eq + Clone + Display + FromStr + Send + Sync + 'static> CacheKey for K {}
@@ -105,7 +105,7 @@ pub struct ResourceCache<K, V> {
     name: &'static str,
     policy: CachePolicy,
     l1: Cache<K, Arc<Entry<V>>>,
-    l2: Option<Arc<RedisTier>>,
+    l2: Option<Arc<dyn SharedTier>>,
     /// One cell per key being loaded: concurrent misses on a key await the same load.
     inflight: Mutex<HashMap<K, Arc<OnceCell<Shared<V>>>>>,
     stats: Arc<Stats>,
@@ -118,7 +118,11 @@ where
 {
     /// A cache for resource `name`. With an L2, a task subscribes to invalidations from other
     /// instances; it ends when the cache is dropped.
-    pub fn new(name: &'static str, policy: CachePolicy, l2: Option<Arc<RedisTier>>) -> Arc<Self> {
+    pub fn new(
+        name: &'static str,
+        policy: CachePolicy,
+        l2: Option<Arc<dyn SharedTier>>,
+    ) -> Arc<Self> {
         let stats = Arc::new(Stats::default());
         let evictions = stats.clone();
         let l1 = Cache::builder()
@@ -140,23 +144,26 @@ where
         });
         if let Some(l2) = &cache.l2 {
             let weak: Weak<Self> = Arc::downgrade(&cache);
-            l2.clone().spawn_subscriber(name, move |event| {
-                let Some(cache) = weak.upgrade() else {
-                    return false;
-                };
-                match event {
-                    crate::redis_tier::Event::Resubscribed => cache.l1.invalidate_all(),
-                    crate::redis_tier::Event::Invalidated { key, version } => {
-                        Stats::inc(&cache.stats.invalidations_received);
-                        let Ok(key) = key.parse::<K>() else {
-                            return true;
-                        };
-                        let cache = cache.clone();
-                        tokio::spawn(async move { cache.tomb_l1(key, version).await });
+            l2.clone().subscribe(
+                name,
+                Box::new(move |event| {
+                    let Some(cache) = weak.upgrade() else {
+                        return false;
+                    };
+                    match event {
+                        Event::Resubscribed => cache.l1.invalidate_all(),
+                        Event::Invalidated { key, version } => {
+                            Stats::inc(&cache.stats.invalidations_received);
+                            let Ok(key) = key.parse::<K>() else {
+                                return true;
+                            };
+                            let cache = cache.clone();
+                            tokio::spawn(async move { cache.tomb_l1(key, version).await });
+                        }
                     }
-                }
-                true
-            });
+                    true
+                }),
+            );
         }
         cache
     }
@@ -165,7 +172,7 @@ where
         &self.stats
     }
 
-    /// L1 may be used only while it is coherent: always without Redis, and with Redis only while
+    /// L1 may be used only while it is coherent: always without an L2, and with one only while
     /// the invalidation subscription is up (a lost subscription could have missed updates).
     pub fn l1_usable(&self) -> bool {
         self.l2.as_ref().is_none_or(|l2| l2.is_coherent())
@@ -360,8 +367,14 @@ where
         }
     }
 
-    /// Writes the key's state to L2 (`None`: a tombstone) unless Redis holds a newer one.
-    async fn write_l2(&self, l2: &RedisTier, key: &K, version: i64, json: Option<&Bytes>) {
+    /// Writes the key's state to L2 (`None`: a tombstone) unless L2 holds a newer one.
+    async fn write_l2(
+        &self,
+        l2: &Arc<dyn SharedTier>,
+        key: &K,
+        version: i64,
+        json: Option<&Bytes>,
+    ) {
         let ttl = self.policy.jittered(self.policy.ttl);
         if let Err(e) = l2
             .set_if_newer(self.name, &key.to_string(), version, json, ttl)
@@ -371,14 +384,14 @@ where
         }
     }
 
-    /// A failed Redis operation is counted and logged, and the caller carries on: the database
-    /// stays the source of truth, so Redis trouble slows keel down but never fails a request.
-    fn l2_failed(&self, operation: &'static str, e: &redis::RedisError) {
+    /// A failed L2 operation is counted and logged, and the caller carries on: the database
+    /// stays the source of truth, so L2 trouble slows keel down but never fails a request.
+    fn l2_failed(&self, operation: &'static str, e: &TierError) {
         Stats::inc(&self.stats.l2_errors);
         tracing::warn!(resource = self.name, operation, error = %e, "redis operation failed");
     }
 
-    async fn broadcast(&self, l2: &RedisTier, key: &K, version: i64) {
+    async fn broadcast(&self, l2: &Arc<dyn SharedTier>, key: &K, version: i64) {
         Stats::inc(&self.stats.invalidations_sent);
         if let Err(e) = l2
             .publish_and_wait(self.name, &key.to_string(), version)

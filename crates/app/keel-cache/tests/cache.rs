@@ -1,4 +1,6 @@
-//! The cache's promises, on a real SQLite store and the real Redis server.
+//! The cache's promises, on a real SQLite store: each behaviour once on the in-process default
+//! (no shared tier, L1 only) and once with the real Redis as L2 (`l1_only::<behaviour>`,
+//! `redis::<behaviour>`); the behaviours of two instances sharing a tier run on Redis.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,8 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_cache::{
-    CachePolicy, CachedUsers, RedisTier, ResourceCache, Stats, Strategy, WriteBackOptions,
+    CachePolicy, CachedUsers, ResourceCache, SharedTier, Stats, Strategy, WriteBackOptions,
 };
+use keel_cache_redis::RedisTier;
 use keel_domain::{
     NewUser, Page, PageRequest, StoreError, User, UserEmail, UserId, UserName, UserPatch, UserRepo,
 };
@@ -98,17 +101,35 @@ fn wb_options(dir: &std::path::Path, flush_interval: Duration) -> WriteBackOptio
     }
 }
 
-async fn fixture(strategy: Strategy, policy: CachePolicy, l2: Option<Arc<RedisTier>>) -> Fixture {
+/// The shared tier a behaviour runs with.
+#[derive(Debug, Clone, Copy)]
+enum Tier {
+    /// No shared tier: the in-process default, L1 only.
+    L1Only,
+    /// The real Redis server, a new connection (a new instance) per cache.
+    Redis,
+}
+
+impl Tier {
+    async fn open(self) -> Option<Arc<dyn SharedTier>> {
+        match self {
+            Tier::L1Only => None,
+            Tier::Redis => Some(redis_tier().await),
+        }
+    }
+}
+
+async fn fixture(tier: &Tier, strategy: Strategy, policy: CachePolicy) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let wb = wb_options(dir.path(), Duration::from_secs(3600));
-    fixture_with(dir, strategy, policy, l2, wb).await
+    fixture_with(tier, dir, strategy, policy, wb).await
 }
 
 async fn fixture_with(
+    tier: &Tier,
     dir: tempfile::TempDir,
     strategy: Strategy,
     policy: CachePolicy,
-    l2: Option<Arc<RedisTier>>,
     wb: WriteBackOptions,
 ) -> Fixture {
     let repo = Arc::new(Counted {
@@ -116,10 +137,11 @@ async fn fixture_with(
         gets: AtomicU64::new(0),
         fail_batches: Default::default(),
     });
-    let cache = ResourceCache::new("users", policy, l2);
+    let cache = ResourceCache::new("users", policy, tier.open().await);
     let users = CachedUsers::new(repo.clone(), cache, strategy, Some(wb))
         .await
         .unwrap();
+    wait_until_coherent(&[&users]).await;
     Fixture {
         _dir: dir,
         repo,
@@ -149,9 +171,8 @@ fn get(stat: &AtomicU64) -> u64 {
     Stats::get(stat)
 }
 
-#[tokio::test]
-async fn a_hundred_concurrent_misses_on_one_key_make_one_database_read() {
-    let fx = fixture(Strategy::Lazy, policy(), None).await;
+async fn a_hundred_concurrent_misses_on_one_key_make_one_database_read(tier: &Tier) {
+    let fx = fixture(tier, Strategy::Lazy, policy()).await;
     let user = fx.repo.inner.clone();
     let created = User::create(new_user("sf"), chrono::Utc::now());
     user.insert(&created).await.unwrap();
@@ -177,9 +198,8 @@ async fn a_hundred_concurrent_misses_on_one_key_make_one_database_read() {
     );
 }
 
-#[tokio::test]
-async fn a_missing_user_is_cached_as_not_found_until_invalidated() {
-    let fx = fixture(Strategy::Lazy, policy(), None).await;
+async fn a_missing_user_is_cached_as_not_found_until_invalidated(tier: &Tier) {
+    let fx = fixture(tier, Strategy::Lazy, policy()).await;
     let ghost = UserId::generate();
     assert!(fx.users.get(ghost).await.unwrap().is_none());
     assert!(fx.users.get(ghost).await.unwrap().is_none());
@@ -195,14 +215,13 @@ async fn a_missing_user_is_cached_as_not_found_until_invalidated() {
     assert_eq!(fx.repo.gets.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test]
-async fn entries_expire_after_their_jittered_ttl() {
+async fn entries_expire_after_their_jittered_ttl(tier: &Tier) {
     let short = CachePolicy {
         ttl: Duration::from_millis(200),
         jitter_ratio: 0.5,
         ..policy()
     };
-    let fx = fixture(Strategy::Lazy, short, None).await;
+    let fx = fixture(tier, Strategy::Lazy, short).await;
     let user = fx.users.create(new_user("ttl")).await.unwrap();
     fx.users.get(user.value.id).await.unwrap();
     fx.users.get(user.value.id).await.unwrap();
@@ -217,9 +236,8 @@ async fn entries_expire_after_their_jittered_ttl() {
     );
 }
 
-#[tokio::test]
-async fn lazy_invalidates_on_write_so_the_next_read_loads_the_new_value() {
-    let fx = fixture(Strategy::Lazy, policy(), None).await;
+async fn lazy_invalidates_on_write_so_the_next_read_loads_the_new_value(tier: &Tier) {
+    let fx = fixture(tier, Strategy::Lazy, policy()).await;
     let user = fx.users.create(new_user("lazy")).await.unwrap();
     fx.users.get(user.value.id).await.unwrap();
     let loads = get(&fx.users.stats().loads);
@@ -244,9 +262,8 @@ async fn lazy_invalidates_on_write_so_the_next_read_loads_the_new_value() {
     );
 }
 
-#[tokio::test]
-async fn write_through_replaces_the_cached_value_so_the_next_read_hits() {
-    let fx = fixture(Strategy::WriteThrough, policy(), None).await;
+async fn write_through_replaces_the_cached_value_so_the_next_read_hits(tier: &Tier) {
+    let fx = fixture(tier, Strategy::WriteThrough, policy()).await;
     let user = fx.users.create(new_user("wt")).await.unwrap();
     let read = fx.users.get(user.value.id).await.unwrap().unwrap();
     assert_eq!(read.value, user.value);
@@ -269,9 +286,8 @@ async fn write_through_replaces_the_cached_value_so_the_next_read_hits() {
     );
 }
 
-#[tokio::test]
-async fn ttl_leaves_the_cache_alone_on_write_as_the_seed_describes() {
-    let fx = fixture(Strategy::Ttl, policy(), None).await;
+async fn ttl_leaves_the_cache_alone_on_write_as_the_seed_describes(tier: &Tier) {
+    let fx = fixture(tier, Strategy::Ttl, policy()).await;
     let user = fx.users.create(new_user("ttl-stale")).await.unwrap();
     fx.users.get(user.value.id).await.unwrap();
     fx.users
@@ -297,9 +313,8 @@ async fn ttl_leaves_the_cache_alone_on_write_as_the_seed_describes() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_updates_of_one_user_all_land_in_order() {
-    let fx = fixture(Strategy::Lazy, policy(), None).await;
+async fn concurrent_updates_of_one_user_all_land_in_order(tier: &Tier) {
+    let fx = fixture(tier, Strategy::Lazy, policy()).await;
     let user = fx.users.create(new_user("race")).await.unwrap();
     let updates = (0..4).map(|n| {
         let users = fx.users.clone();
@@ -318,9 +333,8 @@ async fn concurrent_updates_of_one_user_all_land_in_order() {
     );
 }
 
-#[tokio::test]
-async fn write_back_acknowledges_before_the_database_and_reads_see_the_write() {
-    let fx = fixture(Strategy::WriteBack, policy(), None).await;
+async fn write_back_acknowledges_before_the_database_and_reads_see_the_write(tier: &Tier) {
+    let fx = fixture(tier, Strategy::WriteBack, policy()).await;
     let user = fx.users.create(new_user("wb")).await.unwrap();
     let id = user.value.id;
     assert!(
@@ -368,13 +382,12 @@ async fn write_back_acknowledges_before_the_database_and_reads_see_the_write() {
     );
 }
 
-#[tokio::test]
-async fn write_back_replays_its_journal_on_start() {
+async fn write_back_replays_its_journal_on_start(tier: &Tier) {
     let dir = tempfile::tempdir().unwrap();
     let first = Arc::new(store(dir.path()).await);
     let users = CachedUsers::new(
         first.clone(),
-        ResourceCache::new("users", policy(), None),
+        ResourceCache::new("users", policy(), tier.open().await),
         Strategy::WriteBack,
         Some(wb_options(dir.path(), Duration::from_secs(3600))),
     )
@@ -400,7 +413,7 @@ async fn write_back_replays_its_journal_on_start() {
     let second = Arc::new(store(dir.path()).await);
     let users = CachedUsers::new(
         second.clone(),
-        ResourceCache::new("users", policy(), None),
+        ResourceCache::new("users", policy(), tier.open().await),
         Strategy::WriteBack,
         Some(wb_options(dir.path(), Duration::from_secs(3600))),
     )
@@ -413,6 +426,21 @@ async fn write_back_replays_its_journal_on_start() {
         );
     }
     assert_eq!(users.backlog(), 0);
+}
+
+/// Waits until every instance's invalidation subscription is up (the L1 is bypassed until then,
+/// which is also safe, but would turn the hits a behaviour counts into misses).
+async fn wait_until_coherent(instances: &[&Arc<CachedUsers>]) {
+    for _ in 0..500 {
+        if instances.iter().all(|i| i.cache().l1_usable()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        instances.iter().all(|i| i.cache().l1_usable()),
+        "invalidation subscriptions did not come up"
+    );
 }
 
 async fn redis_tier() -> Arc<RedisTier> {
@@ -437,17 +465,7 @@ async fn two_instances(
                 .unwrap(),
         );
     }
-    // Wait until both subscriptions are up (the L1 is bypassed until then, which is also safe).
-    for _ in 0..500 {
-        if instances.iter().all(|i| i.cache().l1_usable()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        instances.iter().all(|i| i.cache().l1_usable()),
-        "invalidation subscriptions did not come up"
-    );
+    wait_until_coherent(&[&instances[0], &instances[1]]).await;
     let b = instances.pop().unwrap();
     let a = instances.pop().unwrap();
     (dir, a, b)
@@ -498,15 +516,14 @@ async fn a_value_loaded_by_one_instance_is_an_l2_hit_for_another() {
     );
 }
 
-#[tokio::test]
-async fn a_full_write_back_backlog_pushes_back_instead_of_growing() {
+async fn a_full_write_back_backlog_pushes_back_instead_of_growing(tier: &Tier) {
     let dir = tempfile::tempdir().unwrap();
     let wb = WriteBackOptions {
         max_backlog: 3,
         backpressure_timeout: Duration::from_millis(300),
         ..wb_options(dir.path(), Duration::from_millis(20))
     };
-    let fx = fixture_with(dir, Strategy::WriteBack, policy(), None, wb).await;
+    let fx = fixture_with(tier, dir, Strategy::WriteBack, policy(), wb).await;
     fx.repo.fail_batches.store(true, Ordering::SeqCst);
     for n in 0..3 {
         fx.users.create(new_user(&format!("bp{n}"))).await.unwrap();
@@ -540,8 +557,7 @@ async fn a_full_write_back_backlog_pushes_back_instead_of_growing() {
     assert_eq!(page.items.len(), 4);
 }
 
-#[tokio::test]
-async fn a_write_back_conflict_found_at_flush_is_parked_not_retried_forever() {
+async fn a_write_back_conflict_found_at_flush_is_parked_not_retried_forever(tier: &Tier) {
     // Two instances with their own journals on one database: each promised the same email.
     let dir = tempfile::tempdir().unwrap();
     let repo: Arc<dyn UserRepo> = Arc::new(store(dir.path()).await);
@@ -551,7 +567,7 @@ async fn a_write_back_conflict_found_at_flush_is_parked_not_retried_forever() {
             dir: dir.path().join(name),
             ..wb_options(dir.path(), Duration::from_secs(3600))
         };
-        let cache = ResourceCache::new("users", policy(), None);
+        let cache = ResourceCache::new("users", policy(), tier.open().await);
         instances.push(
             CachedUsers::new(repo.clone(), cache, Strategy::WriteBack, Some(wb))
                 .await
@@ -594,13 +610,12 @@ async fn a_write_back_conflict_found_at_flush_is_parked_not_retried_forever() {
     );
 }
 
-#[tokio::test]
-async fn a_full_l1_evicts_and_counts_the_evictions() {
+async fn a_full_l1_evicts_and_counts_the_evictions(tier: &Tier) {
     let small = CachePolicy {
         l1_max_entries: 10,
         ..policy()
     };
-    let fx = fixture(Strategy::Lazy, small, None).await;
+    let fx = fixture(tier, Strategy::Lazy, small).await;
     for n in 0..50 {
         let user = User::create(new_user(&format!("evict{n}")), chrono::Utc::now());
         fx.repo.inner.insert(&user).await.unwrap();
@@ -616,3 +631,40 @@ async fn a_full_l1_evicts_and_counts_the_evictions() {
         get(&fx.users.stats().evictions)
     );
 }
+
+/// Each behaviour on every tier, as its own test (`l1_only::<behaviour>`, `redis::<behaviour>`),
+/// so a failure names both and `cargo test <behaviour>` runs one behaviour on every tier.
+macro_rules! on_every_tier {
+    ($($case:ident),* $(,)?) => {
+        /// The in-process default: no shared tier.
+        mod l1_only {
+            async fn open() -> ((), super::Tier) {
+                ((), super::Tier::L1Only)
+            }
+            keel_test_support::behaviours!(crate, open; $($case),*);
+        }
+
+        /// The real Redis server as the shared tier.
+        mod redis {
+            async fn open() -> ((), super::Tier) {
+                ((), super::Tier::Redis)
+            }
+            keel_test_support::behaviours!(crate, open; $($case),*);
+        }
+    };
+}
+
+on_every_tier!(
+    a_hundred_concurrent_misses_on_one_key_make_one_database_read,
+    a_missing_user_is_cached_as_not_found_until_invalidated,
+    entries_expire_after_their_jittered_ttl,
+    lazy_invalidates_on_write_so_the_next_read_loads_the_new_value,
+    write_through_replaces_the_cached_value_so_the_next_read_hits,
+    ttl_leaves_the_cache_alone_on_write_as_the_seed_describes,
+    concurrent_updates_of_one_user_all_land_in_order,
+    write_back_acknowledges_before_the_database_and_reads_see_the_write,
+    write_back_replays_its_journal_on_start,
+    a_full_write_back_backlog_pushes_back_instead_of_growing,
+    a_write_back_conflict_found_at_flush_is_parked_not_retried_forever,
+    a_full_l1_evicts_and_counts_the_evictions,
+);

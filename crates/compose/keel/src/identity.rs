@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use keel_cache::RedisTier;
-use keel_cache::redis_tier::Event;
+use keel_cache::SharedTier;
+use keel_cache::tier::Event;
+use keel_cache_redis::RedisTier;
 use keel_config::Settings;
 use keel_credentials::envelope::Keyring;
 use keel_credentials::password::{Argon2Params, PasswordHasher, PasswordPolicy};
@@ -149,20 +150,23 @@ impl RevocationFeed for RedisRevocations {
 /// Drops the floors other instances revoke; all of them when the subscription was lost
 /// (messages may have been missed).
 fn subscribe_revocations(redis: &Arc<RedisTier>, idp: std::sync::Weak<Idp>) {
-    redis.clone().spawn_subscriber(REVOCATIONS, move |event| {
-        let Some(idp) = idp.upgrade() else {
-            return false;
-        };
-        match event {
-            Event::Resubscribed => idp.tokens().forget_floors(),
-            Event::Invalidated { key, .. } => {
-                if let Ok(user) = key.parse() {
-                    idp.tokens().forget_floor(user);
+    redis.clone().subscribe(
+        REVOCATIONS,
+        Box::new(move |event| {
+            let Some(idp) = idp.upgrade() else {
+                return false;
+            };
+            match event {
+                Event::Resubscribed => idp.tokens().forget_floors(),
+                Event::Invalidated { key, .. } => {
+                    if let Ok(user) = key.parse() {
+                        idp.tokens().forget_floor(user);
+                    }
                 }
             }
-        }
-        true
-    });
+            true
+        }),
+    );
 }
 
 fn now() -> i64 {

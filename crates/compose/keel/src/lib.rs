@@ -24,7 +24,8 @@ use anyhow::Context;
 use async_trait::async_trait;
 use keel_api::jobs::JobsState;
 use keel_api::{AppState, HttpSettings, Probe, Readiness};
-use keel_cache::{CachePolicy, CachedUsers, RedisTier, ResourceCache, WriteBackOptions};
+use keel_cache::{CachePolicy, CachedUsers, ResourceCache, SharedTier, WriteBackOptions};
+use keel_cache_redis::RedisTier;
 use keel_config::Settings;
 use keel_domain::{EventStore, UserRepo};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -89,7 +90,8 @@ impl Application {
             ),
             None => None,
         };
-        let users = build_users(&settings, repo.clone(), l2.clone()).await?;
+        let shared = l2.clone().map(|l2| l2 as Arc<dyn SharedTier>);
+        let users = build_users(&settings, repo.clone(), shared).await?;
 
         let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(DatabaseProbe(repo.clone()))];
         if let Some(l2) = &l2 {
@@ -307,7 +309,7 @@ impl Application {
 async fn build_users(
     settings: &Settings,
     repo: Arc<dyn UserRepo>,
-    l2: Option<Arc<RedisTier>>,
+    l2: Option<Arc<dyn SharedTier>>,
 ) -> anyhow::Result<Arc<CachedUsers>> {
     let resource = &settings.cache.users;
     let policy = CachePolicy {

@@ -1,5 +1,6 @@
-//! The Redis L2 tier: shared values, versioned writes, and the invalidation channel that keeps
-//! every instance's L1 coherent.
+//! keel's cache on Redis: [`RedisTier`] implements the cache's shared-tier port
+//! ([`keel_cache::SharedTier`]) with shared values, versioned writes, and the invalidation
+//! channel that keeps every instance's L1 coherent. Every Redis command the cache runs is here.
 //!
 //! Keys are `keel:<resource>:<key>`; a value is `<version>:d:<json>` (data) or `<version>:t:`
 //! (tombstone). Writes go through a script that refuses to replace a newer version, so a slow
@@ -15,30 +16,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use keel_cache::tier::{Event, L2Entry, OnEvent};
+use keel_cache::{SharedTier, TierError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::oneshot;
 
 /// Longest wait for a published invalidation to come back before the writer answers anyway.
 const ECHO_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// What an L2 key holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum L2Entry {
-    Data(Bytes),
-    Tomb,
-}
-
-/// What the subscriber reports to the cache that owns it.
-#[derive(Debug)]
-pub enum Event {
-    /// The subscription was (re)established: messages may have been missed, drop all of L1.
-    Resubscribed,
-    /// Another instance changed `key` to `version`.
-    Invalidated { key: String, version: i64 },
-}
 
 const SET_IF_NEWER: &str = r#"
 local cur = redis.call('GET', KEYS[1])
@@ -94,10 +82,6 @@ impl RedisTier {
         }))
     }
 
-    pub fn is_coherent(&self) -> bool {
-        self.coherent.load(Ordering::Acquire)
-    }
-
     fn key(resource: &str, key: &str) -> String {
         format!("keel:{resource}:{key}")
     }
@@ -106,6 +90,7 @@ impl RedisTier {
         format!("keel:inval:{resource}")
     }
 
+    /// One round trip, for the readiness probe.
     pub async fn ping(&self) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         redis::cmd("PING")
@@ -114,26 +99,64 @@ impl RedisTier {
             .map(drop)
     }
 
-    pub async fn get(&self, resource: &str, key: &str) -> redis::RedisResult<Option<L2Entry>> {
+    /// Applies one invalidation message: our own echo wakes its writer; another instance's is
+    /// reported. False when the owner is gone.
+    fn handle<F: FnMut(Event) -> bool>(&self, payload: &str, on_event: &mut F) -> bool {
+        let mut parts = payload.splitn(4, ':');
+        let (Some(instance), Some(nonce), Some(version), Some(key)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return true;
+        };
+        if instance == self.instance {
+            if let Ok(nonce) = nonce.parse::<u64>()
+                && let Some(waiter) = self.echoes.lock().expect("echo lock").remove(&nonce)
+            {
+                let _ = waiter.send(());
+            }
+            return true;
+        }
+        match version.parse::<i64>() {
+            Ok(version) => on_event(Event::Invalidated {
+                key: key.to_owned(),
+                version,
+            }),
+            Err(_) => true,
+        }
+    }
+}
+
+#[async_trait]
+impl SharedTier for RedisTier {
+    fn is_coherent(&self) -> bool {
+        self.coherent.load(Ordering::Acquire)
+    }
+
+    async fn get(&self, resource: &str, key: &str) -> Result<Option<L2Entry>, TierError> {
         let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = conn.get(Self::key(resource, key)).await?;
+        let raw: Option<Vec<u8>> = conn
+            .get(Self::key(resource, key))
+            .await
+            .map_err(TierError::new)?;
         Ok(raw.and_then(|raw| decode(&raw)))
     }
 
-    pub async fn delete(&self, resource: &str, key: &str) -> redis::RedisResult<()> {
+    async fn delete(&self, resource: &str, key: &str) -> Result<(), TierError> {
         let mut conn = self.conn.clone();
-        conn.del::<_, ()>(Self::key(resource, key)).await
+        conn.del::<_, ()>(Self::key(resource, key))
+            .await
+            .map_err(TierError::new)
     }
 
     /// Stores `json` (or a tombstone when `None`) at `version`, unless Redis holds a newer state.
-    pub async fn set_if_newer(
+    async fn set_if_newer(
         &self,
         resource: &str,
         key: &str,
         version: i64,
         json: Option<&Bytes>,
         ttl: Duration,
-    ) -> redis::RedisResult<bool> {
+    ) -> Result<bool, TierError> {
         let (kind, payload): (&str, &[u8]) = match json {
             Some(json) => ("d", json),
             None => ("t", b""),
@@ -149,17 +172,18 @@ impl RedisTier {
             .arg(kind)
             .arg(ttl.as_millis().max(1) as u64)
             .invoke_async(&mut conn)
-            .await?;
+            .await
+            .map_err(TierError::new)?;
         Ok(set == 1)
     }
 
     /// Publishes an invalidation and waits (bounded) until Redis has fanned it out.
-    pub async fn publish_and_wait(
+    async fn publish_and_wait(
         &self,
         resource: &str,
         key: &str,
         version: i64,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), TierError> {
         let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let subscribed = self.is_coherent();
@@ -171,7 +195,7 @@ impl RedisTier {
         let res: redis::RedisResult<i64> = conn.publish(Self::channel(resource), message).await;
         if res.is_err() || !subscribed {
             self.echoes.lock().expect("echo lock").remove(&nonce);
-            return res.map(drop);
+            return res.map(drop).map_err(TierError::new);
         }
         if tokio::time::timeout(ECHO_TIMEOUT, rx).await.is_err() {
             self.echoes.lock().expect("echo lock").remove(&nonce);
@@ -182,10 +206,7 @@ impl RedisTier {
 
     /// Runs the subscription for `resource` in a task, reconnecting with backoff, and reports to
     /// `on_event` until it returns false (its cache is gone).
-    pub fn spawn_subscriber<F>(self: Arc<Self>, resource: &'static str, mut on_event: F)
-    where
-        F: FnMut(Event) -> bool + Send + 'static,
-    {
+    fn subscribe(self: Arc<Self>, resource: &'static str, mut on_event: OnEvent) {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -224,30 +245,6 @@ impl RedisTier {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         });
-    }
-
-    fn handle<F: FnMut(Event) -> bool>(&self, payload: &str, on_event: &mut F) -> bool {
-        let mut parts = payload.splitn(4, ':');
-        let (Some(instance), Some(nonce), Some(version), Some(key)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return true;
-        };
-        if instance == self.instance {
-            if let Ok(nonce) = nonce.parse::<u64>()
-                && let Some(waiter) = self.echoes.lock().expect("echo lock").remove(&nonce)
-            {
-                let _ = waiter.send(());
-            }
-            return true;
-        }
-        match version.parse::<i64>() {
-            Ok(version) => on_event(Event::Invalidated {
-                key: key.to_owned(),
-                version,
-            }),
-            Err(_) => true,
-        }
     }
 }
 

@@ -4,7 +4,6 @@
 //! saying which may take this request (healthy, not ejected, under its in-flight limit, not
 //! already tried by this request). They differ only in whom they prefer.
 
-use std::hash::Hasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::HeaderMap;
@@ -170,26 +169,10 @@ impl Ring {
 /// FNV-1a then a splitmix64 finish: stable across processes and releases (every gateway
 /// instance maps a key to the same server), and well spread even for short similar keys.
 pub fn hash(bytes: &[u8]) -> u64 {
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    h.write(bytes);
-    let mut z = h.finish().wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = keel_domain::messaging::queue::fnv1a(bytes).wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 use keel_domain::BrokerError;
-use keel_domain::ledger::Incoming;
+use keel_domain::messaging::ledger::Incoming;
 
 use crate::error::classify_publish;
 use crate::names::Slot;

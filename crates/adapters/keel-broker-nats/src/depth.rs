@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use keel_domain::queue::check_name;
+use keel_domain::messaging::queue::check_name;
 use keel_domain::{BrokerError, QueueDepth};
 
 use crate::error::classify;

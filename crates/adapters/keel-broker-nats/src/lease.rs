@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self};
-use keel_domain::ledger::{self};
-use keel_domain::queue::check_name;
+use keel_domain::messaging::ledger::{self};
+use keel_domain::messaging::queue::check_name;
 use keel_domain::{BrokerError, Delivery, DeliveryTag};
 
 use crate::error::classify;

@@ -116,7 +116,7 @@
 //!
 //! No answer from the server (refused connection, timeout, no responders) is
 //! [`BrokerError::Unavailable`]; a full group is [`BrokerError::Full`]; a bad topic, group or
-//! pattern (checked by [`keel_domain::queue::check_name`]) or a body over
+//! pattern (checked by [`keel_domain::messaging::queue::check_name`]) or a body over
 //! [`NatsOptions::max_body_bytes`] is [`BrokerError::Invalid`], as in the SQL queue.
 
 mod claim;
@@ -138,7 +138,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::Stream;
 use async_trait::async_trait;
-use keel_domain::ledger::Ledger;
+use keel_domain::messaging::ledger::Ledger;
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, Outgoing, QueueDepth};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

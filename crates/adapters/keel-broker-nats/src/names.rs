@@ -1,9 +1,9 @@
 //! How keel's names become JetStream names: group and pattern tokens, stream and subject names,
 //! and the key → partition hash. Every process sharing a namespace must compute the same names,
 //! so nothing here may depend on the build (no `std` hasher, whose algorithm may change): the
-//! hash is the domain's FNV-1a ([`keel_domain::queue::fnv1a`]), shared with the RabbitMQ broker.
+//! hash is the domain's FNV-1a ([`keel_domain::messaging::queue::fnv1a`]), shared with the RabbitMQ broker.
 
-use keel_domain::queue::{fnv1a, partition_of};
+use keel_domain::messaging::queue::{fnv1a, partition_of};
 
 /// Longest token kept readable; longer ones are cut and suffixed with a hash of the whole name, so
 /// stream names stay well below file-name limits (the server stores a stream in a directory of

@@ -10,8 +10,8 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self};
 use bytes::Bytes;
 use chrono::Utc;
-use keel_domain::queue::{check_name, check_publish};
-use keel_domain::queue::{key_chains, topic_matches, worst};
+use keel_domain::messaging::queue::{check_name, check_publish};
+use keel_domain::messaging::queue::{key_chains, topic_matches, worst};
 use keel_domain::{BrokerError, Outgoing};
 
 use crate::error::{classify, classify_publish, internal};

@@ -33,7 +33,9 @@ impl Slot {
     /// process and build, and the same as the NATS broker's), or the unkeyed queue.
     pub(crate) fn of(key: Option<&str>, partitions: u16) -> Self {
         match key {
-            Some(key) => Self::Partition(keel_domain::queue::partition_of(key, partitions)),
+            Some(key) => {
+                Self::Partition(keel_domain::messaging::queue::partition_of(key, partitions))
+            }
             None => Self::Unkeyed,
         }
     }
@@ -94,7 +96,7 @@ pub(crate) fn properties(
         .with_headers(headers))
 }
 
-pub(crate) use keel_domain::ledger::Incoming;
+pub(crate) use keel_domain::messaging::ledger::Incoming;
 
 /// Reads a delivery; `Err` names what makes it no keel message.
 pub(crate) fn decode(

@@ -102,14 +102,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
-use keel_domain::queue::{check_name, check_publish, key_chains, worst};
+use keel_domain::messaging::queue::{check_name, check_publish, key_chains, worst};
 use keel_domain::{Broker, BrokerError, Capabilities, Delivery, DeliveryTag, QueueDepth};
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, BasicProperties, Confirmation};
 
 use codec::Slot;
-use keel_domain::ledger::{self, Ledger};
+use keel_domain::messaging::ledger::{self, Ledger};
 use session::{Activity, Link, Session, classify, too_slow, unavailable, within};
 use topology::{Shape, passive};
 

@@ -7,7 +7,7 @@
 //! its own transaction. PostgreSQL commits concurrent transactions with shared WAL flushes by
 //! itself, so unlike SQLite no writer task is needed.
 
-use keel_domain::queue::matching_groups;
+use keel_domain::messaging::queue::matching_groups;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -339,8 +339,8 @@ fn store_statement(groups: usize) -> String {
 #[async_trait]
 impl Broker for PostgresQueue {
     async fn bind(&self, group: &str, pattern: &str) -> Result<(), BrokerError> {
-        keel_domain::queue::check_name("group", group, false)?;
-        keel_domain::queue::check_name("pattern", pattern, true)?;
+        keel_domain::messaging::queue::check_name("group", group, false)?;
+        keel_domain::messaging::queue::check_name("pattern", pattern, true)?;
         let mut tx = self.pool.begin().await.map_err(classify)?;
         create_group(&mut tx, group).await?;
         sqlx::query(
@@ -405,7 +405,7 @@ impl Broker for PostgresQueue {
         topic: &str,
         message: Outgoing,
     ) -> Result<(), BrokerError> {
-        keel_domain::queue::check_name("group", group, false)?;
+        keel_domain::messaging::queue::check_name("group", group, false)?;
         check_publish(topic, &message.body, &self.limits)?;
         let mut tx = self.pool.begin().await.map_err(classify)?;
         create_group(&mut tx, group).await?;

@@ -10,7 +10,7 @@
 //! Connections competing for the write lock instead would sleep in SQLite's busy handler.
 //! Reads (`depth`) and the hospital use the pool.
 
-use keel_domain::queue::matching_groups;
+use keel_domain::messaging::queue::matching_groups;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
@@ -650,8 +650,8 @@ async fn ack(
 #[async_trait]
 impl Broker for SqliteQueue {
     async fn bind(&self, group: &str, pattern: &str) -> Result<(), BrokerError> {
-        keel_domain::queue::check_name("group", group, false)?;
-        keel_domain::queue::check_name("pattern", pattern, true)?;
+        keel_domain::messaging::queue::check_name("group", group, false)?;
+        keel_domain::messaging::queue::check_name("pattern", pattern, true)?;
         let op = Op::Bind {
             group: group.to_owned(),
             pattern: pattern.to_owned(),
@@ -696,7 +696,7 @@ impl Broker for SqliteQueue {
         topic: &str,
         message: Outgoing,
     ) -> Result<(), BrokerError> {
-        keel_domain::queue::check_name("group", group, false)?;
+        keel_domain::messaging::queue::check_name("group", group, false)?;
         check_publish(topic, &message.body, &self.limits)?;
         let op = Op::Redeliver {
             group: group.to_owned(),

@@ -2,7 +2,7 @@
 //! BIGINT microseconds, bytes), and their conversion into domain values — so each store crate
 //! keeps only its SQL dialect.
 
-use keel_domain::events::headers_from_json;
+use keel_domain::messaging::events::headers_from_json;
 use keel_domain::{
     AuditEntry, Job, JobState, MessageId, Notification, OutboxRecord, Outgoing, StoreError, UserId,
 };

@@ -130,5 +130,5 @@ pub fn replicate(e: &BrokerError) -> BrokerError {
 
 /// The domain's publish checks (topic name, body size) under this queue's limits.
 pub fn check_publish(topic: &str, body: &[u8], limits: &QueueLimits) -> Result<(), BrokerError> {
-    keel_domain::queue::check_publish(topic, body, limits.max_body_bytes)
+    keel_domain::messaging::queue::check_publish(topic, body, limits.max_body_bytes)
 }

@@ -315,7 +315,7 @@ where
                 .await
                 .map_err(map_err::<D>)?;
         }
-        let (topic, event) = keel_domain::events::user_deleted(id);
+        let (topic, event) = keel_domain::messaging::events::user_deleted(id);
         Self::enqueue(conn, topic, &event).await?;
         Ok(true)
     }
@@ -416,7 +416,7 @@ where
     async fn insert(&self, user: &User) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
         Self::insert_user(&mut tx, user).await?;
-        let (topic, event) = keel_domain::events::user_written(user, true);
+        let (topic, event) = keel_domain::messaging::events::user_written(user, true);
         Self::enqueue(&mut tx, topic, &event).await?;
         tx.commit().await.map_err(map_err::<D>)
     }
@@ -424,7 +424,7 @@ where
     async fn insert_account(&self, account: &NewAccount) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
         Self::insert_user(&mut tx, &account.user).await?;
-        let (topic, event) = keel_domain::events::user_written(&account.user, true);
+        let (topic, event) = keel_domain::messaging::events::user_written(&account.user, true);
         Self::enqueue(&mut tx, topic, &event).await?;
         crate::identity::write_credentials::<D>(&mut tx, &account.credentials).await?;
         crate::identity::insert_audit::<D>(&mut tx, &account.audit).await?;
@@ -458,7 +458,7 @@ where
         let mut tx = self.pool.begin().await.map_err(map_err::<D>)?;
         match D::update_user(&mut tx, user).await? {
             Updated::Applied => {
-                let (topic, event) = keel_domain::events::user_written(user, false);
+                let (topic, event) = keel_domain::messaging::events::user_written(user, false);
                 Self::enqueue(&mut tx, topic, &event).await?;
                 tx.commit().await.map_err(map_err::<D>)?;
                 Ok(true)
@@ -491,7 +491,7 @@ where
             // Only a row that changed announces itself: replaying a flushed journal entry
             // (idempotent) publishes no second event.
             if let Some(created) = D::upsert_user(&mut tx, user).await? {
-                let (topic, event) = keel_domain::events::user_written(user, created);
+                let (topic, event) = keel_domain::messaging::events::user_written(user, created);
                 Self::enqueue(&mut tx, topic, &event).await?;
             }
         }

@@ -13,7 +13,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::Mac;
-use keel_domain::events::{MAIL_TOPIC_PREFIX, Mail};
+use keel_domain::messaging::events::{MAIL_TOPIC_PREFIX, Mail};
 use keel_domain::{Credentials, NewUser, Outgoing, StoreError, User, UserEmail, UserId, UserName};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -173,7 +173,7 @@ impl Lifecycle<'_> {
         };
         let mut message = Outgoing::new(serde_json::to_vec(&mail).expect("mails serialize"))
             .with_key(user.id.to_string());
-        message.headers = keel_domain::trace::headers();
+        message.headers = keel_domain::messaging::trace::headers();
         Some((format!("{MAIL_TOPIC_PREFIX}{kind}"), message))
     }
 

@@ -46,7 +46,7 @@ impl SealedNames {
         let sealed = self
             .keyring
             .seal(user.name.as_str().as_bytes(), &place(user.id));
-        let name = UserName::sealed(&format!("{}{sealed}", keel_domain::user::SEALED_NAME_MARK))
+        let name = UserName::sealed(&format!("{}{sealed}", keel_domain::users::SEALED_NAME_MARK))
             .expect("marked as sealed");
         User {
             name,
@@ -56,7 +56,7 @@ impl SealedNames {
 
     fn open(&self, mut user: User) -> Result<User, StoreError> {
         if user.name.is_sealed() {
-            let sealed = &user.name.as_str()[keel_domain::user::SEALED_NAME_MARK.len_utf8()..];
+            let sealed = &user.name.as_str()[keel_domain::users::SEALED_NAME_MARK.len_utf8()..];
             let plain = self.keyring.open(sealed, &place(user.id)).map_err(broken)?;
             let text = String::from_utf8(plain).map_err(broken)?;
             user.name = UserName::parse(&text).map_err(broken)?;

@@ -201,12 +201,15 @@ pub(crate) const GENERATION_CLAIM: &str = "gen";
 
 /// Role names as stored: sorted, once each; an unknown one is refused.
 pub(crate) fn role_list(roles: &[&str]) -> Result<Vec<String>, AuthError> {
-    if let Some(role) = roles.iter().find(|r| !keel_domain::rbac::is_role(r)) {
+    if let Some(role) = roles
+        .iter()
+        .find(|r| !keel_domain::identity::rbac::is_role(r))
+    {
         return Err(ValidationError::new(
             "roles",
             format!(
                 "unknown role {role:?}; known: {}",
-                keel_domain::rbac::ROLES.join(", ")
+                keel_domain::identity::rbac::ROLES.join(", ")
             ),
         )
         .into());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::worker::{Handler, HandlerError};
 use async_trait::async_trait;
 use chrono::Utc;
-use keel_domain::events::{MAIL_TOPIC_PREFIX, Mail, USER_CREATED, UserEvent};
+use keel_domain::messaging::events::{MAIL_TOPIC_PREFIX, Mail, USER_CREATED, UserEvent};
 use keel_domain::{
     AuditEntry, Delivery, EventStore, JobState, Notification, StoreError, UserId, UserRepo,
 };

@@ -77,7 +77,7 @@ impl Offloading {
             });
         }
         for group in groups {
-            keel_domain::queue::check_name("group", group, false)?;
+            keel_domain::messaging::queue::check_name("group", group, false)?;
         }
         let staging = self.dir.join(".staging").join(message.id.to_string());
         let links: Vec<PathBuf> = groups.iter().map(|g| self.path(g, message.id)).collect();
@@ -164,7 +164,7 @@ impl Broker for Offloading {
     }
 
     async fn publish(&self, topic: &str, message: Outgoing) -> Result<bool, BrokerError> {
-        let groups = keel_domain::queue::matching_groups(&self.bindings, topic);
+        let groups = keel_domain::messaging::queue::matching_groups(&self.bindings, topic);
         let message = self.offload(&groups, message).await?;
         self.inner.publish(topic, message).await
     }
@@ -172,7 +172,7 @@ impl Broker for Offloading {
     async fn publish_many(&self, batch: &[(String, Outgoing)]) -> Result<Vec<bool>, BrokerError> {
         let mut slim = Vec::with_capacity(batch.len());
         for (topic, message) in batch {
-            let groups = keel_domain::queue::matching_groups(&self.bindings, topic);
+            let groups = keel_domain::messaging::queue::matching_groups(&self.bindings, topic);
             slim.push((topic.clone(), self.offload(&groups, message.clone()).await?));
         }
         self.inner.publish_many(&slim).await

@@ -609,11 +609,11 @@ impl Settings {
         if let Some(role) = identity
             .mfa_required_roles
             .iter()
-            .find(|r| !keel_domain::rbac::is_role(r))
+            .find(|r| !keel_domain::identity::rbac::is_role(r))
         {
             return Err(format!(
                 "identity.mfa_required_roles: unknown role {role:?}; known: {}",
-                keel_domain::rbac::ROLES.join(", ")
+                keel_domain::identity::rbac::ROLES.join(", ")
             ));
         }
         let mut names = std::collections::HashSet::new();

@@ -1,53 +1,52 @@
 //! keel's domain: the types the system is about and the ports (traits) through which it reaches
 //! every outside system.
 //!
-//! - [`user`]: the user resource, its parsed newtypes ([`UserName`], [`UserEmail`], [`UserId`]).
-//! - [`repo`]: the [`UserRepo`] port every relational backend implements, and [`StoreError`].
-//! - [`queue`]: the [`Broker`] port every message queue backend implements.
-//! - [`caching`]: [`CacheStrategy`], the seed's four caching techniques.
-//! - [`events`]: user events (outbox), jobs and subscriber effects: the [`EventStore`] port.
-//! - [`trace`]: the request's trace context, carried into message headers.
-//! - [`hospital`]: the [`Hospital`] port, where messages whose handling failed for good wait.
-//! - [`identity`]: the [`IdentityStore`] port: credentials, sign-in failures, refresh-token
-//!   families, signing keys and the authentication audit log of the built-in IdP.
-//! - [`rbac`]: roles, the [`Permission`]s they grant and the [`Caller`] a request comes from.
-//! - [`ledger`]: the deliveries a broker adapter holds in its process and the rules that hand
-//!   them out (per-key order, leases, retry delays), for brokers that do not keep them.
+//! One module per context, so each next one (orders, payments, transactions, blobs, placement)
+//! has its place beside them:
 //!
-//! - [`auth_scheme`]: the `Authorization` header's scheme, case-insensitive (RFC 7235).
+//! - [`users`]: the user resource, its parsed newtypes ([`UserName`], [`UserEmail`],
+//!   [`UserId`]), and in [`users::repo`] the [`UserRepo`] port every relational backend
+//!   implements, and [`StoreError`].
+//! - [`identity`]: the [`IdentityStore`] port (credentials, sign-in failures, refresh-token
+//!   families, signing keys, the authentication audit log of the built-in IdP) and
+//!   [`Accounts`]; [`identity::rbac`]: roles, the [`Permission`]s they grant and the [`Caller`]
+//!   a request comes from; [`identity::auth_scheme`]: the `Authorization` header's scheme.
+//! - [`messaging`]: the [`Broker`] port every message queue backend implements
+//!   ([`messaging::queue`]), user events, jobs and subscriber effects behind the [`EventStore`]
+//!   port ([`messaging::events`]), the deliveries a broker adapter holds in its process
+//!   ([`messaging::ledger`]), and the trace context carried in message headers
+//!   ([`messaging::trace`]).
+//! - [`hospital`]: the [`Hospital`] port, where messages whose handling failed for good wait.
+//! - [`caching`]: [`CacheStrategy`], the seed's four caching techniques.
 //! - [`error_chain`]: an error and its sources on one line, for logs and messages.
 //!
 //! **Invariant:** this crate does no I/O and knows no HTTP status codes.
 
-pub mod auth_scheme;
 pub mod caching;
-pub mod events;
 pub mod hospital;
 pub mod identity;
-pub mod ledger;
-pub mod queue;
-pub mod rbac;
-pub mod repo;
-pub mod trace;
-pub mod user;
+pub mod messaging;
+pub mod users;
 
 pub use caching::CacheStrategy;
-pub use events::{AuditEntry, Erased, EventStore, Job, JobState, Notification, OutboxRecord};
 pub use hospital::{
     AdmissionReason, AttemptRecord, CauseCount, Edit, Hospital, HospitalError, NoticeClaim,
     Patient, PatientFilter, PatientPage, PatientQuery, PatientState, ReplayClaim, Settlement,
     Transition,
 };
+pub use identity::rbac::{Caller, Permission, SignupMode};
 pub use identity::{
     Accounts, AuthEvent, AuthEventQuery, AuthorizationCode, Consent, Credentials, Failures,
     FederatedLink, IdentityStore, NewAccount, OidcClient, RefreshFamily,
 };
-pub use queue::{
+pub use messaging::events::{
+    AuditEntry, Erased, EventStore, Job, JobState, Notification, OutboxRecord,
+};
+pub use messaging::queue::{
     Broker, BrokerError, Capabilities, Delivery, DeliveryTag, MessageId, Outgoing, QueueDepth,
 };
-pub use rbac::{Caller, Permission, SignupMode};
-pub use repo::{Page, PageRequest, StoreError, Uncached, UserRepo};
-pub use user::{
+pub use users::repo::{Page, PageRequest, StoreError, Uncached, UserRepo};
+pub use users::{
     EmailCollision, NewUser, User, UserEmail, UserId, UserName, UserPatch, ValidationError,
 };
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DurationRound, TimeDelta, Utc};
-use keel_domain::events::{USER_CREATED, USER_DELETED, USER_UPDATED, UserEvent};
+use keel_domain::messaging::events::{USER_CREATED, USER_DELETED, USER_UPDATED, UserEvent};
 use keel_domain::{
     AuditEntry, EventStore, Job, JobState, MessageId, NewUser, Notification, User, UserEmail,
     UserName, UserRepo,

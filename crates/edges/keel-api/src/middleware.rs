@@ -127,7 +127,7 @@ pub async fn around_request(State(limiter): State<Limiter>, req: Request, next: 
     ) {
         (Some(coding), _) => ApiError::UnsupportedTransferCoding(coding).into_response(),
         (None, Ok(permit)) => {
-            let handled = keel_domain::trace::scope(traceparent, next.run(req));
+            let handled = keel_domain::messaging::trace::scope(traceparent, next.run(req));
             let res = tokio::time::timeout(limiter.timeout, handled.instrument(span.clone())).await;
             drop(permit);
             res.unwrap_or_else(|_| ApiError::Timeout.into_response())

@@ -563,7 +563,7 @@ pub(crate) struct TokenForm {
 /// RFC 6749 §2.3.1: `client_id:client_secret`, each form-urlencoded, in Basic.
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = keel_domain::auth_scheme::credentials(value, "Basic")?;
+    let encoded = keel_domain::identity::auth_scheme::credentials(value, "Basic")?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .ok()?;
@@ -689,7 +689,7 @@ async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Result<R
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| keel_domain::auth_scheme::credentials(v, "Bearer"));
+        .and_then(|v| keel_domain::identity::auth_scheme::credentials(v, "Bearer"));
     let info = match token {
         Some(token) => idp.oidc().userinfo(token, now()).await,
         None => Err(AuthError::InvalidCredentials),

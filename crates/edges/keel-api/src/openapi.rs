@@ -15,8 +15,8 @@
 //! fuzzes the API from this document (crates/compose/keel/tests/api/openapi.rs).
 
 use keel_credentials::password::PasswordPolicy;
-use keel_domain::rbac::ROLES;
-use keel_domain::user::{EMAIL_MAX_BYTES, NAME_MAX_CHARS};
+use keel_domain::identity::rbac::ROLES;
+use keel_domain::users::{EMAIL_MAX_BYTES, NAME_MAX_CHARS};
 use serde::Deserialize;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, SchemaFormat, Type};

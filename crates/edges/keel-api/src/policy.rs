@@ -143,7 +143,7 @@ pub(crate) fn bearer_token(request: &axum::http::request::Parts) -> Option<&str>
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| keel_domain::auth_scheme::credentials(v, "Bearer"))
+        .and_then(|v| keel_domain::identity::auth_scheme::credentials(v, "Bearer"))
 }
 
 /// The value of `{id}` in `path` routed as `pattern`.

@@ -374,7 +374,7 @@ fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&str, EdgeJwtErro
     if value.is_empty() {
         return Err(EdgeJwtError::Missing);
     }
-    keel_domain::auth_scheme::credentials(value, "Bearer")
+    keel_domain::identity::auth_scheme::credentials(value, "Bearer")
         .filter(|token| !token.contains(' '))
         .ok_or(EdgeJwtError::MalformedHeader)
 }

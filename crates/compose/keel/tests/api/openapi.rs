@@ -129,7 +129,7 @@ async fn request_schemas_state_the_validators_limits_and_roles_only_for_admins()
         let name = &schemas[schema]["properties"]["name"];
         assert_eq!(
             name["maxLength"],
-            keel_domain::user::NAME_MAX_CHARS,
+            keel_domain::users::NAME_MAX_CHARS,
             "{schema}"
         );
         assert_eq!(name["minLength"], 1, "{schema}");
@@ -137,7 +137,7 @@ async fn request_schemas_state_the_validators_limits_and_roles_only_for_admins()
         assert_eq!(email["format"], "email", "{schema}");
         assert_eq!(
             email["maxLength"],
-            keel_domain::user::EMAIL_MAX_BYTES,
+            keel_domain::users::EMAIL_MAX_BYTES,
             "{schema}"
         );
     }
@@ -159,7 +159,7 @@ async fn request_schemas_state_the_validators_limits_and_roles_only_for_admins()
     assert_eq!(sign_up["additionalProperties"], false);
     assert_eq!(
         schemas["AdminAccountInput"]["properties"]["roles"]["items"]["enum"],
-        serde_json::json!(keel_domain::rbac::ROLES)
+        serde_json::json!(keel_domain::identity::rbac::ROLES)
     );
     let body = &doc["paths"]["/users"]["post"]["requestBody"]["content"]["application/json"];
     assert_eq!(

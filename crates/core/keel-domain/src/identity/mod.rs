@@ -6,12 +6,15 @@
 //! lifetimes, lockout waits). Secrets arrive already protected: password hashes, sealed TOTP
 //! secrets and sealed signing keys, hashed recovery codes — the store never sees a plaintext.
 
+pub mod auth_scheme;
+pub mod rbac;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::queue::Outgoing;
-use crate::repo::StoreError;
-use crate::user::{User, UserEmail, UserId};
+use crate::messaging::queue::Outgoing;
+use crate::users::repo::StoreError;
+use crate::users::{User, UserEmail, UserId};
 
 /// An account's credentials and security state. `version` grows by one per write; a write
 /// applies only over the version before it (optimistic concurrency: two logins racing to record
@@ -179,7 +182,7 @@ pub struct NewAccount {
 
 /// The users as the identity provider reads and makes them: as acknowledged, which under the
 /// `write-back` cache includes writes still in its journal. The users cache implements it;
-/// [`crate::repo::Uncached`] is the database alone, for a process with no cache.
+/// [`crate::users::repo::Uncached`] is the database alone, for a process with no cache.
 #[async_trait]
 pub trait Accounts: Send + Sync + 'static {
     async fn get(&self, id: UserId) -> Result<Option<User>, StoreError>;

@@ -6,7 +6,7 @@
 //! table can be reviewed in one place (least privilege: `operator` may run the error hospital but
 //! not read other users; only `admin` holds everything).
 
-use crate::user::UserId;
+use crate::users::UserId;
 
 /// Something a caller may be allowed to do beyond acting on its own account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

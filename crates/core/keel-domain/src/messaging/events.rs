@@ -17,9 +17,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::queue::{MessageId, Outgoing};
-use crate::repo::StoreError;
-use crate::user::{User, UserId};
+use crate::messaging::queue::{MessageId, Outgoing};
+use crate::users::repo::StoreError;
+use crate::users::{User, UserId};
 
 /// Topics of the user events.
 pub const USER_CREATED: &str = "user.created";
@@ -80,7 +80,7 @@ fn event_message(id: UserId, event: &UserEvent) -> Outgoing {
     // Keyed by user: one user's events are handled in the order they were written.
     let mut message = Outgoing::new(serde_json::to_vec(event).expect("events serialize"))
         .with_key(id.to_string());
-    message.headers = crate::trace::headers();
+    message.headers = crate::messaging::trace::headers();
     message
 }
 
@@ -172,7 +172,7 @@ impl Job {
     pub fn message(&self, ttl: Option<Duration>) -> Outgoing {
         let mut message =
             Outgoing::new(self.id.to_string().into_bytes()).with_key(self.id.to_string());
-        message.headers = crate::trace::headers();
+        message.headers = crate::messaging::trace::headers();
         message.expires_at = ttl
             .and_then(|ttl| chrono::Duration::from_std(ttl).ok())
             .map(|ttl| self.created_at + ttl);

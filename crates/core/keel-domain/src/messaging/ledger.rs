@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::queue::{Delivery, DeliveryTag, MessageId};
+use crate::messaging::queue::{Delivery, DeliveryTag, MessageId};
 
 /// A message as it arrived from a broker, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,8 @@
 //! Inputs are parsed into newtypes once, at the edge; everything past the parse holds values that
 //! are valid by construction.
 
+pub mod repo;
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::identity::{Accounts, NewAccount};
-use crate::user::{User, UserEmail, UserId};
+use crate::users::{User, UserEmail, UserId};
 
 /// Why a repository call failed, split into what the caller can fix and what it cannot.
 #[derive(Debug, thiserror::Error)]

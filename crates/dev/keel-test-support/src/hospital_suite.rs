@@ -17,6 +17,18 @@ const LEASE: Duration = Duration::from_secs(30);
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 /// Publishes one message to `topic` (which `group` must be bound to) and fetches it from `group`.
+/// A message with the trace context `traceparent` and a tenant header, the headers the hospital
+/// must keep.
+pub(crate) fn traced_message(body: &str, key: Option<&str>, traceparent: &str) -> Outgoing {
+    let mut message = Outgoing::new(body.as_bytes().to_vec());
+    message.key = key.map(str::to_owned);
+    message
+        .headers
+        .insert("traceparent".into(), traceparent.into());
+    message.headers.insert("x-tenant".into(), "acme".into());
+    message
+}
+
 async fn deliver(
     broker: &dyn Broker,
     group: &str,
@@ -24,12 +36,7 @@ async fn deliver(
     body: &str,
     key: Option<&str>,
 ) -> (Outgoing, Delivery) {
-    let mut message = Outgoing::new(body.as_bytes().to_vec());
-    message.key = key.map(str::to_owned);
-    message
-        .headers
-        .insert("traceparent".into(), TRACEPARENT.into());
-    message.headers.insert("x-tenant".into(), "acme".into());
+    let message = traced_message(body, key, TRACEPARENT);
     broker.publish(topic, message.clone()).await.unwrap();
     let mut got = broker
         .fetch(group, 1, Duration::from_millis(1))
@@ -77,14 +84,15 @@ fn done(t: Transition) -> Patient {
     }
 }
 
-/// A fresh broker and the empty hospital its workers admit to: the subject of each test.
-pub struct Ward {
+/// A fresh broker and the empty hospital its workers admit to: the subject of each test (not
+/// `ward::Ward`, the hospital tests' running queue with workers).
+pub struct Subject {
     pub broker: Arc<dyn Broker>,
     pub hospital: Arc<dyn Hospital>,
 }
 
 /// One test per behaviour of the suite on one adapter: `$open` is an async fn returning
-/// `(guard, Ward)`, a fresh broker and an empty hospital holding [`SUITE_MAX_PATIENTS`].
+/// `(guard, Subject)`, a fresh broker and an empty hospital holding [`SUITE_MAX_PATIENTS`].
 #[macro_export]
 macro_rules! hospital_suite {
     ($open:path) => {
@@ -107,13 +115,13 @@ macro_rules! hospital_suite {
 /// edits and replays act on), so the test of each runs the ones before it first: the first
 /// behaviour that breaks is the one whose own test fails alone.
 pub mod cases {
-    use super::Ward;
+    use super::Subject;
 
     /// Runs the suite's steps in order, up to and including step `last`.
-    async fn through(ward: &Ward, last: u8) {
-        ward.broker.bind("ward", "ward.in").await.unwrap();
-        ward.broker.bind("clinic", "clinic.*").await.unwrap();
-        let (broker, hospital) = (&*ward.broker, &*ward.hospital);
+    async fn through(subject: &Subject, last: u8) {
+        subject.broker.bind("subject", "subject.in").await.unwrap();
+        subject.broker.bind("clinic", "clinic.*").await.unwrap();
+        let (broker, hospital) = (&*subject.broker, &*subject.hospital);
         let first = super::admission_keeps_every_attempt(broker, hospital).await;
         if last == 0 {
             return;
@@ -154,43 +162,43 @@ pub mod cases {
         super::a_notice_channel_is_held_by_one_claimant_at_a_time(hospital).await;
     }
 
-    pub async fn admission_keeps_every_attempt(ward: &Ward) {
-        through(ward, 0).await;
+    pub async fn admission_keeps_every_attempt(subject: &Subject) {
+        through(subject, 0).await;
     }
-    pub async fn a_full_hospital_refuses_and_never_evicts(ward: &Ward) {
-        through(ward, 1).await;
+    pub async fn a_full_hospital_refuses_and_never_evicts(subject: &Subject) {
+        through(subject, 1).await;
     }
-    pub async fn filters_pick_patients_and_pages_continue(ward: &Ward) {
-        through(ward, 2).await;
+    pub async fn filters_pick_patients_and_pages_continue(subject: &Subject) {
+        through(subject, 2).await;
     }
-    pub async fn causes_group_what_varies_only_in_numbers(ward: &Ward) {
-        through(ward, 3).await;
+    pub async fn causes_group_what_varies_only_in_numbers(subject: &Subject) {
+        through(subject, 3).await;
     }
-    pub async fn discarding_needs_a_reason_is_idempotent_and_frees_a_bed(ward: &Ward) {
-        through(ward, 4).await;
+    pub async fn discarding_needs_a_reason_is_idempotent_and_frees_a_bed(subject: &Subject) {
+        through(subject, 4).await;
     }
-    pub async fn editing_keeps_the_admitted_body(ward: &Ward) {
-        through(ward, 5).await;
+    pub async fn editing_keeps_the_admitted_body(subject: &Subject) {
+        through(subject, 5).await;
     }
-    pub async fn one_replay_claim_wins_and_settles_once(ward: &Ward) {
-        through(ward, 6).await;
+    pub async fn one_replay_claim_wins_and_settles_once(subject: &Subject) {
+        through(subject, 6).await;
     }
-    pub async fn a_message_failing_again_after_replay_is_a_new_patient(ward: &Ward) {
-        through(ward, 7).await;
+    pub async fn a_message_failing_again_after_replay_is_a_new_patient(subject: &Subject) {
+        through(subject, 7).await;
     }
     /// Also what an engine's own test runs before it checks that audit rows cannot change.
-    pub async fn the_audit_log_records_every_action(ward: &Ward) {
-        through(ward, 8).await;
+    pub async fn the_audit_log_records_every_action(subject: &Subject) {
+        through(subject, 8).await;
     }
-    pub async fn a_notice_channel_is_held_by_one_claimant_at_a_time(ward: &Ward) {
-        through(ward, 9).await;
+    pub async fn a_notice_channel_is_held_by_one_claimant_at_a_time(subject: &Subject) {
+        through(subject, 9).await;
     }
 }
 
 /// Two failed attempts (the second after the first lease ran out), then admission; admitting the
 /// same delivery again (a crash between admission and ack) finds the same patient.
 async fn admission_keeps_every_attempt(broker: &dyn Broker, hospital: &dyn Hospital) -> i64 {
-    let (sent, first) = deliver(broker, "ward", "ward.in", "sick", Some("k1")).await;
+    let (sent, first) = deliver(broker, "subject", "subject.in", "sick", Some("k1")).await;
     hospital
         .record_attempt(&first, "first error")
         .await
@@ -200,7 +208,12 @@ async fn admission_keeps_every_attempt(broker: &dyn Broker, hospital: &dyn Hospi
         .await
         .unwrap(); // a retried write
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let second = broker.fetch("ward", 1, LEASE).await.unwrap().pop().unwrap();
+    let second = broker
+        .fetch("subject", 1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     assert_eq!(second.attempt, 2);
     hospital
         .record_attempt(&second, "Second error: order 17 not found")
@@ -231,7 +244,7 @@ async fn admission_keeps_every_attempt(broker: &dyn Broker, hospital: &dyn Hospi
             patient.topic.as_str(),
             patient.key.as_deref()
         ),
-        ("ward", "ward.in", Some("k1"))
+        ("subject", "subject.in", Some("k1"))
     );
     assert_eq!(
         (patient.message_id, &patient.body, &patient.headers),
@@ -298,8 +311,8 @@ async fn a_full_hospital_refuses_and_never_evicts(
         ),
         ("clinic.mail", "late", None, AdmissionReason::Expired),
         (
-            "ward.in",
-            "ward again",
+            "subject.in",
+            "subject again",
             Some("OrderNotFound: order 9 not found"),
             AdmissionReason::Permanent,
         ),
@@ -308,14 +321,14 @@ async fn a_full_hospital_refuses_and_never_evicts(
         let group = if topic.starts_with("clinic") {
             "clinic"
         } else {
-            "ward"
+            "subject"
         };
         beds.push(admit_one(broker, hospital, (group, topic), body, error, reason).await);
     }
     assert_eq!(beds.len() as u64, SUITE_MAX_PATIENTS);
     assert!(beds.windows(2).all(|w| w[0] < w[1]), "ids grow: {beds:?}");
 
-    let (_, overflow) = deliver(broker, "ward", "ward.in", "one too many", None).await;
+    let (_, overflow) = deliver(broker, "subject", "subject.in", "one too many", None).await;
     assert!(matches!(
         hospital.admit(&overflow, AdmissionReason::Expired).await,
         Err(HospitalError::Full)
@@ -425,7 +438,7 @@ async fn filters_pick_patients_and_pages_continue(hospital: &dyn Hospital, beds:
             hospital,
             PatientFilter {
                 state: Some(PatientState::Waiting),
-                group: Some("ward".into()),
+                group: Some("subject".into()),
                 ..all()
             }
         )
@@ -531,20 +544,20 @@ async fn causes_group_what_varies_only_in_numbers(hospital: &dyn Hospital, beds:
     assert_eq!(causes[0].latest_id, beds[2]);
     assert!(causes[0].first_admitted < causes[0].last_admitted);
     assert!(rows.contains(&(
-        "ward",
+        "subject",
         AdmissionReason::Permanent,
         "OrderNotFound: order <n> not found",
         1
     )));
     assert!(rows.contains(&("clinic", AdmissionReason::Expired, "", 1)));
-    let ward = hospital
+    let subject = hospital
         .causes(&PatientFilter {
-            group: Some("ward".into()),
+            group: Some("subject".into()),
             ..PatientFilter::default()
         })
         .await
         .unwrap();
-    assert_eq!(ward.len(), 2, "{ward:?}");
+    assert_eq!(subject.len(), 2, "{subject:?}");
 }
 
 async fn discarding_needs_a_reason_is_idempotent_and_frees_a_bed(
@@ -598,14 +611,14 @@ async fn discarding_needs_a_reason_is_idempotent_and_frees_a_bed(
     let extra = admit_one(
         broker,
         hospital,
-        ("ward", "ward.in"),
+        ("subject", "subject.in"),
         "extra",
         Some("boom"),
         AdmissionReason::Permanent,
     )
     .await;
     assert!(extra > beds[beds.len() - 1]);
-    let (_, overflow) = deliver(broker, "ward", "ward.in", "overflow", None).await;
+    let (_, overflow) = deliver(broker, "subject", "subject.in", "overflow", None).await;
     assert!(matches!(
         hospital.admit(&overflow, AdmissionReason::Permanent).await,
         Err(HospitalError::Full)
@@ -766,7 +779,7 @@ async fn a_message_failing_again_after_replay_is_a_new_patient(
     let old = admit_one(
         broker,
         hospital,
-        ("ward", "ward.in"),
+        ("subject", "subject.in"),
         "relapse",
         Some("first illness"),
         AdmissionReason::Permanent,
@@ -786,7 +799,7 @@ async fn a_message_failing_again_after_replay_is_a_new_patient(
         .await
         .unwrap();
     let delivery = broker
-        .fetch("ward", 1, LEASE)
+        .fetch("subject", 1, LEASE)
         .await
         .unwrap()
         .pop()

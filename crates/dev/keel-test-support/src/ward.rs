@@ -153,12 +153,7 @@ pub async fn ward() -> Ward {
 impl Ward {
     /// Publishes a message with a trace context and a tenant header.
     pub async fn publish(&self, topic: &str, body: &str, key: Option<&str>) -> Outgoing {
-        let mut message = Outgoing::new(body.as_bytes().to_vec());
-        message.key = key.map(str::to_owned);
-        message
-            .headers
-            .insert("traceparent".into(), TRACEPARENT.into());
-        message.headers.insert("x-tenant".into(), "acme".into());
+        let message = crate::hospital_suite::traced_message(body, key, TRACEPARENT);
         assert!(self.queue.publish(topic, message.clone()).await.unwrap());
         message
     }

@@ -7,7 +7,7 @@ use keel_domain::Hospital;
 use keel_sql::PoolSettings;
 use keel_sql_postgres::PostgresQueue;
 use keel_sql_sqlite::{QueueLimits, SqliteQueue};
-use keel_test_support::hospital_suite::{SUITE_MAX_PATIENTS, Ward, cases};
+use keel_test_support::hospital_suite::{SUITE_MAX_PATIENTS, Subject, cases};
 use sqlx::Connection;
 
 async fn sqlite_queue(dir: &tempfile::TempDir) -> (String, SqliteQueue) {
@@ -33,36 +33,44 @@ where
     assert!(deleted.is_err(), "an audit row was deleted");
 }
 
+/// The suite on the engine `open` (an async fn returning `((guard, url), subject)`), and the
+/// audit log's guard on that engine, checked through a `$conn` to `url`.
+macro_rules! on_engine {
+    ($open:path, $conn:ty) => {
+        keel_test_support::hospital_suite!($open);
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn audit_rows_cannot_change() {
+            let ((_guard, url), subject) = $open().await;
+            cases::the_audit_log_records_every_action(&subject).await;
+            crate::hospital::audit_rows_cannot_change(&mut <$conn>::connect(&url).await.unwrap())
+                .await;
+        }
+    };
+}
+
 mod sqlite {
     use super::*;
 
-    async fn open() -> ((tempfile::TempDir, String), Ward) {
+    pub(super) async fn open() -> ((tempfile::TempDir, String), Subject) {
         let dir = tempfile::tempdir().unwrap();
         let (url, queue) = sqlite_queue(&dir).await;
         let queue = Arc::new(queue);
         let hospital = Arc::new(queue.hospital(SUITE_MAX_PATIENTS));
-        let ward = Ward {
+        let subject = Subject {
             broker: queue,
             hospital,
         };
-        ((dir, url), ward)
+        ((dir, url), subject)
     }
 
-    keel_test_support::hospital_suite!(open);
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn audit_rows_cannot_change() {
-        let ((_dir, url), ward) = open().await;
-        cases::the_audit_log_records_every_action(&ward).await;
-        super::audit_rows_cannot_change(&mut sqlx::SqliteConnection::connect(&url).await.unwrap())
-            .await;
-    }
+    on_engine!(crate::hospital::sqlite::open, sqlx::SqliteConnection);
 }
 
 mod postgres {
     use super::*;
 
-    async fn open() -> (String, Ward) {
+    pub(super) async fn open() -> (((), String), Subject) {
         let url = keel_test_support::services::create_postgres_database().await;
         let queue = Arc::new(
             PostgresQueue::open(&url, QueueLimits::default())
@@ -70,29 +78,21 @@ mod postgres {
                 .unwrap(),
         );
         let hospital = Arc::new(queue.hospital(SUITE_MAX_PATIENTS));
-        let ward = Ward {
+        let subject = Subject {
             broker: queue,
             hospital,
         };
-        (url, ward)
+        (((), url), subject)
     }
 
-    keel_test_support::hospital_suite!(open);
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn audit_rows_cannot_change() {
-        let (url, ward) = open().await;
-        cases::the_audit_log_records_every_action(&ward).await;
-        super::audit_rows_cannot_change(&mut sqlx::PgConnection::connect(&url).await.unwrap())
-            .await;
-    }
+    on_engine!(crate::hospital::postgres::open, sqlx::PgConnection);
 }
 
 /// MariaDB has no queue here: an SQLite queue makes the deliveries, the hospital is MariaDB's.
 mod mariadb {
     use super::*;
 
-    async fn open() -> ((tempfile::TempDir, String), Ward) {
+    pub(super) async fn open() -> ((tempfile::TempDir, String), Subject) {
         let url = keel_test_support::services::create_mariadb_database().await;
         let dir = tempfile::tempdir().unwrap();
         let (_, queue) = sqlite_queue(&dir).await;
@@ -102,22 +102,14 @@ mod mariadb {
         };
         let hospital =
             Arc::new(keel_sql_mariadb::connect_hospital(&url, &pool, SUITE_MAX_PATIENTS).unwrap());
-        let ward = Ward {
+        let subject = Subject {
             broker: Arc::new(queue),
             hospital,
         };
-        ((dir, url), ward)
+        ((dir, url), subject)
     }
 
-    keel_test_support::hospital_suite!(open);
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn audit_rows_cannot_change() {
-        let ((_dir, url), ward) = open().await;
-        cases::the_audit_log_records_every_action(&ward).await;
-        super::audit_rows_cannot_change(&mut sqlx::MySqlConnection::connect(&url).await.unwrap())
-            .await;
-    }
+    on_engine!(crate::hospital::mariadb::open, sqlx::MySqlConnection);
 }
 
 /// A hospital opened on a database whose patients were admitted before the care tables existed

@@ -34,96 +34,73 @@ where
     }
 }
 
+/// Every store suite on the engine `open` (an async fn returning `(guard, store)` on a fresh,
+/// migrated database), and its audit guard.
+macro_rules! on_engine {
+    ($open:path) => {
+        mod repo {
+            keel_test_support::repo_suite!($open);
+        }
+        mod events {
+            keel_test_support::event_suite!($open);
+        }
+        mod identity {
+            keel_test_support::identity_suite!($open);
+        }
+
+        #[tokio::test]
+        async fn identity_audit_rows_cannot_change() {
+            let (_guard, store) = $open().await;
+            super::audit_rows_cannot_change(&store, store.pool()).await;
+        }
+    };
+}
+
+/// A fresh store migrated twice (the second run must change nothing).
+async fn migrated<S>(
+    store: S,
+    migrate: impl AsyncFn(&S) -> Result<(), keel_domain::StoreError>,
+) -> S {
+    migrate(&store).await.unwrap();
+    migrate(&store)
+        .await
+        .expect("migrating twice must be a no-op");
+    store
+}
+
 mod sqlite {
     use keel_sql_sqlite::SqliteStore;
 
-    async fn open() -> (tempfile::TempDir, SqliteStore) {
+    pub(super) async fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("keel.db").display());
         let store = SqliteStore::connect(&url, &super::pool()).await.unwrap();
-        store.migrate().await.unwrap();
-        store
-            .migrate()
-            .await
-            .expect("migrating twice must be a no-op");
-        (dir, store)
+        (dir, super::migrated(store, SqliteStore::migrate).await)
     }
 
-    mod repo {
-        keel_test_support::repo_suite!(super::open);
-    }
-    mod events {
-        keel_test_support::event_suite!(super::open);
-    }
-    mod identity {
-        keel_test_support::identity_suite!(super::open);
-    }
-
-    #[tokio::test]
-    async fn identity_audit_rows_cannot_change() {
-        let (_dir, store) = open().await;
-        super::audit_rows_cannot_change(&store, store.pool()).await;
-    }
+    on_engine!(crate::stores::sqlite::open);
 }
 
 mod postgres {
     use keel_sql_postgres::PostgresStore;
 
-    async fn open() -> ((), PostgresStore) {
+    pub(super) async fn open() -> ((), PostgresStore) {
         let url = keel_test_support::services::create_postgres_database().await;
         let store = PostgresStore::connect_lazy(&url, &super::pool()).unwrap();
-        store.migrate().await.unwrap();
-        store
-            .migrate()
-            .await
-            .expect("migrating twice must be a no-op");
-        ((), store)
+        ((), super::migrated(store, PostgresStore::migrate).await)
     }
 
-    mod repo {
-        keel_test_support::repo_suite!(super::open);
-    }
-    mod events {
-        keel_test_support::event_suite!(super::open);
-    }
-    mod identity {
-        keel_test_support::identity_suite!(super::open);
-    }
-
-    #[tokio::test]
-    async fn identity_audit_rows_cannot_change() {
-        let ((), store) = open().await;
-        super::audit_rows_cannot_change(&store, store.pool()).await;
-    }
+    on_engine!(crate::stores::postgres::open);
 }
 
 mod mariadb {
     use keel_sql_mariadb::MariaDbStore;
 
-    async fn open() -> ((), MariaDbStore) {
+    pub(super) async fn open() -> ((), MariaDbStore) {
         let url = keel_test_support::services::create_mariadb_database().await;
         let store = MariaDbStore::connect_lazy(&url, &super::pool()).unwrap();
-        store.migrate().await.unwrap();
-        store
-            .migrate()
-            .await
-            .expect("migrating twice must be a no-op");
-        ((), store)
+        ((), super::migrated(store, MariaDbStore::migrate).await)
     }
 
-    mod repo {
-        keel_test_support::repo_suite!(super::open);
-    }
-    mod events {
-        keel_test_support::event_suite!(super::open);
-    }
-    mod identity {
-        keel_test_support::identity_suite!(super::open);
-    }
-
-    #[tokio::test]
-    async fn identity_audit_rows_cannot_change() {
-        let ((), store) = open().await;
-        super::audit_rows_cannot_change(&store, store.pool()).await;
-    }
+    on_engine!(crate::stores::mariadb::open);
 }

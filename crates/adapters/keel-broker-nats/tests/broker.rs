@@ -57,16 +57,8 @@ impl Drop for Streams {
             return;
         }
         let namespace = self.0.clone();
-        // A runtime of its own on a thread of its own: drop runs inside the test's runtime.
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(clean_up(&namespace));
-        })
-        .join()
-        .expect("the namespace's streams are deleted");
+        keel_test_support::process::block_on_own_thread(async move { clean_up(&namespace).await })
+            .expect("the namespace's streams are deleted");
     }
 }
 

@@ -65,15 +65,9 @@ impl std::fmt::Display for Namespace {
 impl Drop for Namespace {
     fn drop(&mut self) {
         let namespace = self.0.clone();
-        // A runtime of its own on a thread of its own: drop may run inside the test's runtime.
-        let cleanup = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(delete_namespace(&namespace));
+        let _ = keel_test_support::process::block_on_own_thread(async move {
+            delete_namespace(&namespace).await;
         });
-        let _ = cleanup.join();
     }
 }
 

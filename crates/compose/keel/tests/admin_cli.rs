@@ -3,12 +3,12 @@
 //! in with the admin role.
 
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use keel_domain::{IdentityStore, UserEmail, UserRepo};
 
 fn admin_create(data_dir: &std::path::Path, email: &str, password: &str) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+    let mut child = keel_test_support::process::command(crate::KEEL)
         .args([
             "--data-dir",
             data_dir.to_str().unwrap(),
@@ -89,7 +89,7 @@ async fn keel_admin_create_makes_an_admin_and_refuses_weak_passwords_and_taken_e
 
 /// Runs `keel admin emails` on `data_dir`: (exit status success, stdout and stderr).
 fn admin_emails(data_dir: &std::path::Path) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+    let output = keel_test_support::process::command(crate::KEEL)
         .args(["--data-dir", data_dir.to_str().unwrap(), "admin", "emails"])
         .env("KEEL_TELEMETRY__LOG_LEVEL", "error")
         .output()

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+use crate::KEEL;
 const ADMIN: &str = "admin@gateway.test";
 const ADMIN_PASSWORD: &str = "the operator of this gateway test";
 /// Concurrent clients of the load.

@@ -4,6 +4,9 @@
 //! chromium (`browser_signin`), and the tidy checks over the source tree and its manifests
 //! (`tidy`).
 
+/// The keel binary under test, which every process-starting module runs.
+const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+
 mod admin_cli;
 mod api;
 mod browser_signin;

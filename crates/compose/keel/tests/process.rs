@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use keel_test_support::process::{self, Running, free_port};
 use serde_json::{Value, json};
 
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+use crate::KEEL;
 
 /// Starts `keel serve` on `port` with `data_dir` and extra environment, and waits until ready.
 fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Running {

@@ -128,3 +128,20 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `work` to its end on a runtime of its own on a thread of its own, for clean-up in a
+/// `Drop`, which may run inside the test's runtime (where blocking on it would panic). A panic
+/// in `work` comes back as the `Err` of the join.
+pub fn block_on_own_thread<F>(work: F) -> std::thread::Result<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work);
+    })
+    .join()
+}

@@ -1,6 +1,5 @@
 //! `keel hospital …`: the real binary on the embedded queue and hospital under `--data-dir`.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +7,7 @@ use keel_domain::{AdmissionReason, Broker, Hospital, Outgoing, PatientState};
 use keel_sql_sqlite::{QueueLimits, SqliteQueue};
 
 fn keel(data_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+    let output = keel_test_support::process::command(crate::KEEL)
         .arg("--data-dir")
         .arg(data_dir)
         .arg("hospital")
